@@ -1,0 +1,219 @@
+//! The send request (seed §2.1): `{"data":{"msg_type","contact_id","msg"},"result":{"code"}}`,
+//! posted over HTTP or written by a client on its WebSocket.
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::{Code, Content, code_for_type};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("body is not a send request: {0}")]
+    Json(String),
+    #[error("data.contact_id is missing or empty: say who receives the message")]
+    MissingRecipient,
+    #[error("data.msg_type is missing and result.code {0} names no type")]
+    MissingType(i32),
+    #[error("data.msg must be an object, e.g. {{\"content\":\"hello\"}}")]
+    MsgNotObject,
+    #[error("a text message needs data.msg.content, a string")]
+    MissingContent,
+    #[error("a {0} message needs data.msg.media_path or data.msg.media_id")]
+    MissingMedia(String),
+    #[error("data.msg_type {0:?} is not a valid type name")]
+    BadType(String),
+}
+
+/// A send request, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SendRequest {
+    /// `contact_id`: the recipient.
+    pub to: String,
+    pub content: Content,
+    /// `data.id`, when the client gives one: retries with the same id are one message.
+    pub client_id: Option<String>,
+    pub name: Option<String>,
+    pub avatar: Option<String>,
+    pub company_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    data: WireData,
+    #[serde(default)]
+    result: Option<WireResult>,
+}
+
+#[derive(Deserialize)]
+struct WireData {
+    #[serde(default)]
+    msg_type: Option<String>,
+    #[serde(default, deserialize_with = "string_or_number")]
+    contact_id: Option<String>,
+    #[serde(default)]
+    msg: Option<Value>,
+    #[serde(default, deserialize_with = "string_or_number")]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    avatar: Option<String>,
+    #[serde(default, deserialize_with = "string_or_number")]
+    company_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireResult {
+    #[serde(default)]
+    code: Option<Code>,
+}
+
+/// Ids are strings, but a JavaScript client writes `"contact_id": 1` as readily as `"1"`.
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a string or a number, found {other}"
+        ))),
+    }
+}
+
+/// Parse and check a send request.
+pub fn parse_send_json(body: &[u8]) -> Result<SendRequest, SendError> {
+    let wire: Wire = serde_json::from_slice(body).map_err(|e| SendError::Json(e.to_string()))?;
+    let d = wire.data;
+    let to = d
+        .contact_id
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .ok_or(SendError::MissingRecipient)?;
+    let code = wire.result.and_then(|r| r.code);
+    let msg_type = match d.msg_type.filter(|t| !t.is_empty()) {
+        Some(t) => t,
+        None => {
+            let c = code.unwrap_or(Code(0));
+            c.msg_type().ok_or(SendError::MissingType(c.0))?.to_owned()
+        }
+    };
+    if msg_type.len() > 64
+        || !msg_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(SendError::BadType(msg_type));
+    }
+    let msg = match d.msg {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(m @ Value::Object(_)) => m,
+        Some(_) => return Err(SendError::MsgNotObject),
+    };
+    match msg_type.as_str() {
+        "text" if !msg.get("content").is_some_and(Value::is_string) => {
+            return Err(SendError::MissingContent);
+        }
+        "image" | "voice" | "video" | "shortvideo"
+            if !["media_path", "media_id"].iter().any(|k| {
+                msg.get(*k)
+                    .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+            }) =>
+        {
+            return Err(SendError::MissingMedia(msg_type));
+        }
+        _ => {}
+    }
+    let code = code_for_type(&msg_type);
+    Ok(SendRequest {
+        to,
+        content: Content {
+            msg_type,
+            code,
+            msg,
+        },
+        client_id: d.id.filter(|s| !s.is_empty()),
+        name: d.name,
+        avatar: d.avatar,
+        company_id: d.company_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(body: &str, want: Result<(&str, &str, i32, Value), SendError>) {
+        let got = parse_send_json(body.as_bytes())
+            .map(|r| (r.to, r.content.msg_type, r.content.code.0, r.content.msg));
+        let want = want.map(|(to, t, c, m)| (to.to_owned(), t.to_owned(), c, m));
+        assert_eq!(got, want, "body {body}");
+    }
+
+    #[test]
+    fn seed_send_request() {
+        check(
+            r#"{"data":{"msg_type":"text","contact_id":"1","msg":{"content":"hi"}},"result":{"code":1001,"message":"common"}}"#,
+            Ok(("1", "text", 1001, json!({"content": "hi"}))),
+        );
+        // contact as a number, code as a string, no msg_type: the code names it.
+        check(
+            r#"{"data":{"contact_id":7,"msg":{"media_path":"/m/1"}},"result":{"code":"1002"}}"#,
+            Ok(("7", "image", 1002, json!({"media_path": "/m/1"}))),
+        );
+        check(
+            r#"{"data":{"msg_type":"card","contact_id":"u","msg":{"a":1}}}"#,
+            Ok(("u", "card", 1099, json!({"a": 1}))),
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        check(
+            "{",
+            Err(SendError::Json(
+                "EOF while parsing an object at line 1 column 1".into(),
+            )),
+        );
+        check(
+            r#"{"data":{"msg_type":"text","msg":{"content":"x"}}}"#,
+            Err(SendError::MissingRecipient),
+        );
+        check(
+            r#"{"data":{"msg_type":"text","contact_id":" ","msg":{"content":"x"}}}"#,
+            Err(SendError::MissingRecipient),
+        );
+        check(
+            r#"{"data":{"contact_id":"1","msg":{}},"result":{"code":5}}"#,
+            Err(SendError::MissingType(5)),
+        );
+        check(
+            r#"{"data":{"msg_type":"text","contact_id":"1","msg":"hi"}}"#,
+            Err(SendError::MsgNotObject),
+        );
+        check(
+            r#"{"data":{"msg_type":"text","contact_id":"1","msg":{"content":3}}}"#,
+            Err(SendError::MissingContent),
+        );
+        check(
+            r#"{"data":{"msg_type":"image","contact_id":"1","msg":{}}}"#,
+            Err(SendError::MissingMedia("image".into())),
+        );
+        check(
+            r#"{"data":{"msg_type":"a b","contact_id":"1","msg":{}}}"#,
+            Err(SendError::BadType("a b".into())),
+        );
+        assert!(matches!(
+            parse_send_json(br#"{"data":"x"}"#),
+            Err(SendError::Json(_))
+        ));
+        assert!(matches!(
+            parse_send_json(br#"{"data":{"contact_id":[1]}}"#),
+            Err(SendError::Json(_))
+        ));
+        assert!(matches!(
+            parse_send_json(b"\xff\xfe"),
+            Err(SendError::Json(_))
+        ));
+    }
+}
