@@ -57,7 +57,7 @@ impl EncodedMessage {
         // `json` starts with `{` and has at least one field.
         tail.push_str(&json[1..]);
         tail.push_str(",\"result\":{\"code\":");
-        tail.push_str(itoa(code.0 as i64).as_str());
+        tail.push_str(&code.0.to_string());
         tail.push_str(",\"message\":\"common\"}}");
         EncodedMessage { tail }
     }
@@ -75,7 +75,7 @@ impl EncodedMessage {
     pub fn with_seq(&self, seq: u64) -> String {
         let mut s = String::with_capacity(SEQ_PREFIX.len() + 21 + self.tail.len());
         s.push_str(SEQ_PREFIX);
-        s.push_str(itoa(seq as i64).as_str());
+        s.push_str(&seq.to_string());
         s.push(',');
         s.push_str(&self.tail);
         s
@@ -85,10 +85,6 @@ impl EncodedMessage {
     pub fn decode(&self, seq: u64) -> Result<Frame<MessageData>, serde_json::Error> {
         serde_json::from_str(&self.with_seq(seq))
     }
-}
-
-fn itoa(n: i64) -> String {
-    n.to_string()
 }
 
 fn result_frame(data: &Value, code: Code, message: &str) -> String {
@@ -119,19 +115,10 @@ pub fn ok_frame(data: &Value) -> String {
 
 /// The answer to a send, over HTTP or the sender's socket: the message's id, its seq in
 /// the recipient's mailbox, and whether it had been accepted before (a retry).
-pub fn ack_frame(
-    id: &str,
-    seq: u64,
-    contact_id: &str,
-    duplicate: bool,
-    request_id: Option<&str>,
-) -> String {
+pub fn ack_frame(id: &str, seq: u64, contact_id: &str, duplicate: bool) -> String {
     let mut data = serde_json::json!({ "id": id, "seq": seq, "contact_id": contact_id });
     if duplicate {
         data["duplicate"] = Value::Bool(true);
-    }
-    if let Some(r) = request_id {
-        data["request_id"] = Value::String(r.to_owned());
     }
     ok_frame(&data)
 }
@@ -187,7 +174,7 @@ mod tests {
             err,
             json!({"data": {}, "result": {"code": -1, "message": "missing userid"}})
         );
-        let ack: Value = serde_json::from_str(&ack_frame("a", 3, "u2", true, None)).unwrap();
+        let ack: Value = serde_json::from_str(&ack_frame("a", 3, "u2", true)).unwrap();
         assert_eq!(
             ack,
             json!({"data": {"id": "a", "seq": 3, "contact_id": "u2", "duplicate": true}, "result": {"code": 0, "message": "ok"}})

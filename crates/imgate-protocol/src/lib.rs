@@ -15,8 +15,8 @@ pub use code::{Code, code_for_type};
 pub use content::{Content, ContentError, content_from_xml, dedupe_key_for_xml};
 pub use create_time::{CreateTimeError, parse_create_time};
 pub use frame::{
-    EncodedMessage, Frame, MessageData, ack_frame, error_frame, error_frame_with, heartbeat_frame,
-    ok_frame,
+    EncodedMessage, Frame, FrameResult, MessageData, ack_frame, error_frame, error_frame_with,
+    heartbeat_frame, ok_frame,
 };
 pub use send::{SendError, SendRequest, parse_send_json};
 pub use xml::{XmlError, XmlMessage, XmlValue};

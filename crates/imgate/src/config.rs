@@ -1,0 +1,393 @@
+//! Configuration: defaults → `imgate.toml` → `IMGATE_*` environment → command-line flags,
+//! merged and validated once, then passed explicitly to whatever needs it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use time::UtcOffset;
+
+/// Every key, for `imgate serve --help`. Keep in step with the structs below.
+pub const KEYS_HELP: &str = "\
+CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g. IMGATE_STORE__SYNC=full)
+  listen = \"127.0.0.1:1234\"          address to listen on (the seed's port)
+  data_dir = \"./data\"                where the embedded store keeps its files
+  log = \"imgate=info\"                tracing filter (RUST_LOG syntax)
+  shutdown_grace = \"10s\"             how long SIGTERM/SIGINT waits for sockets and commits
+
+  [store]
+  engine = \"sqlite\"                  the mailbox engine (sqlite: embedded, no other service)
+  sync = \"normal\"                    normal: an acknowledged message survives a crash of imgate
+                                     (kill -9); full: it also survives power loss (fsync per commit)
+  retention_max_messages = 10000     messages kept per mailbox
+  retention_max_age = \"30d\"          older messages are removed
+  dedupe_window = \"24h\"              how long a message id is remembered to drop retries
+  max_batch = 512                    most messages in one group commit
+
+  [hub]
+  heartbeat_interval = \"25s\"         heartbeat frame (code 101) and WebSocket ping period; the
+                                     first one is jittered
+  idle_timeout = \"60s\"               a connection silent this long (no frame, no pong) is closed
+  queue_capacity = 1024              frames queued per connection; a connection whose queue is
+                                     full is closed with 4008 and catches up with since=SEQ
+  max_connections_per_user = 32      more connections for one user are refused (429)
+  write_buffer_size = 4096           bytes a socket buffers before writing (tungstenite's
+                                     default, 128 KiB, costs memory on every connection)
+  read_buffer_size = 4096            bytes read from a socket at a time
+
+  [limits]
+  http_body_max = 1048576            largest HTTP body (1 MiB; WeChat messages are small)
+  ws_frame_max = 65536               largest frame a client may send (64 KiB)
+  history_page_max = 200             most messages one history page returns
+
+  [auth]
+  mode = \"open\"                      open: anyone names their userid (the seed's test);
+                                     token: WebSocket users present an HS256 JWT (sub = userid),
+                                     HTTP senders a JWT or an API key
+  jwt_secret = \"\"                    HS256 secret (token mode)
+  api_keys = []                      keys backends send as 'Authorization: Bearer KEY' or X-Api-Key
+  allowed_origins = []               Origins allowed to open a WebSocket; empty allows any
+
+  [protocol]
+  create_time_zone = \"+08:00\"        zone of a CreateTime written as YYYY-MM-DD HH:MM:SS
+  company_id = \"\"                    company_id of messages whose sender names none
+";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: String,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub store: StoreConfig,
+    pub hub: HubConfig,
+    pub limits: Limits,
+    pub auth: AuthConfig,
+    pub protocol: ProtocolConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Sqlite,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sync {
+    /// Committed to the OS: survives a crash of the process.
+    Normal,
+    /// Committed to the disk: survives power loss.
+    Full,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub engine: Engine,
+    pub sync: Sync,
+    pub retention_max_messages: u64,
+    #[serde(with = "humantime_serde")]
+    pub retention_max_age: Duration,
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    pub max_batch: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub queue_capacity: usize,
+    pub max_connections_per_user: usize,
+    pub write_buffer_size: usize,
+    pub read_buffer_size: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub http_body_max: usize,
+    pub ws_frame_max: usize,
+    pub history_page_max: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Open,
+    Token,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub jwt_secret: String,
+    pub api_keys: Vec<String>,
+    pub allowed_origins: Vec<String>,
+}
+
+/// Secrets stay out of logs.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("mode", &self.mode)
+            .field(
+                "jwt_secret",
+                &if self.jwt_secret.is_empty() {
+                    ""
+                } else {
+                    "<set>"
+                },
+            )
+            .field("api_keys", &format_args!("<{} keys>", self.api_keys.len()))
+            .field("allowed_origins", &self.allowed_origins)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProtocolConfig {
+    pub create_time_zone: String,
+    pub company_id: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1234)),
+            data_dir: PathBuf::from("./data"),
+            log: "imgate=info".into(),
+            shutdown_grace: Duration::from_secs(10),
+            store: StoreConfig::default(),
+            hub: HubConfig::default(),
+            limits: Limits::default(),
+            auth: AuthConfig::default(),
+            protocol: ProtocolConfig::default(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            engine: Engine::Sqlite,
+            sync: Sync::Normal,
+            retention_max_messages: 10_000,
+            retention_max_age: Duration::from_secs(30 * 86_400),
+            dedupe_window: Duration::from_secs(86_400),
+            max_batch: 512,
+        }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            heartbeat_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            queue_capacity: 1024,
+            max_connections_per_user: 32,
+            write_buffer_size: 4096,
+            read_buffer_size: 4096,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            http_body_max: 1 << 20,
+            ws_frame_max: 64 << 10,
+            history_page_max: 200,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::Open,
+            jwt_secret: String::new(),
+            api_keys: Vec::new(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        ProtocolConfig {
+            create_time_zone: "+08:00".into(),
+            company_id: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("config: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+/// Values given on the command line, which win over everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Merge the layers. `file` given explicitly must exist; the default `imgate.toml` is
+    /// read only if present.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) if !f.exists() => return Err(ConfigError::MissingFile(f.to_owned())),
+            Some(f) => fig = fig.merge(Toml::file_exact(f)),
+            None if Path::new("imgate.toml").exists() => {
+                fig = fig.merge(Toml::file_exact("imgate.toml"))
+            }
+            None => {}
+        }
+        fig = fig.merge(Env::prefixed("IMGATE_").split("__").ignore(&["config"]));
+        if let Some(l) = overrides.listen {
+            fig = fig.merge(Serialized::default("listen", l));
+        }
+        if let Some(d) = &overrides.data_dir {
+            fig = fig.merge(Serialized::default("data_dir", d));
+        }
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.hub.heartbeat_interval.is_zero() {
+            return bad("hub.heartbeat_interval", "must be above zero");
+        }
+        if self.hub.idle_timeout <= self.hub.heartbeat_interval {
+            return bad(
+                "hub.idle_timeout",
+                "must be longer than hub.heartbeat_interval",
+            );
+        }
+        if self.hub.queue_capacity == 0 || self.hub.max_connections_per_user == 0 {
+            return bad(
+                "hub.queue_capacity",
+                "queue_capacity and max_connections_per_user must be above zero",
+            );
+        }
+        if self.hub.read_buffer_size < 256 || self.hub.write_buffer_size < 256 {
+            return bad(
+                "hub.read_buffer_size",
+                "socket buffers need at least 256 bytes",
+            );
+        }
+        if self.store.max_batch == 0 || self.store.retention_max_messages == 0 {
+            return bad(
+                "store.max_batch",
+                "max_batch and retention_max_messages must be above zero",
+            );
+        }
+        if self.auth.mode == AuthMode::Token
+            && self.auth.jwt_secret.len() < 16
+            && self.auth.api_keys.is_empty()
+        {
+            return bad(
+                "auth.jwt_secret",
+                "token mode needs a jwt_secret of at least 16 bytes or an api key",
+            );
+        }
+        self.protocol.zone()?;
+        Ok(())
+    }
+}
+
+impl ProtocolConfig {
+    /// The zone of date-time `CreateTime`s, e.g. `+08:00`.
+    pub fn zone(&self) -> Result<UtcOffset, ConfigError> {
+        let f = time::macros::format_description!("[offset_hour sign:mandatory]:[offset_minute]");
+        UtcOffset::parse(self.create_time_zone.trim(), f).map_err(|_| ConfigError::Invalid {
+            key: "protocol.create_time_zone",
+            reason: format!("{:?} is not an offset like +08:00", self.create_time_zone),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(
+            c.protocol.zone().unwrap(),
+            UtcOffset::from_hms(8, 0, 0).unwrap()
+        );
+        // Every key of the defaults appears in the help text.
+        let v = serde_json::to_value(&c).unwrap();
+        let mut keys = Vec::new();
+        for (k, val) in v.as_object().unwrap() {
+            match val.as_object() {
+                Some(section) => keys.extend(section.keys().cloned()),
+                None => keys.push(k.clone()),
+            }
+        }
+        for k in keys {
+            assert!(
+                KEYS_HELP.contains(&format!("  {k} = ")),
+                "key {k} missing from KEYS_HELP"
+            );
+        }
+    }
+
+    #[test]
+    fn layers_merge_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "imgate.toml",
+                "listen = \"127.0.0.1:9\"\n[hub]\nqueue_capacity = 7\n[store]\nsync = \"full\"\n",
+            )?;
+            jail.set_env("IMGATE_HUB__QUEUE_CAPACITY", "8");
+            let c = Config::load(
+                None,
+                &Overrides {
+                    data_dir: Some("/tmp/x".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(c.listen.port(), 9);
+            assert_eq!(c.hub.queue_capacity, 8);
+            assert_eq!(c.store.sync, Sync::Full);
+            assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+            jail.create_file("bad.toml", "[hub]\nheartbeat_intervl = \"1s\"\n")?;
+            let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("heartbeat_intervl"), "{err}");
+            Ok(())
+        });
+    }
+}

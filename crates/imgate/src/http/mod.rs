@@ -1,0 +1,108 @@
+//! The HTTP surface: routes, and the state they share. Only this module knows axum's
+//! router; handlers turn requests into calls on [`Ingest`], the [`Hub`] and the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::QueryRejection;
+use axum::http::{HeaderMap, Uri};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Auth, Caller};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::hub::conn::ConnContext;
+use crate::ingest::Ingest;
+use crate::store::DynStore;
+use error::ApiError;
+
+pub mod error;
+mod history;
+mod ops;
+mod send;
+mod ws;
+
+/// The seed's path prefix for the WeChat Official Account channel.
+pub const PREFIX: &str = "/im_component/wx_official_account";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub hub: Arc<Hub>,
+    pub store: DynStore,
+    pub ingest: Arc<Ingest>,
+    pub auth: Arc<Auth>,
+    pub conn: Arc<ConnContext>,
+    pub tasks: TaskTracker,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_max = state.config.limits.http_body_max;
+    Router::new()
+        .route("/", get(ws::root))
+        .route(&format!("{PREFIX}/msg"), get(ws::msg))
+        .route("/send", post(send::send))
+        .route(&format!("{PREFIX}/send"), post(send::send))
+        .route(&format!("{PREFIX}/send_xml"), post(send::send_xml))
+        .route(&format!("{PREFIX}/history"), get(history::history))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(uri.path().to_owned())
+}
+
+/// Query parameters, with the seed's two spellings of the user id.
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn from(
+        q: Result<axum::extract::Query<HashMap<String, String>>, QueryRejection>,
+    ) -> Result<Params, ApiError> {
+        q.map(|q| Params(q.0))
+            .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    pub fn userid(&self) -> Option<&str> {
+        self.get("userid")
+            .or_else(|| self.get("userId"))
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+    }
+
+    pub fn number(&self, key: &str) -> Result<Option<u64>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| ApiError::BadRequest(format!("{key}={v:?} is not a number")))
+            })
+            .transpose()
+    }
+}
+
+impl AppState {
+    pub fn caller(&self, headers: &HeaderMap, params: &Params) -> Result<Caller, ApiError> {
+        self.auth
+            .caller(headers, params.get("token"), params.userid())
+    }
+}

@@ -1,0 +1,102 @@
+//! WebSocket upgrades at `/` (the seed's test page) and `P/msg` (the seed's production path).
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse, Response};
+
+use super::{AppState, Params, error::ApiError};
+use crate::auth::Caller;
+use crate::hub::conn;
+
+/// `/`: a WebSocket when the request asks for one, else a page saying how to connect.
+pub async fn root(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => upgrade(state, headers, query, ws).unwrap_or_else(IntoResponse::into_response),
+        Err(_) => Html(ROOT_PAGE).into_response(),
+    }
+}
+
+/// `P/msg?userid=U`: WebSocket only.
+pub async fn msg(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match ws {
+        Ok(ws) => upgrade(state, headers, query, ws).unwrap_or_else(IntoResponse::into_response),
+        Err(e) => ApiError::BadRequest(format!("this path takes WebSocket upgrades only ({e})"))
+            .into_response(),
+    }
+}
+
+fn upgrade(
+    state: AppState,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let params = Params::from(query)?;
+    state.auth.check_origin(&headers)?;
+    let user = match state.caller(&headers, &params)? {
+        Caller::User(u) => u,
+        Caller::Backend => {
+            return Err(ApiError::BadRequest(
+                "missing userid: connect with ?userid=YOUR_ID (or ?userId=)".into(),
+            ));
+        }
+    };
+    if user.len() > 256 {
+        return Err(ApiError::BadRequest(
+            "userid is too long (at most 256 bytes)".into(),
+        ));
+    }
+    let since = params.number("since")?;
+    let hub_cfg = &state.config.hub;
+    let have = state.hub.connections(&user);
+    if have >= hub_cfg.max_connections_per_user {
+        return Err(ApiError::TooMany(format!(
+            "user {user:?} already has {have} connections, the most allowed"
+        )));
+    }
+    let frame_max = state.config.limits.ws_frame_max;
+    let mut ws = ws
+        .read_buffer_size(hub_cfg.read_buffer_size)
+        .write_buffer_size(hub_cfg.write_buffer_size)
+        // One frame must always fit, however large a message the HTTP limit let in.
+        .max_write_buffer_size(
+            hub_cfg.write_buffer_size + 2 * state.config.limits.http_body_max + 4096,
+        )
+        .max_message_size(frame_max)
+        .max_frame_size(frame_max);
+    // Browsers drop a connection whose answer names none of the sub-protocols they
+    // offered (the seed's page offers "echo"): select the first one offered.
+    if let Some(p) = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').map(str::trim).find(|p| !p.is_empty()))
+    {
+        ws = ws.protocols([p.to_owned()]);
+    }
+    let ctx = state.conn.clone();
+    let token = state.tasks.token();
+    Ok(ws
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            conn::serve(ctx, socket, user, since).await;
+            drop(token);
+        }))
+}
+
+const ROOT_PAGE: &str = "<!doctype html><meta charset=utf-8><title>imgate</title>\
+<p>imgate is running. Connect a WebSocket to <code>/?userid=YOUR_ID</code> or \
+<code>/im_component/wx_official_account/msg?userid=YOUR_ID</code>; post messages to <code>/send</code>.";

@@ -1,0 +1,220 @@
+//! Live connections: who is connected, and fan-out of committed messages to them.
+//!
+//! The registry is sharded by user so that fan-out for different users never contends.
+//! Fan-out never waits for a client: each connection has a bounded queue, a frame is
+//! offered with `try_send`, and a connection whose queue is full is kicked — closed with
+//! [`CLOSE_SLOW`] — to catch up from its mailbox with `since` when it reconnects.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+use imgate_protocol::EncodedMessage;
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Fanout;
+
+pub mod conn;
+
+/// Close code for a connection that did not keep up with its messages.
+pub const CLOSE_SLOW: u16 = 4008;
+/// Close code for a connection that went silent (no frame, no pong).
+pub const CLOSE_IDLE: u16 = 4000;
+
+const SHARDS: usize = 64;
+
+/// A committed message on its way to one connection.
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    pub seq: u64,
+    pub frame: Utf8Bytes,
+}
+
+struct Slot {
+    id: u64,
+    tx: mpsc::Sender<Outbound>,
+    kick: CancellationToken,
+}
+
+/// A connection's place in the hub; leaves the hub when dropped.
+pub struct Registration {
+    hub: Arc<Hub>,
+    user: String,
+    id: u64,
+    pub rx: mpsc::Receiver<Outbound>,
+    /// Cancelled when the hub gave up on this connection (its queue was full).
+    pub kicked: CancellationToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.remove(&self.user, self.id);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("user already has {0} connections, the most allowed")]
+pub struct TooManyConnections(pub usize);
+
+pub struct Hub {
+    shards: Box<[RwLock<HashMap<String, Vec<Slot>>>]>,
+    hasher: RandomState,
+    next_id: AtomicU64,
+    queue_capacity: usize,
+    max_per_user: usize,
+}
+
+impl Hub {
+    pub fn new(queue_capacity: usize, max_per_user: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            next_id: AtomicU64::new(1),
+            queue_capacity,
+            max_per_user,
+        })
+    }
+
+    fn shard(&self, user: &str) -> &RwLock<HashMap<String, Vec<Slot>>> {
+        &self.shards[self.hasher.hash_one(user) as usize % SHARDS]
+    }
+
+    /// Add a connection for `user`. Messages committed from now on are queued to it.
+    pub fn register(self: &Arc<Self>, user: &str) -> Result<Registration, TooManyConnections> {
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let kick = CancellationToken::new();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut shard = self.shard(user).write();
+            let slots = shard.entry(user.to_owned()).or_default();
+            if slots.len() >= self.max_per_user {
+                return Err(TooManyConnections(slots.len()));
+            }
+            slots.push(Slot {
+                id,
+                tx,
+                kick: kick.clone(),
+            });
+        }
+        metrics::gauge!("imgate_connections").increment(1.0);
+        Ok(Registration {
+            hub: self.clone(),
+            user: user.to_owned(),
+            id,
+            rx,
+            kicked: kick,
+        })
+    }
+
+    fn remove(&self, user: &str, id: u64) {
+        let mut shard = self.shard(user).write();
+        if let Some(slots) = shard.get_mut(user) {
+            let before = slots.len();
+            slots.retain(|s| s.id != id);
+            if slots.len() < before {
+                metrics::gauge!("imgate_connections").decrement(1.0);
+            }
+            if slots.is_empty() {
+                shard.remove(user);
+            }
+        }
+    }
+
+    /// Number of live connections of `user`.
+    pub fn connections(&self, user: &str) -> usize {
+        self.shard(user).read().get(user).map_or(0, Vec::len)
+    }
+
+    /// Offer a frame to every connection of `user`; returns how many took it.
+    pub fn publish(&self, user: &str, out: Outbound) -> usize {
+        let shard = self.shard(user).read();
+        let Some(slots) = shard.get(user) else {
+            return 0;
+        };
+        let mut taken = 0;
+        for slot in slots {
+            match slot.tx.try_send(out.clone()) {
+                Ok(()) => taken += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !slot.kick.is_cancelled() {
+                        slot.kick.cancel();
+                        metrics::counter!("imgate_slow_consumers_closed_total").increment(1);
+                    }
+                }
+                // The connection is on its way out.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        taken
+    }
+}
+
+impl Fanout for Hub {
+    fn committed(&self, user: &str, seq: u64, frame: &EncodedMessage) {
+        // Serialise once per message, shared by every connection of the user.
+        if self.shard(user).read().contains_key(user) {
+            self.publish(
+                user,
+                Outbound {
+                    seq,
+                    frame: Utf8Bytes::from(frame.with_seq(seq)),
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(seq: u64) -> Outbound {
+        Outbound {
+            seq,
+            frame: Utf8Bytes::from(format!("{seq}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_connection_of_a_user_gets_each_frame() {
+        let hub = Hub::new(4, 8);
+        let mut a = hub.register("u").unwrap();
+        let mut b = hub.register("u").unwrap();
+        let mut other = hub.register("v").unwrap();
+        assert_eq!(hub.publish("u", out(1)), 2);
+        assert_eq!(a.rx.recv().await.unwrap().seq, 1);
+        assert_eq!(b.rx.recv().await.unwrap().seq, 1);
+        assert!(other.rx.try_recv().is_err());
+        drop(a);
+        assert_eq!(hub.connections("u"), 1);
+        drop(b);
+        assert_eq!(hub.connections("u"), 0);
+        assert_eq!(hub.publish("u", out(2)), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_kicks_only_that_connection() {
+        let hub = Hub::new(2, 8);
+        let slow = hub.register("u").unwrap();
+        let mut fast = hub.register("u").unwrap();
+        for seq in 1..=3 {
+            hub.publish("u", out(seq));
+            assert_eq!(fast.rx.recv().await.unwrap().seq, seq);
+        }
+        assert!(slow.kicked.is_cancelled());
+        assert!(!fast.kicked.is_cancelled());
+    }
+
+    #[test]
+    fn connection_limit() {
+        let hub = Hub::new(2, 2);
+        let _a = hub.register("u").unwrap();
+        let _b = hub.register("u").unwrap();
+        assert!(hub.register("u").is_err());
+        assert!(hub.register("v").is_ok());
+    }
+}

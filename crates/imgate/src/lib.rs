@@ -1,0 +1,130 @@
+//! imgate: a real-time message gateway between WeChat Official Accounts and the web
+//! consoles of customer-service agents. See ARCHITECTURE.md for the map.
+//!
+//! [`run`] serves on a listener until `shutdown` completes; everything else is reached
+//! from it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod store;
+pub mod tail;
+
+use config::{Config, Engine};
+use hub::Hub;
+use hub::conn::ConnContext;
+use ingest::Ingest;
+use store::DynStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The process-wide metrics recorder (a process may run several servers in tests).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program's): then
+            // our metrics go there and /metrics shows only what this handle sees.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Serve on `listener` until `shutdown` completes; then close every WebSocket with 1001,
+/// let in-flight requests and commits finish within `shutdown_grace`, and return.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let metrics = metrics_handle();
+    let hub = Hub::new(
+        config.hub.queue_capacity,
+        config.hub.max_connections_per_user,
+    );
+    let store: DynStore = match config.store.engine {
+        Engine::Sqlite => {
+            store::sqlite::SqliteStore::open(&config.data_dir, &config.store, hub.clone())?
+        }
+    };
+    let ingest = Arc::new(Ingest::new(
+        store.clone(),
+        config.protocol.zone()?,
+        config.protocol.company_id.clone(),
+    ));
+    let cancel = CancellationToken::new();
+    let conn = Arc::new(ConnContext {
+        hub: hub.clone(),
+        store: store.clone(),
+        ingest: ingest.clone(),
+        config: config.hub.clone(),
+        shutdown: cancel.clone(),
+    });
+    let tasks = TaskTracker::new();
+    let state = http::AppState {
+        config: config.clone(),
+        hub,
+        store: store.clone(),
+        ingest,
+        auth: Arc::new(auth::Auth::new(&config.auth)),
+        conn,
+        tasks: tasks.clone(),
+        metrics,
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        store = ?config.store.engine,
+        sync = ?config.store.sync,
+        data_dir = %config.data_dir.display(),
+        auth = ?config.auth.mode,
+        "imgate listening"
+    );
+    let stop = cancel.clone();
+    let server = axum::serve(
+        listener,
+        http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        stop.cancel();
+    });
+    let served = server.await;
+    // The listener is closed and sockets are being closed with 1001; wait for them and
+    // for requests still committing, but not forever.
+    tasks.close();
+    let open = tasks.len();
+    if tokio::time::timeout(config.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(left = tasks.len(), grace = ?config.shutdown_grace, "connections still open after the grace period; leaving them");
+    }
+    store.close().await;
+    tracing::info!(closed_connections = open, "imgate stopped");
+    served.map_err(RunError::Io)
+}

@@ -1,0 +1,107 @@
+//! Mailboxes: the ordered, durable log of messages for each user.
+//!
+//! [`Store`] is the only way into them. Engines (`sqlite` here; Redis later) implement the
+//! same narrow contract, written on each method, and pass the same conformance tests
+//! (`tests/store_conformance.rs`). The store knows nothing of sockets: after each commit
+//! it hands the committed messages to a [`Fanout`], in commit order, and that is all.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use imgate_protocol::EncodedMessage;
+
+pub mod sqlite;
+
+/// A message to commit to one mailbox.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    /// The mailbox: the user who will read it.
+    pub user: String,
+    /// The message id (`data.id`).
+    pub id: String,
+    /// The other party, from `user`'s point of view (`data.contact_id`).
+    pub contact: String,
+    /// Retries carrying the same key for the same mailbox are one message.
+    pub dedupe_key: Option<String>,
+    /// The frame, serialised once, without its seq.
+    pub frame: EncodedMessage,
+}
+
+/// What became of a [`NewMessage`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub id: String,
+    /// The key was already in the mailbox: nothing was stored, and `seq`/`id` are the
+    /// original's.
+    pub duplicate: bool,
+}
+
+/// A message read back from a mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub seq: u64,
+    pub frame: EncodedMessage,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store is shutting down")]
+    Closed,
+}
+
+/// Receives every committed message, once, in commit order (so in seq order per user).
+/// Called on the committing thread: it must not block.
+pub trait Fanout: Send + Sync + 'static {
+    fn committed(&self, user: &str, seq: u64, frame: &EncodedMessage);
+}
+
+/// The mailbox contract. Every engine:
+/// - assigns each mailbox's seqs from 1, increasing by 1 per stored message, never reused
+///   (not after retention empties a mailbox, not after a restart);
+/// - is durable on return: what `append` returned `Ok` for is read back after a crash.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Commit `msgs` atomically — all or none — and return after the commit is durable
+    /// (see `store.sync`). Messages for one mailbox get seqs in slice order. A message
+    /// whose `dedupe_key` its mailbox already holds (within `store.dedupe_window`) is not
+    /// stored: its [`Appended`] repeats the original's seq and id with `duplicate: true`.
+    /// Stored messages go to the [`Fanout`] before this returns.
+    async fn append(&self, msgs: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError>;
+
+    /// Up to `limit` messages of `user` with seq > `after`, oldest first.
+    async fn read_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError>;
+
+    /// Up to `limit` messages of `user` with seq < `before` (all when `None`), newest
+    /// first, only those with `contact` when given.
+    async fn history(
+        &self,
+        user: &str,
+        contact: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError>;
+
+    /// The highest seq that reached a live connection of `user` (0 if none did): a
+    /// connection that gives no `since` starts after it.
+    async fn delivered(&self, user: &str) -> Result<u64, StoreError>;
+
+    /// Raise `user`'s delivered mark to `seq` (never lowers it). May be batched: after a
+    /// crash the mark may be behind, so a message is delivered twice rather than never.
+    async fn set_delivered(&self, user: &str, seq: u64) -> Result<(), StoreError>;
+
+    /// Ok when the store can take writes (for `/readyz`).
+    async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Finish pending commits and stop. Later calls fail with [`StoreError::Closed`].
+    async fn close(&self);
+}
+
+pub type DynStore = Arc<dyn Store>;
