@@ -45,11 +45,7 @@ const TABLE: &[(&str, Code)] = &[
 
 /// The code of a `msg_type`; unknown types get [`Code::OTHER`].
 pub fn code_for_type(msg_type: &str) -> Code {
-    TABLE
-        .iter()
-        .find(|(t, _)| *t == msg_type)
-        .map(|(_, c)| *c)
-        .unwrap_or(Code::OTHER)
+    TABLE.iter().find(|(t, _)| *t == msg_type).map(|(_, c)| *c).unwrap_or(Code::OTHER)
 }
 
 impl Serialize for Code {
@@ -68,14 +64,10 @@ impl<'de> Deserialize<'de> for Code {
                 f.write_str("a code, as a number or a string")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Code, E> {
-                i32::try_from(v)
-                    .map(Code)
-                    .map_err(|_| E::custom("code out of range"))
+                i32::try_from(v).map(Code).map_err(|_| E::custom("code out of range"))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Code, E> {
-                i32::try_from(v)
-                    .map(Code)
-                    .map_err(|_| E::custom("code out of range"))
+                i32::try_from(v).map(Code).map_err(|_| E::custom("code out of range"))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Code, E> {
                 v.trim()
@@ -110,16 +102,7 @@ mod tests {
 
     #[test]
     fn types_and_codes_round_trip() {
-        for t in [
-            "text",
-            "image",
-            "voice",
-            "video",
-            "shortvideo",
-            "location",
-            "link",
-            "file",
-        ] {
+        for t in ["text", "image", "voice", "video", "shortvideo", "location", "link", "file"] {
             assert_eq!(code_for_type(t).msg_type(), Some(t));
         }
         assert_eq!(code_for_type("enim"), Code::OTHER);

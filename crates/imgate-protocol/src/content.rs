@@ -26,14 +26,7 @@ pub enum ContentError {
 }
 
 /// Elements that address the message rather than make up its content.
-const ENVELOPE: &[&str] = &[
-    "ToUserName",
-    "FromUserName",
-    "CreateTime",
-    "MsgType",
-    "MsgId",
-    "Encrypt",
-];
+const ENVELOPE: &[&str] = &["ToUserName", "FromUserName", "CreateTime", "MsgType", "MsgId", "Encrypt"];
 
 enum Kind {
     Str,
@@ -53,21 +46,14 @@ fn known_fields(msg_type: &str) -> &'static [(&'static str, &'static str, Kind)]
             ("Recognition", "recognition", Str),
             ("MediaId16K", "media_id_16k", Str),
         ],
-        "video" | "shortvideo" => &[
-            ("MediaId", "media_id", Str),
-            ("ThumbMediaId", "thumb_media_id", Str),
-        ],
+        "video" | "shortvideo" => &[("MediaId", "media_id", Str), ("ThumbMediaId", "thumb_media_id", Str)],
         "location" => &[
             ("Location_X", "latitude", Num),
             ("Location_Y", "longitude", Num),
             ("Scale", "scale", Num),
             ("Label", "label", Str),
         ],
-        "link" => &[
-            ("Title", "title", Str),
-            ("Description", "description", Str),
-            ("Url", "url", Str),
-        ],
+        "link" => &[("Title", "title", Str), ("Description", "description", Str), ("Url", "url", Str)],
         "event" => &[
             ("Event", "event", Str),
             ("EventKey", "event_key", Str),
@@ -88,10 +74,7 @@ fn has_media(msg_type: &str) -> bool {
 
 /// The content of a WeChat XML message.
 pub fn content_from_xml(x: &XmlMessage) -> Result<Content, ContentError> {
-    let msg_type = x
-        .non_empty("MsgType")
-        .ok_or(ContentError::MissingType)?
-        .to_owned();
+    let msg_type = x.non_empty("MsgType").ok_or(ContentError::MissingType)?.to_owned();
     let known = known_fields(&msg_type);
     let rest = x
         .fields
@@ -100,27 +83,16 @@ pub fn content_from_xml(x: &XmlMessage) -> Result<Content, ContentError> {
     let code = code_for_type(&msg_type);
     if known.is_empty() {
         // Unknown type: everything, as written.
-        return Ok(Content {
-            msg_type,
-            code,
-            msg: fields_to_json(rest),
-        });
+        return Ok(Content { msg_type, code, msg: fields_to_json(rest) });
     }
     let mut msg = Map::new();
     for (xml_name, key, kind) in known {
         if let Some(v) = x.get(xml_name) {
             let value = match kind {
-                Kind::Num => v
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(serde_json::Number::from_f64)
-                    .map(Value::Number),
+                Kind::Num => v.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number),
                 Kind::Str => None,
             };
-            msg.insert(
-                (*key).to_owned(),
-                value.unwrap_or_else(|| Value::String(v.to_owned())),
-            );
+            msg.insert((*key).to_owned(), value.unwrap_or_else(|| Value::String(v.to_owned())));
         }
     }
     if has_media(&msg_type) {
@@ -135,11 +107,7 @@ pub fn content_from_xml(x: &XmlMessage) -> Result<Content, ContentError> {
     if extra.as_object().is_some_and(|m| !m.is_empty()) {
         msg.insert("extra".into(), extra);
     }
-    Ok(Content {
-        msg_type,
-        code,
-        msg: Value::Object(msg),
-    })
+    Ok(Content { msg_type, code, msg: Value::Object(msg) })
 }
 
 /// The key under which WeChat's retries of one message are recognised. `MsgId` alone has

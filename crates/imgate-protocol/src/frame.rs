@@ -88,14 +88,8 @@ impl EncodedMessage {
 }
 
 fn result_frame(data: &Value, code: Code, message: &str) -> String {
-    serde_json::to_string(&Frame {
-        data,
-        result: FrameResult {
-            code,
-            message: message.to_owned(),
-        },
-    })
-    .expect("frame serialises")
+    serde_json::to_string(&Frame { data, result: FrameResult { code, message: message.to_owned() } })
+        .expect("frame serialises")
 }
 
 /// The seed's error frame, with a reason a person can act on.
@@ -165,15 +159,9 @@ mod tests {
     #[test]
     fn fixed_frames() {
         let hb: Value = serde_json::from_str(heartbeat_frame()).unwrap();
-        assert_eq!(
-            hb,
-            json!({"data": {}, "result": {"code": 101, "message": "heartbeat"}})
-        );
+        assert_eq!(hb, json!({"data": {}, "result": {"code": 101, "message": "heartbeat"}}));
         let err: Value = serde_json::from_str(&error_frame("missing userid")).unwrap();
-        assert_eq!(
-            err,
-            json!({"data": {}, "result": {"code": -1, "message": "missing userid"}})
-        );
+        assert_eq!(err, json!({"data": {}, "result": {"code": -1, "message": "missing userid"}}));
         let ack: Value = serde_json::from_str(&ack_frame("a", 3, "u2", true)).unwrap();
         assert_eq!(
             ack,
@@ -184,8 +172,7 @@ mod tests {
     #[test]
     fn frames_with_string_codes_parse() {
         let f: Frame =
-            serde_json::from_str(r#"{"data":{},"result":{"code":"102","message":"common"}}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"data":{},"result":{"code":"102","message":"common"}}"#).unwrap();
         assert_eq!(f.result.code, Code::SYSTEM);
     }
 }

@@ -74,9 +74,7 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(serde::de::Error::custom(format!(
-            "expected a string or a number, found {other}"
-        ))),
+        Some(other) => Err(serde::de::Error::custom(format!("expected a string or a number, found {other}"))),
     }
 }
 
@@ -97,11 +95,7 @@ pub fn parse_send_json(body: &[u8]) -> Result<SendRequest, SendError> {
             c.msg_type().ok_or(SendError::MissingType(c.0))?.to_owned()
         }
     };
-    if msg_type.len() > 64
-        || !msg_type
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if msg_type.len() > 64 || !msg_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return Err(SendError::BadType(msg_type));
     }
     let msg = match d.msg {
@@ -114,10 +108,9 @@ pub fn parse_send_json(body: &[u8]) -> Result<SendRequest, SendError> {
             return Err(SendError::MissingContent);
         }
         "image" | "voice" | "video" | "shortvideo"
-            if !["media_path", "media_id"].iter().any(|k| {
-                msg.get(*k)
-                    .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
-            }) =>
+            if !["media_path", "media_id"]
+                .iter()
+                .any(|k| msg.get(*k).is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))) =>
         {
             return Err(SendError::MissingMedia(msg_type));
         }
@@ -126,11 +119,7 @@ pub fn parse_send_json(body: &[u8]) -> Result<SendRequest, SendError> {
     let code = code_for_type(&msg_type);
     Ok(SendRequest {
         to,
-        content: Content {
-            msg_type,
-            code,
-            msg,
-        },
+        content: Content { msg_type, code, msg },
         client_id: d.id.filter(|s| !s.is_empty()),
         name: d.name,
         avatar: d.avatar,
@@ -169,28 +158,14 @@ mod tests {
 
     #[test]
     fn bad_requests_say_what_is_wrong() {
-        check(
-            "{",
-            Err(SendError::Json(
-                "EOF while parsing an object at line 1 column 1".into(),
-            )),
-        );
-        check(
-            r#"{"data":{"msg_type":"text","msg":{"content":"x"}}}"#,
-            Err(SendError::MissingRecipient),
-        );
+        check("{", Err(SendError::Json("EOF while parsing an object at line 1 column 1".into())));
+        check(r#"{"data":{"msg_type":"text","msg":{"content":"x"}}}"#, Err(SendError::MissingRecipient));
         check(
             r#"{"data":{"msg_type":"text","contact_id":" ","msg":{"content":"x"}}}"#,
             Err(SendError::MissingRecipient),
         );
-        check(
-            r#"{"data":{"contact_id":"1","msg":{}},"result":{"code":5}}"#,
-            Err(SendError::MissingType(5)),
-        );
-        check(
-            r#"{"data":{"msg_type":"text","contact_id":"1","msg":"hi"}}"#,
-            Err(SendError::MsgNotObject),
-        );
+        check(r#"{"data":{"contact_id":"1","msg":{}},"result":{"code":5}}"#, Err(SendError::MissingType(5)));
+        check(r#"{"data":{"msg_type":"text","contact_id":"1","msg":"hi"}}"#, Err(SendError::MsgNotObject));
         check(
             r#"{"data":{"msg_type":"text","contact_id":"1","msg":{"content":3}}}"#,
             Err(SendError::MissingContent),
@@ -203,17 +178,8 @@ mod tests {
             r#"{"data":{"msg_type":"a b","contact_id":"1","msg":{}}}"#,
             Err(SendError::BadType("a b".into())),
         );
-        assert!(matches!(
-            parse_send_json(br#"{"data":"x"}"#),
-            Err(SendError::Json(_))
-        ));
-        assert!(matches!(
-            parse_send_json(br#"{"data":{"contact_id":[1]}}"#),
-            Err(SendError::Json(_))
-        ));
-        assert!(matches!(
-            parse_send_json(b"\xff\xfe"),
-            Err(SendError::Json(_))
-        ));
+        assert!(matches!(parse_send_json(br#"{"data":"x"}"#), Err(SendError::Json(_))));
+        assert!(matches!(parse_send_json(br#"{"data":{"contact_id":[1]}}"#), Err(SendError::Json(_))));
+        assert!(matches!(parse_send_json(b"\xff\xfe"), Err(SendError::Json(_))));
     }
 }

@@ -52,9 +52,7 @@ impl XmlMessage {
         let mut stack: Vec<Open> = Vec::new();
         let mut root: Option<Vec<(String, XmlValue)>> = None;
         loop {
-            let event = reader
-                .read_event()
-                .map_err(|e| XmlError::Malformed(e.to_string()))?;
+            let event = reader.read_event().map_err(|e| XmlError::Malformed(e.to_string()))?;
             match event {
                 Event::Start(e) => {
                     if root.is_some() {
@@ -92,9 +90,7 @@ impl XmlMessage {
                         Some(top) => top.text.push_str(&s),
                         None if s.trim().is_empty() => {}
                         None => {
-                            return Err(XmlError::Malformed(
-                                "text outside the root element".into(),
-                            ));
+                            return Err(XmlError::Malformed("text outside the root element".into()));
                         }
                     }
                 }
@@ -103,9 +99,7 @@ impl XmlMessage {
                     match stack.last_mut() {
                         Some(top) => top.push_verbatim(&s),
                         None => {
-                            return Err(XmlError::Malformed(
-                                "CDATA outside the root element".into(),
-                            ));
+                            return Err(XmlError::Malformed("CDATA outside the root element".into()));
                         }
                     }
                 }
@@ -120,9 +114,7 @@ impl XmlMessage {
                     match stack.last_mut() {
                         Some(top) => top.push_verbatim(&resolved),
                         None => {
-                            return Err(XmlError::Malformed(
-                                "reference outside the root element".into(),
-                            ));
+                            return Err(XmlError::Malformed("reference outside the root element".into()));
                         }
                     }
                 }
@@ -132,12 +124,9 @@ impl XmlMessage {
             }
         }
         if !stack.is_empty() {
-            return Err(XmlError::Malformed(
-                "document ends inside an element".into(),
-            ));
+            return Err(XmlError::Malformed("document ends inside an element".into()));
         }
-        root.map(|fields| XmlMessage { fields })
-            .ok_or(XmlError::Empty)
+        root.map(|fields| XmlMessage { fields }).ok_or(XmlError::Empty)
     }
 
     /// The text of the first top-level element called `name`.
@@ -184,12 +173,7 @@ struct Open {
 
 impl Open {
     fn new(name: String) -> Open {
-        Open {
-            name,
-            children: Vec::new(),
-            text: String::new(),
-            verbatim: None,
-        }
+        Open { name, children: Vec::new(), text: String::new(), verbatim: None }
     }
 
     fn push_verbatim(&mut self, s: &str) {
@@ -227,9 +211,7 @@ fn write_fields(out: &mut String, fields: &[(String, XmlValue)]) {
         out.push_str(name);
         out.push('>');
         match value {
-            XmlValue::Text(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
-                out.push_str(t)
-            }
+            XmlValue::Text(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => out.push_str(t),
             XmlValue::Text(t) => write_cdata(out, t),
             XmlValue::Nested(children) => write_fields(out, children),
         }
@@ -283,10 +265,7 @@ mod tests {
     use super::*;
 
     fn text(fields: &[(&str, &str)]) -> Vec<(String, XmlValue)> {
-        fields
-            .iter()
-            .map(|(n, v)| (n.to_string(), XmlValue::Text(v.to_string())))
-            .collect()
+        fields.iter().map(|(n, v)| (n.to_string(), XmlValue::Text(v.to_string()))).collect()
     }
 
     fn check(input: &str, want: Result<Vec<(String, XmlValue)>, XmlError>) {
@@ -296,18 +275,12 @@ mod tests {
 
     #[test]
     fn values_as_senders_write_them() {
-        check(
-            "<xml><A><![CDATA[x y]]></A><B>12</B></xml>",
-            Ok(text(&[("A", "x y"), ("B", "12")])),
-        );
+        check("<xml><A><![CDATA[x y]]></A><B>12</B></xml>", Ok(text(&[("A", "x y"), ("B", "12")])));
         check(
             "<?xml version=\"1.0\"?>\n<xml>\n  <B>\n   12 \n </B>\n  <A>  <![CDATA[ keep ]]>  </A>\n</xml>\n",
             Ok(text(&[("B", "12"), ("A", " keep ")])),
         );
-        check(
-            "<xml><A>a &amp; b &lt;c&gt; &#x4e2d;&#25991;</A></xml>",
-            Ok(text(&[("A", "a & b <c> 中文")])),
-        );
+        check("<xml><A>a &amp; b &lt;c&gt; &#x4e2d;&#25991;</A></xml>", Ok(text(&[("A", "a & b <c> 中文")])));
         check("<xml><A/><B></B></xml>", Ok(text(&[("A", ""), ("B", "")])));
         check("<xml><!-- c --><A>1</A></xml>", Ok(text(&[("A", "1")])));
         check("<xml></xml>", Ok(vec![]));
@@ -332,22 +305,10 @@ mod tests {
         check("<xml><A>&e;</A></xml>", Err(XmlError::Entity("e".into())));
         check("", Err(XmlError::Empty));
         check("   ", Err(XmlError::Empty));
-        check(
-            "<xml><A>1</A></xml><xml></xml>",
-            Err(XmlError::TrailingContent),
-        );
-        check(
-            "hello <xml></xml>",
-            Err(XmlError::Malformed("text outside the root element".into())),
-        );
-        assert!(matches!(
-            XmlMessage::parse("<xml><A>1</B></xml>"),
-            Err(XmlError::Malformed(_))
-        ));
-        assert!(matches!(
-            XmlMessage::parse("<xml><A>1"),
-            Err(XmlError::Malformed(_))
-        ));
+        check("<xml><A>1</A></xml><xml></xml>", Err(XmlError::TrailingContent));
+        check("hello <xml></xml>", Err(XmlError::Malformed("text outside the root element".into())));
+        assert!(matches!(XmlMessage::parse("<xml><A>1</B></xml>"), Err(XmlError::Malformed(_))));
+        assert!(matches!(XmlMessage::parse("<xml><A>1"), Err(XmlError::Malformed(_))));
         let deep = format!("<xml>{}{}</xml>", "<a>".repeat(40), "</a>".repeat(40));
         assert_eq!(XmlMessage::parse(&deep), Err(XmlError::TooDeep));
     }
@@ -369,11 +330,7 @@ mod tests {
 
     #[test]
     fn repeated_names_become_arrays() {
-        let m =
-            XmlMessage::parse("<xml><P><item>1</item><item>2</item><x>3</x></P></xml>").unwrap();
-        assert_eq!(
-            m.fields[0].1.to_json(),
-            serde_json::json!({"item": ["1", "2"], "x": "3"})
-        );
+        let m = XmlMessage::parse("<xml><P><item>1</item><item>2</item><x>3</x></P></xml>").unwrap();
+        assert_eq!(m.fields[0].1.to_json(), serde_json::json!({"item": ["1", "2"], "x": "3"}));
     }
 }

@@ -41,11 +41,7 @@ impl Auth {
                 .flatten(),
             validation,
             api_keys: c.api_keys.clone(),
-            origins: c
-                .allowed_origins
-                .iter()
-                .map(|o| o.trim_end_matches('/').to_owned())
-                .collect(),
+            origins: c.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_owned()).collect(),
         }
     }
 
@@ -61,34 +57,22 @@ impl Auth {
         if self.mode == AuthMode::Open {
             return Ok(named.map_or(Caller::Backend, Caller::User));
         }
-        let presented = token
-            .map(str::to_owned)
-            .or_else(|| credential(headers))
-            .ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "credentials required: a JWT (?token= or Authorization: Bearer) or an API key"
-                        .into(),
-                )
-            })?;
-        if self
-            .api_keys
-            .iter()
-            .any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes()))
-        {
+        let presented = token.map(str::to_owned).or_else(|| credential(headers)).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "credentials required: a JWT (?token= or Authorization: Bearer) or an API key".into(),
+            )
+        })?;
+        if self.api_keys.iter().any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes())) {
             return Ok(named.map_or(Caller::Backend, Caller::User));
         }
-        let key = self
-            .key
-            .as_ref()
-            .ok_or_else(|| ApiError::Unauthorized("unknown API key".into()))?;
+        let key = self.key.as_ref().ok_or_else(|| ApiError::Unauthorized("unknown API key".into()))?;
         let claims = jsonwebtoken::decode::<Claims>(&presented, key, &self.validation)
             .map_err(|e| ApiError::Unauthorized(format!("token refused: {e}")))?
             .claims;
         match named {
-            Some(u) if u != claims.sub => Err(ApiError::Forbidden(format!(
-                "the token is for user {:?}, not {u:?}",
-                claims.sub
-            ))),
+            Some(u) if u != claims.sub => {
+                Err(ApiError::Forbidden(format!("the token is for user {:?}, not {u:?}", claims.sub)))
+            }
             _ => Ok(Caller::User(claims.sub)),
         }
     }
@@ -101,35 +85,19 @@ impl Auth {
         match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
             // Non-browser clients send no Origin; the token still applies to them.
             None => Ok(()),
-            Some(o)
-                if self
-                    .origins
-                    .iter()
-                    .any(|a| a == "*" || a == o.trim_end_matches('/')) =>
-            {
-                Ok(())
-            }
-            Some(o) => Err(ApiError::Forbidden(format!(
-                "origin {o} is not in auth.allowed_origins"
-            ))),
+            Some(o) if self.origins.iter().any(|a| a == "*" || a == o.trim_end_matches('/')) => Ok(()),
+            Some(o) => Err(ApiError::Forbidden(format!("origin {o} is not in auth.allowed_origins"))),
         }
     }
 }
 
 fn credential(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        && let Some(t) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
     {
         return Some(t.trim().to_owned());
     }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_owned())
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_owned())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -169,48 +137,21 @@ mod tests {
         let a = auth();
         let h = HeaderMap::new();
         let good = jwt("agent1", 600, "0123456789abcdef0123");
-        assert_eq!(
-            a.caller(&h, Some(&good), None).unwrap(),
-            Caller::User("agent1".into())
-        );
-        assert_eq!(
-            a.caller(&h, Some(&good), Some("agent1")).unwrap(),
-            Caller::User("agent1".into())
-        );
-        assert!(matches!(
-            a.caller(&h, Some(&good), Some("agent2")),
-            Err(ApiError::Forbidden(_))
-        ));
-        assert!(matches!(
-            a.caller(&h, None, Some("agent1")),
-            Err(ApiError::Unauthorized(_))
-        ));
+        assert_eq!(a.caller(&h, Some(&good), None).unwrap(), Caller::User("agent1".into()));
+        assert_eq!(a.caller(&h, Some(&good), Some("agent1")).unwrap(), Caller::User("agent1".into()));
+        assert!(matches!(a.caller(&h, Some(&good), Some("agent2")), Err(ApiError::Forbidden(_))));
+        assert!(matches!(a.caller(&h, None, Some("agent1")), Err(ApiError::Unauthorized(_))));
         let expired = jwt("agent1", -600, "0123456789abcdef0123");
-        assert!(matches!(
-            a.caller(&h, Some(&expired), None),
-            Err(ApiError::Unauthorized(_))
-        ));
+        assert!(matches!(a.caller(&h, Some(&expired), None), Err(ApiError::Unauthorized(_))));
         let forged = jwt("agent1", 600, "another secret 12345");
-        assert!(matches!(
-            a.caller(&h, Some(&forged), None),
-            Err(ApiError::Unauthorized(_))
-        ));
+        assert!(matches!(a.caller(&h, Some(&forged), None), Err(ApiError::Unauthorized(_))));
         let mut k = HeaderMap::new();
         k.insert("x-api-key", "backend-key".parse().unwrap());
         assert_eq!(a.caller(&k, None, None).unwrap(), Caller::Backend);
-        assert_eq!(
-            a.caller(&k, None, Some("u")).unwrap(),
-            Caller::User("u".into())
-        );
+        assert_eq!(a.caller(&k, None, Some("u")).unwrap(), Caller::User("u".into()));
         let mut b = HeaderMap::new();
-        b.insert(
-            header::AUTHORIZATION,
-            format!("Bearer {good}").parse().unwrap(),
-        );
-        assert_eq!(
-            a.caller(&b, None, None).unwrap(),
-            Caller::User("agent1".into())
-        );
+        b.insert(header::AUTHORIZATION, format!("Bearer {good}").parse().unwrap());
+        assert_eq!(a.caller(&b, None, None).unwrap(), Caller::User("agent1".into()));
     }
 
     #[test]

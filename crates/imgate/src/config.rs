@@ -141,14 +141,7 @@ impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthConfig")
             .field("mode", &self.mode)
-            .field(
-                "jwt_secret",
-                &if self.jwt_secret.is_empty() {
-                    ""
-                } else {
-                    "<set>"
-                },
-            )
+            .field("jwt_secret", &if self.jwt_secret.is_empty() { "" } else { "<set>" })
             .field("api_keys", &format_args!("<{} keys>", self.api_keys.len()))
             .field("allowed_origins", &self.allowed_origins)
             .finish()
@@ -206,11 +199,7 @@ impl Default for HubConfig {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            http_body_max: 1 << 20,
-            ws_frame_max: 64 << 10,
-            history_page_max: 200,
-        }
+        Limits { http_body_max: 1 << 20, ws_frame_max: 64 << 10, history_page_max: 200 }
     }
 }
 
@@ -227,10 +216,7 @@ impl Default for AuthConfig {
 
 impl Default for ProtocolConfig {
     fn default() -> Self {
-        ProtocolConfig {
-            create_time_zone: "+08:00".into(),
-            company_id: String::new(),
-        }
+        ProtocolConfig { create_time_zone: "+08:00".into(), company_id: String::new() }
     }
 }
 
@@ -259,9 +245,7 @@ impl Config {
         match file {
             Some(f) if !f.exists() => return Err(ConfigError::MissingFile(f.to_owned())),
             Some(f) => fig = fig.merge(Toml::file_exact(f)),
-            None if Path::new("imgate.toml").exists() => {
-                fig = fig.merge(Toml::file_exact("imgate.toml"))
-            }
+            None if Path::new("imgate.toml").exists() => fig = fig.merge(Toml::file_exact("imgate.toml")),
             None => {}
         }
         fig = fig.merge(Env::prefixed("IMGATE_").split("__").ignore(&["config"]));
@@ -277,20 +261,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_owned(),
-            })
-        };
+        let bad = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_owned() });
         if self.hub.heartbeat_interval.is_zero() {
             return bad("hub.heartbeat_interval", "must be above zero");
         }
         if self.hub.idle_timeout <= self.hub.heartbeat_interval {
-            return bad(
-                "hub.idle_timeout",
-                "must be longer than hub.heartbeat_interval",
-            );
+            return bad("hub.idle_timeout", "must be longer than hub.heartbeat_interval");
         }
         if self.hub.queue_capacity == 0 || self.hub.max_connections_per_user == 0 {
             return bad(
@@ -299,16 +275,10 @@ impl Config {
             );
         }
         if self.hub.read_buffer_size < 256 || self.hub.write_buffer_size < 256 {
-            return bad(
-                "hub.read_buffer_size",
-                "socket buffers need at least 256 bytes",
-            );
+            return bad("hub.read_buffer_size", "socket buffers need at least 256 bytes");
         }
         if self.store.max_batch == 0 || self.store.retention_max_messages == 0 {
-            return bad(
-                "store.max_batch",
-                "max_batch and retention_max_messages must be above zero",
-            );
+            return bad("store.max_batch", "max_batch and retention_max_messages must be above zero");
         }
         if self.auth.mode == AuthMode::Token
             && self.auth.jwt_secret.len() < 16
@@ -343,10 +313,7 @@ mod tests {
     fn defaults_are_valid_and_documented() {
         let c = Config::default();
         c.validate().unwrap();
-        assert_eq!(
-            c.protocol.zone().unwrap(),
-            UtcOffset::from_hms(8, 0, 0).unwrap()
-        );
+        assert_eq!(c.protocol.zone().unwrap(), UtcOffset::from_hms(8, 0, 0).unwrap());
         // Every key of the defaults appears in the help text.
         let v = serde_json::to_value(&c).unwrap();
         let mut keys = Vec::new();
@@ -357,10 +324,7 @@ mod tests {
             }
         }
         for k in keys {
-            assert!(
-                KEYS_HELP.contains(&format!("  {k} = ")),
-                "key {k} missing from KEYS_HELP"
-            );
+            assert!(KEYS_HELP.contains(&format!("  {k} = ")), "key {k} missing from KEYS_HELP");
         }
     }
 
@@ -372,14 +336,8 @@ mod tests {
                 "listen = \"127.0.0.1:9\"\n[hub]\nqueue_capacity = 7\n[store]\nsync = \"full\"\n",
             )?;
             jail.set_env("IMGATE_HUB__QUEUE_CAPACITY", "8");
-            let c = Config::load(
-                None,
-                &Overrides {
-                    data_dir: Some("/tmp/x".into()),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let c = Config::load(None, &Overrides { data_dir: Some("/tmp/x".into()), ..Default::default() })
+                .unwrap();
             assert_eq!(c.listen.port(), 9);
             assert_eq!(c.hub.queue_capacity, 8);
             assert_eq!(c.store.sync, Sync::Full);

@@ -59,19 +59,12 @@ pub enum Sender<'a> {
 
 impl Ingest {
     pub fn new(store: DynStore, zone: UtcOffset, company_id: String) -> Ingest {
-        Ingest {
-            store,
-            zone,
-            company_id,
-        }
+        Ingest { store, zone, company_id }
     }
 
     /// A send request (seed §2.1) from `from`.
     pub async fn send(&self, from: Sender<'_>, req: SendRequest) -> Result<Accepted, IngestError> {
-        let dedupe = req
-            .client_id
-            .as_ref()
-            .map(|c| format!("c:{}:{c}", sender_name(from)));
+        let dedupe = req.client_id.as_ref().map(|c| format!("c:{}:{c}", sender_name(from)));
         let now = now();
         self.commit(Letter {
             from,
@@ -88,22 +81,12 @@ impl Ingest {
     }
 
     /// A WeChat XML message (seed §2.2). `from` defaults to its `FromUserName`.
-    pub async fn send_xml(
-        &self,
-        from: Option<Sender<'_>>,
-        x: &XmlMessage,
-    ) -> Result<Accepted, IngestError> {
+    pub async fn send_xml(&self, from: Option<Sender<'_>>, x: &XmlMessage) -> Result<Accepted, IngestError> {
         let from = match from {
             Some(f) => f,
-            None => Sender::Outside(
-                x.non_empty("FromUserName")
-                    .ok_or(IngestError::MissingSender)?,
-            ),
+            None => Sender::Outside(x.non_empty("FromUserName").ok_or(IngestError::MissingSender)?),
         };
-        let to = x
-            .non_empty("ToUserName")
-            .ok_or(IngestError::MissingRecipient)?
-            .to_owned();
+        let to = x.non_empty("ToUserName").ok_or(IngestError::MissingRecipient)?.to_owned();
         let content = content_from_xml(x)?;
         let send_time = match x.non_empty("CreateTime") {
             Some(t) => parse_create_time(t, self.zone)?,
@@ -138,23 +121,14 @@ impl Ingest {
             }
         }
         let system = l.content.msg_type == "system";
-        let id =
-            l.id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+        let id = l.id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
         let company_id = l.company_id.unwrap_or_else(|| self.company_id.clone());
         let mut data = MessageData {
             id: id.clone(),
-            name: if system {
-                SYSTEM_NAME.to_owned()
-            } else {
-                l.name.unwrap_or_default()
-            },
+            name: if system { SYSTEM_NAME.to_owned() } else { l.name.unwrap_or_default() },
             avatar: l.avatar.unwrap_or_default(),
             msg_type: l.content.msg_type.clone(),
-            contact_id: if system {
-                SYSTEM_CONTACT.to_owned()
-            } else {
-                sender.to_owned()
-            },
+            contact_id: if system { SYSTEM_CONTACT.to_owned() } else { sender.to_owned() },
             company_id,
             send_time: l.send_time,
             msg: l.content.msg.clone(),
@@ -185,12 +159,7 @@ impl Ingest {
         let appended = self.store.append(msgs).await?;
         let first = &appended[0];
         metrics::counter!("imgate_messages_accepted_total").increment(u64::from(!first.duplicate));
-        Ok(Accepted {
-            id: first.id.clone(),
-            seq: first.seq,
-            to: l.to,
-            duplicate: first.duplicate,
-        })
+        Ok(Accepted { id: first.id.clone(), seq: first.seq, to: l.to, duplicate: first.duplicate })
     }
 }
 

@@ -62,20 +62,12 @@ pub async fn run(
     config.validate()?;
     let config = Arc::new(config);
     let metrics = metrics_handle();
-    let hub = Hub::new(
-        config.hub.queue_capacity,
-        config.hub.max_connections_per_user,
-    );
+    let hub = Hub::new(config.hub.queue_capacity, config.hub.max_connections_per_user);
     let store: DynStore = match config.store.engine {
-        Engine::Sqlite => {
-            store::sqlite::SqliteStore::open(&config.data_dir, &config.store, hub.clone())?
-        }
+        Engine::Sqlite => store::sqlite::SqliteStore::open(&config.data_dir, &config.store, hub.clone())?,
     };
-    let ingest = Arc::new(Ingest::new(
-        store.clone(),
-        config.protocol.zone()?,
-        config.protocol.company_id.clone(),
-    ));
+    let ingest =
+        Arc::new(Ingest::new(store.clone(), config.protocol.zone()?, config.protocol.company_id.clone()));
     let cancel = CancellationToken::new();
     let conn = Arc::new(ConnContext {
         hub: hub.clone(),
@@ -105,23 +97,18 @@ pub async fn run(
         "imgate listening"
     );
     let stop = cancel.clone();
-    let server = axum::serve(
-        listener,
-        http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        stop.cancel();
-    });
+    let server =
+        axum::serve(listener, http::router(state).into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stop.cancel();
+            });
     let served = server.await;
     // The listener is closed and sockets are being closed with 1001; wait for them and
     // for requests still committing, but not forever.
     tasks.close();
     let open = tasks.len();
-    if tokio::time::timeout(config.shutdown_grace, tasks.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(config.shutdown_grace, tasks.wait()).await.is_err() {
         tracing::warn!(left = tasks.len(), grace = ?config.shutdown_grace, "connections still open after the grace period; leaving them");
     }
     store.close().await;

@@ -51,11 +51,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve {
-            listen,
-            data_dir,
-            config,
-        } => {
+        Command::Serve { listen, data_dir, config } => {
             let config = match Config::load(config.as_deref(), &Overrides { listen, data_dir }) {
                 Ok(c) => c,
                 Err(e) => {
@@ -92,14 +88,13 @@ async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

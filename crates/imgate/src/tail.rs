@@ -11,10 +11,7 @@ pub struct TailArgs {
     #[arg(long)]
     pub userid: String,
     /// The gateway's WebSocket URL.
-    #[arg(
-        long,
-        default_value = "ws://127.0.0.1:1234/im_component/wx_official_account/msg"
-    )]
+    #[arg(long, default_value = "ws://127.0.0.1:1234/im_component/wx_official_account/msg")]
     pub url: String,
     /// Replay the mailbox after this seq first.
     #[arg(long)]

@@ -132,10 +132,7 @@ fn the_seed_test_body() {
         json!({"msg_type": "enim", "code": 1099, "msg": {"Content": "occaecat ut in fugiat dolor", "MsgDataId": "27", "Idx": "74"}}),
     );
     let x = XmlMessage::parse(seed).unwrap();
-    assert_eq!(
-        dedupe_key_for_xml(&x).as_deref(),
-        Some("wx:魏秀兰:1976-04-10 12:21:47:19")
-    );
+    assert_eq!(dedupe_key_for_xml(&x).as_deref(), Some("wx:魏秀兰:1976-04-10 12:21:47:19"));
 }
 
 #[test]
@@ -150,14 +147,9 @@ fn elements_in_any_order_and_missing_type() {
 
 #[test]
 fn dedupe_keys() {
-    let ev = XmlMessage::parse(&wx(
-        "<MsgType>event</MsgType><Event>CLICK</Event><EventKey>K</EventKey>",
-    ))
-    .unwrap();
-    assert_eq!(
-        dedupe_key_for_xml(&ev).as_deref(),
-        Some("wxe:fromUser:1348831860:CLICK:K")
-    );
+    let ev =
+        XmlMessage::parse(&wx("<MsgType>event</MsgType><Event>CLICK</Event><EventKey>K</EventKey>")).unwrap();
+    assert_eq!(dedupe_key_for_xml(&ev).as_deref(), Some("wxe:fromUser:1348831860:CLICK:K"));
     let plain = XmlMessage::parse("<xml><MsgType>text</MsgType></xml>").unwrap();
     assert_eq!(dedupe_key_for_xml(&plain), None);
 }

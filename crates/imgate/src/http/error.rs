@@ -54,14 +54,8 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(status = status.as_u16(), error = %self, "request refused");
         }
-        metrics::counter!("imgate_http_errors_total", "status" => status.as_str().to_owned())
-            .increment(1);
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            error_frame(&self.to_string()),
-        )
-            .into_response()
+        metrics::counter!("imgate_http_errors_total", "status" => status.as_str().to_owned()).increment(1);
+        (status, [(header::CONTENT_TYPE, "application/json")], error_frame(&self.to_string())).into_response()
     }
 }
 

@@ -37,33 +37,17 @@ pub async fn history(
     let user = match state.caller(&headers, &params)? {
         Caller::User(u) => u,
         Caller::Backend => {
-            return Err(ApiError::BadRequest(
-                "missing userid: whose history?".into(),
-            ));
+            return Err(ApiError::BadRequest("missing userid: whose history?".into()));
         }
     };
-    let contact = params
-        .get("contact_id")
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .map(str::to_owned);
+    let contact = params.get("contact_id").map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned);
     let before = params.number("before")?;
     let max = state.config.limits.history_page_max;
-    let limit = params
-        .number("limit")?
-        .map_or(50, |l| l as usize)
-        .clamp(1, max);
-    let mut rows = state
-        .store
-        .history(&user, contact.as_deref(), before, limit + 1)
-        .await?;
+    let limit = params.number("limit")?.map_or(50, |l| l as usize).clamp(1, max);
+    let mut rows = state.store.history(&user, contact.as_deref(), before, limit + 1).await?;
     let more = rows.len() > limit;
     rows.truncate(limit);
-    let next_before = if more {
-        rows.last().map(|r| r.seq)
-    } else {
-        None
-    };
+    let next_before = if more { rows.last().map(|r| r.seq) } else { None };
     rows.reverse();
     let messages = rows
         .into_iter()
@@ -71,16 +55,8 @@ pub async fn history(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::Unavailable(format!("a stored message is damaged: {e}")))?;
     let page = Page {
-        data: PageData {
-            user,
-            contact_id: contact,
-            messages,
-            next_before,
-        },
-        result: imgate_protocol::FrameResult {
-            code: imgate_protocol::Code::OK,
-            message: "ok".into(),
-        },
+        data: PageData { user, contact_id: contact, messages, next_before },
+        result: imgate_protocol::FrameResult { code: imgate_protocol::Code::OK, message: "ok".into() },
     };
     let body = serde_json::to_string(&page).map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

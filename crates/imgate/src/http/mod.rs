@@ -74,8 +74,7 @@ impl Params {
     pub fn from(
         q: Result<axum::extract::Query<HashMap<String, String>>, QueryRejection>,
     ) -> Result<Params, ApiError> {
-        q.map(|q| Params(q.0))
-            .map_err(|e| ApiError::BadRequest(format!("query string: {e}")))
+        q.map(|q| Params(q.0)).map_err(|e| ApiError::BadRequest(format!("query string: {e}")))
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -83,10 +82,7 @@ impl Params {
     }
 
     pub fn userid(&self) -> Option<&str> {
-        self.get("userid")
-            .or_else(|| self.get("userId"))
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
+        self.get("userid").or_else(|| self.get("userId")).map(str::trim).filter(|u| !u.is_empty())
     }
 
     pub fn number(&self, key: &str) -> Result<Option<u64>, ApiError> {
@@ -102,7 +98,6 @@ impl Params {
 
 impl AppState {
     pub fn caller(&self, headers: &HeaderMap, params: &Params) -> Result<Caller, ApiError> {
-        self.auth
-            .caller(headers, params.get("token"), params.userid())
+        self.auth.caller(headers, params.get("token"), params.userid())
     }
 }

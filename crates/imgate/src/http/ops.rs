@@ -11,11 +11,7 @@ use serde_json::json;
 use super::{AppState, error::ApiError};
 
 pub async fn healthz() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        ok_frame(&json!({"status": "alive"})),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], ok_frame(&json!({"status": "alive"}))).into_response()
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -23,23 +19,16 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
         return Err(ApiError::Unavailable("shutting down".into()));
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ready()).await {
-        Ok(Ok(())) => Ok((
-            [(header::CONTENT_TYPE, "application/json")],
-            ok_frame(&json!({"store": "ok"})),
-        )
-            .into_response()),
+        Ok(Ok(())) => {
+            Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&json!({"store": "ok"})))
+                .into_response())
+        }
         Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(ApiError::Unavailable(
-            "store did not answer within 2 s".into(),
-        )),
+        Err(_) => Err(ApiError::Unavailable("store did not answer within 2 s".into())),
     }
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
         .into_response()
 }

@@ -50,11 +50,8 @@ fn read_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<By
 
 /// JSON or XML: by `Content-Type` when it says, else by the first non-blank byte.
 fn kind(headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ct =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     if ct.contains("json") {
         return Ok(Body::Json);
     }
@@ -64,9 +61,7 @@ fn kind(headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => Ok(Body::Json),
         Some(b'<') => Ok(Body::Xml),
-        None => Err(ApiError::BadRequest(
-            "empty body: send a JSON send request or WeChat XML".into(),
-        )),
+        None => Err(ApiError::BadRequest("empty body: send a JSON send request or WeChat XML".into())),
         Some(_) => Err(ApiError::UnsupportedMedia(
             "body is neither JSON ({\"data\":…}) nor WeChat XML (<xml>…</xml>)".into(),
         )),
@@ -104,8 +99,8 @@ async fn send_xml_body(
 ) -> Result<Response, ApiError> {
     let params = Params::from(query)?;
     let caller = state.caller(&headers, &params)?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
     let xml = XmlMessage::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let from = match &caller {
         Caller::User(u) => Some(Sender::User(u)),

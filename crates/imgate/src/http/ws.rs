@@ -34,8 +34,9 @@ pub async fn msg(
 ) -> Response {
     match ws {
         Ok(ws) => upgrade(state, headers, query, ws).unwrap_or_else(IntoResponse::into_response),
-        Err(e) => ApiError::BadRequest(format!("this path takes WebSocket upgrades only ({e})"))
-            .into_response(),
+        Err(e) => {
+            ApiError::BadRequest(format!("this path takes WebSocket upgrades only ({e})")).into_response()
+        }
     }
 }
 
@@ -56,9 +57,7 @@ fn upgrade(
         }
     };
     if user.len() > 256 {
-        return Err(ApiError::BadRequest(
-            "userid is too long (at most 256 bytes)".into(),
-        ));
+        return Err(ApiError::BadRequest("userid is too long (at most 256 bytes)".into()));
     }
     let since = params.number("since")?;
     let hub_cfg = &state.config.hub;
@@ -73,9 +72,7 @@ fn upgrade(
         .read_buffer_size(hub_cfg.read_buffer_size)
         .write_buffer_size(hub_cfg.write_buffer_size)
         // One frame must always fit, however large a message the HTTP limit let in.
-        .max_write_buffer_size(
-            hub_cfg.write_buffer_size + 2 * state.config.limits.http_body_max + 4096,
-        )
+        .max_write_buffer_size(hub_cfg.write_buffer_size + 2 * state.config.limits.http_body_max + 4096)
         .max_message_size(frame_max)
         .max_frame_size(frame_max);
     // Browsers drop a connection whose answer names none of the sub-protocols they
@@ -89,12 +86,12 @@ fn upgrade(
     }
     let ctx = state.conn.clone();
     let token = state.tasks.token();
-    Ok(ws
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
+    Ok(ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed")).on_upgrade(
+        move |socket| async move {
             conn::serve(ctx, socket, user, since).await;
             drop(token);
-        }))
+        },
+    ))
 }
 
 const ROOT_PAGE: &str = "<!doctype html><meta charset=utf-8><title>imgate</title>\

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{CLOSE_IDLE, CLOSE_SLOW, Hub, Outbound};
+use super::{CLOSE_IDLE, CLOSE_SLOW, Hub, Outbound, Registration};
 use crate::config::HubConfig;
 use crate::ingest::{Ingest, Sender};
 use crate::store::DynStore;
@@ -61,31 +61,18 @@ pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, since
     let (sink, stream) = socket.split();
     let activity = Arc::new(AtomicU64::new(0));
     let (ctl_tx, ctl_rx) = mpsc::channel(16);
-    let mut reader = tokio::spawn(read_loop(
-        ctx.clone(),
-        stream,
-        user.clone(),
-        ctl_tx,
-        activity.clone(),
-    ));
-    let mut w = Writer {
-        ctx: ctx.clone(),
-        sink,
-        user,
-        last_sent: 0,
-        persisted: 0,
-        activity,
-    };
-    let stop = w.run(since, ctl_rx).await;
+    let mut reader = tokio::spawn(read_loop(ctx.clone(), stream, user.clone(), ctl_tx, activity.clone()));
+    let mut w = Writer { ctx: ctx.clone(), sink, user, last_sent: 0, persisted: 0, activity, mark: None };
+    let (stop, reg) = w.run(since, ctl_rx).await;
+    // Persist the mark before leaving the hub: a connection starting meanwhile reads
+    // the hub's mark, one starting after reads the store's.
     if w.last_sent > w.persisted {
         let _ = ctx.store.set_delivered(&w.user, w.last_sent).await;
     }
+    drop(reg);
     if let Stop::Close(code, reason) = stop {
         tracing::debug!(user = %w.user, code, %reason, "closing connection");
-        let close = Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from(reason),
-        }));
+        let close = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }));
         let _ = tokio::time::timeout(CLOSE_WAIT, w.sink.send(close)).await;
         // Let the client answer the close, so it sees the code rather than a reset.
         if tokio::time::timeout(CLOSE_WAIT, &mut reader).await.is_err() {
@@ -107,20 +94,27 @@ struct Writer {
     persisted: u64,
     /// Bumped by the reader on every frame or pong from the client.
     activity: Arc<AtomicU64>,
+    /// The user's shared delivered mark in the hub, once registered.
+    mark: Option<Arc<AtomicU64>>,
 }
 
 impl Writer {
-    async fn run(&mut self, since: Option<u64>, mut ctl: mpsc::Receiver<Ctl>) -> Stop {
-        match self.start(since).await {
-            Ok(()) => {}
-            Err(stop) => return stop,
+    async fn run(&mut self, since: Option<u64>, ctl: mpsc::Receiver<Ctl>) -> (Stop, Option<Registration>) {
+        if let Err(stop) = self.start(since).await {
+            return (stop, None);
         }
         // Register only now: a long replay must not fill the live queue. A second replay
         // covers what was committed in between; duplicates are skipped by seq.
         let mut reg = match self.ctx.hub.register(&self.user) {
             Ok(r) => r,
-            Err(e) => return Stop::Close(1008, e.to_string()),
+            Err(e) => return (Stop::Close(1008, e.to_string()), None),
         };
+        self.mark = Some(reg.delivered.clone());
+        let stop = self.live_loop(&mut reg, ctl).await;
+        (stop, Some(reg))
+    }
+
+    async fn live_loop(&mut self, reg: &mut Registration, mut ctl: mpsc::Receiver<Ctl>) -> Stop {
         if let Err(stop) = self.replay().await {
             return stop;
         }
@@ -163,22 +157,17 @@ impl Writer {
     }
 
     fn slow(&self) -> Stop {
-        Stop::Close(
-            CLOSE_SLOW,
-            format!("too slow to read; reconnect with since={}", self.last_sent),
-        )
+        Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={}", self.last_sent))
     }
 
     /// Where to start, then the first replay.
     async fn start(&mut self, since: Option<u64>) -> Result<(), Stop> {
         let start = match since {
             Some(s) => s,
-            None => self
-                .ctx
-                .store
-                .delivered(&self.user)
-                .await
-                .map_err(store_stop)?,
+            None => {
+                let stored = self.ctx.store.delivered(&self.user).await.map_err(store_stop)?;
+                stored.max(self.ctx.hub.delivered(&self.user).unwrap_or(0))
+            }
         };
         self.last_sent = start;
         self.persisted = start;
@@ -186,12 +175,7 @@ impl Writer {
         if since.is_some() && self.last_sent == start && start > 0 {
             // A client ahead of the mailbox (data dir replaced?) would skip new messages
             // forever: restart it from the newest message there is.
-            let newest = self
-                .ctx
-                .store
-                .history(&self.user, None, None, 1)
-                .await
-                .map_err(store_stop)?;
+            let newest = self.ctx.store.history(&self.user, None, None, 1).await.map_err(store_stop)?;
             if let Some(n) = newest.first()
                 && n.seq < start
             {
@@ -212,8 +196,7 @@ impl Writer {
                 .map_err(store_stop)?;
             let n = page.len();
             for m in page {
-                self.feed(Message::Text(m.frame.with_seq(m.seq).into()))
-                    .await?;
+                self.feed(Message::Text(m.frame.with_seq(m.seq).into())).await?;
                 self.last_sent = m.seq;
             }
             self.flush().await?;
@@ -224,11 +207,7 @@ impl Writer {
     }
 
     /// Live frames: the first, and whatever else is already queued.
-    async fn live(
-        &mut self,
-        first: Outbound,
-        rx: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), Stop> {
+    async fn live(&mut self, first: Outbound, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), Stop> {
         let mut next = Some(first);
         let mut n = 0;
         while let Some(out) = next.take() {
@@ -238,16 +217,11 @@ impl Writer {
                 let gap = self
                     .ctx
                     .store
-                    .read_after(
-                        &self.user,
-                        self.last_sent,
-                        (out.seq - self.last_sent - 1) as usize,
-                    )
+                    .read_after(&self.user, self.last_sent, (out.seq - self.last_sent - 1) as usize)
                     .await
                     .map_err(store_stop)?;
                 for m in gap.into_iter().filter(|m| m.seq < out.seq) {
-                    self.feed(Message::Text(m.frame.with_seq(m.seq).into()))
-                        .await?;
+                    self.feed(Message::Text(m.frame.with_seq(m.seq).into())).await?;
                     self.last_sent = m.seq;
                 }
             }
@@ -265,17 +239,11 @@ impl Writer {
 
     async fn beat(&mut self) -> Result<(), Stop> {
         if self.last_sent > self.persisted
-            && self
-                .ctx
-                .store
-                .set_delivered(&self.user, self.last_sent)
-                .await
-                .is_ok()
+            && self.ctx.store.set_delivered(&self.user, self.last_sent).await.is_ok()
         {
             self.persisted = self.last_sent;
         }
-        self.feed(Message::Text(Utf8Bytes::from_static(heartbeat_frame())))
-            .await?;
+        self.feed(Message::Text(Utf8Bytes::from_static(heartbeat_frame()))).await?;
         self.feed(Message::Ping(Default::default())).await?;
         self.flush().await
     }
@@ -292,7 +260,11 @@ impl Writer {
 
     async fn flush(&mut self) -> Result<(), Stop> {
         let fut = self.sink.flush();
-        guard(fut, &self.ctx, self.ctx.config.idle_timeout, self.last_sent).await
+        guard(fut, &self.ctx, self.ctx.config.idle_timeout, self.last_sent).await?;
+        if let Some(mark) = &self.mark {
+            mark.fetch_max(self.last_sent, Ordering::AcqRel);
+        }
+        Ok(())
     }
 }
 
@@ -326,9 +298,7 @@ async fn read_loop(
         activity.fetch_add(1, Ordering::Relaxed);
         let reply = match msg {
             Ok(Message::Text(t)) => on_text(&ctx, &user, t.as_str()).await,
-            Ok(Message::Binary(_)) => Some(error_frame(
-                "binary frames are not understood: send JSON text",
-            )),
+            Ok(Message::Binary(_)) => Some(error_frame("binary frames are not understood: send JSON text")),
             Ok(Message::Ping(_) | Message::Pong(_)) => None,
             Ok(Message::Close(_)) => break,
             Err(e) => {

@@ -40,6 +40,14 @@ struct Slot {
     kick: CancellationToken,
 }
 
+/// A user's live connections, and the highest seq any of them wrote: connections that
+/// start while others are open begin after it, so nothing is replayed twice.
+#[derive(Default)]
+struct UserEntry {
+    slots: Vec<Slot>,
+    delivered: Arc<AtomicU64>,
+}
+
 /// A connection's place in the hub; leaves the hub when dropped.
 pub struct Registration {
     hub: Arc<Hub>,
@@ -48,6 +56,8 @@ pub struct Registration {
     pub rx: mpsc::Receiver<Outbound>,
     /// Cancelled when the hub gave up on this connection (its queue was full).
     pub kicked: CancellationToken,
+    /// Shared by the user's connections; raised after each write.
+    pub delivered: Arc<AtomicU64>,
 }
 
 impl Drop for Registration {
@@ -61,7 +71,7 @@ impl Drop for Registration {
 pub struct TooManyConnections(pub usize);
 
 pub struct Hub {
-    shards: Box<[RwLock<HashMap<String, Vec<Slot>>>]>,
+    shards: Box<[RwLock<HashMap<String, UserEntry>>]>,
     hasher: RandomState,
     next_id: AtomicU64,
     queue_capacity: usize,
@@ -79,7 +89,7 @@ impl Hub {
         })
     }
 
-    fn shard(&self, user: &str) -> &RwLock<HashMap<String, Vec<Slot>>> {
+    fn shard(&self, user: &str) -> &RwLock<HashMap<String, UserEntry>> {
         &self.shards[self.hasher.hash_one(user) as usize % SHARDS]
     }
 
@@ -88,37 +98,28 @@ impl Hub {
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let kick = CancellationToken::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        {
+        let delivered = {
             let mut shard = self.shard(user).write();
-            let slots = shard.entry(user.to_owned()).or_default();
-            if slots.len() >= self.max_per_user {
-                return Err(TooManyConnections(slots.len()));
+            let entry = shard.entry(user.to_owned()).or_default();
+            if entry.slots.len() >= self.max_per_user {
+                return Err(TooManyConnections(entry.slots.len()));
             }
-            slots.push(Slot {
-                id,
-                tx,
-                kick: kick.clone(),
-            });
-        }
+            entry.slots.push(Slot { id, tx, kick: kick.clone() });
+            entry.delivered.clone()
+        };
         metrics::gauge!("imgate_connections").increment(1.0);
-        Ok(Registration {
-            hub: self.clone(),
-            user: user.to_owned(),
-            id,
-            rx,
-            kicked: kick,
-        })
+        Ok(Registration { hub: self.clone(), user: user.to_owned(), id, rx, kicked: kick, delivered })
     }
 
     fn remove(&self, user: &str, id: u64) {
         let mut shard = self.shard(user).write();
-        if let Some(slots) = shard.get_mut(user) {
-            let before = slots.len();
-            slots.retain(|s| s.id != id);
-            if slots.len() < before {
+        if let Some(entry) = shard.get_mut(user) {
+            let before = entry.slots.len();
+            entry.slots.retain(|s| s.id != id);
+            if entry.slots.len() < before {
                 metrics::gauge!("imgate_connections").decrement(1.0);
             }
-            if slots.is_empty() {
+            if entry.slots.is_empty() {
                 shard.remove(user);
             }
         }
@@ -126,17 +127,22 @@ impl Hub {
 
     /// Number of live connections of `user`.
     pub fn connections(&self, user: &str) -> usize {
-        self.shard(user).read().get(user).map_or(0, Vec::len)
+        self.shard(user).read().get(user).map_or(0, |e| e.slots.len())
+    }
+
+    /// The highest seq a live connection of `user` wrote, while any is open.
+    pub fn delivered(&self, user: &str) -> Option<u64> {
+        self.shard(user).read().get(user).map(|e| e.delivered.load(Ordering::Acquire))
     }
 
     /// Offer a frame to every connection of `user`; returns how many took it.
     pub fn publish(&self, user: &str, out: Outbound) -> usize {
         let shard = self.shard(user).read();
-        let Some(slots) = shard.get(user) else {
+        let Some(entry) = shard.get(user) else {
             return 0;
         };
         let mut taken = 0;
-        for slot in slots {
+        for slot in &entry.slots {
             match slot.tx.try_send(out.clone()) {
                 Ok(()) => taken += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -157,13 +163,7 @@ impl Fanout for Hub {
     fn committed(&self, user: &str, seq: u64, frame: &EncodedMessage) {
         // Serialise once per message, shared by every connection of the user.
         if self.shard(user).read().contains_key(user) {
-            self.publish(
-                user,
-                Outbound {
-                    seq,
-                    frame: Utf8Bytes::from(frame.with_seq(seq)),
-                },
-            );
+            self.publish(user, Outbound { seq, frame: Utf8Bytes::from(frame.with_seq(seq)) });
         }
     }
 }
@@ -173,10 +173,7 @@ mod tests {
     use super::*;
 
     fn out(seq: u64) -> Outbound {
-        Outbound {
-            seq,
-            frame: Utf8Bytes::from(format!("{seq}")),
-        }
+        Outbound { seq, frame: Utf8Bytes::from(format!("{seq}")) }
     }
 
     #[tokio::test]

@@ -72,12 +72,7 @@ pub trait Store: Send + Sync + 'static {
     async fn append(&self, msgs: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError>;
 
     /// Up to `limit` messages of `user` with seq > `after`, oldest first.
-    async fn read_after(
-        &self,
-        user: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Stored>, StoreError>;
+    async fn read_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError>;
 
     /// Up to `limit` messages of `user` with seq < `before` (all when `None`), newest
     /// first, only those with `contact` when given.
@@ -93,8 +88,9 @@ pub trait Store: Send + Sync + 'static {
     /// connection that gives no `since` starts after it.
     async fn delivered(&self, user: &str) -> Result<u64, StoreError>;
 
-    /// Raise `user`'s delivered mark to `seq` (never lowers it). May be batched: after a
-    /// crash the mark may be behind, so a message is delivered twice rather than never.
+    /// Raise `user`'s delivered mark to `seq` (never lowers it), returning once it is
+    /// committed. Callers report it now and then, not per message: after a crash the mark
+    /// may be behind, so a message is delivered twice rather than never.
     async fn set_delivered(&self, user: &str, seq: u64) -> Result<(), StoreError>;
 
     /// Ok when the store can take writes (for `/readyz`).

@@ -59,7 +59,7 @@ type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
 
 enum Job {
     Append(Vec<NewMessage>, Reply),
-    Delivered(String, u64),
+    Delivered(String, u64, oneshot::Sender<bool>),
     Trim,
     Ping(oneshot::Sender<bool>),
     Close(oneshot::Sender<()>),
@@ -83,9 +83,8 @@ impl SqliteStore {
         config: &StoreConfig,
         fanout: Arc<dyn Fanout>,
     ) -> Result<Arc<SqliteStore>, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("imgate.sqlite3");
         let conn = Connection::open(&path).map_err(|e| unavailable(&path, e))?;
         let sync = match config.sync {
@@ -124,10 +123,7 @@ impl SqliteStore {
         });
         Ok(Arc::new(SqliteStore {
             jobs: tx,
-            readers: Arc::new(Readers {
-                path,
-                idle: Mutex::new(Vec::new()),
-            }),
+            readers: Arc::new(Readers { path, idle: Mutex::new(Vec::new()) }),
             closed: AtomicBool::new(false),
         }))
     }
@@ -176,10 +172,7 @@ fn stored_rows(
     params: impl rusqlite::Params,
 ) -> rusqlite::Result<Vec<Stored>> {
     stmt.query_map(params, |r| {
-        Ok(Stored {
-            seq: r.get::<_, i64>(0)? as u64,
-            frame: EncodedMessage::from_stored(r.get(1)?),
-        })
+        Ok(Stored { seq: r.get::<_, i64>(0)? as u64, frame: EncodedMessage::from_stored(r.get(1)?) })
     })?
     .collect()
 }
@@ -193,16 +186,10 @@ impl Store for SqliteStore {
         let (tx, rx) = oneshot::channel();
         self.submit(Job::Append(msgs, tx)).await?;
         // The writer drops the reply only when the commit failed (and logged why).
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the commit failed; nothing was stored".into()))?
+        rx.await.map_err(|_| StoreError::Unavailable("the commit failed; nothing was stored".into()))?
     }
 
-    async fn read_after(
-        &self,
-        user: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Stored>, StoreError> {
+    async fn read_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
         let user = user.to_owned();
         self.read(move |c| {
             let mut s = c.prepare_cached(
@@ -222,9 +209,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Stored>, StoreError> {
         let user = user.to_owned();
         let contact = contact.map(str::to_owned);
-        let before = before
-            .map(|b| b.min(i64::MAX as u64) as i64)
-            .unwrap_or(i64::MAX);
+        let before = before.map(|b| b.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX);
         self.read(move |c| match contact {
             Some(contact) => {
                 let mut s = c.prepare_cached(
@@ -255,7 +240,12 @@ impl Store for SqliteStore {
     }
 
     async fn set_delivered(&self, user: &str, seq: u64) -> Result<(), StoreError> {
-        self.submit(Job::Delivered(user.to_owned(), seq)).await
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job::Delivered(user.to_owned(), seq, tx)).await?;
+        match rx.await {
+            Ok(true) => Ok(()),
+            _ => Err(StoreError::Unavailable("the commit failed".into())),
+        }
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
@@ -308,6 +298,7 @@ impl Writer {
             let mut appends: Vec<(Vec<NewMessage>, Reply)> = Vec::new();
             let mut delivered: HashMap<String, u64> = HashMap::new();
             let mut pings = Vec::new();
+            let mut marks = Vec::new();
             let mut close = None;
             let mut trim = false;
             let mut count = 0;
@@ -318,9 +309,10 @@ impl Writer {
                         count += m.len();
                         appends.push((m, r));
                     }
-                    Job::Delivered(u, s) => {
+                    Job::Delivered(u, s, done) => {
                         let e = delivered.entry(u).or_default();
                         *e = (*e).max(s);
+                        marks.push(done);
                     }
                     Job::Trim => trim = true,
                     Job::Ping(p) => pings.push(p),
@@ -341,7 +333,7 @@ impl Writer {
                     tracing::warn!(error = %e, "retention pass failed; will retry");
                 }
             }
-            for p in pings {
+            for p in pings.into_iter().chain(marks) {
                 let _ = p.send(healthy);
             }
             if let Some(c) = close {
@@ -360,11 +352,7 @@ impl Writer {
     }
 
     /// One transaction for everything queued. Returns whether it committed.
-    fn commit(
-        &mut self,
-        appends: Vec<(Vec<NewMessage>, Reply)>,
-        delivered: HashMap<String, u64>,
-    ) -> bool {
+    fn commit(&mut self, appends: Vec<(Vec<NewMessage>, Reply)>, delivered: HashMap<String, u64>) -> bool {
         let now = unix_now();
         let mut allocated: HashMap<String, u64> = HashMap::new();
         let outcome = (|| -> rusqlite::Result<Vec<Done>> {
@@ -374,8 +362,7 @@ impl Writer {
                 let mut find_dup = tx.prepare_cached(
                     "SELECT seq, id FROM dedupe WHERE user = ?1 AND key = ?2 AND created_at >= ?3",
                 )?;
-                let mut last =
-                    tx.prepare_cached("SELECT last_seq FROM mailboxes WHERE user = ?1")?;
+                let mut last = tx.prepare_cached("SELECT last_seq FROM mailboxes WHERE user = ?1")?;
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO messages (user, seq, contact, created_at, frame) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
@@ -394,49 +381,26 @@ impl Writer {
                                 })
                                 .optional()?;
                             if let Some((seq, id)) = dup {
-                                results.push(Appended {
-                                    seq,
-                                    id,
-                                    duplicate: true,
-                                });
+                                results.push(Appended { seq, id, duplicate: true });
                                 continue;
                             }
                         }
-                        let seq = match allocated
-                            .get(&m.user)
-                            .or_else(|| self.last_seq.get(&m.user))
-                        {
+                        let seq = match allocated.get(&m.user).or_else(|| self.last_seq.get(&m.user)) {
                             Some(s) => s + 1,
                             None => {
-                                let s: Option<i64> =
-                                    last.query_row([&m.user], |r| r.get(0)).optional()?;
+                                let s: Option<i64> = last.query_row([&m.user], |r| r.get(0)).optional()?;
                                 s.unwrap_or(0) as u64 + 1
                             }
                         };
                         allocated.insert(m.user.clone(), seq);
-                        insert.execute(params![
-                            m.user,
-                            seq as i64,
-                            m.contact,
-                            now,
-                            m.frame.as_stored()
-                        ])?;
+                        insert.execute(params![m.user, seq as i64, m.contact, now, m.frame.as_stored()])?;
                         if let Some(key) = &m.dedupe_key {
                             remember.execute(params![m.user, key, seq as i64, m.id, now])?;
                         }
-                        results.push(Appended {
-                            seq,
-                            id: m.id.clone(),
-                            duplicate: false,
-                        });
+                        results.push(Appended { seq, id: m.id.clone(), duplicate: false });
                         stored.push((i, seq));
                     }
-                    done.push(Done {
-                        reply,
-                        results,
-                        stored,
-                        msgs,
-                    });
+                    done.push(Done { reply, results, stored, msgs });
                 }
                 let mut set_last = tx.prepare_cached(
                     "INSERT INTO mailboxes (user, last_seq) VALUES (?1, ?2) \
@@ -484,29 +448,19 @@ impl Writer {
         let now = unix_now();
         let tx = self.conn.transaction()?;
         {
-            let mut by_count =
-                tx.prepare_cached("DELETE FROM messages WHERE user = ?1 AND seq <= ?2")?;
+            let mut by_count = tx.prepare_cached("DELETE FROM messages WHERE user = ?1 AND seq <= ?2")?;
             for (user, last) in self.touched.drain() {
                 if last > self.max_messages {
                     by_count.execute(params![user, (last - self.max_messages) as i64])?;
                 }
             }
         }
-        tx.execute(
-            "DELETE FROM messages WHERE created_at < ?1",
-            [now - self.max_age.as_secs() as i64],
-        )?;
-        tx.execute(
-            "DELETE FROM dedupe WHERE created_at < ?1",
-            [now - self.dedupe_window.as_secs() as i64],
-        )?;
+        tx.execute("DELETE FROM messages WHERE created_at < ?1", [now - self.max_age.as_secs() as i64])?;
+        tx.execute("DELETE FROM dedupe WHERE created_at < ?1", [now - self.dedupe_window.as_secs() as i64])?;
         tx.commit()
     }
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

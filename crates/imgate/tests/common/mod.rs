@@ -1,0 +1,268 @@
+//! The integration harness: a real server on 127.0.0.1:0 (in-process through `run`, or
+//! the real binary as a child process), real WebSocket and HTTP clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use imgate::config::Config;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for something that should happen before it calls it a failure.
+/// Not a performance bound: a hung test must end.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub const SEED_XML: &str = "<xml>
+  <ToUserName>1</ToUserName>
+  <FromUserName>魏秀兰</FromUserName>
+  <CreateTime>1976-04-10 12:21:47</CreateTime>
+  <MsgType>enim</MsgType>
+  <Content>occaecat ut in fugiat dolor</Content>
+  <MsgId>19</MsgId>
+  <MsgDataId>27</MsgDataId>
+  <Idx>74</Idx>
+</xml>";
+
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.data_dir = dir.to_owned();
+    c.shutdown_grace = Duration::from_secs(5);
+    c
+}
+
+/// A server running `imgate::run` in this process.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), imgate::RunError>>>,
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tune(&mut config);
+        Server::start_in(dir, config).await
+    }
+
+    pub async fn start_in(dir: TempDir, config: Config) -> Server {
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(imgate::run(listener, config, async move {
+            let _ = rx.await;
+        }));
+        Server { addr, dir, stop: Some(tx), task: Some(task) }
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    pub async fn connect(&self, path: &str) -> Client {
+        Client::connect(&self.ws(path)).await
+    }
+
+    pub async fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        post(&self.http(path), content_type, body).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::get(self.http(path)).await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Stop as SIGTERM would, and return what `run` returned.
+    pub async fn stop(mut self) -> Result<(), imgate::RunError> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(PATIENCE, self.task.take().unwrap()).await.expect("server stops").unwrap()
+    }
+}
+
+pub async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+}
+
+/// A JSON send request (seed §2.1).
+pub fn text_to(contact: &str, content: &str) -> String {
+    serde_json::json!({"data": {"msg_type": "text", "contact_id": contact, "msg": {"content": content}},
+        "result": {"code": 1001, "message": "common"}})
+    .to_string()
+}
+
+/// The real `imgate` binary as a child process.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Binary {
+    /// Start `imgate serve` on 127.0.0.1:0 over `data_dir` and wait until it listens.
+    pub async fn start(data_dir: &Path, env: &[(&str, &str)]) -> Binary {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgate"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "imgate=info")
+            .env_remove("IMGATE_LISTEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("imgate binary starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    return rest.split_whitespace().next().unwrap().parse::<SocketAddr>().unwrap();
+                }
+            }
+            panic!("imgate exited before listening");
+        })
+        .await
+        .expect("imgate listens");
+        // Keep draining stderr so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Binary { child, addr }
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ws(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    pub async fn kill9(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+}
+
+/// A WebSocket client, as a test uses one.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub protocol: Option<String>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        Client::try_connect(url, None).await.unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    }
+
+    pub async fn try_connect(url: &str, protocol: Option<&str>) -> Result<Client, tungstenite::Error> {
+        let mut req = url.into_client_request()?;
+        if let Some(p) = protocol {
+            req.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+        }
+        let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+        let protocol = resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap().to_owned());
+        Ok(Client { ws, protocol })
+    }
+
+    /// The next frame that is not a heartbeat, as JSON.
+    pub async fn frame(&mut self) -> Value {
+        loop {
+            let f = self.any_frame().await;
+            if f["result"]["code"] != 101 {
+                return f;
+            }
+        }
+    }
+
+    /// The next text frame, heartbeats included.
+    pub async fn any_frame(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame arrives")
+                .expect("the connection is open")
+                .expect("the connection is healthy");
+            match m {
+                Message::Text(t) => return serde_json::from_str(&t).expect("frames are JSON"),
+                Message::Close(c) => panic!("closed while waiting for a frame: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Frames until `n` non-heartbeat frames have arrived.
+    pub async fn frames(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(self.frame().await);
+        }
+        out
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// Read until the server closes; its close frame, if it sent one.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("the server closes") {
+                Some(Ok(Message::Close(c))) => return c,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Nothing but heartbeats arrives before the `n`-th heartbeat.
+    pub async fn quiet_for_beats(&mut self, n: usize) {
+        let mut beats = 0;
+        while beats < n {
+            let f = self.any_frame().await;
+            assert_eq!(f["result"]["code"], 101, "expected silence, got {f}");
+            beats += 1;
+        }
+    }
+}
+
+pub fn seq(frame: &Value) -> u64 {
+    frame["data"]["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {frame}"))
+}
+
+pub fn content(frame: &Value) -> &str {
+    frame["data"]["msg"]["content"].as_str().unwrap_or_else(|| panic!("no content in {frame}"))
+}
