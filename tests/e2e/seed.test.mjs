@@ -185,6 +185,23 @@ function isMessage(content) {
   };
 }
 
+// Waits for a message frame; on timeout, says which (non-heartbeat) frames came instead.
+async function waitForMessage(content, what, from) {
+  try {
+    return await waitForConsole(isMessage(content), what, { from });
+  } catch (e) {
+    if (!(e instanceof TestFailure)) throw e;
+    const others = receivedFrames(from).filter((f) => !isHeartbeat(f));
+    const seen = others.length ? others.map((f) => JSON.stringify(f)).join('\n    ') : '(none)';
+    const misplaced = others.find((f) => f.data?.msg?.Content === content);
+    const hint = misplaced ? '\n  (the text arrived under data.msg.Content, not data.msg.content as in the seed\'s frames)' : '';
+    fail(
+      `${e.message}\n  expected data.msg.content ${JSON.stringify(content)}, data.msg_type "enim", ` +
+        `data.contact_id "魏秀兰"; non-heartbeat frames the page printed instead:\n    ${seen}${hint}`,
+    );
+  }
+}
+
 function closedLines() {
   return consoleLines.filter((l) => l.text.startsWith('connection closed'));
 }
@@ -221,10 +238,13 @@ async function startImgate() {
   dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'imgate-e2e-'));
   const args = ['serve', '--listen', `${GATEWAY_HOST}:${GATEWAY_PORT}`, '--data-dir', path.join(dataDir, 'data')];
   log(`starting ${IMGATE_BIN} ${args.join(' ')}`);
+  // imgate reads every IMGATE_* variable as configuration and refuses unknown keys, so
+  // this script's own IMGATE_BIN must not reach it.
+  const { IMGATE_BIN: _ownSetting, ...env } = process.env;
   imgate = spawn(IMGATE_BIN, args, {
     cwd: dataDir, // so no ./imgate.toml of the caller is picked up
     env: {
-      ...process.env,
+      ...env,
       IMGATE_HUB__HEARTBEAT_INTERVAL: '300ms',
       IMGATE_HUB__IDLE_TIMEOUT: '1200ms',
     },
@@ -293,6 +313,9 @@ async function startPageServer() {
     if (req.method === 'GET' && (url.pathname === '/seed.html' || url.pathname === '/')) {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': html.length });
       res.end(html);
+    } else if (url.pathname === '/favicon.ico') {
+      res.writeHead(204);
+      res.end();
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' });
       res.end('not found\n');
@@ -350,9 +373,16 @@ async function run() {
   });
   log(`chromium ${browser.version()} launched`);
   const page = await browser.newPage();
+  let heartbeatsSeen = 0;
   page.on('console', (msg) => {
     const text = msg.text();
-    log(`console.${msg.type()}: ${text}`);
+    const f = parseFrameLine(text);
+    if (f && isHeartbeat(f)) {
+      heartbeatsSeen++;
+      if (heartbeatsSeen === 1 || heartbeatsSeen % 10 === 0) log(`console.${msg.type()}: ${text} (heartbeat #${heartbeatsSeen})`);
+    } else {
+      log(`console.${msg.type()}: ${text}`);
+    }
     onConsoleLine(text);
   });
   page.on('pageerror', (err) => {
@@ -392,11 +422,7 @@ async function run() {
   // 2. the seed's XML message reaches the page's console
   const mark1 = consoleLines.length;
   const ack1 = await postXml(SEED_XML, 'application/xml');
-  const line1 = await waitForConsole(
-    isMessage('occaecat ut in fugiat dolor'),
-    'the seed\'s message (content "occaecat ut in fugiat dolor", msg_type "enim", contact_id "魏秀兰") in the console',
-    { from: mark1 },
-  );
+  const line1 = await waitForMessage('occaecat ut in fugiat dolor', "the seed's message in the console", mark1);
   const frame1 = parseFrameLine(line1);
   log('first message arrived');
   if (ack1?.data?.seq !== undefined && frame1?.data?.seq !== undefined && ack1.data.seq !== frame1.data.seq) {
@@ -420,7 +446,7 @@ async function run() {
 
   const mark2 = consoleLines.length;
   await postXml(SECOND_XML); // no explicit content type: fetch sends text/plain;charset=UTF-8
-  await waitForConsole(isMessage('second'), 'the second message (content "second") in the console', { from: mark2 });
+  await waitForMessage('second', 'the second message in the console', mark2);
   log('second message arrived');
 
   // 4. the page's "Send Message" button sends "pong": no error frame for it
@@ -478,8 +504,22 @@ async function cleanup() {
 }
 
 function dumpDiagnostics() {
-  console.error('\n--- page console ---');
-  for (const l of consoleLines) console.error(`  [${(l.at / 1000).toFixed(2)}s] ${l.text}`);
+  console.error('\n--- page console (runs of heartbeat frames summarised) ---');
+  let run = 0;
+  const flush = () => {
+    if (run) console.error(`  ... ${run} heartbeat frame(s) {"data":{},"result":{"code":101,...}}`);
+    run = 0;
+  };
+  for (const l of consoleLines) {
+    const f = parseFrameLine(l.text);
+    if (f && isHeartbeat(f)) {
+      run++;
+      continue;
+    }
+    flush();
+    console.error(`  [${(l.at / 1000).toFixed(2)}s] ${l.text}`);
+  }
+  flush();
   console.error('--- page WebSocket (as seen by the browser) ---');
   for (const e of wsEvents) console.error(`  ${e}`);
   if (pageErrors.length) console.error(`--- page errors ---\n  ${pageErrors.join('\n  ')}`);

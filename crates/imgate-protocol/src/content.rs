@@ -3,7 +3,9 @@
 //! WeChat XML maps to frames as in the README's protocol table. Each known type has a
 //! few named fields with snake_case names in `msg`; every other element is kept under its
 //! XML name in `msg.extra`. A type nobody knows (the seed's `enim`) keeps all its elements
-//! under their XML names directly in `msg`. Nothing a sender wrote is dropped.
+//! under their XML names directly in `msg`, except `Content`, which is `msg.content` for
+//! every type, so that a client showing text finds it in one place. Nothing a sender
+//! wrote is dropped.
 
 use serde_json::{Map, Value};
 
@@ -82,8 +84,15 @@ pub fn content_from_xml(x: &XmlMessage) -> Result<Content, ContentError> {
         .filter(|(n, _)| !ENVELOPE.contains(&n.as_str()) && !known.iter().any(|(k, _, _)| k == n));
     let code = code_for_type(&msg_type);
     if known.is_empty() {
-        // Unknown type: everything, as written.
-        return Ok(Content { msg_type, code, msg: fields_to_json(rest) });
+        // Unknown type: everything, as written, with its text where every client looks.
+        let mut msg = Map::new();
+        if let Some(c) = x.get("Content") {
+            msg.insert("content".into(), Value::String(c.to_owned()));
+        }
+        if let Value::Object(others) = fields_to_json(rest.filter(|(n, _)| n != "Content")) {
+            msg.extend(others);
+        }
+        return Ok(Content { msg_type, code, msg: Value::Object(msg) });
     }
     let mut msg = Map::new();
     for (xml_name, key, kind) in known {

@@ -56,6 +56,10 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   company_id = \"\"                    company_id of messages whose sender names none
 ";
 
+/// The top-level keys of [`Config`].
+const TOP_KEYS: &[&str] =
+    &["listen", "data_dir", "log", "shutdown_grace", "store", "hub", "limits", "auth", "protocol"];
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -248,7 +252,12 @@ impl Config {
             None if Path::new("imgate.toml").exists() => fig = fig.merge(Toml::file_exact("imgate.toml")),
             None => {}
         }
-        fig = fig.merge(Env::prefixed("IMGATE_").split("__").ignore(&["config"]));
+        // Only the variables that name a key: tools use the prefix too (IMGATE_TOKEN,
+        // IMGATE_BIN), and they must not stop the gateway.
+        fig = fig.merge(Env::prefixed("IMGATE_").split("__").filter(|k| {
+            let top = k.as_str().split('.').next().unwrap_or_default().to_ascii_lowercase();
+            TOP_KEYS.contains(&top.as_str())
+        }));
         if let Some(l) = overrides.listen {
             fig = fig.merge(Serialized::default("listen", l));
         }
@@ -317,6 +326,8 @@ mod tests {
         // Every key of the defaults appears in the help text.
         let v = serde_json::to_value(&c).unwrap();
         let mut keys = Vec::new();
+        let top: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(top, TOP_KEYS);
         for (k, val) in v.as_object().unwrap() {
             match val.as_object() {
                 Some(section) => keys.extend(section.keys().cloned()),
@@ -329,6 +340,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
     fn layers_merge_in_order() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -336,6 +348,7 @@ mod tests {
                 "listen = \"127.0.0.1:9\"\n[hub]\nqueue_capacity = 7\n[store]\nsync = \"full\"\n",
             )?;
             jail.set_env("IMGATE_HUB__QUEUE_CAPACITY", "8");
+            jail.set_env("IMGATE_TOKEN", "not a key of ours");
             let c = Config::load(None, &Overrides { data_dir: Some("/tmp/x".into()), ..Default::default() })
                 .unwrap();
             assert_eq!(c.listen.port(), 9);

@@ -101,7 +101,7 @@ async fn seed_xml_and_system_messages() {
     assert_eq!(f["data"]["send_time"], 197958107, "1976-04-10 12:21:47 in UTC+8");
     assert_eq!(
         f["data"]["msg"],
-        json!({"Content": "occaecat ut in fugiat dolor", "MsgDataId": "27", "Idx": "74"})
+        json!({"content": "occaecat ut in fugiat dolor", "MsgDataId": "27", "Idx": "74"})
     );
     // The same XML at send_xml, and a system message with its code as a string.
     let xml = SEED_XML.replace("<MsgId>19</MsgId>", "<MsgId>20</MsgId>").replace("enim", "text");

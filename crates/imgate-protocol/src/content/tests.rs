@@ -129,7 +129,7 @@ fn the_seed_test_body() {
     let seed = "<xml>\n  <ToUserName>1</ToUserName>\n  <FromUserName>魏秀兰</FromUserName>\n  <CreateTime>1976-04-10 12:21:47</CreateTime>\n  <MsgType>enim</MsgType>\n  <Content>occaecat ut in fugiat dolor</Content>\n  <MsgId>19</MsgId>\n  <MsgDataId>27</MsgDataId>\n  <Idx>74</Idx>\n</xml>";
     check(
         seed,
-        json!({"msg_type": "enim", "code": 1099, "msg": {"Content": "occaecat ut in fugiat dolor", "MsgDataId": "27", "Idx": "74"}}),
+        json!({"msg_type": "enim", "code": 1099, "msg": {"content": "occaecat ut in fugiat dolor", "MsgDataId": "27", "Idx": "74"}}),
     );
     let x = XmlMessage::parse(seed).unwrap();
     assert_eq!(dedupe_key_for_xml(&x).as_deref(), Some("wx:魏秀兰:1976-04-10 12:21:47:19"));

@@ -20,7 +20,7 @@ pub async fn root(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => upgrade(state, headers, query, ws).unwrap_or_else(IntoResponse::into_response),
+        Ok(ws) => upgrade(state, headers, query, ws).await.unwrap_or_else(IntoResponse::into_response),
         Err(_) => Html(ROOT_PAGE).into_response(),
     }
 }
@@ -33,14 +33,14 @@ pub async fn msg(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => upgrade(state, headers, query, ws).unwrap_or_else(IntoResponse::into_response),
+        Ok(ws) => upgrade(state, headers, query, ws).await.unwrap_or_else(IntoResponse::into_response),
         Err(e) => {
             ApiError::BadRequest(format!("this path takes WebSocket upgrades only ({e})")).into_response()
         }
     }
 }
 
-fn upgrade(
+async fn upgrade(
     state: AppState,
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -85,10 +85,11 @@ fn upgrade(
         ws = ws.protocols([p.to_owned()]);
     }
     let ctx = state.conn.clone();
+    let start = conn::Start::decide(&ctx, &user, since).await?;
     let token = state.tasks.token();
     Ok(ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed")).on_upgrade(
         move |socket| async move {
-            conn::serve(ctx, socket, user, since).await;
+            conn::serve(ctx, socket, user, start).await;
             drop(token);
         },
     ))

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CLOSE_IDLE, CLOSE_SLOW, Hub, Outbound, Registration};
 use crate::config::HubConfig;
 use crate::ingest::{Ingest, Sender};
-use crate::store::DynStore;
+use crate::store::{DynStore, StoreError};
 
 /// Messages read from the mailbox per query while replaying.
 const REPLAY_PAGE: usize = 256;
@@ -55,15 +55,49 @@ enum Stop {
 
 type Sink = SplitSink<WebSocket, Message>;
 
-/// Serve one connection of `user` until it ends. `since`: the client's last seq; without
-/// it, the connection starts after the user's delivered mark.
-pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, since: Option<u64>) {
+/// Where a connection's replay starts.
+#[derive(Clone, Copy, Debug)]
+pub struct Start {
+    /// Replay what comes after this seq.
+    pub after: u64,
+    /// `after` is the client's `since`, not the server's delivered mark.
+    pub from_client: bool,
+}
+
+impl Start {
+    /// Decided before the handshake completes, so that whatever is committed once the
+    /// client sees itself connected is after it. Without `since`, the connection starts
+    /// after the user's delivered mark: what its other connections showed or the store
+    /// recorded, whichever is later.
+    pub async fn decide(ctx: &ConnContext, user: &str, since: Option<u64>) -> Result<Start, StoreError> {
+        Ok(match since {
+            Some(after) => Start { after, from_client: true },
+            None => {
+                let stored = ctx.store.delivered(user).await?;
+                let after = stored.max(ctx.hub.delivered(user).unwrap_or(0));
+                Start { after, from_client: false }
+            }
+        })
+    }
+}
+
+/// Serve one connection of `user` until it ends.
+pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start: Start) {
     let (sink, stream) = socket.split();
     let activity = Arc::new(AtomicU64::new(0));
     let (ctl_tx, ctl_rx) = mpsc::channel(16);
     let mut reader = tokio::spawn(read_loop(ctx.clone(), stream, user.clone(), ctl_tx, activity.clone()));
-    let mut w = Writer { ctx: ctx.clone(), sink, user, last_sent: 0, persisted: 0, activity, mark: None };
-    let (stop, reg) = w.run(since, ctl_rx).await;
+    let mut w = Writer {
+        ctx: ctx.clone(),
+        sink,
+        user,
+        last_sent: 0,
+        persisted: 0,
+        activity,
+        mark: None,
+        kicked: CancellationToken::new(),
+    };
+    let (stop, reg) = w.run(start, ctl_rx).await;
     // Persist the mark before leaving the hub: a connection starting meanwhile reads
     // the hub's mark, one starting after reads the store's.
     if w.last_sent > w.persisted {
@@ -96,11 +130,13 @@ struct Writer {
     activity: Arc<AtomicU64>,
     /// The user's shared delivered mark in the hub, once registered.
     mark: Option<Arc<AtomicU64>>,
+    /// The hub's kick, once registered: it must interrupt a write stuck on a full socket.
+    kicked: CancellationToken,
 }
 
 impl Writer {
-    async fn run(&mut self, since: Option<u64>, ctl: mpsc::Receiver<Ctl>) -> (Stop, Option<Registration>) {
-        if let Err(stop) = self.start(since).await {
+    async fn run(&mut self, start: Start, ctl: mpsc::Receiver<Ctl>) -> (Stop, Option<Registration>) {
+        if let Err(stop) = self.start(start).await {
             return (stop, None);
         }
         // Register only now: a long replay must not fill the live queue. A second replay
@@ -110,6 +146,7 @@ impl Writer {
             Err(e) => return (Stop::Close(1008, e.to_string()), None),
         };
         self.mark = Some(reg.delivered.clone());
+        self.kicked = reg.kicked.clone();
         let stop = self.live_loop(&mut reg, ctl).await;
         (stop, Some(reg))
     }
@@ -132,13 +169,13 @@ impl Writer {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Stop::Close(1001, "server shutting down; reconnect with since".into()),
-                _ = reg.kicked.cancelled() => return self.slow(),
+                _ = reg.kicked.cancelled() => return Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={}", self.last_sent)),
                 c = ctl.recv() => match c {
                     Some(Ctl::Frame(f)) => self.write(Message::Text(f.into())).await,
                     Some(Ctl::Close(code, reason)) => return Stop::Close(code, reason.into()),
                     Some(Ctl::Gone) | None => return Stop::Gone,
                 },
-                Some(first) = reg.rx.recv() => self.live(first, &mut reg.rx).await,
+                Some(first) = reg.rx.recv() => { eprintln!("DBG live user={} seq={} last={}", self.user, first.seq, self.last_sent); self.live(first, &mut reg.rx).await },
                 _ = beat.tick() => {
                     let now_seen = self.activity.load(Ordering::Relaxed);
                     if now_seen != seen {
@@ -156,28 +193,18 @@ impl Writer {
         }
     }
 
-    fn slow(&self) -> Stop {
-        Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={}", self.last_sent))
-    }
-
-    /// Where to start, then the first replay.
-    async fn start(&mut self, since: Option<u64>) -> Result<(), Stop> {
-        let start = match since {
-            Some(s) => s,
-            None => {
-                let stored = self.ctx.store.delivered(&self.user).await.map_err(store_stop)?;
-                stored.max(self.ctx.hub.delivered(&self.user).unwrap_or(0))
-            }
-        };
-        self.last_sent = start;
-        self.persisted = start;
+    /// The first replay.
+    async fn start(&mut self, start: Start) -> Result<(), Stop> {
+        let Start { after, from_client } = start;
+        self.last_sent = after;
+        self.persisted = after;
         self.replay().await?;
-        if since.is_some() && self.last_sent == start && start > 0 {
+        if from_client && self.last_sent == after && after > 0 {
             // A client ahead of the mailbox (data dir replaced?) would skip new messages
             // forever: restart it from the newest message there is.
             let newest = self.ctx.store.history(&self.user, None, None, 1).await.map_err(store_stop)?;
             if let Some(n) = newest.first()
-                && n.seq < start
+                && n.seq < after
             {
                 self.last_sent = n.seq;
             }
@@ -255,12 +282,12 @@ impl Writer {
 
     async fn feed(&mut self, m: Message) -> Result<(), Stop> {
         let fut = self.sink.feed(m);
-        guard(fut, &self.ctx, self.ctx.config.idle_timeout, self.last_sent).await
+        guard(fut, &self.ctx, &self.kicked, self.last_sent).await
     }
 
     async fn flush(&mut self) -> Result<(), Stop> {
         let fut = self.sink.flush();
-        guard(fut, &self.ctx, self.ctx.config.idle_timeout, self.last_sent).await?;
+        guard(fut, &self.ctx, &self.kicked, self.last_sent).await?;
         if let Some(mark) = &self.mark {
             mark.fetch_max(self.last_sent, Ordering::AcqRel);
         }
@@ -268,17 +295,20 @@ impl Writer {
     }
 }
 
-/// A socket write that shutdown or a stuck client can interrupt.
+/// A socket write that shutdown, a kick from the hub or a client that has stopped
+/// reading (the idle timeout) can interrupt.
 async fn guard(
     fut: impl Future<Output = Result<(), axum::Error>>,
     ctx: &ConnContext,
-    timeout: Duration,
+    kicked: &CancellationToken,
     last_sent: u64,
 ) -> Result<(), Stop> {
+    let slow = || Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={last_sent}"));
     tokio::select! {
         r = fut => r.map_err(|_| Stop::Gone),
         _ = ctx.shutdown.cancelled() => Err(Stop::Close(1001, "server shutting down; reconnect with since".into())),
-        _ = tokio::time::sleep(timeout) => Err(Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={last_sent}"))),
+        _ = kicked.cancelled() => Err(slow()),
+        _ = tokio::time::sleep(ctx.config.idle_timeout) => Err(slow()),
     }
 }
 

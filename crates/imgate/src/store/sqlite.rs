@@ -328,10 +328,8 @@ impl Writer {
             if !appends.is_empty() || !delivered.is_empty() {
                 healthy = self.commit(appends, delivered);
             }
-            if trim {
-                if let Err(e) = self.trim() {
-                    tracing::warn!(error = %e, "retention pass failed; will retry");
-                }
+            if trim && let Err(e) = self.trim() {
+                tracing::warn!(error = %e, "retention pass failed; will retry");
             }
             for p in pings.into_iter().chain(marks) {
                 let _ = p.send(healthy);

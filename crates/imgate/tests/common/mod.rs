@@ -36,11 +36,12 @@ pub const SEED_XML: &str = "<xml>
 </xml>";
 
 pub fn test_config(dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    c.data_dir = dir.to_owned();
-    c.shutdown_grace = Duration::from_secs(5);
-    c
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: dir.to_owned(),
+        shutdown_grace: Duration::from_secs(5),
+        ..Config::default()
+    }
 }
 
 /// A server running `imgate::run` in this process.
