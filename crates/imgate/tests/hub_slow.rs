@@ -1,0 +1,58 @@
+//! A client that stops reading is closed with 4008 and never holds up anyone else.
+
+mod common;
+
+use common::*;
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_without_delaying_others() {
+    let s = Server::start_with(|c| {
+        c.hub.queue_capacity = 16;
+        c.hub.write_buffer_size = 4096;
+    })
+    .await;
+    // The slow client completes the handshake, then never reads a byte.
+    let mut slow = s.connect("/?userid=slow").await;
+    let mut fast = s.connect("/?userid=fast").await;
+    let big = "x".repeat(60_000);
+    // Enough to fill the socket buffers on both ends, and then the queue.
+    for i in 0..400 {
+        let (status, _) =
+            s.post("/send?userid=a", "application/json", text_to("slow", &format!("{i}{big}"))).await;
+        assert_eq!(status, 200);
+        // Every message to the fast user arrives while the slow one is stuck.
+        let (_, ack) = s.post("/send?userid=a", "application/json", text_to("fast", &i.to_string())).await;
+        let f = fast.frame().await;
+        assert_eq!(f["data"]["id"], ack["data"]["id"]);
+    }
+    // Now read the slow client: what was buffered, then the close.
+    let mut got = 0u64;
+    let mut last_seq = 0;
+    let close = loop {
+        match tokio::time::timeout(PATIENCE, slow.ws.next()).await.expect("the slow client is closed") {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["result"]["code"] != 101 {
+                    got += 1;
+                    last_seq = seq(&v);
+                }
+            }
+            Some(Ok(Message::Close(c))) => break c.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break None,
+        }
+    };
+    assert!(got < 400, "the slow client was never cut off");
+    if let Some(code) = close {
+        assert_eq!(code, 4008, "closed with the slow-consumer code");
+    }
+    let (_, metrics) = s.get("/metrics").await;
+    let m = metrics.as_str().unwrap();
+    assert!(m.contains("imgate_slow_consumers_closed_total"), "{m}");
+    // It catches up from its mailbox.
+    let mut back = s.connect(&format!("/?userid=slow&since={last_seq}")).await;
+    let rest = back.frames((400 - got) as usize).await;
+    assert_eq!(seq(rest.last().unwrap()), 400);
+}
