@@ -1,0 +1,45 @@
+//! `GET P/history`: a user's past messages by contact, paged by seq.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn history_pages_by_contact_newest_page_first() {
+    let s = Server::start().await;
+    for i in 0..7 {
+        s.post("/send?userid=alice", "application/json", text_to("agent", &format!("a{i}"))).await;
+        s.post("/send?userid=bob", "application/json", text_to("agent", &format!("b{i}"))).await;
+    }
+    // The agent answers alice: her copy is in the agent's history too.
+    s.post("/send?userid=agent", "application/json", text_to("alice", "reply")).await;
+    let page = |q: &str| {
+        let path = format!("/im_component/wx_official_account/history?userid=agent{q}");
+        let s = &s;
+        async move { s.get(&path).await }
+    };
+    let (status, p1) = page("&contact_id=alice&limit=3").await;
+    assert_eq!(status, 200);
+    let texts = |p: &serde_json::Value| -> Vec<String> {
+        p["data"]["messages"].as_array().unwrap().iter().map(|m| content(m).to_owned()).collect()
+    };
+    assert_eq!(texts(&p1), ["a5", "a6", "reply"]);
+    let last = &p1["data"]["messages"][2];
+    assert_eq!(last["data"]["direction"], "out");
+    assert_eq!(last["data"]["contact_id"], "alice");
+    let before = p1["data"]["next_before"].as_u64().unwrap();
+    let (_, p2) = page(&format!("&contact_id=alice&limit=3&before={before}")).await;
+    assert_eq!(texts(&p2), ["a2", "a3", "a4"]);
+    let before = p2["data"]["next_before"].as_u64().unwrap();
+    let (_, p3) = page(&format!("&contact_id=alice&limit=3&before={before}")).await;
+    assert_eq!(texts(&p3), ["a0", "a1"]);
+    assert!(p3["data"]["next_before"].is_null());
+    // Without a contact: everything, still in seq order.
+    let (_, all) = page("&limit=200").await;
+    let seqs: Vec<u64> = all["data"]["messages"].as_array().unwrap().iter().map(seq).collect();
+    assert_eq!(seqs, (1..=15).collect::<Vec<_>>());
+    let (status, _) = s.get("/im_component/wx_official_account/history").await;
+    assert_eq!(status, 400);
+    let (status, _) = page("&before=soon").await;
+    assert_eq!(status, 400);
+}
