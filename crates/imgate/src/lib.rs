@@ -52,6 +52,24 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// How often retention runs.
+const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn retention(store: DynStore, stop: CancellationToken) {
+    let mut every = tokio::time::interval(RETENTION_EVERY);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => match store.trim().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "retention pass"),
+                Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),
+            },
+        }
+    }
+}
+
 /// Serve on `listener` until `shutdown` completes; then close every WebSocket with 1001,
 /// let in-flight requests and commits finish within `shutdown_grace`, and return.
 pub async fn run(
@@ -77,6 +95,7 @@ pub async fn run(
         shutdown: cancel.clone(),
     });
     let tasks = TaskTracker::new();
+    tokio::spawn(retention(store.clone(), cancel.clone()));
     let state = http::AppState {
         config: config.clone(),
         hub,

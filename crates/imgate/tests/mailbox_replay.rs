@@ -85,8 +85,10 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
     // Concurrent posters, then kill -9 while they are still posting.
     let mut acked = Vec::new();
     let mut posters = Vec::new();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for p in 0..4 {
         let url = bin.http("/send?userid=agent");
+        let count = count.clone();
         posters.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut ok = Vec::new();
@@ -96,6 +98,7 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
                     Ok(r) if r.status() == 200 => {
                         let v: serde_json::Value = r.json().await.unwrap();
                         ok.push(v["data"]["seq"].as_u64().unwrap());
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     _ => break,
                 }
@@ -103,14 +106,16 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
             ok
         }));
     }
-    // Let some commits happen, then kill without warning.
+    // Let a few hundred acknowledgements happen, then kill without warning.
     let mut watcher = Client::connect(&bin.ws("/?userid=victim")).await;
-    watcher.frames(200).await;
+    while count.load(std::sync::atomic::Ordering::Relaxed) < 300 {
+        watcher.frame().await;
+    }
     bin.kill9().await;
     for p in posters {
         acked.extend(p.await.unwrap());
     }
-    assert!(acked.len() >= 200, "posters got {} acks", acked.len());
+    assert!(acked.len() >= 300, "posters got {} acks", acked.len());
     acked.sort_unstable();
 
     let bin = Binary::start(dir.path(), &[]).await;

@@ -93,6 +93,11 @@ pub trait Store: Send + Sync + 'static {
     /// may be behind, so a message is delivered twice rather than never.
     async fn set_delivered(&self, user: &str, seq: u64) -> Result<(), StoreError>;
 
+    /// Apply retention now (`store.retention_max_messages`, `retention_max_age`) and
+    /// forget dedupe keys older than `store.dedupe_window`; returns how many messages
+    /// were removed. The server calls it every minute.
+    async fn trim(&self) -> Result<u64, StoreError>;
+
     /// Ok when the store can take writes (for `/readyz`).
     async fn ready(&self) -> Result<(), StoreError>;
 

@@ -52,15 +52,13 @@ CREATE INDEX IF NOT EXISTS dedupe_by_age ON dedupe (created_at);
 const READERS_KEPT: usize = 8;
 /// Jobs waiting for the writer before senders wait too: backpressure, not a buffer.
 const QUEUE: usize = 4096;
-/// How often retention runs.
-const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
 
 enum Job {
     Append(Vec<NewMessage>, Reply),
     Delivered(String, u64, oneshot::Sender<bool>),
-    Trim,
+    Trim(oneshot::Sender<Result<u64, StoreError>>),
     Ping(oneshot::Sender<bool>),
     Close(oneshot::Sender<()>),
 }
@@ -110,17 +108,6 @@ impl SqliteStore {
             .name("imgate-store".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store thread: {e}")))?;
-        let trim = tx.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(TRIM_EVERY);
-            every.tick().await;
-            loop {
-                every.tick().await;
-                if trim.send(Job::Trim).await.is_err() {
-                    break;
-                }
-            }
-        });
         Ok(Arc::new(SqliteStore {
             jobs: tx,
             readers: Arc::new(Readers { path, idle: Mutex::new(Vec::new()) }),
@@ -248,6 +235,12 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn trim(&self) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job::Trim(tx)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     async fn ready(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.submit(Job::Ping(tx)).await?;
@@ -300,7 +293,7 @@ impl Writer {
             let mut pings = Vec::new();
             let mut marks = Vec::new();
             let mut close = None;
-            let mut trim = false;
+            let mut trim = None;
             let mut count = 0;
             let mut next = Some(first);
             while let Some(job) = next.take() {
@@ -314,7 +307,7 @@ impl Writer {
                         *e = (*e).max(s);
                         marks.push(done);
                     }
-                    Job::Trim => trim = true,
+                    Job::Trim(t) => trim = Some(t),
                     Job::Ping(p) => pings.push(p),
                     Job::Close(c) => {
                         close = Some(c);
@@ -328,8 +321,8 @@ impl Writer {
             if !appends.is_empty() || !delivered.is_empty() {
                 healthy = self.commit(appends, delivered);
             }
-            if trim && let Err(e) = self.trim() {
-                tracing::warn!(error = %e, "retention pass failed; will retry");
+            if let Some(t) = trim {
+                let _ = t.send(self.trim().map_err(|e| unavailable(Path::new("retention"), e)));
             }
             for p in pings.into_iter().chain(marks) {
                 let _ = p.send(healthy);
@@ -442,20 +435,26 @@ impl Writer {
         }
     }
 
-    fn trim(&mut self) -> rusqlite::Result<()> {
+    /// Retention: by count for the mailboxes appended to since the last pass, by age for
+    /// all. Returns how many messages went.
+    fn trim(&mut self) -> rusqlite::Result<u64> {
         let now = unix_now();
         let tx = self.conn.transaction()?;
+        let mut removed = 0;
         {
             let mut by_count = tx.prepare_cached("DELETE FROM messages WHERE user = ?1 AND seq <= ?2")?;
-            for (user, last) in self.touched.drain() {
-                if last > self.max_messages {
-                    by_count.execute(params![user, (last - self.max_messages) as i64])?;
+            for (user, last) in &self.touched {
+                if *last > self.max_messages {
+                    removed += by_count.execute(params![user, (last - self.max_messages) as i64])?;
                 }
             }
         }
-        tx.execute("DELETE FROM messages WHERE created_at < ?1", [now - self.max_age.as_secs() as i64])?;
+        removed +=
+            tx.execute("DELETE FROM messages WHERE created_at < ?1", [now - self.max_age.as_secs() as i64])?;
         tx.execute("DELETE FROM dedupe WHERE created_at < ?1", [now - self.dedupe_window.as_secs() as i64])?;
-        tx.commit()
+        tx.commit()?;
+        self.touched.clear();
+        Ok(removed as u64)
     }
 }
 

@@ -1,0 +1,246 @@
+//! The `Store` contract (see `store/mod.rs`), checked against every engine with the same
+//! tests. A new engine adds one line to `engines!` at the bottom.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgate::config::StoreConfig;
+use imgate::store::{Appended, DynStore, Fanout, NewMessage, StoreError};
+use imgate_protocol::{Code, EncodedMessage, MessageData};
+use parking_lot::Mutex;
+use tempfile::TempDir;
+
+/// Records what the store fanned out, in order.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(String, u64, String)>>);
+
+impl Fanout for Recorder {
+    fn committed(&self, user: &str, seq: u64, frame: &EncodedMessage) {
+        let id = frame.decode(seq).unwrap().data.id;
+        self.0.lock().push((user.to_owned(), seq, id));
+    }
+}
+
+/// A way to open a store of one engine, over one place that survives reopening.
+trait Engine {
+    fn open(&self, config: &StoreConfig, fanout: Arc<dyn Fanout>) -> DynStore;
+}
+
+struct Sqlite(TempDir);
+
+impl Sqlite {
+    fn new() -> Sqlite {
+        Sqlite(tempfile::tempdir().unwrap())
+    }
+}
+
+impl Engine for Sqlite {
+    fn open(&self, config: &StoreConfig, fanout: Arc<dyn Fanout>) -> DynStore {
+        imgate::store::sqlite::SqliteStore::open(self.0.path(), config, fanout).unwrap()
+    }
+}
+
+fn msg(user: &str, id: &str, contact: &str, key: Option<&str>) -> NewMessage {
+    let data = MessageData {
+        id: id.into(),
+        name: String::new(),
+        avatar: String::new(),
+        msg_type: "text".into(),
+        contact_id: contact.into(),
+        company_id: String::new(),
+        send_time: 1,
+        msg: serde_json::json!({"content": id}),
+        direction: None,
+    };
+    NewMessage {
+        user: user.into(),
+        id: id.into(),
+        contact: contact.into(),
+        dedupe_key: key.map(str::to_owned),
+        frame: EncodedMessage::encode(&data, Code::TEXT),
+    }
+}
+
+fn stored(seq: u64, id: &str) -> Appended {
+    Appended { seq, id: id.into(), duplicate: false }
+}
+
+fn open(e: &impl Engine) -> (DynStore, Arc<Recorder>) {
+    open_with(e, StoreConfig::default())
+}
+
+fn open_with(e: &impl Engine, config: StoreConfig) -> (DynStore, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::default());
+    (e.open(&config, rec.clone()), rec)
+}
+
+async fn ids(store: &DynStore, user: &str, after: u64) -> Vec<(u64, String)> {
+    store
+        .read_after(user, after, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.seq, s.frame.decode(s.seq).unwrap().data.id))
+        .collect()
+}
+
+async fn seqs_start_at_one_per_mailbox_in_slice_order(e: impl Engine) {
+    let (store, rec) = open(&e);
+    let got = store
+        .append(vec![msg("a", "1", "x", None), msg("b", "2", "x", None), msg("a", "3", "x", None)])
+        .await
+        .unwrap();
+    assert_eq!(got, [stored(1, "1"), stored(1, "2"), stored(2, "3")]);
+    let got = store.append(vec![msg("a", "4", "x", None)]).await.unwrap();
+    assert_eq!(got, [stored(3, "4")]);
+    assert_eq!(
+        *rec.0.lock(),
+        [
+            ("a".into(), 1, "1".into()),
+            ("b".into(), 1, "2".into()),
+            ("a".into(), 2, "3".into()),
+            ("a".into(), 3, "4".into())
+        ]
+    );
+    assert_eq!(ids(&store, "a", 0).await, [(1, "1".into()), (2, "3".into()), (3, "4".into())]);
+    assert_eq!(ids(&store, "a", 2).await, [(3, "4".into())]);
+    assert_eq!(store.read_after("a", 0, 2).await.unwrap().len(), 2);
+    assert!(store.read_after("nobody", 0, 10).await.unwrap().is_empty());
+}
+
+async fn duplicates_repeat_the_original_and_are_not_fanned_out(e: impl Engine) {
+    let (store, rec) = open(&e);
+    store.append(vec![msg("a", "m1", "x", Some("k1"))]).await.unwrap();
+    // The same key: for the same mailbox a duplicate, in another mailbox a new message,
+    // and twice within one batch only once.
+    let got = store
+        .append(vec![
+            msg("a", "m1-retry", "x", Some("k1")),
+            msg("b", "m1", "x", Some("k1")),
+            msg("a", "m2", "x", Some("k2")),
+            msg("a", "m2-again", "x", Some("k2")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        [
+            Appended { seq: 1, id: "m1".into(), duplicate: true },
+            stored(1, "m1"),
+            stored(2, "m2"),
+            Appended { seq: 2, id: "m2".into(), duplicate: true },
+        ]
+    );
+    assert_eq!(rec.0.lock().len(), 3);
+    assert_eq!(ids(&store, "a", 0).await, [(1, "m1".into()), (2, "m2".into())]);
+}
+
+async fn history_is_newest_first_by_contact_and_before(e: impl Engine) {
+    let (store, _) = open(&e);
+    let batch =
+        (1..=6).map(|i| msg("u", &i.to_string(), if i % 2 == 0 { "even" } else { "odd" }, None)).collect();
+    store.append(batch).await.unwrap();
+    let seqs = |v: Vec<imgate::store::Stored>| v.into_iter().map(|s| s.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.history("u", None, None, 10).await.unwrap()), [6, 5, 4, 3, 2, 1]);
+    assert_eq!(seqs(store.history("u", Some("even"), None, 10).await.unwrap()), [6, 4, 2]);
+    assert_eq!(seqs(store.history("u", Some("odd"), Some(5), 1).await.unwrap()), [3]);
+    assert_eq!(seqs(store.history("u", None, Some(3), 10).await.unwrap()), [2, 1]);
+    assert!(store.history("u", Some("nobody"), None, 10).await.unwrap().is_empty());
+}
+
+async fn delivered_marks_only_rise(e: impl Engine) {
+    let (store, _) = open(&e);
+    assert_eq!(store.delivered("u").await.unwrap(), 0);
+    store.set_delivered("u", 5).await.unwrap();
+    store.set_delivered("u", 3).await.unwrap();
+    assert_eq!(store.delivered("u").await.unwrap(), 5);
+    store.set_delivered("u", 9).await.unwrap();
+    assert_eq!(store.delivered("u").await.unwrap(), 9);
+    assert_eq!(store.delivered("v").await.unwrap(), 0);
+}
+
+async fn everything_survives_reopening_and_seqs_are_never_reused(e: impl Engine) {
+    {
+        let (store, _) = open(&e);
+        store.append(vec![msg("u", "1", "x", Some("k")), msg("u", "2", "x", None)]).await.unwrap();
+        store.set_delivered("u", 1).await.unwrap();
+        store.close().await;
+        assert!(matches!(store.append(vec![msg("u", "3", "x", None)]).await, Err(StoreError::Closed)));
+    }
+    let (store, _) = open(&e);
+    assert_eq!(ids(&store, "u", 0).await, [(1, "1".into()), (2, "2".into())]);
+    assert_eq!(store.delivered("u").await.unwrap(), 1);
+    let got =
+        store.append(vec![msg("u", "1-retry", "x", Some("k")), msg("u", "3", "x", None)]).await.unwrap();
+    assert_eq!(got, [Appended { seq: 1, id: "1".into(), duplicate: true }, stored(3, "3")]);
+}
+
+async fn retention_by_count_keeps_seqs_rising(e: impl Engine) {
+    let config = StoreConfig { retention_max_messages: 3, ..StoreConfig::default() };
+    let (store, _) = open_with(&e, config);
+    let batch = (1..=5).map(|i| msg("u", &i.to_string(), "x", None)).collect();
+    store.append(batch).await.unwrap();
+    assert_eq!(store.trim().await.unwrap(), 2);
+    assert_eq!(ids(&store, "u", 0).await.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [3, 4, 5]);
+    assert_eq!(store.append(vec![msg("u", "6", "x", None)]).await.unwrap(), [stored(6, "6")]);
+}
+
+async fn retention_by_age_empties_a_mailbox_without_resetting_it(e: impl Engine) {
+    let config = StoreConfig { retention_max_age: Duration::ZERO, ..StoreConfig::default() };
+    let (store, _) = open_with(&e, config);
+    store.append(vec![msg("u", "1", "x", None), msg("u", "2", "x", None)]).await.unwrap();
+    // Ages are whole seconds: wait for these to become older than "now".
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.trim().await.unwrap() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "age retention never removed anything");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ids(&store, "u", 0).await.is_empty());
+    assert_eq!(store.append(vec![msg("u", "3", "x", None)]).await.unwrap(), [stored(3, "3")]);
+}
+
+async fn concurrent_appends_get_distinct_contiguous_seqs(e: impl Engine) {
+    let (store, rec) = open(&e);
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..50 {
+                let got = store.append(vec![msg("hot", &format!("{t}-{i}"), "x", None)]).await.unwrap();
+                seqs.push(got[0].seq);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=400).collect::<Vec<_>>());
+    // Fan-out saw them in seq order.
+    let fanned: Vec<u64> = rec.0.lock().iter().map(|(_, s, _)| *s).collect();
+    assert_eq!(fanned, (1..=400).collect::<Vec<_>>());
+    assert!(store.ready().await.is_ok());
+}
+
+macro_rules! engines {
+    ($($engine:ident => $make:expr),* $(,)?) => {$(
+        mod $engine {
+            use super::*;
+            #[tokio::test] async fn seqs() { seqs_start_at_one_per_mailbox_in_slice_order($make).await }
+            #[tokio::test] async fn duplicates() { duplicates_repeat_the_original_and_are_not_fanned_out($make).await }
+            #[tokio::test] async fn history() { history_is_newest_first_by_contact_and_before($make).await }
+            #[tokio::test] async fn delivered() { delivered_marks_only_rise($make).await }
+            #[tokio::test] async fn reopen() { everything_survives_reopening_and_seqs_are_never_reused($make).await }
+            #[tokio::test] async fn retention_count() { retention_by_count_keeps_seqs_rising($make).await }
+            #[tokio::test] async fn retention_age() { retention_by_age_empties_a_mailbox_without_resetting_it($make).await }
+            #[tokio::test] async fn concurrency() { concurrent_appends_get_distinct_contiguous_seqs($make).await }
+        }
+    )*};
+}
+
+engines! {
+    sqlite => Sqlite::new(),
+}
