@@ -19,7 +19,6 @@ impl Code {
     pub const SHORTVIDEO: Code = Code(1005);
     pub const LOCATION: Code = Code(1006);
     pub const LINK: Code = Code(1007);
-    pub const FILE: Code = Code(1008);
     /// A message type nobody told imgate about (the seed's `enim`): delivered with every
     /// field it carried.
     pub const OTHER: Code = Code(1099);
@@ -40,7 +39,6 @@ const TABLE: &[(&str, Code)] = &[
     ("shortvideo", Code::SHORTVIDEO),
     ("location", Code::LOCATION),
     ("link", Code::LINK),
-    ("file", Code::FILE),
 ];
 
 /// The code of a `msg_type`; unknown types get [`Code::OTHER`].
@@ -102,7 +100,7 @@ mod tests {
 
     #[test]
     fn types_and_codes_round_trip() {
-        for t in ["text", "image", "voice", "video", "shortvideo", "location", "link", "file"] {
+        for t in ["text", "image", "voice", "video", "shortvideo", "location", "link"] {
             assert_eq!(code_for_type(t).msg_type(), Some(t));
         }
         assert_eq!(code_for_type("enim"), Code::OTHER);

@@ -28,7 +28,8 @@ pub enum ContentError {
 }
 
 /// Elements that address the message rather than make up its content.
-const ENVELOPE: &[&str] = &["ToUserName", "FromUserName", "CreateTime", "MsgType", "MsgId", "Encrypt"];
+const ENVELOPE: &[&str] =
+    &["ToUserName", "FromUserName", "CreateTime", "MsgType", "MsgId", "MsgID", "Encrypt"];
 
 enum Kind {
     Str,
@@ -119,13 +120,18 @@ pub fn content_from_xml(x: &XmlMessage) -> Result<Content, ContentError> {
     Ok(Content { msg_type, code, msg: Value::Object(msg) })
 }
 
+/// WeChat's message id: `MsgId`, or `MsgID` as some events spell it.
+pub fn msg_id(x: &XmlMessage) -> Option<&str> {
+    x.non_empty("MsgId").or_else(|| x.non_empty("MsgID"))
+}
+
 /// The key under which WeChat's retries of one message are recognised. `MsgId` alone has
 /// collided (WxJava, concurrent voice), so the sender and time are part of it; events have
 /// no id at all.
 pub fn dedupe_key_for_xml(x: &XmlMessage) -> Option<String> {
     let from = x.get("FromUserName").unwrap_or_default();
     let time = x.get("CreateTime").unwrap_or_default().trim();
-    if let Some(id) = x.non_empty("MsgId").or_else(|| x.non_empty("MsgID")) {
+    if let Some(id) = msg_id(x) {
         return Some(format!("wx:{from}:{time}:{id}"));
     }
     if x.get("MsgType") == Some("event") {

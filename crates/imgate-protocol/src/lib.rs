@@ -12,7 +12,7 @@ mod send;
 pub mod xml;
 
 pub use code::{Code, code_for_type};
-pub use content::{Content, ContentError, content_from_xml, dedupe_key_for_xml};
+pub use content::{Content, ContentError, content_from_xml, dedupe_key_for_xml, msg_id};
 pub use create_time::{CreateTimeError, parse_create_time};
 pub use frame::{
     EncodedMessage, Frame, FrameResult, MessageData, ack_frame, error_frame, error_frame_with,

@@ -10,8 +10,12 @@ use crate::http::error::ApiError;
 /// The caller of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
-    /// A gateway user: the token's subject, or in open mode the `userid` it named.
+    /// A user proven by a token: the token's subject.
     User(String),
+    /// A user named but not proven: the `userid` of open mode, or of a backend holding an
+    /// API key. It may connect and read as that user; what it sends is not copied to that
+    /// user's mailbox (a backend pushing on behalf of a user is not that user's console).
+    Named(String),
     /// A backend (an API key, or an anonymous caller in open mode) that named no user.
     Backend,
 }
@@ -28,6 +32,16 @@ pub struct Auth {
 #[derive(serde::Deserialize)]
 struct Claims {
     sub: String,
+}
+
+impl Caller {
+    /// The user this caller acts as, proven or named.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Caller::User(u) | Caller::Named(u) => Some(u),
+            Caller::Backend => None,
+        }
+    }
 }
 
 impl Auth {
@@ -55,7 +69,7 @@ impl Auth {
     ) -> Result<Caller, ApiError> {
         let named = userid.filter(|u| !u.is_empty()).map(str::to_owned);
         if self.mode == AuthMode::Open {
-            return Ok(named.map_or(Caller::Backend, Caller::User));
+            return Ok(named.map_or(Caller::Backend, Caller::Named));
         }
         let presented = token.map(str::to_owned).or_else(|| credential(headers)).ok_or_else(|| {
             ApiError::Unauthorized(
@@ -63,7 +77,7 @@ impl Auth {
             )
         })?;
         if self.api_keys.iter().any(|k| constant_time_eq(k.as_bytes(), presented.as_bytes())) {
-            return Ok(named.map_or(Caller::Backend, Caller::User));
+            return Ok(named.map_or(Caller::Backend, Caller::Named));
         }
         let key = self.key.as_ref().ok_or_else(|| ApiError::Unauthorized("unknown API key".into()))?;
         let claims = jsonwebtoken::decode::<Claims>(&presented, key, &self.validation)
@@ -148,7 +162,7 @@ mod tests {
         let mut k = HeaderMap::new();
         k.insert("x-api-key", "backend-key".parse().unwrap());
         assert_eq!(a.caller(&k, None, None).unwrap(), Caller::Backend);
-        assert_eq!(a.caller(&k, None, Some("u")).unwrap(), Caller::User("u".into()));
+        assert_eq!(a.caller(&k, None, Some("u")).unwrap(), Caller::Named("u".into()));
         let mut b = HeaderMap::new();
         b.insert(header::AUTHORIZATION, format!("Bearer {good}").parse().unwrap());
         assert_eq!(a.caller(&b, None, None).unwrap(), Caller::User("agent1".into()));

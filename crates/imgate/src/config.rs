@@ -31,6 +31,7 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   heartbeat_interval = \"25s\"         heartbeat frame (code 101) and WebSocket ping period; the
                                      first one is jittered
   idle_timeout = \"60s\"               a connection silent this long (no frame, no pong) is closed
+                                     (4000); one write blocked this long closes it too (4008)
   queue_capacity = 1024              frames queued per connection; a connection whose queue is
                                      full is closed with 4008 and catches up with since=SEQ
   max_connections_per_user = 32      more connections for one user are refused (429)
@@ -48,7 +49,8 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
                                      token: WebSocket users present an HS256 JWT (sub = userid),
                                      HTTP senders a JWT or an API key
   jwt_secret = \"\"                    HS256 secret (token mode)
-  api_keys = []                      keys backends send as 'Authorization: Bearer KEY' or X-Api-Key
+  api_keys = []                      keys backends send as 'Authorization: Bearer KEY' or X-Api-Key;
+                                     a key may act as any ?userid= (connect, read, send)
   allowed_origins = []               Origins allowed to open a WebSocket; empty allows any
 
   [protocol]

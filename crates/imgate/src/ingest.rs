@@ -7,7 +7,7 @@
 
 use imgate_protocol::{
     Content, EncodedMessage, MessageData, SYSTEM_CONTACT, SYSTEM_NAME, SendRequest, XmlMessage,
-    content_from_xml, dedupe_key_for_xml, parse_create_time,
+    content_from_xml, dedupe_key_for_xml, msg_id, parse_create_time,
 };
 use time::UtcOffset;
 
@@ -95,7 +95,7 @@ impl Ingest {
         self.commit(Letter {
             from,
             to,
-            id: x.non_empty("MsgId").map(str::to_owned),
+            id: msg_id(x).map(str::to_owned),
             name: None,
             avatar: None,
             company_id: None,

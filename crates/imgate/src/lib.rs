@@ -115,22 +115,43 @@ pub async fn run(
         auth = ?config.auth.mode,
         "imgate listening"
     );
-    let stop = cancel.clone();
     let server =
         axum::serve(listener, http::router(state).into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                stop.cancel();
-            });
-    let served = server.await;
-    // The listener is closed and sockets are being closed with 1001; wait for them and
-    // for requests still committing, but not forever.
-    tasks.close();
-    let open = tasks.len();
-    if tokio::time::timeout(config.shutdown_grace, tasks.wait()).await.is_err() {
-        tracing::warn!(left = tasks.len(), grace = ?config.shutdown_grace, "connections still open after the grace period; leaving them");
+            .with_graceful_shutdown(cancel.clone().cancelled_owned());
+    let mut server = tokio::spawn(server.into_future());
+    let early = tokio::select! {
+        _ = shutdown => None,
+        // The server only ends by itself on an error.
+        r = &mut server => Some(r),
+    };
+    cancel.cancel();
+    if let Some(r) = early {
+        tracing::error!("the server stopped by itself; shutting down");
+        store.close().await;
+        return r.map_err(std::io::Error::other)?.map_err(RunError::Io);
     }
+    // The listener is closed; sockets are closing with 1001. Wait for them, for requests
+    // in flight and for their commits, but not forever.
+    tasks.close();
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        let served = server.await;
+        tasks.wait().await;
+        served
+    })
+    .await;
+    let served = match drained {
+        Ok(Ok(served)) => served,
+        Ok(Err(join)) => Err(std::io::Error::other(join)),
+        Err(_) => {
+            tracing::warn!(
+                websockets = tasks.len(),
+                grace = ?config.shutdown_grace,
+                "requests or connections still open after the grace period; leaving them"
+            );
+            Ok(())
+        }
+    };
     store.close().await;
-    tracing::info!(closed_connections = open, "imgate stopped");
+    tracing::info!("imgate stopped");
     served.map_err(RunError::Io)
 }

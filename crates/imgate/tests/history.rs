@@ -11,8 +11,13 @@ async fn history_pages_by_contact_newest_page_first() {
         s.post("/send?userid=alice", "application/json", text_to("agent", &format!("a{i}"))).await;
         s.post("/send?userid=bob", "application/json", text_to("agent", &format!("b{i}"))).await;
     }
-    // The agent answers alice: her copy is in the agent's history too.
-    s.post("/send?userid=agent", "application/json", text_to("alice", "reply")).await;
+    // The agent answers alice from its socket: the agent's copy is in its history too.
+    let mut console = s.connect("/?userid=agent").await;
+    console.frames(14).await;
+    console.send(&text_to("alice", "reply")).await;
+    let mut two = console.frames(2).await; // the ack and the copy, in either order
+    two.retain(|f| f["result"]["code"] == 0);
+    assert_eq!(two.len(), 1);
     let page = |q: &str| {
         let path = format!("/im_component/wx_official_account/history?userid=agent{q}");
         let s = &s;

@@ -114,3 +114,12 @@ async fn tail_prints_frames_as_they_arrive() {
     .unwrap();
     assert_eq!(content(&next), "live");
 }
+
+#[test]
+fn the_readme_shows_the_keys_serve_help_shows() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    assert!(
+        readme.contains(imgate::config::KEYS_HELP.trim_end()),
+        "README.md's configuration block is not `imgate serve --help`'s: copy it over"
+    );
+}

@@ -146,3 +146,15 @@ async fn a_restart_delivers_what_was_waiting() {
     assert_eq!(content(&f), "kept");
     assert_eq!(f["data"]["id"], ack["data"]["id"]);
 }
+
+#[tokio::test]
+async fn a_since_ahead_of_the_mailbox_does_not_hide_new_messages() {
+    let s = Server::start().await;
+    s.post("/send?userid=a", "application/json", text_to("fresh", "one")).await;
+    // A client remembering seq 500 from a data dir that is gone.
+    let mut c = s.connect("/?userid=fresh&since=500").await;
+    let (_, ack) = s.post("/send?userid=a", "application/json", text_to("fresh", "two")).await;
+    let f = c.frame().await;
+    assert_eq!(content(&f), "two");
+    assert_eq!(f["data"]["seq"], ack["data"]["seq"]);
+}

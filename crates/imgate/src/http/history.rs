@@ -11,7 +11,6 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{AppState, Params, error::ApiError};
-use crate::auth::Caller;
 
 #[derive(Serialize)]
 struct Page {
@@ -34,12 +33,11 @@ pub async fn history(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = Params::from(query)?;
-    let user = match state.caller(&headers, &params)? {
-        Caller::User(u) => u,
-        Caller::Backend => {
-            return Err(ApiError::BadRequest("missing userid: whose history?".into()));
-        }
-    };
+    let caller = state.caller(&headers, &params)?;
+    let user = caller
+        .user()
+        .ok_or_else(|| ApiError::BadRequest("missing userid: whose history?".into()))?
+        .to_owned();
     let contact = params.get("contact_id").map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned);
     let before = params.number("before")?;
     let max = state.config.limits.history_page_max;

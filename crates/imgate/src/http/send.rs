@@ -79,6 +79,7 @@ async fn send_json(
     let req = parse_send_json(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let from = match &caller {
         Caller::User(u) => Sender::User(u),
+        Caller::Named(u) => Sender::Outside(u),
         // A system message needs no sender: its frame says it comes from system01.
         Caller::Backend if req.content.msg_type == "system" => Sender::Outside(SYSTEM_CONTACT),
         Caller::Backend => {
@@ -104,6 +105,7 @@ async fn send_xml_body(
     let xml = XmlMessage::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let from = match &caller {
         Caller::User(u) => Some(Sender::User(u)),
+        Caller::Named(u) => Some(Sender::Outside(u)),
         Caller::Backend => None,
     };
     let accepted = state.ingest.send_xml(from, &xml).await?;

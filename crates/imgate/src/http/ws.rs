@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 
 use super::{AppState, Params, error::ApiError};
-use crate::auth::Caller;
 use crate::hub::conn;
 
 /// `/`: a WebSocket when the request asks for one, else a page saying how to connect.
@@ -48,14 +47,13 @@ async fn upgrade(
 ) -> Result<Response, ApiError> {
     let params = Params::from(query)?;
     state.auth.check_origin(&headers)?;
-    let user = match state.caller(&headers, &params)? {
-        Caller::User(u) => u,
-        Caller::Backend => {
-            return Err(ApiError::BadRequest(
-                "missing userid: connect with ?userid=YOUR_ID (or ?userId=)".into(),
-            ));
-        }
-    };
+    let caller = state.caller(&headers, &params)?;
+    let user = caller
+        .user()
+        .ok_or_else(|| {
+            ApiError::BadRequest("missing userid: connect with ?userid=YOUR_ID (or ?userId=)".into())
+        })?
+        .to_owned();
     if user.len() > 256 {
         return Err(ApiError::BadRequest("userid is too long (at most 256 bytes)".into()));
     }

@@ -60,8 +60,6 @@ type Sink = SplitSink<WebSocket, Message>;
 pub struct Start {
     /// Replay what comes after this seq.
     pub after: u64,
-    /// `after` is the client's `since`, not the server's delivered mark.
-    pub from_client: bool,
 }
 
 impl Start {
@@ -70,14 +68,17 @@ impl Start {
     /// after the user's delivered mark: what its other connections showed or the store
     /// recorded, whichever is later.
     pub async fn decide(ctx: &ConnContext, user: &str, since: Option<u64>) -> Result<Start, StoreError> {
-        Ok(match since {
-            Some(after) => Start { after, from_client: true },
+        let after = match since {
+            // A client ahead of the mailbox (its data dir was replaced, or its since came
+            // from elsewhere) would skip new messages until they pass it: start it at the
+            // mailbox's end instead.
+            Some(since) => since.min(ctx.store.last_seq(user).await?),
             None => {
                 let stored = ctx.store.delivered(user).await?;
-                let after = stored.max(ctx.hub.delivered(user).unwrap_or(0));
-                Start { after, from_client: false }
+                stored.max(ctx.hub.delivered(user).unwrap_or(0))
             }
-        })
+        };
+        Ok(Start { after })
     }
 }
 
@@ -175,7 +176,7 @@ impl Writer {
                     Some(Ctl::Close(code, reason)) => return Stop::Close(code, reason.into()),
                     Some(Ctl::Gone) | None => return Stop::Gone,
                 },
-                Some(first) = reg.rx.recv() => { eprintln!("DBG live user={} seq={} last={}", self.user, first.seq, self.last_sent); self.live(first, &mut reg.rx).await },
+                Some(first) = reg.rx.recv() => self.live(first, &mut reg.rx).await,
                 _ = beat.tick() => {
                     let now_seen = self.activity.load(Ordering::Relaxed);
                     if now_seen != seen {
@@ -195,20 +196,9 @@ impl Writer {
 
     /// The first replay.
     async fn start(&mut self, start: Start) -> Result<(), Stop> {
-        let Start { after, from_client } = start;
-        self.last_sent = after;
-        self.persisted = after;
+        self.last_sent = start.after;
+        self.persisted = start.after;
         self.replay().await?;
-        if from_client && self.last_sent == after && after > 0 {
-            // A client ahead of the mailbox (data dir replaced?) would skip new messages
-            // forever: restart it from the newest message there is.
-            let newest = self.ctx.store.history(&self.user, None, None, 1).await.map_err(store_stop)?;
-            if let Some(n) = newest.first()
-                && n.seq < after
-            {
-                self.last_sent = n.seq;
-            }
-        }
         Ok(())
     }
 

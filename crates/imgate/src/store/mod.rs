@@ -84,6 +84,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError>;
 
+    /// The highest seq ever assigned in `user`'s mailbox (0 if none), whether or not
+    /// retention has removed it since.
+    async fn last_seq(&self, user: &str) -> Result<u64, StoreError>;
+
     /// The highest seq that reached a live connection of `user` (0 if none did): a
     /// connection that gives no `since` starts after it.
     async fn delivered(&self, user: &str) -> Result<u64, StoreError>;

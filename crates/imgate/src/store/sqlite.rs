@@ -93,12 +93,23 @@ impl SqliteStore {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; {SCHEMA}"
         ))
         .map_err(|e| unavailable(&path, e))?;
+        // Every mailbox is a candidate for the first retention pass: one that was over its
+        // count before a restart and gets nothing new must still be trimmed.
+        let touched = conn
+            .prepare("SELECT user, last_seq FROM mailboxes WHERE last_seq > ?1")
+            .and_then(|mut s| {
+                s.query_map([config.retention_max_messages as i64], |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<rusqlite::Result<HashMap<String, u64>>>()
+            })
+            .map_err(|e| unavailable(&path, e))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = Writer {
             conn,
             fanout,
             last_seq: HashMap::new(),
-            touched: HashMap::new(),
+            touched,
             max_batch: config.max_batch,
             max_messages: config.retention_max_messages,
             max_age: config.retention_max_age,
@@ -219,6 +230,17 @@ impl Store for SqliteStore {
         let user = user.to_owned();
         self.read(move |c| {
             c.prepare_cached("SELECT delivered FROM mailboxes WHERE user = ?1")?
+                .query_row([user], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|d| d.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    async fn last_seq(&self, user: &str) -> Result<u64, StoreError> {
+        let user = user.to_owned();
+        self.read(move |c| {
+            c.prepare_cached("SELECT last_seq FROM mailboxes WHERE user = ?1")?
                 .query_row([user], |r| r.get::<_, i64>(0))
                 .optional()
                 .map(|d| d.unwrap_or(0) as u64)
