@@ -53,6 +53,11 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
                                      a key may act as any ?userid= (connect, read, send)
   allowed_origins = []               Origins allowed to open a WebSocket; empty allows any
 
+  [bench]
+  noop_route = false                 POST /bench/noop parses a send like /send and answers without
+                                     storing or delivering: the ceiling for benchmarks. Off in
+                                     production.
+
   [protocol]
   create_time_zone = \"+08:00\"        zone of a CreateTime written as YYYY-MM-DD HH:MM:SS
   company_id = \"\"                    company_id of messages whose sender names none
@@ -60,7 +65,7 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
 
 /// The top-level keys of [`Config`].
 const TOP_KEYS: &[&str] =
-    &["listen", "data_dir", "log", "shutdown_grace", "store", "hub", "limits", "auth", "protocol"];
+    &["listen", "data_dir", "log", "shutdown_grace", "store", "hub", "limits", "auth", "bench", "protocol"];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -74,7 +79,14 @@ pub struct Config {
     pub hub: HubConfig,
     pub limits: Limits,
     pub auth: AuthConfig,
+    pub bench: BenchConfig,
     pub protocol: ProtocolConfig,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BenchConfig {
+    pub noop_route: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +184,7 @@ impl Default for Config {
             hub: HubConfig::default(),
             limits: Limits::default(),
             auth: AuthConfig::default(),
+            bench: BenchConfig::default(),
             protocol: ProtocolConfig::default(),
         }
     }

@@ -43,7 +43,11 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let body_max = state.config.limits.http_body_max;
-    Router::new()
+    let mut router = Router::new();
+    if state.config.bench.noop_route {
+        router = router.route("/bench/noop", post(send::noop));
+    }
+    router
         .route("/", get(ws::root))
         .route(&format!("{PREFIX}/msg"), get(ws::msg))
         .route("/send", post(send::send))

@@ -41,6 +41,47 @@ pub async fn send_xml(
     send_xml_body(state, headers, query, body).await
 }
 
+/// `POST /bench/noop` (with `bench.noop_route`): everything `/send` does before the
+/// store — read, parse, check, serialise the frame — and an answer, but no commit and no
+/// delivery. The ceiling the benchmark compares `/send` with.
+pub async fn noop(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = read_body(&state, body)?;
+    let params = Params::from(query)?;
+    let caller = state.caller(&headers, &params)?;
+    let (to, content) = match kind(&headers, &body)? {
+        Body::Json => {
+            let req = parse_send_json(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            (req.to, req.content)
+        }
+        Body::Xml => {
+            let text = std::str::from_utf8(&body)
+                .map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
+            let xml = XmlMessage::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let to = xml.non_empty("ToUserName").unwrap_or_default().to_owned();
+            (to, imgate_protocol::content_from_xml(&xml).map_err(|e| ApiError::BadRequest(e.to_string()))?)
+        }
+    };
+    let data = imgate_protocol::MessageData {
+        id: uuid::Uuid::now_v7().simple().to_string(),
+        name: String::new(),
+        avatar: String::new(),
+        msg_type: content.msg_type,
+        contact_id: caller.user().unwrap_or_default().to_owned(),
+        company_id: String::new(),
+        send_time: 0,
+        msg: content.msg,
+        direction: None,
+    };
+    let frame = imgate_protocol::EncodedMessage::encode(&data, content.code);
+    std::hint::black_box(frame.with_seq(1));
+    Ok(answer(&Accepted { id: data.id, seq: 0, to, duplicate: false }))
+}
+
 fn read_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config.limits.http_body_max),

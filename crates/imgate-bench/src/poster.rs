@@ -1,0 +1,40 @@
+//! A keep-alive HTTP/1.1 poster: one connection, one request at a time.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::Error;
+
+pub struct Poster {
+    sender: SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl Poster {
+    /// Connect to `base` (`http://host:port`).
+    pub async fn connect(base: &str) -> Result<Poster, Error> {
+        let authority = base.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let tcp = tokio::net::TcpStream::connect(&authority).await?;
+        tcp.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Poster { sender, authority })
+    }
+
+    /// POST `body` to `path`; the status, after the whole answer was read.
+    pub async fn post(&mut self, path: &str, content_type: &'static str, body: Bytes) -> Result<u16, Error> {
+        self.sender.ready().await?;
+        let req = hyper::Request::post(path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await?;
+        Ok(status)
+    }
+}
