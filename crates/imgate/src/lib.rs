@@ -96,7 +96,7 @@ pub async fn run(
     });
     let tasks = TaskTracker::new();
     tokio::spawn(retention(store.clone(), cancel.clone()));
-    let state = http::AppState {
+    let state = Arc::new(http::App {
         config: config.clone(),
         hub,
         store: store.clone(),
@@ -105,7 +105,7 @@ pub async fn run(
         conn,
         tasks: tasks.clone(),
         metrics,
-    };
+    });
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,

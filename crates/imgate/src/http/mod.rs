@@ -29,8 +29,10 @@ mod ws;
 /// The seed's path prefix for the WeChat Official Account channel.
 pub const PREFIX: &str = "/im_component/wx_official_account";
 
-#[derive(Clone)]
-pub struct AppState {
+/// What every handler shares; one `Arc`, so a request clones one pointer, not ten.
+pub type AppState = Arc<App>;
+
+pub struct App {
     pub config: Arc<Config>,
     pub hub: Arc<Hub>,
     pub store: DynStore,
@@ -100,7 +102,7 @@ impl Params {
     }
 }
 
-impl AppState {
+impl App {
     pub fn caller(&self, headers: &HeaderMap, params: &Params) -> Result<Caller, ApiError> {
         self.auth.caller(headers, params.get("token"), params.userid())
     }

@@ -166,11 +166,17 @@ impl Writer {
         let mut seen = self.activity.load(Ordering::Relaxed);
         let mut last_alive = Instant::now();
         let shutdown = self.ctx.shutdown.clone();
+        // Made once: a fresh `cancelled()` per turn would register with the token again
+        // for every frame.
+        let stopping = shutdown.cancelled();
+        let kicked = reg.kicked.clone();
+        let kicked = kicked.cancelled();
+        tokio::pin!(stopping, kicked);
         loop {
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Stop::Close(1001, "server shutting down; reconnect with since".into()),
-                _ = reg.kicked.cancelled() => return Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={}", self.last_sent)),
+                _ = &mut stopping => return Stop::Close(1001, "server shutting down; reconnect with since".into()),
+                _ = &mut kicked => return Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={}", self.last_sent)),
                 c = ctl.recv() => match c {
                     Some(Ctl::Frame(f)) => self.write(Message::Text(f.into())).await,
                     Some(Ctl::Close(code, reason)) => return Stop::Close(code, reason.into()),
@@ -294,7 +300,10 @@ async fn guard(
     last_sent: u64,
 ) -> Result<(), Stop> {
     let slow = || Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={last_sent}"));
+    // The write first: when the socket takes it at once (the usual case), the other
+    // branches are never polled and no timer is armed.
     tokio::select! {
+        biased;
         r = fut => r.map_err(|_| Stop::Gone),
         _ = ctx.shutdown.cancelled() => Err(Stop::Close(1001, "server shutting down; reconnect with since".into())),
         _ = kicked.cancelled() => Err(slow()),
