@@ -37,7 +37,8 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   max_connections_per_user = 32      more connections for one user are refused (429)
   write_buffer_size = 4096           bytes a socket buffers before writing (tungstenite's
                                      default, 128 KiB, costs memory on every connection)
-  read_buffer_size = 4096            bytes read from a socket at a time
+  read_buffer_size = 512             bytes a socket's read buffer starts with (it grows for a larger
+                                     frame); clients send little, and idle connections are many
 
   [limits]
   http_body_max = 1048576            largest HTTP body (1 MiB; WeChat messages are small)
@@ -211,7 +212,7 @@ impl Default for HubConfig {
             queue_capacity: 1024,
             max_connections_per_user: 32,
             write_buffer_size: 4096,
-            read_buffer_size: 4096,
+            read_buffer_size: 512,
         }
     }
 }

@@ -1,24 +1,26 @@
-//! One WebSocket connection: replay from the mailbox, then live frames, heartbeats and
-//! pings on one side; client frames (sends, `pong`) on the other.
+//! One WebSocket connection, served by one task: replay from the mailbox, then live
+//! frames, heartbeats and pings out; client frames (sends, `pong`) in.
 //!
-//! Exactly one task writes to the socket (the seed's Go prototype crashed on concurrent
-//! writers). A second task reads, and reaches the writer through a small channel. Every
-//! write can be interrupted: by a kick from the hub (queue full), by shutdown, or by the
-//! idle timeout, so a client that stops reading never holds anything up.
+//! One task, so exactly one writer per socket (the seed's Go prototype crashed on
+//! concurrent writers), and an idle connection costs one small future. A send from the
+//! client is processed while live frames keep flowing; the next client frame is read
+//! once it is answered, which keeps a client's sends in order. Every write can be
+//! interrupted — by a kick from the hub (queue full), by shutdown, or by the idle timeout
+//! — so a client that stops reading never holds anything up.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use imgate_protocol::{ack_frame, error_frame, heartbeat_frame, parse_send_json};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{CLOSE_IDLE, CLOSE_SLOW, Hub, Outbound, Registration};
+use super::{CLOSE_IDLE, CLOSE_SLOW, Hub, Next, Outbound, Queue};
 use crate::config::HubConfig;
 use crate::ingest::{Ingest, Sender};
 use crate::store::{DynStore, StoreError};
@@ -39,21 +41,19 @@ pub struct ConnContext {
     pub shutdown: CancellationToken,
 }
 
-/// What the reader asks the writer to do.
-enum Ctl {
-    Frame(String),
-    Close(u16, &'static str),
-    /// The client closed, or its stream ended.
-    Gone,
-}
-
-/// Why writing stopped.
+/// Why the connection ends.
 enum Stop {
     Close(u16, String),
     Gone,
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+fn shutting_down() -> Stop {
+    Stop::Close(1001, "server shutting down; reconnect with since".into())
+}
+
+fn too_slow(last_sent: u64) -> Stop {
+    Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={last_sent}"))
+}
 
 /// Where a connection's replay starts.
 #[derive(Clone, Copy, Debug)]
@@ -82,130 +82,115 @@ impl Start {
     }
 }
 
+type Pending = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
 /// Serve one connection of `user` until it ends.
 pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start: Start) {
-    let (sink, stream) = socket.split();
-    let activity = Arc::new(AtomicU64::new(0));
-    let (ctl_tx, ctl_rx) = mpsc::channel(16);
-    let mut reader = tokio::spawn(read_loop(ctx.clone(), stream, user.clone(), ctl_tx, activity.clone()));
-    let mut w = Writer {
-        ctx: ctx.clone(),
-        sink,
-        user,
-        last_sent: 0,
-        persisted: 0,
-        activity,
-        mark: None,
-        kicked: CancellationToken::new(),
+    let mut c =
+        Conn { ctx, socket, user, last_sent: start.after, persisted: start.after, mark: None, queue: None };
+    // Replay before registering: a long replay must not fill the live queue. A second
+    // pass after registering covers what was committed in between; the seq check drops
+    // what then also arrives live.
+    let stop = match Box::pin(c.replay()).await {
+        Err(stop) => stop,
+        Ok(()) => match c.ctx.hub.register(&c.user) {
+            Err(e) => Stop::Close(1008, e.to_string()),
+            Ok(reg) => {
+                c.mark = Some(reg.delivered.clone());
+                c.queue = Some(reg.queue.clone());
+                let stop = c.run().await;
+                // Persist the mark before leaving the hub: a connection starting
+                // meanwhile reads the hub's mark, one starting after reads the store's.
+                c.persist().await;
+                drop(reg);
+                stop
+            }
+        },
     };
-    let (stop, reg) = w.run(start, ctl_rx).await;
-    // Persist the mark before leaving the hub: a connection starting meanwhile reads
-    // the hub's mark, one starting after reads the store's.
-    if w.last_sent > w.persisted {
-        let _ = ctx.store.set_delivered(&w.user, w.last_sent).await;
-    }
-    drop(reg);
     if let Stop::Close(code, reason) = stop {
-        tracing::debug!(user = %w.user, code, %reason, "closing connection");
-        let close = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }));
-        let _ = tokio::time::timeout(CLOSE_WAIT, w.sink.send(close)).await;
-        // Let the client answer the close, so it sees the code rather than a reset.
-        if tokio::time::timeout(CLOSE_WAIT, &mut reader).await.is_err() {
-            reader.abort();
-        }
-    } else {
-        let _ = tokio::time::timeout(CLOSE_WAIT, w.sink.close()).await;
-        reader.abort();
+        tracing::debug!(user = %c.user, code, %reason, "closing connection");
+        Box::pin(c.close(code, reason)).await;
     }
 }
 
-struct Writer {
+struct Conn {
     ctx: Arc<ConnContext>,
-    sink: Sink,
+    socket: WebSocket,
     user: String,
     /// Highest seq written to this socket.
     last_sent: u64,
     /// Highest seq reported to the store as delivered.
     persisted: u64,
-    /// Bumped by the reader on every frame or pong from the client.
-    activity: Arc<AtomicU64>,
     /// The user's shared delivered mark in the hub, once registered.
-    mark: Option<Arc<AtomicU64>>,
-    /// The hub's kick, once registered: it must interrupt a write stuck on a full socket.
-    kicked: CancellationToken,
+    mark: Option<Arc<std::sync::atomic::AtomicU64>>,
+    queue: Option<Arc<Queue>>,
 }
 
-impl Writer {
-    async fn run(&mut self, start: Start, ctl: mpsc::Receiver<Ctl>) -> (Stop, Option<Registration>) {
-        if let Err(stop) = self.start(start).await {
-            return (stop, None);
-        }
-        // Register only now: a long replay must not fill the live queue. A second replay
-        // covers what was committed in between; duplicates are skipped by seq.
-        let mut reg = match self.ctx.hub.register(&self.user) {
-            Ok(r) => r,
-            Err(e) => return (Stop::Close(1008, e.to_string()), None),
-        };
-        self.mark = Some(reg.delivered.clone());
-        self.kicked = reg.kicked.clone();
-        let stop = self.live_loop(&mut reg, ctl).await;
-        (stop, Some(reg))
-    }
-
-    async fn live_loop(&mut self, reg: &mut Registration, mut ctl: mpsc::Receiver<Ctl>) -> Stop {
-        if let Err(stop) = self.replay().await {
+impl Conn {
+    async fn run(&mut self) -> Stop {
+        if let Err(stop) = Box::pin(self.replay()).await {
             return stop;
         }
         let ctx = self.ctx.clone();
-        let cfg = &ctx.config;
-        let period = cfg.heartbeat_interval;
+        let queue = self.queue.clone().expect("registered");
+        let period = ctx.config.heartbeat_interval;
         // Jitter the first beat so that a reconnect storm does not beat in lockstep.
         let first = period.mul_f64(rand::random::<f64>().max(0.05));
         let mut beat = tokio::time::interval_at(Instant::now() + first, period);
         beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut seen = self.activity.load(Ordering::Relaxed);
+        // Anything from the client since the last beat; when it went quiet.
+        let mut heard = false;
         let mut last_alive = Instant::now();
-        let shutdown = self.ctx.shutdown.clone();
+        let mut pending: Option<Pending> = None;
         // Made once: a fresh `cancelled()` per turn would register with the token again
         // for every frame.
-        let stopping = shutdown.cancelled();
-        let kicked = reg.kicked.clone();
-        let kicked = kicked.cancelled();
-        tokio::pin!(stopping, kicked);
+        let stopping = ctx.shutdown.cancelled();
+        tokio::pin!(stopping);
         loop {
             let step = tokio::select! {
                 biased;
-                _ = &mut stopping => return Stop::Close(1001, "server shutting down; reconnect with since".into()),
-                _ = &mut kicked => return Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={}", self.last_sent)),
-                c = ctl.recv() => match c {
-                    Some(Ctl::Frame(f)) => self.write(Message::Text(f.into())).await,
-                    Some(Ctl::Close(code, reason)) => return Stop::Close(code, reason.into()),
-                    Some(Ctl::Gone) | None => return Stop::Gone,
+                _ = &mut stopping => return shutting_down(),
+                next = queue.next() => match next {
+                    Next::Frame(first) => Box::pin(self.live(first, &queue)).await,
+                    Next::Kicked => return too_slow(self.last_sent),
                 },
-                Some(first) = reg.rx.recv() => self.live(first, &mut reg.rx).await,
+                answer = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
+                    pending = None;
+                    match answer {
+                        Some(frame) => Box::pin(self.write(Message::Text(frame.into()))).await,
+                        None => Ok(()),
+                    }
+                }
+                msg = self.socket.recv(), if pending.is_none() => {
+                    heard = true;
+                    match msg {
+                        Some(Ok(Message::Text(t))) => {
+                            pending = on_text(&self.ctx, &self.user, t);
+                            Ok(())
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            let e = error_frame("binary frames are not understood: send JSON text");
+                            Box::pin(self.write(Message::Text(e.into()))).await
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                        Some(Ok(Message::Close(_))) | None => return Stop::Gone,
+                        Some(Err(e)) => return close_for(e).map_or(Stop::Gone, |(c, r)| Stop::Close(c, r.into())),
+                    }
+                }
                 _ = beat.tick() => {
-                    let now_seen = self.activity.load(Ordering::Relaxed);
-                    if now_seen != seen {
-                        seen = now_seen;
+                    if heard {
+                        heard = false;
                         last_alive = Instant::now();
-                    } else if last_alive.elapsed() >= cfg.idle_timeout {
+                    } else if last_alive.elapsed() >= ctx.config.idle_timeout {
                         return Stop::Close(CLOSE_IDLE, "no frame or pong within the idle timeout".into());
                     }
-                    self.beat().await
+                    Box::pin(self.beat()).await
                 }
             };
             if let Err(stop) = step {
                 return stop;
             }
         }
-    }
-
-    /// The first replay.
-    async fn start(&mut self, start: Start) -> Result<(), Stop> {
-        self.last_sent = start.after;
-        self.persisted = start.after;
-        self.replay().await?;
-        Ok(())
     }
 
     /// Write everything after `last_sent` that the mailbox holds.
@@ -230,7 +215,7 @@ impl Writer {
     }
 
     /// Live frames: the first, and whatever else is already queued.
-    async fn live(&mut self, first: Outbound, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), Stop> {
+    async fn live(&mut self, first: Outbound, queue: &Queue) -> Result<(), Stop> {
         let mut next = Some(first);
         let mut n = 0;
         while let Some(out) = next.take() {
@@ -254,21 +239,29 @@ impl Writer {
             }
             n += 1;
             if n < WRITE_BATCH {
-                next = rx.try_recv().ok();
+                next = match queue.try_next() {
+                    Some(Next::Frame(f)) => Some(f),
+                    Some(Next::Kicked) => return Err(too_slow(self.last_sent)),
+                    None => None,
+                };
             }
         }
         self.flush().await
     }
 
     async fn beat(&mut self) -> Result<(), Stop> {
+        self.persist().await;
+        self.feed(Message::Text(Utf8Bytes::from_static(heartbeat_frame()))).await?;
+        self.feed(Message::Ping(Default::default())).await?;
+        self.flush().await
+    }
+
+    async fn persist(&mut self) {
         if self.last_sent > self.persisted
             && self.ctx.store.set_delivered(&self.user, self.last_sent).await.is_ok()
         {
             self.persisted = self.last_sent;
         }
-        self.feed(Message::Text(Utf8Bytes::from_static(heartbeat_frame()))).await?;
-        self.feed(Message::Ping(Default::default())).await?;
-        self.flush().await
     }
 
     async fn write(&mut self, m: Message) -> Result<(), Stop> {
@@ -277,17 +270,34 @@ impl Writer {
     }
 
     async fn feed(&mut self, m: Message) -> Result<(), Stop> {
-        let fut = self.sink.feed(m);
-        guard(fut, &self.ctx, &self.kicked, self.last_sent).await
+        let fut = self.socket.feed(m);
+        guard(fut, &self.ctx, self.queue.as_deref(), self.last_sent).await
     }
 
     async fn flush(&mut self) -> Result<(), Stop> {
-        let fut = self.sink.flush();
-        guard(fut, &self.ctx, &self.kicked, self.last_sent).await?;
+        let fut = self.socket.flush();
+        guard(fut, &self.ctx, self.queue.as_deref(), self.last_sent).await?;
         if let Some(mark) = &self.mark {
             mark.fetch_max(self.last_sent, Ordering::AcqRel);
         }
         Ok(())
+    }
+
+    /// Send the close frame, then let the client answer it, so that it sees the code
+    /// rather than a reset.
+    async fn close(mut self, code: u16, reason: String) {
+        let close = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }));
+        if tokio::time::timeout(CLOSE_WAIT, self.socket.send(close)).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Some(Ok(m)) = self.socket.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 
@@ -296,80 +306,60 @@ impl Writer {
 async fn guard(
     fut: impl Future<Output = Result<(), axum::Error>>,
     ctx: &ConnContext,
-    kicked: &CancellationToken,
+    queue: Option<&Queue>,
     last_sent: u64,
 ) -> Result<(), Stop> {
-    let slow = || Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={last_sent}"));
+    let kicked = async {
+        match queue {
+            Some(q) => q.kicked().await,
+            None => std::future::pending().await,
+        }
+    };
     // The write first: when the socket takes it at once (the usual case), the other
     // branches are never polled and no timer is armed.
     tokio::select! {
         biased;
         r = fut => r.map_err(|_| Stop::Gone),
-        _ = ctx.shutdown.cancelled() => Err(Stop::Close(1001, "server shutting down; reconnect with since".into())),
-        _ = kicked.cancelled() => Err(slow()),
-        _ = tokio::time::sleep(ctx.config.idle_timeout) => Err(slow()),
+        _ = ctx.shutdown.cancelled() => Err(shutting_down()),
+        _ = kicked => Err(too_slow(last_sent)),
+        _ = tokio::time::sleep(ctx.config.idle_timeout) => Err(too_slow(last_sent)),
     }
 }
 
-fn store_stop(e: crate::store::StoreError) -> Stop {
+fn store_stop(e: StoreError) -> Stop {
     tracing::warn!(error = %e, "closing a connection: its mailbox could not be read");
     Stop::Close(1011, "mailbox unavailable; reconnect later".into())
 }
 
-async fn read_loop(
-    ctx: Arc<ConnContext>,
-    mut stream: SplitStream<WebSocket>,
-    user: String,
-    ctl: mpsc::Sender<Ctl>,
-    activity: Arc<AtomicU64>,
-) {
-    while let Some(msg) = stream.next().await {
-        activity.fetch_add(1, Ordering::Relaxed);
-        let reply = match msg {
-            Ok(Message::Text(t)) => on_text(&ctx, &user, t.as_str()).await,
-            Ok(Message::Binary(_)) => Some(error_frame("binary frames are not understood: send JSON text")),
-            Ok(Message::Ping(_) | Message::Pong(_)) => None,
-            Ok(Message::Close(_)) => break,
-            Err(e) => {
-                if let Some((code, reason)) = close_for(e) {
-                    let _ = ctl.send(Ctl::Close(code, reason)).await;
-                    return;
-                }
-                break;
-            }
-        };
-        if let Some(frame) = reply
-            && ctl.send(Ctl::Frame(frame)).await.is_err()
-        {
-            return;
-        }
-    }
-    let _ = ctl.send(Ctl::Gone).await;
-}
-
-/// The answer to a text frame from the client, if it needs one.
-async fn on_text(ctx: &ConnContext, user: &str, text: &str) -> Option<String> {
-    let t = text.trim();
+/// What to do with a text frame: nothing (it only shows the client is alive), or an
+/// answer to compute — an error frame, or a send's ack.
+fn on_text(ctx: &Arc<ConnContext>, user: &str, text: Utf8Bytes) -> Option<Pending> {
+    let t = text.as_str().trim();
     // The seed's page answers with `pong`; some clients say `ping`.
     if t.is_empty() || t.eq_ignore_ascii_case("pong") || t.eq_ignore_ascii_case("ping") {
         return None;
     }
     if !t.starts_with('{') {
-        return Some(error_frame(
+        let e = error_frame(
             "text frames must be a JSON send request ({\"data\":{\"msg_type\",\"contact_id\",\"msg\"}}) or \"pong\"",
-        ));
+        );
+        return Some(Box::pin(std::future::ready(Some(e))));
     }
     if is_heartbeat_reply(t) {
         return None;
     }
     let req = match parse_send_json(t.as_bytes()) {
         Ok(r) => r,
-        Err(e) => return Some(error_frame(&e.to_string())),
+        Err(e) => return Some(Box::pin(std::future::ready(Some(error_frame(&e.to_string()))))),
     };
-    match ctx.ingest.send(Sender::User(user), req).await {
-        Ok(a) => Some(ack_frame(&a.id, a.seq, &a.to, a.duplicate)),
-        Err(e) => Some(error_frame(&e.to_string())),
-    }
+    let ingest: Arc<Ingest> = ctx.ingest.clone();
+    let user = user.to_owned();
+    Some(Box::pin(async move {
+        Some(match ingest.send(Sender::User(&user), req).await {
+            Ok(a) => ack_frame(&a.id, a.seq, &a.to, a.duplicate),
+            Err(e) => error_frame(&e.to_string()),
+        })
+    }))
 }
 
 /// A client echoing a heartbeat frame back (`result.code` 101) is only saying it is alive.

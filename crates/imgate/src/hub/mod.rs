@@ -2,7 +2,7 @@
 //!
 //! The registry is sharded by user so that fan-out for different users never contends.
 //! Fan-out never waits for a client: each connection has a bounded queue, a frame is
-//! offered with `try_send`, and a connection whose queue is full is kicked — closed with
+//! offered without waiting, and a connection whose queue is full is kicked — closed with
 //! [`CLOSE_SLOW`] — to catch up from its mailbox with `since` when it reconnects.
 
 use std::collections::HashMap;
@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::extract::ws::Utf8Bytes;
 use imgate_protocol::EncodedMessage;
 use parking_lot::RwLock;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::store::Fanout;
 
 pub mod conn;
+mod queue;
+
+pub use queue::{Next, Offer, Queue};
 
 /// Close code for a connection that did not keep up with its messages.
 pub const CLOSE_SLOW: u16 = 4008;
@@ -36,8 +37,7 @@ pub struct Outbound {
 
 struct Slot {
     id: u64,
-    tx: mpsc::Sender<Outbound>,
-    kick: CancellationToken,
+    queue: Arc<Queue>,
 }
 
 /// A user's live connections, and the highest seq any of them wrote: connections that
@@ -53,9 +53,8 @@ pub struct Registration {
     hub: Arc<Hub>,
     user: String,
     id: u64,
-    pub rx: mpsc::Receiver<Outbound>,
-    /// Cancelled when the hub gave up on this connection (its queue was full).
-    pub kicked: CancellationToken,
+    /// Live frames for this connection; says when the hub gave up on it (full).
+    pub queue: Arc<Queue>,
     /// Shared by the user's connections; raised after each write.
     pub delivered: Arc<AtomicU64>,
 }
@@ -95,8 +94,7 @@ impl Hub {
 
     /// Add a connection for `user`. Messages committed from now on are queued to it.
     pub fn register(self: &Arc<Self>, user: &str) -> Result<Registration, TooManyConnections> {
-        let (tx, rx) = mpsc::channel(self.queue_capacity);
-        let kick = CancellationToken::new();
+        let queue = Arc::new(Queue::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let delivered = {
             let mut shard = self.shard(user).write();
@@ -104,11 +102,11 @@ impl Hub {
             if entry.slots.len() >= self.max_per_user {
                 return Err(TooManyConnections(entry.slots.len()));
             }
-            entry.slots.push(Slot { id, tx, kick: kick.clone() });
+            entry.slots.push(Slot { id, queue: queue.clone() });
             entry.delivered.clone()
         };
         metrics::gauge!("imgate_connections").increment(1.0);
-        Ok(Registration { hub: self.clone(), user: user.to_owned(), id, rx, kicked: kick, delivered })
+        Ok(Registration { hub: self.clone(), user: user.to_owned(), id, queue, delivered })
     }
 
     fn remove(&self, user: &str, id: u64) {
@@ -143,16 +141,10 @@ impl Hub {
         };
         let mut taken = 0;
         for slot in &entry.slots {
-            match slot.tx.try_send(out.clone()) {
-                Ok(()) => taken += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if !slot.kick.is_cancelled() {
-                        slot.kick.cancel();
-                        metrics::counter!("imgate_slow_consumers_closed_total").increment(1);
-                    }
-                }
-                // The connection is on its way out.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            match slot.queue.offer(out.clone(), self.queue_capacity) {
+                Offer::Taken => taken += 1,
+                Offer::Kicked(true) => metrics::counter!("imgate_slow_consumers_closed_total").increment(1),
+                Offer::Kicked(false) => {}
             }
         }
         taken
@@ -179,13 +171,14 @@ mod tests {
     #[tokio::test]
     async fn every_connection_of_a_user_gets_each_frame() {
         let hub = Hub::new(4, 8);
-        let mut a = hub.register("u").unwrap();
-        let mut b = hub.register("u").unwrap();
-        let mut other = hub.register("v").unwrap();
+        let a = hub.register("u").unwrap();
+        let b = hub.register("u").unwrap();
+        let other = hub.register("v").unwrap();
         assert_eq!(hub.publish("u", out(1)), 2);
-        assert_eq!(a.rx.recv().await.unwrap().seq, 1);
-        assert_eq!(b.rx.recv().await.unwrap().seq, 1);
-        assert!(other.rx.try_recv().is_err());
+        for r in [&a, &b] {
+            assert!(matches!(r.queue.next().await, Next::Frame(o) if o.seq == 1));
+        }
+        assert!(other.queue.try_next().is_none());
         drop(a);
         assert_eq!(hub.connections("u"), 1);
         drop(b);
@@ -197,13 +190,13 @@ mod tests {
     async fn a_full_queue_kicks_only_that_connection() {
         let hub = Hub::new(2, 8);
         let slow = hub.register("u").unwrap();
-        let mut fast = hub.register("u").unwrap();
+        let fast = hub.register("u").unwrap();
         for seq in 1..=3 {
             hub.publish("u", out(seq));
-            assert_eq!(fast.rx.recv().await.unwrap().seq, seq);
+            assert!(matches!(fast.queue.next().await, Next::Frame(o) if o.seq == seq));
         }
-        assert!(slow.kicked.is_cancelled());
-        assert!(!fast.kicked.is_cancelled());
+        assert!(slow.queue.is_kicked());
+        assert!(!fast.queue.is_kicked());
     }
 
     #[test]

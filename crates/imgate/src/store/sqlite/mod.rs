@@ -46,8 +46,9 @@ CREATE TABLE IF NOT EXISTS mailboxes (
 ) WITHOUT ROWID;
 ";
 
-/// How many idle read connections to keep.
-const READERS_KEPT: usize = 8;
+/// Reads running at once, each on its own connection, kept for reuse. More would only
+/// queue on two cores — and in a reconnect storm, open thousands of connections.
+const READERS: usize = 4;
 /// Jobs waiting for the writer before senders wait too: backpressure, not a buffer.
 const QUEUE: usize = 4096;
 
@@ -71,6 +72,7 @@ pub struct SqliteStore {
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    permits: tokio::sync::Semaphore,
 }
 
 impl SqliteStore {
@@ -118,7 +120,11 @@ impl SqliteStore {
         Ok(Arc::new(SqliteStore {
             jobs: tx,
             index,
-            readers: Arc::new(Readers { path, idle: Mutex::new(Vec::new()) }),
+            readers: Arc::new(Readers {
+                path,
+                idle: Mutex::new(Vec::new()),
+                permits: tokio::sync::Semaphore::new(READERS),
+            }),
             closed: AtomicBool::new(false),
         }))
     }
@@ -137,6 +143,8 @@ impl SqliteStore {
             return Ok(Vec::new());
         }
         let readers = self.readers.clone();
+        let _permit = readers.permits.acquire().await.map_err(|_| StoreError::Closed)?;
+        let readers = readers.clone();
         tokio::task::spawn_blocking(move || {
             let conn = match readers.idle.lock().pop() {
                 Some(c) => c,
@@ -159,7 +167,7 @@ impl SqliteStore {
             })()
             .map_err(|e| unavailable(&readers.path, e));
             let mut idle = readers.idle.lock();
-            if idle.len() < READERS_KEPT {
+            if idle.len() < READERS {
                 idle.push(conn);
             }
             out
