@@ -121,20 +121,20 @@ impl Ingest {
             }
         }
         let system = l.content.msg_type == "system";
+        let code = l.content.code;
         let id = l.id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
         let company_id = l.company_id.unwrap_or_else(|| self.company_id.clone());
         let mut data = MessageData {
             id: id.clone(),
             name: if system { SYSTEM_NAME.to_owned() } else { l.name.unwrap_or_default() },
             avatar: l.avatar.unwrap_or_default(),
-            msg_type: l.content.msg_type.clone(),
+            msg_type: l.content.msg_type,
             contact_id: if system { SYSTEM_CONTACT.to_owned() } else { sender.to_owned() },
             company_id,
             send_time: l.send_time,
-            msg: l.content.msg.clone(),
+            msg: l.content.msg,
             direction: None,
         };
-        let code = l.content.code;
         let mut msgs = vec![NewMessage {
             user: l.to.clone(),
             id: id.clone(),
