@@ -110,11 +110,23 @@ pub fn ok_frame(data: &Value) -> String {
 /// The answer to a send, over HTTP or the sender's socket: the message's id, its seq in
 /// the recipient's mailbox, and whether it had been accepted before (a retry).
 pub fn ack_frame(id: &str, seq: u64, contact_id: &str, duplicate: bool) -> String {
-    let mut data = serde_json::json!({ "id": id, "seq": seq, "contact_id": contact_id });
+    // Written by hand: it is on every request's path, and its shape is fixed.
+    let mut s = String::with_capacity(96 + id.len() + contact_id.len());
+    s.push_str("{\"data\":{\"id\":");
+    push_json_str(&mut s, id);
+    s.push_str(",\"seq\":");
+    s.push_str(&seq.to_string());
+    s.push_str(",\"contact_id\":");
+    push_json_str(&mut s, contact_id);
     if duplicate {
-        data["duplicate"] = Value::Bool(true);
+        s.push_str(",\"duplicate\":true");
     }
-    ok_frame(&data)
+    s.push_str("},\"result\":{\"code\":0,\"message\":\"ok\"}}");
+    s
+}
+
+fn push_json_str(out: &mut String, v: &str) {
+    out.push_str(&serde_json::to_string(v).expect("strings serialise"));
 }
 
 /// Heartbeat (seed §1.3), always the same bytes.
@@ -163,6 +175,11 @@ mod tests {
         let err: Value = serde_json::from_str(&error_frame("missing userid")).unwrap();
         assert_eq!(err, json!({"data": {}, "result": {"code": -1, "message": "missing userid"}}));
         let ack: Value = serde_json::from_str(&ack_frame("a", 3, "u2", true)).unwrap();
+        let plain: Value = serde_json::from_str(&ack_frame("q\"\\", 1, "中", false)).unwrap();
+        assert_eq!(
+            plain,
+            json!({"data": {"id": "q\"\\", "seq": 1, "contact_id": "中"}, "result": {"code": 0, "message": "ok"}})
+        );
         assert_eq!(
             ack,
             json!({"data": {"id": "a", "seq": 3, "contact_id": "u2", "duplicate": true}, "result": {"code": 0, "message": "ok"}})

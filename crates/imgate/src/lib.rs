@@ -115,6 +115,11 @@ pub async fn run(
         auth = ?config.auth.mode,
         "imgate listening"
     );
+    // No Nagle: a frame or an answer goes out when written, not after the peer's delayed
+    // ACK (40 ms on Linux) for the previous one.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server =
         axum::serve(listener, http::router(state).into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(cancel.clone().cancelled_owned());

@@ -94,10 +94,14 @@ impl SqliteStore {
             Sync::Normal => "OFF",
             Sync::Full => "FULL",
         };
+        // Checkpoints run on their own thread (below), not inside a commit: copying the
+        // WAL back into the database stalled the writer for tens of milliseconds.
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; {SCHEMA}"
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; \
+             PRAGMA wal_autocheckpoint = 0; {SCHEMA}"
         ))
         .map_err(|e| unavailable(&path, e))?;
+        let checkpointer = Connection::open(&path).map_err(|e| unavailable(&path, e))?;
         let index = Arc::new(Index::new());
         let dedupe = load(&conn, &index, config.dedupe_window).map_err(|e| unavailable(&path, e))?;
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -113,10 +117,21 @@ impl SqliteStore {
             max_messages: config.retention_max_messages,
             max_age: config.retention_max_age,
         };
+        let stop = Arc::new(AtomicBool::new(false));
         std::thread::Builder::new()
             .name("imgate-store".into())
-            .spawn(move || writer.run(rx))
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    writer.run(rx);
+                    stop.store(true, Ordering::Release);
+                }
+            })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store thread: {e}")))?;
+        std::thread::Builder::new()
+            .name("imgate-checkpoint".into())
+            .spawn(move || checkpoints(checkpointer, &stop))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Arc::new(SqliteStore {
             jobs: tx,
             index,
@@ -543,6 +558,20 @@ impl Writer {
         self.index.drop_below(cutoff);
         self.touched.clear();
         Ok(removed)
+    }
+}
+
+/// How often the WAL is copied back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Copy the WAL into the database now and then, beside the writer (PASSIVE: it never
+/// blocks a commit), until the writer stops.
+fn checkpoints(conn: Connection, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed; will retry");
+        }
     }
 }
 
