@@ -562,7 +562,7 @@ impl Writer {
 }
 
 /// How often the WAL is copied back into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Copy the WAL into the database now and then, beside the writer (PASSIVE: it never
 /// blocks a commit), until the writer stops.
