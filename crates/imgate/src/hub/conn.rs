@@ -86,8 +86,15 @@ type Pending = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 /// Serve one connection of `user` until it ends.
 pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start: Start) {
-    let mut c =
-        Conn { ctx, socket, user, last_sent: start.after, persisted: start.after, mark: None, queue: None };
+    let mut c = Conn {
+        ctx,
+        socket,
+        user: user.into(),
+        last_sent: start.after,
+        persisted: start.after,
+        mark: None,
+        queue: None,
+    };
     // Replay before registering: a long replay must not fill the live queue. A second
     // pass after registering covers what was committed in between; the seq check drops
     // what then also arrives live.
@@ -116,7 +123,8 @@ pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start
 struct Conn {
     ctx: Arc<ConnContext>,
     socket: WebSocket,
-    user: String,
+    /// Shared with the hub's registry: one allocation per connection, not three.
+    user: Arc<str>,
     /// Highest seq written to this socket.
     last_sent: u64,
     /// Highest seq reported to the store as delivered.

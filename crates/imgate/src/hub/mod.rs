@@ -51,7 +51,7 @@ struct UserEntry {
 /// A connection's place in the hub; leaves the hub when dropped.
 pub struct Registration {
     hub: Arc<Hub>,
-    user: String,
+    user: Arc<str>,
     id: u64,
     /// Live frames for this connection; says when the hub gave up on it (full).
     pub queue: Arc<Queue>,
@@ -70,7 +70,7 @@ impl Drop for Registration {
 pub struct TooManyConnections(pub usize);
 
 pub struct Hub {
-    shards: Box<[RwLock<HashMap<String, UserEntry>>]>,
+    shards: Box<[RwLock<HashMap<Arc<str>, UserEntry>>]>,
     hasher: RandomState,
     next_id: AtomicU64,
     queue_capacity: usize,
@@ -88,25 +88,27 @@ impl Hub {
         })
     }
 
-    fn shard(&self, user: &str) -> &RwLock<HashMap<String, UserEntry>> {
+    fn shard(&self, user: &str) -> &RwLock<HashMap<Arc<str>, UserEntry>> {
         &self.shards[self.hasher.hash_one(user) as usize % SHARDS]
     }
 
     /// Add a connection for `user`. Messages committed from now on are queued to it.
-    pub fn register(self: &Arc<Self>, user: &str) -> Result<Registration, TooManyConnections> {
+    pub fn register(self: &Arc<Self>, user: &Arc<str>) -> Result<Registration, TooManyConnections> {
         let queue = Arc::new(Queue::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let delivered = {
             let mut shard = self.shard(user).write();
-            let entry = shard.entry(user.to_owned()).or_default();
+            let entry = shard.entry(user.clone()).or_default();
             if entry.slots.len() >= self.max_per_user {
                 return Err(TooManyConnections(entry.slots.len()));
             }
+            // Most users have one connection: room for exactly one, not Vec's four.
+            entry.slots.reserve_exact(1);
             entry.slots.push(Slot { id, queue: queue.clone() });
             entry.delivered.clone()
         };
         metrics::gauge!("imgate_connections").increment(1.0);
-        Ok(Registration { hub: self.clone(), user: user.to_owned(), id, queue, delivered })
+        Ok(Registration { hub: self.clone(), user: user.clone(), id, queue, delivered })
     }
 
     fn remove(&self, user: &str, id: u64) {
@@ -171,9 +173,9 @@ mod tests {
     #[tokio::test]
     async fn every_connection_of_a_user_gets_each_frame() {
         let hub = Hub::new(4, 8);
-        let a = hub.register("u").unwrap();
-        let b = hub.register("u").unwrap();
-        let other = hub.register("v").unwrap();
+        let a = hub.register(&"u".into()).unwrap();
+        let b = hub.register(&"u".into()).unwrap();
+        let other = hub.register(&"v".into()).unwrap();
         assert_eq!(hub.publish("u", out(1)), 2);
         for r in [&a, &b] {
             assert!(matches!(r.queue.next().await, Next::Frame(o) if o.seq == 1));
@@ -189,8 +191,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_kicks_only_that_connection() {
         let hub = Hub::new(2, 8);
-        let slow = hub.register("u").unwrap();
-        let fast = hub.register("u").unwrap();
+        let slow = hub.register(&"u".into()).unwrap();
+        let fast = hub.register(&"u".into()).unwrap();
         for seq in 1..=3 {
             hub.publish("u", out(seq));
             assert!(matches!(fast.queue.next().await, Next::Frame(o) if o.seq == seq));
@@ -202,9 +204,9 @@ mod tests {
     #[test]
     fn connection_limit() {
         let hub = Hub::new(2, 2);
-        let _a = hub.register("u").unwrap();
-        let _b = hub.register("u").unwrap();
-        assert!(hub.register("u").is_err());
-        assert!(hub.register("v").is_ok());
+        let _a = hub.register(&"u".into()).unwrap();
+        let _b = hub.register(&"u".into()).unwrap();
+        assert!(hub.register(&"u".into()).is_err());
+        assert!(hub.register(&"v".into()).is_ok());
     }
 }
