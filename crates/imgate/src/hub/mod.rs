@@ -48,6 +48,9 @@ struct UserEntry {
     delivered: Arc<AtomicU64>,
 }
 
+/// Users whose names hash to one shard, and their connections.
+type Shard = HashMap<Arc<str>, UserEntry>;
+
 /// A connection's place in the hub; leaves the hub when dropped.
 pub struct Registration {
     hub: Arc<Hub>,
@@ -70,7 +73,7 @@ impl Drop for Registration {
 pub struct TooManyConnections(pub usize);
 
 pub struct Hub {
-    shards: Box<[RwLock<HashMap<Arc<str>, UserEntry>>]>,
+    shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
     next_id: AtomicU64,
     queue_capacity: usize,
@@ -88,7 +91,7 @@ impl Hub {
         })
     }
 
-    fn shard(&self, user: &str) -> &RwLock<HashMap<Arc<str>, UserEntry>> {
+    fn shard(&self, user: &str) -> &RwLock<Shard> {
         &self.shards[self.hasher.hash_one(user) as usize % SHARDS]
     }
 
