@@ -240,8 +240,13 @@ pub async fn run(a: Args) -> Result<(), Error> {
         "server_cpu_us_per_msg": cpu_per_msg,
         "server_rss_kib": a.pid.and_then(proc::rss_kib),
     });
+    let delivery = if a.no_delivery {
+        "no delivery".to_owned()
+    } else {
+        format!("delivered {delivered}, lost {lost}, dup {duplicated}")
+    };
     eprintln!(
-        "{}: {} acked in {:.2}s = {:.0}/s, delivered {delivered}, lost {lost}, dup {duplicated}, p50 {} p99 {} max {} µs, cpu {:?} µs/msg",
+        "{}: {} acked in {:.2}s = {:.0}/s, {delivery}, p50 {} p99 {} max {} µs, cpu {:?} µs/msg",
         a.label,
         acked,
         post_secs,
