@@ -1,0 +1,262 @@
+//! WeChat's HTTP API: access tokens, customer-service messages, media. The base URL is
+//! configurable, so tests point it at a stand-in.
+//!
+//! Access tokens travel in query strings: errors are reported without URLs, so a token
+//! never reaches a log.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    #[error("cannot reach WeChat: {0}")]
+    Unreachable(String),
+    #[error("WeChat error {errcode}: {errmsg}")]
+    WeChat { errcode: i64, errmsg: String },
+    #[error("WeChat answered something unexpected: {0}")]
+    BadAnswer(String),
+}
+
+impl ApiError {
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            ApiError::WeChat { errcode, .. } => Some(*errcode),
+            _ => None,
+        }
+    }
+
+    /// The token was refused: invalidate it and try once more with a fresh one.
+    pub fn is_token_error(&self) -> bool {
+        matches!(self.errcode(), Some(40001 | 40014 | 42001))
+    }
+
+    /// For the agent: WeChat's code, its message, and what it means.
+    pub fn explain(&self) -> String {
+        match self {
+            ApiError::WeChat { errcode, errmsg } => match crate::errors::plain_words(*errcode) {
+                Some(words) => format!("{words} (WeChat {errcode}: {errmsg})"),
+                None => format!("WeChat refused it ({errcode}: {errmsg})"),
+            },
+            other => other.to_string(),
+        }
+    }
+}
+
+/// An access token as WeChat issues it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub value: String,
+    pub expires_in: u64,
+}
+
+/// Downloaded media.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Media {
+    Bytes {
+        bytes: Bytes,
+        content_type: String,
+    },
+    /// Video: WeChat answers with a URL to fetch it from.
+    VideoUrl(String),
+}
+
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    media_id: Option<String>,
+    #[serde(default)]
+    video_url: Option<String>,
+}
+
+fn unreachable(e: reqwest::Error) -> ApiError {
+    ApiError::Unreachable(e.without_url().to_string())
+}
+
+impl Api {
+    /// `base`: `https://api.weixin.qq.com`, or a stand-in's URL.
+    pub fn new(base: &str, timeout: Duration) -> Api {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Api { http, base: base.trim_end_matches('/').to_owned() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn answer(resp: reqwest::Response) -> Result<Answer, ApiError> {
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(unreachable)?;
+        let a: Answer = serde_json::from_slice(&body).map_err(|_| {
+            ApiError::BadAnswer(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ))
+        })?;
+        if a.errcode != 0 {
+            return Err(ApiError::WeChat { errcode: a.errcode, errmsg: a.errmsg });
+        }
+        Ok(a)
+    }
+
+    fn token_of(a: Answer) -> Result<Token, ApiError> {
+        match a.access_token {
+            Some(value) if !value.is_empty() => Ok(Token { value, expires_in: a.expires_in.unwrap_or(7200) }),
+            _ => Err(ApiError::BadAnswer("no access_token in the answer".into())),
+        }
+    }
+
+    /// `POST cgi-bin/stable_token`: the same token while it is valid, so several callers
+    /// may ask without invalidating each other. `force_refresh` is rationed by WeChat.
+    pub async fn stable_token(
+        &self,
+        appid: &str,
+        secret: &str,
+        force_refresh: bool,
+    ) -> Result<Token, ApiError> {
+        let body = serde_json::json!({"grant_type": "client_credential", "appid": appid, "secret": secret,
+            "force_refresh": force_refresh});
+        let resp = self
+            .http
+            .post(self.url("/cgi-bin/stable_token"))
+            .json(&body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        Self::token_of(Self::answer(resp).await?)
+    }
+
+    /// `GET cgi-bin/token`: every call invalidates the previous token.
+    pub async fn token(&self, appid: &str, secret: &str) -> Result<Token, ApiError> {
+        let resp = self
+            .http
+            .get(self.url("/cgi-bin/token"))
+            .query(&[("grant_type", "client_credential"), ("appid", appid), ("secret", secret)])
+            .send()
+            .await
+            .map_err(unreachable)?;
+        Self::token_of(Self::answer(resp).await?)
+    }
+
+    /// `POST cgi-bin/message/custom/send`. The body goes as UTF-8 as it is: `\u` escapes
+    /// were shown literally to followers.
+    pub async fn custom_send(&self, token: &str, body: &Value) -> Result<(), ApiError> {
+        let json = serde_json::to_vec(body).map_err(|e| ApiError::BadAnswer(e.to_string()))?;
+        let resp = self
+            .http
+            .post(self.url("/cgi-bin/message/custom/send"))
+            .query(&[("access_token", token)])
+            .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(json)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        Self::answer(resp).await.map(|_| ())
+    }
+
+    /// `POST cgi-bin/media/upload?type=image|voice|video|thumb`: the `media_id`.
+    pub async fn media_upload(
+        &self,
+        token: &str,
+        kind: &str,
+        filename: &str,
+        content_type: &str,
+        bytes: Bytes,
+    ) -> Result<String, ApiError> {
+        let part = reqwest::multipart::Part::stream(bytes)
+            .file_name(filename.to_owned())
+            .mime_str(content_type)
+            .map_err(|e| ApiError::BadAnswer(e.without_url().to_string()))?;
+        let form = reqwest::multipart::Form::new().part("media", part);
+        let resp = self
+            .http
+            .post(self.url("/cgi-bin/media/upload"))
+            .query(&[("access_token", token), ("type", kind)])
+            .multipart(form)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        Self::answer(resp)
+            .await?
+            .media_id
+            .ok_or_else(|| ApiError::BadAnswer("no media_id in the answer".into()))
+    }
+
+    /// `GET cgi-bin/media/get`: the bytes, or for video the URL to fetch. An error comes
+    /// as JSON with HTTP 200, so the answer is sniffed before it is trusted as media.
+    pub async fn media_get(&self, token: &str, media_id: &str) -> Result<Media, ApiError> {
+        let resp = self
+            .http
+            .get(self.url("/cgi-bin/media/get"))
+            .query(&[("access_token", token), ("media_id", media_id)])
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(unreachable)?;
+        let looks_json = content_type.contains("json")
+            || content_type.starts_with("text/")
+            || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if looks_json {
+            let a: Answer = serde_json::from_slice(&bytes).map_err(|_| {
+                ApiError::BadAnswer(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                ))
+            })?;
+            if a.errcode != 0 {
+                return Err(ApiError::WeChat { errcode: a.errcode, errmsg: a.errmsg });
+            }
+            return a
+                .video_url
+                .map(Media::VideoUrl)
+                .ok_or_else(|| ApiError::BadAnswer("JSON without media".into()));
+        }
+        if !status.is_success() {
+            return Err(ApiError::BadAnswer(format!("HTTP {status}")));
+        }
+        Ok(Media::Bytes { bytes, content_type })
+    }
+
+    /// Fetch a URL WeChat gave (a video's).
+    pub async fn fetch(&self, url: &str) -> Result<Media, ApiError> {
+        let resp = self.http.get(url).send().await.map_err(unreachable)?;
+        if !resp.status().is_success() {
+            return Err(ApiError::BadAnswer(format!("HTTP {}", resp.status())));
+        }
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("video/mp4")
+            .to_owned();
+        let bytes = resp.bytes().await.map_err(unreachable)?;
+        Ok(Media::Bytes { bytes, content_type })
+    }
+}

@@ -1,0 +1,20 @@
+//! The WeChat Official Account protocol, owned here and nowhere else: callback
+//! signatures, the AES envelope of compatible and safe mode, the API client
+//! (access tokens, customer-service messages, media) and the access-token cache.
+//!
+//! Knows nothing of WebSockets, mailboxes or HTTP routing: it takes bytes and strings
+//! and answers with them.
+
+pub mod api;
+pub mod callback;
+pub mod crypto;
+pub mod errors;
+pub mod signature;
+pub mod token;
+
+pub use api::{Api, ApiError, Media};
+pub use callback::{CallbackError, CallbackQuery, open_callback};
+pub use crypto::{Cipher, CryptoError};
+pub use errors::plain_words;
+pub use signature::{sign, verify};
+pub use token::{TokenCache, TokenMode};
