@@ -12,6 +12,8 @@ impl Code {
     pub const ERROR: Code = Code(-1);
     pub const HEARTBEAT: Code = Code(101);
     pub const SYSTEM: Code = Code(102);
+    /// The outcome of a message sent to a WeChat follower (`msg.ref` is its id).
+    pub const STATUS: Code = Code(103);
     pub const TEXT: Code = Code(1001);
     pub const IMAGE: Code = Code(1002);
     pub const VOICE: Code = Code(1003);
@@ -32,6 +34,7 @@ impl Code {
 const TABLE: &[(&str, Code)] = &[
     ("system", Code::SYSTEM),
     ("event", Code::SYSTEM),
+    ("status", Code::STATUS),
     ("text", Code::TEXT),
     ("image", Code::IMAGE),
     ("voice", Code::VOICE),
@@ -100,7 +103,7 @@ mod tests {
 
     #[test]
     fn types_and_codes_round_trip() {
-        for t in ["text", "image", "voice", "video", "shortvideo", "location", "link"] {
+        for t in ["text", "image", "voice", "video", "shortvideo", "location", "link", "status"] {
             assert_eq!(code_for_type(t).msg_type(), Some(t));
         }
         assert_eq!(code_for_type("enim"), Code::OTHER);

@@ -25,6 +25,14 @@ pub struct MessageData {
     /// history show both sides of a conversation); absent on received messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<String>,
+    /// On an outgoing message to a WeChat follower: `sending`; the outcome follows as a
+    /// status frame (code 103).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// On messages with a WeChat follower: the customer-service window as it stands now
+    /// (`open`, `closes_at`, `remaining`), for the console to show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Value>,
 }
 
 /// `result` of every frame.
@@ -150,6 +158,8 @@ mod tests {
             send_time: 1678688556,
             msg: json!({"content": "hi \"there\""}),
             direction: None,
+            status: None,
+            window: None,
         }
     }
 

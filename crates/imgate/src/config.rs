@@ -59,14 +59,43 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
                                      storing or delivering: the ceiling for benchmarks. Off in
                                      production.
 
+  [wechat]
+  api_base = \"https://api.weixin.qq.com\"  WeChat's API (a stand-in's URL in tests)
+  token_mode = \"stable\"             stable: cgi-bin/stable_token, shared safely by several callers;
+                                     legacy: cgi-bin/token (each fetch invalidates the last)
+  api_timeout = \"10s\"               timeout of one call to WeChat's API
+  media_max = 10485760               largest media file downloaded or uploaded (10 MiB)
+  [[wechat.accounts]]                one per Official Account; none = every recipient is a
+                                     gateway user (the seed's test)
+  original_id = \"gh_...\"            the account's original id: ToUserName of its messages
+  appid = \"wx...\"                   callback URL: /im_component/wx_official_account/callback/APPID
+  secret = \"...\"                    AppSecret (or env IMGATE_WECHAT_<APPID>_SECRET)
+  token = \"...\"                     the callback token (or env IMGATE_WECHAT_<APPID>_TOKEN)
+  encoding_aes_key = \"...\"          43 characters for compatible/safe mode; empty = plaintext
+                                     (or env IMGATE_WECHAT_<APPID>_ENCODING_AES_KEY)
+  company_id = \"...\"                company_id of this account's messages
+  agents = [\"...\"]                  users who receive the account's messages; empty = the user
+                                     named by ToUserName (the original id)
+
   [protocol]
   create_time_zone = \"+08:00\"        zone of a CreateTime written as YYYY-MM-DD HH:MM:SS
   company_id = \"\"                    company_id of messages whose sender names none
 ";
 
 /// The top-level keys of [`Config`].
-const TOP_KEYS: &[&str] =
-    &["listen", "data_dir", "log", "shutdown_grace", "store", "hub", "limits", "auth", "bench", "protocol"];
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "log",
+    "shutdown_grace",
+    "store",
+    "hub",
+    "limits",
+    "auth",
+    "bench",
+    "wechat",
+    "protocol",
+];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -81,7 +110,73 @@ pub struct Config {
     pub limits: Limits,
     pub auth: AuthConfig,
     pub bench: BenchConfig,
+    pub wechat: WechatConfig,
     pub protocol: ProtocolConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenMode {
+    Stable,
+    Legacy,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WechatConfig {
+    pub api_base: String,
+    pub token_mode: TokenMode,
+    #[serde(with = "humantime_serde")]
+    pub api_timeout: Duration,
+    pub media_max: usize,
+    pub accounts: Vec<AccountConfig>,
+}
+
+impl Default for WechatConfig {
+    fn default() -> Self {
+        WechatConfig {
+            api_base: "https://api.weixin.qq.com".into(),
+            token_mode: TokenMode::Stable,
+            api_timeout: Duration::from_secs(10),
+            media_max: 10 << 20,
+            accounts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccountConfig {
+    pub original_id: String,
+    pub appid: String,
+    pub secret: String,
+    pub token: String,
+    pub encoding_aes_key: String,
+    pub company_id: String,
+    pub agents: Vec<String>,
+}
+
+/// Secrets stay out of logs.
+impl std::fmt::Debug for AccountConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &str| if s.is_empty() { "" } else { "<set>" };
+        f.debug_struct("AccountConfig")
+            .field("original_id", &self.original_id)
+            .field("appid", &self.appid)
+            .field("secret", &set(&self.secret))
+            .field("token", &set(&self.token))
+            .field("encoding_aes_key", &set(&self.encoding_aes_key))
+            .field("company_id", &self.company_id)
+            .field("agents", &self.agents)
+            .finish()
+    }
+}
+
+impl AccountConfig {
+    /// Who receives this account's messages.
+    pub fn agents(&self) -> Vec<String> {
+        if self.agents.is_empty() { vec![self.original_id.clone()] } else { self.agents.clone() }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -186,6 +281,7 @@ impl Default for Config {
             limits: Limits::default(),
             auth: AuthConfig::default(),
             bench: BenchConfig::default(),
+            wechat: WechatConfig::default(),
             protocol: ProtocolConfig::default(),
         }
     }
@@ -280,9 +376,27 @@ impl Config {
         if let Some(d) = &overrides.data_dir {
             fig = fig.merge(Serialized::default("data_dir", d));
         }
-        let config: Config = fig.extract().map_err(Box::new)?;
+        let mut config: Config = fig.extract().map_err(Box::new)?;
+        config.secrets_from_env(|k| std::env::var(k).ok());
         config.validate()?;
         Ok(config)
+    }
+
+    /// `IMGATE_WECHAT_<APPID>_{SECRET,TOKEN,ENCODING_AES_KEY}` fill or replace an
+    /// account's secrets, so they need not be written in a file.
+    pub fn secrets_from_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        for a in &mut self.wechat.accounts {
+            let prefix = format!("IMGATE_WECHAT_{}_", a.appid.to_ascii_uppercase());
+            for (name, slot) in [
+                ("SECRET", &mut a.secret),
+                ("TOKEN", &mut a.token),
+                ("ENCODING_AES_KEY", &mut a.encoding_aes_key),
+            ] {
+                if let Some(v) = var(&format!("{prefix}{name}")) {
+                    *slot = v;
+                }
+            }
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -313,6 +427,24 @@ impl Config {
                 "auth.jwt_secret",
                 "token mode needs a jwt_secret of at least 16 bytes or an api key",
             );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for a in &self.wechat.accounts {
+            if a.appid.is_empty() || a.original_id.is_empty() {
+                return bad("wechat.accounts", "every account needs its appid and original_id");
+            }
+            if !seen.insert(a.appid.clone()) || !seen.insert(a.original_id.clone()) {
+                return bad("wechat.accounts", "an appid or original_id appears twice");
+            }
+            if a.token.is_empty() {
+                return bad(
+                    "wechat.accounts.token",
+                    "every account needs the callback token it set in WeChat",
+                );
+            }
+            if !a.encoding_aes_key.is_empty() && imgate_wechat::Cipher::new(&a.encoding_aes_key).is_err() {
+                return bad("wechat.accounts.encoding_aes_key", "must be the 43 characters WeChat shows");
+            }
         }
         self.protocol.zone()?;
         Ok(())
@@ -350,9 +482,35 @@ mod tests {
                 None => keys.push(k.clone()),
             }
         }
+        let account = serde_json::to_value(AccountConfig::default()).unwrap();
+        keys.extend(account.as_object().unwrap().keys().cloned());
         for k in keys {
-            assert!(KEYS_HELP.contains(&format!("  {k} = ")), "key {k} missing from KEYS_HELP");
+            let documented =
+                KEYS_HELP.contains(&format!("  {k} = ")) || KEYS_HELP.contains(&format!("[[wechat.{k}]]"));
+            assert!(documented, "key {k} missing from KEYS_HELP");
         }
+    }
+
+    #[test]
+    fn account_secrets_come_from_env() {
+        let mut c = Config::default();
+        c.wechat.accounts.push(AccountConfig {
+            original_id: "gh_1".into(),
+            appid: "wxAbC".into(),
+            secret: "from-file".into(),
+            ..Default::default()
+        });
+        c.secrets_from_env(|k| match k {
+            "IMGATE_WECHAT_WXABC_SECRET" => Some("from-env".into()),
+            "IMGATE_WECHAT_WXABC_TOKEN" => Some("tok".into()),
+            _ => None,
+        });
+        let a = &c.wechat.accounts[0];
+        assert_eq!((a.secret.as_str(), a.token.as_str()), ("from-env", "tok"));
+        assert!(!format!("{a:?}").contains("from-env"), "secrets must not be printed");
+        c.validate().unwrap();
+        c.wechat.accounts[0].encoding_aes_key = "too short".into();
+        assert!(c.validate().is_err());
     }
 
     #[test]

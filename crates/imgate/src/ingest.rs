@@ -5,13 +5,17 @@
 //! mailbox, and, when the sender is a gateway user, to the sender's too (marked
 //! `direction: "out"`), so that the sender's other tabs and its history show both sides.
 
+use std::sync::Arc;
+
 use imgate_protocol::{
-    Content, EncodedMessage, MessageData, SYSTEM_CONTACT, SYSTEM_NAME, SendRequest, XmlMessage,
+    Code, Content, EncodedMessage, MessageData, SYSTEM_CONTACT, SYSTEM_NAME, SendRequest, XmlMessage,
     content_from_xml, dedupe_key_for_xml, msg_id, parse_create_time,
 };
+use serde_json::{Value, json};
 use time::UtcOffset;
 
 use crate::store::{DynStore, NewMessage, StoreError};
+use crate::wechat::{Account, Inbound, Wechat, WechatError};
 
 /// A committed message, as its sender is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +41,29 @@ pub enum IngestError {
     TooLong(&'static str, usize),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A message to a WeChat follower was stored in the sender's history but WeChat did
+    /// not take it.
+    #[error("not delivered to WeChat: {reason}")]
+    Delivery {
+        id: String,
+        seq: u64,
+        to: String,
+        reason: String,
+        errcode: Option<i64>,
+        errmsg: Option<String>,
+    },
+}
+
+impl IngestError {
+    /// Details for the error frame's `data`.
+    pub fn details(&self) -> Value {
+        match self {
+            IngestError::Delivery { id, seq, to, errcode, errmsg, .. } => {
+                json!({"id": id, "seq": seq, "contact_id": to, "errcode": errcode, "errmsg": errmsg})
+            }
+            _ => json!({}),
+        }
+    }
 }
 
 /// Longest user id, contact id or client message id: they are keys, not content.
@@ -46,6 +73,7 @@ pub struct Ingest {
     store: DynStore,
     zone: UtcOffset,
     company_id: String,
+    wechat: Option<Arc<Wechat>>,
 }
 
 /// Who a message is from.
@@ -58,12 +86,18 @@ pub enum Sender<'a> {
 }
 
 impl Ingest {
-    pub fn new(store: DynStore, zone: UtcOffset, company_id: String) -> Ingest {
-        Ingest { store, zone, company_id }
+    pub fn new(store: DynStore, zone: UtcOffset, company_id: String, wechat: Option<Arc<Wechat>>) -> Ingest {
+        Ingest { store, zone, company_id, wechat }
     }
 
-    /// A send request (seed §2.1) from `from`.
+    /// A send request (seed §2.1) from `from`. To a WeChat follower, it goes out through
+    /// the account's customer-service API; to anyone else, into their mailbox.
     pub async fn send(&self, from: Sender<'_>, req: SendRequest) -> Result<Accepted, IngestError> {
+        if let Some(w) = &self.wechat
+            && let Some(acct) = w.follower_account(&req.to)
+        {
+            return self.send_to_follower(w, acct, from, req).await;
+        }
         let dedupe = req.client_id.as_ref().map(|c| format!("c:{}:{c}", sender_name(from)));
         let now = now();
         self.commit(Letter {
@@ -106,6 +140,142 @@ impl Ingest {
         .await
     }
 
+    /// A WeChat callback's message, into the mailbox of each of the account's agents.
+    pub async fn wechat_inbound(&self, inbound: Inbound, x: &XmlMessage) -> Result<Accepted, IngestError> {
+        let send_time = match x.non_empty("CreateTime") {
+            Some(t) => parse_create_time(t, self.zone)?,
+            None => now(),
+        };
+        let id = msg_id(x).map(str::to_owned).unwrap_or_else(new_id);
+        let code = inbound.content.code;
+        let data = MessageData {
+            id: id.clone(),
+            name: String::new(),
+            avatar: String::new(),
+            msg_type: inbound.content.msg_type,
+            contact_id: inbound.openid.clone(),
+            company_id: inbound.company_id,
+            send_time,
+            msg: inbound.content.msg,
+            direction: None,
+            status: None,
+            window: inbound.window,
+        };
+        let frame = EncodedMessage::encode(&data, code);
+        let dedupe = dedupe_key_for_xml(x);
+        let msgs: Vec<NewMessage> = inbound
+            .agents
+            .iter()
+            .map(|agent| NewMessage {
+                user: agent.clone(),
+                id: id.clone(),
+                contact: inbound.openid.clone(),
+                dedupe_key: dedupe.clone(),
+                frame: frame.clone(),
+            })
+            .collect();
+        let appended = self.store.append(msgs).await?;
+        let duplicate = appended.iter().all(|a| a.duplicate);
+        metrics::counter!("imgate_wechat_inbound_total").increment(u64::from(!duplicate));
+        let first = appended.first().ok_or(IngestError::MissingRecipient)?;
+        let to = inbound.agents.first().cloned().unwrap_or_default();
+        Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate })
+    }
+
+    /// A reply to a follower: kept in the sender's history as `sending`, sent through
+    /// WeChat, and followed there by a status frame (code 103) with the outcome. A retry
+    /// with the same `data.id` is answered from the history, never sent twice.
+    async fn send_to_follower(
+        &self,
+        w: &Wechat,
+        acct: &Account,
+        from: Sender<'_>,
+        req: SendRequest,
+    ) -> Result<Accepted, IngestError> {
+        let sender = sender_name(from);
+        if sender.is_empty() || sender == SYSTEM_CONTACT {
+            return Err(IngestError::MissingSender);
+        }
+        if sender.len() > MAX_ID || req.client_id.as_ref().is_some_and(|c| c.len() > MAX_ID) {
+            return Err(IngestError::TooLong("the sender or message id", MAX_ID));
+        }
+        let id = req.client_id.clone().unwrap_or_else(new_id);
+        let dedupe = req.client_id.as_ref().map(|c| format!("c:{sender}:{c}"));
+        let to = req.to.clone();
+        let company_id = acct.config.company_id.clone();
+        let now = now();
+        let copy = MessageData {
+            id: id.clone(),
+            name: req.name.unwrap_or_default(),
+            avatar: req.avatar.unwrap_or_default(),
+            msg_type: req.content.msg_type.clone(),
+            contact_id: to.clone(),
+            company_id: company_id.clone(),
+            send_time: now,
+            msg: req.content.msg.clone(),
+            direction: Some("out".into()),
+            status: Some("sending".into()),
+            window: w.window(&to),
+        };
+        let stored = self
+            .store
+            .append(vec![NewMessage {
+                user: sender.to_owned(),
+                id: id.clone(),
+                contact: to.clone(),
+                dedupe_key: dedupe,
+                frame: EncodedMessage::encode(&copy, req.content.code),
+            }])
+            .await?;
+        let first = &stored[0];
+        if first.duplicate {
+            return Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate: true });
+        }
+        let outcome = w.send(acct, &to, &req.content).await;
+        let (status, window) = match &outcome {
+            Ok(window) => (json!({"ref": id, "status": "sent"}), Some(window.clone())),
+            Err(e) => {
+                let (errcode, errmsg) = wechat_code(e);
+                let status = json!({"ref": id, "status": "failed", "reason": e.to_string(), "errcode": errcode,
+                    "errmsg": errmsg});
+                (status, w.window(&to))
+            }
+        };
+        let note = MessageData {
+            id: new_id(),
+            name: String::new(),
+            avatar: String::new(),
+            msg_type: "status".into(),
+            contact_id: to.clone(),
+            company_id,
+            send_time: now,
+            msg: status,
+            direction: Some("out".into()),
+            status: None,
+            window,
+        };
+        self.store
+            .append(vec![NewMessage {
+                user: sender.to_owned(),
+                id: note.id.clone(),
+                contact: to.clone(),
+                dedupe_key: None,
+                frame: EncodedMessage::encode(&note, Code::STATUS),
+            }])
+            .await?;
+        match outcome {
+            Ok(_) => {
+                metrics::counter!("imgate_wechat_sent_total").increment(1);
+                Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate: false })
+            }
+            Err(e) => {
+                metrics::counter!("imgate_wechat_send_errors_total").increment(1);
+                let (errcode, errmsg) = wechat_code(&e);
+                Err(IngestError::Delivery { id, seq: first.seq, to, reason: e.to_string(), errcode, errmsg })
+            }
+        }
+    }
+
     async fn commit(&self, l: Letter<'_>) -> Result<Accepted, IngestError> {
         let sender = sender_name(l.from);
         if sender.is_empty() {
@@ -122,7 +292,7 @@ impl Ingest {
         }
         let system = l.content.msg_type == "system";
         let code = l.content.code;
-        let id = l.id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+        let id = l.id.unwrap_or_else(new_id);
         let company_id = l.company_id.unwrap_or_else(|| self.company_id.clone());
         let mut data = MessageData {
             id: id.clone(),
@@ -134,6 +304,8 @@ impl Ingest {
             send_time: l.send_time,
             msg: l.content.msg,
             direction: None,
+            status: None,
+            window: None,
         };
         let mut msgs = vec![NewMessage {
             user: l.to.clone(),
@@ -179,6 +351,20 @@ fn sender_name(from: Sender<'_>) -> &str {
     match from {
         Sender::User(u) | Sender::Outside(u) => u,
     }
+}
+
+/// WeChat's own code and message, when it refused.
+fn wechat_code(e: &WechatError) -> (Option<i64>, Option<String>) {
+    match e {
+        WechatError::Api(imgate_wechat::ApiError::WeChat { errcode, errmsg }) => {
+            (Some(*errcode), Some(errmsg.clone()))
+        }
+        _ => (None, None),
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 fn now() -> i64 {

@@ -20,6 +20,7 @@ pub mod hub;
 pub mod ingest;
 pub mod store;
 pub mod tail;
+pub mod wechat;
 
 use config::{Config, Engine};
 use hub::Hub;
@@ -84,8 +85,13 @@ pub async fn run(
     let store: DynStore = match config.store.engine {
         Engine::Sqlite => store::sqlite::SqliteStore::open(&config.data_dir, &config.store, hub.clone())?,
     };
-    let ingest =
-        Arc::new(Ingest::new(store.clone(), config.protocol.zone()?, config.protocol.company_id.clone()));
+    let wechat = wechat::Wechat::new(&config.wechat, &config.data_dir)?;
+    let ingest = Arc::new(Ingest::new(
+        store.clone(),
+        config.protocol.zone()?,
+        config.protocol.company_id.clone(),
+        wechat.clone(),
+    ));
     let cancel = CancellationToken::new();
     let conn = Arc::new(ConnContext {
         hub: hub.clone(),
@@ -105,6 +111,7 @@ pub async fn run(
         conn,
         tasks: tasks.clone(),
         metrics,
+        wechat,
     });
     let addr = listener.local_addr()?;
     tracing::info!(

@@ -36,6 +36,17 @@ enum Command {
     },
     /// Print the frames a user receives, one per line, as they arrive.
     Tail(imgate::tail::TailArgs),
+    /// Try the WeChat channel without WeChat.
+    #[command(subcommand)]
+    Wechat(WechatCommand),
+}
+
+#[derive(Subcommand)]
+enum WechatCommand {
+    /// Post a callback to a running gateway, signed and encrypted exactly as WeChat does.
+    Simulate(imgate::wechat::cli::SimulateArgs),
+    /// Run a stand-in for WeChat's API (tokens, customer-service messages, media).
+    Standin(imgate::wechat::cli::StandinArgs),
 }
 
 // Many small allocations on many threads: mimalloc spends a fraction of glibc's time on them.
@@ -67,6 +78,10 @@ fn main() -> ExitCode {
             runtime.block_on(serve(config))
         }
         Command::Tail(args) => runtime.block_on(imgate::tail::run(args)),
+        Command::Wechat(WechatCommand::Simulate(args)) => {
+            runtime.block_on(imgate::wechat::cli::simulate(args))
+        }
+        Command::Wechat(WechatCommand::Standin(args)) => runtime.block_on(imgate::wechat::cli::standin(args)),
     }
 }
 

@@ -51,6 +51,8 @@ fn msg(user: &str, id: &str, contact: &str, key: Option<&str>) -> NewMessage {
         send_time: 1,
         msg: serde_json::json!({"content": id}),
         direction: None,
+        status: None,
+        window: None,
     };
     NewMessage {
         user: user.into(),

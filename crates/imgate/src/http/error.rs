@@ -3,7 +3,7 @@
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use imgate_protocol::error_frame;
+use imgate_protocol::{error_frame, error_frame_with};
 
 use crate::ingest::IngestError;
 use crate::store::StoreError;
@@ -28,6 +28,10 @@ pub enum ApiError {
     TooMany(String),
     #[error("{0}")]
     Unavailable(String),
+    /// WeChat did not take a message to a follower: 422 when it refused (with its code),
+    /// 502 when it could not be reached.
+    #[error("{reason}")]
+    Delivery { refused: bool, reason: String, details: serde_json::Value },
 }
 
 impl ApiError {
@@ -42,6 +46,8 @@ impl ApiError {
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Delivery { refused: true, .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Delivery { refused: false, .. } => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -55,7 +61,11 @@ impl IntoResponse for ApiError {
             tracing::debug!(status = status.as_u16(), error = %self, "request refused");
         }
         metrics::counter!("imgate_http_errors_total", "status" => status.as_str().to_owned()).increment(1);
-        (status, [(header::CONTENT_TYPE, "application/json")], error_frame(&self.to_string())).into_response()
+        let body = match &self {
+            ApiError::Delivery { details, .. } => error_frame_with(details, &self.to_string()),
+            _ => error_frame(&self.to_string()),
+        };
+        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
     }
 }
 
@@ -69,6 +79,9 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::Store(s) => s.into(),
+            IngestError::Delivery { ref errcode, .. } => {
+                ApiError::Delivery { refused: errcode.is_some(), reason: e.to_string(), details: e.details() }
+            }
             other => ApiError::BadRequest(other.to_string()),
         }
     }

@@ -18,10 +18,13 @@ use crate::hub::Hub;
 use crate::hub::conn::ConnContext;
 use crate::ingest::Ingest;
 use crate::store::DynStore;
+use crate::wechat::Wechat;
 use error::ApiError;
 
+mod callback;
 pub mod error;
 mod history;
+mod media;
 mod ops;
 mod send;
 mod ws;
@@ -41,6 +44,8 @@ pub struct App {
     pub conn: Arc<ConnContext>,
     pub tasks: TaskTracker,
     pub metrics: PrometheusHandle,
+    /// The WeChat channel, when an account is configured.
+    pub wechat: Option<Arc<Wechat>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -49,8 +54,14 @@ pub fn router(state: AppState) -> Router {
     if state.config.bench.noop_route {
         router = router.route("/bench/noop", post(send::noop));
     }
+    let media_max = state.config.wechat.media_max;
     router
         .route("/", get(ws::root))
+        .route(&format!("{PREFIX}/callback"), get(callback::verify).post(callback::receive))
+        .route(&format!("{PREFIX}/callback/{{appid}}"), get(callback::verify_for).post(callback::receive_for))
+        .route(&format!("{PREFIX}/media/{{id}}"), get(media::get))
+        .route(&format!("{PREFIX}/media"), post(media::upload).layer(DefaultBodyLimit::max(media_max)))
+        .route(&format!("{PREFIX}/contact"), get(media::contact))
         .route(&format!("{PREFIX}/msg"), get(ws::msg))
         .route("/send", post(send::send))
         .route(&format!("{PREFIX}/send"), post(send::send))

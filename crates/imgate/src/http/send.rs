@@ -76,6 +76,8 @@ pub async fn noop(
         send_time: 0,
         msg: content.msg,
         direction: None,
+        status: None,
+        window: None,
     };
     let frame = imgate_protocol::EncodedMessage::encode(&data, content.code);
     std::hint::black_box(frame.with_seq(1));

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use imgate_protocol::{ack_frame, error_frame, heartbeat_frame, parse_send_json};
+use imgate_protocol::{ack_frame, error_frame, error_frame_with, heartbeat_frame, parse_send_json};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -365,7 +365,7 @@ fn on_text(ctx: &Arc<ConnContext>, user: &str, text: Utf8Bytes) -> Option<Pendin
     Some(Box::pin(async move {
         Some(match ingest.send(Sender::User(&user), req).await {
             Ok(a) => ack_frame(&a.id, a.seq, &a.to, a.duplicate),
-            Err(e) => error_frame(&e.to_string()),
+            Err(e) => error_frame_with(&e.details(), &e.to_string()),
         })
     }))
 }

@@ -1,0 +1,186 @@
+//! `imgate wechat simulate` (post a callback exactly as WeChat would) and `imgate wechat
+//! standin` (a stand-in for WeChat's API): imgate's WeChat channel, tried without WeChat.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use imgate_protocol::XmlMessage;
+use imgate_wechat::callback::{Keys, seal};
+use imgate_wechat::{Api, Cipher};
+
+use crate::config::{Config, Overrides};
+
+#[derive(clap::Args, Debug)]
+pub struct SimulateArgs {
+    /// The gateway's configuration (its accounts and secrets).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The account (its appid); needed when several are configured.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// The follower's openid.
+    #[arg(long)]
+    pub from: String,
+    /// A text message.
+    #[arg(long, group = "kind")]
+    pub text: Option<String>,
+    /// An image message: the file is uploaded to WeChat's API (`wechat.api_base`, e.g. a
+    /// stand-in) and its media id sent, as WeChat does.
+    #[arg(long, group = "kind")]
+    pub image: Option<PathBuf>,
+    /// An event: subscribe, unsubscribe, CLICK, VIEW, SCAN, LOCATION…
+    #[arg(long, group = "kind")]
+    pub event: Option<String>,
+    /// EventKey of the event.
+    #[arg(long)]
+    pub event_key: Option<String>,
+    /// The running gateway [default: http://<listen> from the configuration].
+    #[arg(long)]
+    pub url: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StandinArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:18900")]
+    pub listen: SocketAddr,
+    /// The gateway's configuration: its accounts' appids and secrets are accepted.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("imgate wechat: {msg}");
+    ExitCode::from(64)
+}
+
+pub async fn simulate(a: SimulateArgs) -> ExitCode {
+    let config = match Config::load(a.config.as_deref(), &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let acct = match &a.account {
+        Some(id) => config.wechat.accounts.iter().find(|x| &x.appid == id),
+        None if config.wechat.accounts.len() == 1 => config.wechat.accounts.first(),
+        None => None,
+    };
+    let Some(acct) = acct else {
+        return fail("no such account: configure [[wechat.accounts]] and pick one with --account APPID");
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut x = XmlMessage::default();
+    x.set("ToUserName", acct.original_id.clone());
+    x.set("FromUserName", a.from.clone());
+    x.set("CreateTime", now.to_string());
+    let msg_id = || format!("{}", rand::random::<u64>() >> 1);
+    if let Some(text) = &a.text {
+        x.set("MsgType", "text");
+        x.set("Content", text.clone());
+        x.set("MsgId", msg_id());
+    } else if let Some(file) = &a.image {
+        let bytes = match std::fs::read(file) {
+            Ok(b) => b,
+            Err(e) => return fail(format!("{}: {e}", file.display())),
+        };
+        let api = Api::new(&config.wechat.api_base, config.wechat.api_timeout);
+        let ct = if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+            "image/png"
+        } else {
+            "image/jpeg"
+        };
+        let media_id = match api.stable_token(&acct.appid, &acct.secret, false).await {
+            Ok(t) => match api.media_upload(&t.value, "image", "image", ct, bytes.into()).await {
+                Ok(id) => id,
+                Err(e) => return fail(format!("uploading the image to {}: {e}", config.wechat.api_base)),
+            },
+            Err(e) => return fail(format!("access token from {}: {e}", config.wechat.api_base)),
+        };
+        x.set("MsgType", "image");
+        x.set("PicUrl", String::new());
+        x.set("MediaId", media_id);
+        x.set("MsgId", msg_id());
+    } else if let Some(event) = &a.event {
+        x.set("MsgType", "event");
+        x.set("Event", event.clone());
+        if let Some(k) = &a.event_key {
+            x.set("EventKey", k.clone());
+        }
+    } else {
+        return fail("say what the follower sends: --text, --image or --event");
+    }
+    let cipher = if acct.encoding_aes_key.is_empty() {
+        None
+    } else {
+        match Cipher::new(&acct.encoding_aes_key) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(e),
+        }
+    };
+    let keys = Keys { token: &acct.token, appid: &acct.appid, cipher: cipher.as_ref() };
+    let nonce = format!("{}", rand::random::<u32>());
+    let (body, query) = seal(&x.to_xml(), keys, &now.to_string(), &nonce);
+    let base = a.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+    let url =
+        format!("{}/im_component/wx_official_account/callback/{}", base.trim_end_matches('/'), acct.appid);
+    let resp = reqwest_post(&url, &query, body).await;
+    match resp {
+        Ok((200, answer)) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, answer)) => {
+            eprintln!("imgate answered {status}: {answer}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("imgate wechat simulate: cannot reach {base}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn reqwest_post(url: &str, query: &[(String, String)], body: String) -> Result<(u16, String), String> {
+    let mut u = url::Url::parse(url).map_err(|e| e.to_string())?;
+    u.query_pairs_mut().extend_pairs(query);
+    // A plain HTTP/1.1 POST over a socket: WeChat's servers are no fancier.
+    let host = u.host_str().ok_or("no host")?.to_owned();
+    let port = u.port_or_known_default().ok_or("no port")?;
+    let path = format!("{}?{}", u.path(), u.query().unwrap_or(""));
+    let mut stream =
+        tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let answer = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((status, answer))
+}
+
+pub async fn standin(a: StandinArgs) -> ExitCode {
+    let apps: Vec<(String, String)> = match Config::load(a.config.as_deref(), &Overrides::default()) {
+        Ok(c) => c.wechat.accounts.iter().map(|x| (x.appid.clone(), x.secret.clone())).collect(),
+        Err(e) => return fail(e),
+    };
+    let pairs: Vec<(&str, &str)> = apps.iter().map(|(a, s)| (a.as_str(), s.as_str())).collect();
+    let s = super::standin::StandIn::new(&pairs);
+    let listener = match tokio::net::TcpListener::bind(a.listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(format!("cannot listen on {}: {e}", a.listen)),
+    };
+    eprintln!(
+        "WeChat API stand-in on http://{} for {} account(s); set wechat.api_base to it",
+        a.listen,
+        apps.len()
+    );
+    match s.serve(listener).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}

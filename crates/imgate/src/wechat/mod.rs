@@ -1,0 +1,369 @@
+//! The WeChat Official Account channel: inbound callbacks become frames for the
+//! account's agents; agents' replies to followers go out through the customer-service
+//! API; media is downloaded at ingest and served by imgate.
+//!
+//! The protocol itself (signatures, AES, API calls, tokens) is `imgate-wechat`'s; this
+//! module decides what it means for mailboxes and agents.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use imgate_protocol::{Content, XmlMessage};
+use imgate_wechat::callback::Keys;
+use imgate_wechat::{Api, ApiError, CallbackError, CallbackQuery, Cipher, Media, TokenCache};
+use serde_json::{Value, json};
+
+use crate::config::{AccountConfig, TokenMode, WechatConfig};
+
+pub mod cli;
+pub mod standin;
+pub mod state;
+
+use state::{MediaRecord, State, Window};
+
+/// The URL path media is served at; `msg.media_path` points here.
+pub const MEDIA_PATH: &str = "/im_component/wx_official_account/media/";
+
+/// Download attempts for inbound media, and the waits between them.
+const MEDIA_RETRIES: [Duration; 5] = [
+    Duration::from_secs(0),
+    Duration::from_secs(2),
+    Duration::from_secs(10),
+    Duration::from_secs(60),
+    Duration::from_secs(300),
+];
+
+pub struct Account {
+    pub config: AccountConfig,
+    cipher: Option<Cipher>,
+    tokens: TokenCache,
+}
+
+impl Account {
+    fn keys(&self) -> Keys<'_> {
+        Keys { token: &self.config.token, appid: &self.config.appid, cipher: self.cipher.as_ref() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WechatError {
+    #[error(transparent)]
+    Callback(#[from] CallbackError),
+    #[error("the message has no FromUserName")]
+    NoSender,
+    #[error("the message is for {found:?}, but this callback URL belongs to account {expected:?}")]
+    WrongAccount { expected: String, found: String },
+    #[error(transparent)]
+    Content(#[from] imgate_protocol::ContentError),
+    #[error("{0} messages cannot be sent to a WeChat follower (text, image, voice and video can)")]
+    Unsendable(String),
+    #[error("media {0} is unknown or not ready: upload it first")]
+    MediaMissing(String),
+    #[error("{}", .0.explain())]
+    Api(#[from] ApiError),
+}
+
+/// An inbound message, ready for the agents' mailboxes.
+pub struct Inbound {
+    pub openid: String,
+    pub agents: Vec<String>,
+    pub company_id: String,
+    pub content: Content,
+    pub window: Option<Value>,
+}
+
+pub struct Wechat {
+    accounts: Vec<Account>,
+    api: Api,
+    pub state: State,
+    media_dir: PathBuf,
+    pub media_max: usize,
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Wechat {
+    /// The channel, or `None` when no account is configured (every recipient is then a
+    /// gateway user, as in the seed's test).
+    pub fn new(cfg: &WechatConfig, data_dir: &std::path::Path) -> std::io::Result<Option<Arc<Wechat>>> {
+        if cfg.accounts.is_empty() {
+            return Ok(None);
+        }
+        let api = Api::new(&cfg.api_base, cfg.api_timeout);
+        let mode = match cfg.token_mode {
+            TokenMode::Stable => imgate_wechat::TokenMode::Stable,
+            TokenMode::Legacy => imgate_wechat::TokenMode::Legacy,
+        };
+        let accounts = cfg
+            .accounts
+            .iter()
+            .map(|a| Account {
+                config: a.clone(),
+                cipher: (!a.encoding_aes_key.is_empty())
+                    .then(|| Cipher::new(&a.encoding_aes_key).ok())
+                    .flatten(),
+                tokens: TokenCache::new(api.clone(), &a.appid, &a.secret, mode),
+            })
+            .collect();
+        let media_dir = data_dir.join("media");
+        std::fs::create_dir_all(&media_dir)?;
+        let state = State::open(data_dir).map_err(std::io::Error::other)?;
+        let w = Arc::new(Wechat { accounts, api, state, media_dir, media_max: cfg.media_max });
+        for m in w.state.pending_media() {
+            w.clone().spawn_download(m);
+        }
+        tracing::info!(accounts = w.accounts.len(), api = %cfg.api_base, "WeChat channel on");
+        Ok(Some(w))
+    }
+
+    /// The account of a callback URL: `…/callback/{appid}`, or `…/callback` when there is
+    /// exactly one.
+    pub fn account(&self, appid: Option<&str>) -> Option<&Account> {
+        match appid {
+            Some(id) => self.accounts.iter().find(|a| a.config.appid == id),
+            None if self.accounts.len() == 1 => self.accounts.first(),
+            None => None,
+        }
+    }
+
+    fn account_of_appid(&self, appid: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.config.appid == appid)
+    }
+
+    /// The admin console's verification: the `echostr` to answer.
+    pub fn verify_url<'q>(&self, acct: &Account, q: &'q CallbackQuery) -> Result<&'q str, CallbackError> {
+        imgate_wechat::callback::verify_url(q, &acct.config.token)
+    }
+
+    /// Check and open a callback.
+    pub fn open(&self, acct: &Account, q: &CallbackQuery, body: &str) -> Result<XmlMessage, WechatError> {
+        let xml = imgate_wechat::open_callback(q, body, acct.keys())?;
+        if let Some(to) = xml.non_empty("ToUserName")
+            && to != acct.config.original_id
+        {
+            return Err(WechatError::WrongAccount {
+                expected: acct.config.original_id.clone(),
+                found: to.to_owned(),
+            });
+        }
+        Ok(xml)
+    }
+
+    /// An opened callback, as a message for the account's agents: the follower is
+    /// remembered with their window, media is recorded and its download started.
+    pub async fn inbound(self: &Arc<Self>, acct: &Account, xml: &XmlMessage) -> Result<Inbound, WechatError> {
+        let openid = xml.non_empty("FromUserName").ok_or(WechatError::NoSender)?.to_owned();
+        let mut content = imgate_protocol::content_from_xml(xml)?;
+        let now = now();
+        let opens = Window::opened_by(&content.msg_type, xml.get("Event"), now);
+        let window = self.state.inbound(&acct.config.appid, &openid, opens).await;
+        if let Some(media_id) = xml.non_empty("MediaId")
+            && matches!(content.msg_type.as_str(), "image" | "voice" | "video" | "shortvideo")
+        {
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            let rec = MediaRecord {
+                id: id.clone(),
+                appid: acct.config.appid.clone(),
+                media_id: media_id.to_owned(),
+                kind: content.msg_type.clone(),
+                content_type: String::new(),
+                status: "pending".into(),
+                error: String::new(),
+                created_at: now,
+            };
+            self.state.put_media(rec.clone()).await;
+            if let Some(m) = content.msg.as_object_mut() {
+                m.insert("media_path".into(), Value::String(format!("{MEDIA_PATH}{id}")));
+            }
+            self.clone().spawn_download(rec);
+        }
+        Ok(Inbound {
+            openid,
+            agents: acct.config.agents(),
+            company_id: acct.config.company_id.clone(),
+            content,
+            window: Some(window.to_json(now)),
+        })
+    }
+
+    /// The account `contact` follows, if it is a follower who has written to one.
+    pub fn follower_account(&self, contact: &str) -> Option<&Account> {
+        let f = self.state.follower(contact)?;
+        self.account_of_appid(&f.appid)
+    }
+
+    /// The follower's window now, as the console shows it.
+    pub fn window(&self, openid: &str) -> Option<Value> {
+        self.state.follower(openid).map(|f| f.window.to_json(now()))
+    }
+
+    /// Send `content` to the follower `openid` through `acct`'s customer-service API.
+    /// Returns the window afterwards.
+    pub async fn send(&self, acct: &Account, openid: &str, content: &Content) -> Result<Value, WechatError> {
+        let body = self.custom_message(acct, openid, content).await?;
+        acct.tokens
+            .call(|token| {
+                let body = &body;
+                async move { self.api.custom_send(&token, body).await }
+            })
+            .await?;
+        let window = self.state.sent(openid).await.unwrap_or_default();
+        Ok(window.to_json(now()))
+    }
+
+    /// The JSON of `cgi-bin/message/custom/send` for `content`.
+    async fn custom_message(
+        &self,
+        acct: &Account,
+        openid: &str,
+        content: &Content,
+    ) -> Result<Value, WechatError> {
+        let msg = &content.msg;
+        let text = |k: &str| msg.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        Ok(match content.msg_type.as_str() {
+            "text" => json!({"touser": openid, "msgtype": "text", "text": {"content": text("content")}}),
+            kind @ ("image" | "voice") => {
+                let media_id = self.media_id_for(acct, msg, kind).await?;
+                json!({"touser": openid, "msgtype": kind, kind: {"media_id": media_id}})
+            }
+            "video" => {
+                let media_id = self.media_id_for(acct, msg, "video").await?;
+                json!({"touser": openid, "msgtype": "video", "video": {"media_id": media_id,
+                    "thumb_media_id": text("thumb_media_id"), "title": text("title"), "description": text("description")}})
+            }
+            other => return Err(WechatError::Unsendable(other.to_owned())),
+        })
+    }
+
+    /// WeChat's media id for a message: given as `media_id`, or uploaded now from the
+    /// imgate media `media_path` points at.
+    async fn media_id_for(&self, acct: &Account, msg: &Value, kind: &str) -> Result<String, WechatError> {
+        if let Some(id) = msg.get("media_id").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            return Ok(id.to_owned());
+        }
+        let path = msg.get("media_path").and_then(Value::as_str).unwrap_or_default();
+        let id = path.rsplit('/').next().unwrap_or_default();
+        let rec = self
+            .state
+            .media(id)
+            .filter(|m| m.status == "ready")
+            .ok_or_else(|| WechatError::MediaMissing(path.to_owned()))?;
+        if !rec.media_id.is_empty() && rec.appid == acct.config.appid {
+            return Ok(rec.media_id);
+        }
+        let bytes = Bytes::from(
+            tokio::fs::read(self.media_dir.join(&rec.id))
+                .await
+                .map_err(|_| WechatError::MediaMissing(path.to_owned()))?,
+        );
+        let filename = format!("{}.{}", rec.id, extension(&rec.content_type));
+        let media_id = acct
+            .tokens
+            .call(|token| {
+                let (bytes, filename, ct) = (bytes.clone(), filename.clone(), rec.content_type.clone());
+                async move { self.api.media_upload(&token, kind, &filename, &ct, bytes).await }
+            })
+            .await?;
+        self.state
+            .put_media(MediaRecord { media_id: media_id.clone(), appid: acct.config.appid.clone(), ..rec })
+            .await;
+        Ok(media_id)
+    }
+
+    /// Keep bytes an agent uploaded (to send to a follower): the record, ready.
+    pub async fn save_upload(&self, bytes: Bytes, content_type: &str) -> std::io::Result<MediaRecord> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        tokio::fs::write(self.media_dir.join(&id), &bytes).await?;
+        let kind = content_type.split('/').next().unwrap_or("file");
+        let rec = MediaRecord {
+            id,
+            appid: String::new(),
+            media_id: String::new(),
+            kind: if kind == "audio" { "voice".into() } else { kind.to_owned() },
+            content_type: content_type.to_owned(),
+            status: "ready".into(),
+            error: String::new(),
+            created_at: now(),
+        };
+        self.state.put_media(rec.clone()).await;
+        Ok(rec)
+    }
+
+    /// A media file and its record, when it is ready.
+    pub fn media_file(&self, id: &str) -> Option<(MediaRecord, PathBuf)> {
+        let rec = self.state.media(id)?;
+        let path = self.media_dir.join(&rec.id);
+        Some((rec, path))
+    }
+
+    fn spawn_download(self: Arc<Self>, rec: MediaRecord) {
+        tokio::spawn(async move {
+            let mut last = String::new();
+            for wait in MEDIA_RETRIES {
+                tokio::time::sleep(wait).await;
+                match self.download(&rec).await {
+                    Ok(content_type) => {
+                        self.state
+                            .put_media(MediaRecord {
+                                content_type,
+                                status: "ready".into(),
+                                error: String::new(),
+                                ..rec
+                            })
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        last = e.to_string();
+                        metrics::counter!("imgate_media_download_errors_total").increment(1);
+                        tracing::warn!(media = %rec.id, error = %last, "media download failed; will retry");
+                        self.state.put_media(MediaRecord { error: last.clone(), ..rec.clone() }).await;
+                    }
+                }
+            }
+            tracing::error!(media = %rec.id, error = %last, "media download failed for good");
+            self.state.put_media(MediaRecord { status: "failed".into(), error: last, ..rec }).await;
+        });
+    }
+
+    /// Fetch one media file from WeChat into the media directory; its content type.
+    async fn download(&self, rec: &MediaRecord) -> Result<String, WechatError> {
+        let acct =
+            self.account_of_appid(&rec.appid).ok_or_else(|| WechatError::MediaMissing(rec.id.clone()))?;
+        let media =
+            acct.tokens.call(|token| async move { self.api.media_get(&token, &rec.media_id).await }).await?;
+        let media = match media {
+            Media::VideoUrl(url) => self.api.fetch(&url).await?,
+            m => m,
+        };
+        let Media::Bytes { bytes, content_type } = media else {
+            return Err(WechatError::MediaMissing(rec.id.clone()));
+        };
+        if bytes.len() > self.media_max {
+            return Err(WechatError::Api(ApiError::BadAnswer(format!(
+                "media of {} bytes is over media_max",
+                bytes.len()
+            ))));
+        }
+        tokio::fs::write(self.media_dir.join(&rec.id), &bytes)
+            .await
+            .map_err(|e| WechatError::Api(ApiError::BadAnswer(format!("cannot save media: {e}"))))?;
+        Ok(content_type)
+    }
+}
+
+fn extension(content_type: &str) -> &'static str {
+    match content_type {
+        "image/png" => "png",
+        "image/gif" => "gif",
+        "image/jpeg" | "image/jpg" => "jpg",
+        "audio/amr" => "amr",
+        "audio/mpeg" | "audio/mp3" => "mp3",
+        "video/mp4" => "mp4",
+        _ => "bin",
+    }
+}

@@ -1,0 +1,207 @@
+//! A stand-in for WeChat's API servers, which no test machine can reach: access tokens
+//! (`token`, `stable_token`), `message/custom/send`, `media/upload`, `media/get` — with
+//! WeChat's answers and errors. The tests drive imgate against it; `imgate wechat
+//! standin` runs it for people trying imgate without an Official Account.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+/// What the stand-in holds, and what tests may arrange or inspect.
+#[derive(Default)]
+pub struct Inner {
+    /// appid → secret
+    pub apps: HashMap<String, String>,
+    /// Tokens still valid.
+    pub tokens: Vec<String>,
+    /// How many tokens were handed out.
+    pub token_fetches: u64,
+    /// Errors the next custom/send calls answer, in order.
+    pub send_errors: VecDeque<(i64, String)>,
+    /// Followers whose window is closed (custom/send answers 45015).
+    pub closed: Vec<String>,
+    /// Every accepted custom/send body, as bytes received.
+    pub sent: Vec<Bytes>,
+    /// media_id → (bytes, content type)
+    pub media: HashMap<String, (Bytes, String)>,
+    /// media/get calls to fail (errcode -1) before answering, per media_id.
+    pub media_failures: HashMap<String, u32>,
+    next: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct StandIn(pub Arc<Mutex<Inner>>);
+
+fn wechat_error(errcode: i64, errmsg: &str) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], json!({"errcode": errcode, "errmsg": errmsg}).to_string())
+        .into_response()
+}
+
+fn ok(v: Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+impl StandIn {
+    pub fn new(apps: &[(&str, &str)]) -> StandIn {
+        let s = StandIn::default();
+        s.0.lock().apps = apps.iter().map(|(a, s)| (a.to_string(), s.to_string())).collect();
+        s
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/cgi-bin/token", get(token))
+            .route("/cgi-bin/stable_token", post(stable_token))
+            .route("/cgi-bin/message/custom/send", post(custom_send))
+            .route("/cgi-bin/media/upload", post(media_upload))
+            .route("/cgi-bin/media/get", get(media_get))
+            .with_state(self.clone())
+    }
+
+    /// Serve on `listener` until the task is dropped.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Every token handed out so far stops working (as when another caller fetched one
+    /// with `cgi-bin/token`).
+    pub fn expire_tokens(&self) {
+        self.0.lock().tokens.clear();
+    }
+
+    fn issue(&self, appid: &str, secret: &str, reuse: bool) -> Response {
+        let mut s = self.0.lock();
+        match s.apps.get(appid) {
+            None => return wechat_error(40013, "invalid appid"),
+            Some(want) if want != secret => return wechat_error(40125, "invalid appsecret"),
+            Some(_) => {}
+        }
+        if reuse && let Some(t) = s.tokens.last().cloned() {
+            return ok(json!({"access_token": t, "expires_in": 7200}));
+        }
+        s.next += 1;
+        s.token_fetches += 1;
+        let t = format!("TOKEN-{}-{}", appid, s.next);
+        if !reuse {
+            // cgi-bin/token invalidates the previous token.
+            s.tokens.clear();
+        }
+        s.tokens.push(t.clone());
+        ok(json!({"access_token": t, "expires_in": 7200}))
+    }
+
+    /// WeChat's answer to a call without a valid `access_token`, if it has none.
+    fn check(&self, q: &HashMap<String, String>) -> Option<Response> {
+        match q.get("access_token") {
+            None => Some(wechat_error(41001, "access_token missing")),
+            Some(t) if self.0.lock().tokens.contains(t) => None,
+            Some(_) => Some(wechat_error(40001, "invalid credential, access_token is invalid or not latest")),
+        }
+    }
+}
+
+async fn token(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if q.get("grant_type").map(String::as_str) != Some("client_credential") {
+        return wechat_error(40002, "invalid grant_type");
+    }
+    s.issue(q.get("appid").map_or("", String::as_str), q.get("secret").map_or("", String::as_str), false)
+}
+
+async fn stable_token(State(s): State<StandIn>, body: Bytes) -> Response {
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return wechat_error(47001, "data format error");
+    };
+    if v["grant_type"] != "client_credential" {
+        return wechat_error(40002, "invalid grant_type");
+    }
+    let force = v["force_refresh"].as_bool().unwrap_or(false);
+    s.issue(v["appid"].as_str().unwrap_or(""), v["secret"].as_str().unwrap_or(""), !force)
+}
+
+async fn custom_send(
+    State(s): State<StandIn>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = s.check(&q) {
+        return r;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return wechat_error(47001, "data format error");
+    };
+    let touser = v["touser"].as_str().unwrap_or_default().to_owned();
+    if touser.is_empty() {
+        return wechat_error(40003, "invalid openid");
+    }
+    let mut st = s.0.lock();
+    if let Some((code, msg)) = st.send_errors.pop_front() {
+        return wechat_error(code, &msg);
+    }
+    if st.closed.contains(&touser) {
+        return wechat_error(45015, "response out of time limit or subscription is canceled");
+    }
+    match v["msgtype"].as_str() {
+        Some("text") if v["text"]["content"].is_string() => {}
+        Some(kind @ ("image" | "voice" | "video")) => {
+            let id = v[kind]["media_id"].as_str().unwrap_or_default();
+            if !st.media.contains_key(id) {
+                return wechat_error(40007, "invalid media_id");
+            }
+        }
+        _ => return wechat_error(40008, "invalid message type"),
+    }
+    st.sent.push(body);
+    ok(json!({"errcode": 0, "errmsg": "ok"}))
+}
+
+async fn media_upload(
+    State(s): State<StandIn>,
+    Query(q): Query<HashMap<String, String>>,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    if let Some(r) = s.check(&q) {
+        return r;
+    }
+    let kind = q.get("type").cloned().unwrap_or_default();
+    if !matches!(kind.as_str(), "image" | "voice" | "video" | "thumb") {
+        return wechat_error(40004, "invalid media type");
+    }
+    while let Ok(Some(field)) = form.next_field().await {
+        if field.name() == Some("media") {
+            let ct = field.content_type().unwrap_or("application/octet-stream").to_owned();
+            let Ok(bytes) = field.bytes().await else { return wechat_error(41005, "media data missing") };
+            let mut st = s.0.lock();
+            st.next += 1;
+            let id = format!("MEDIA-{}", st.next);
+            st.media.insert(id.clone(), (bytes, ct));
+            return ok(json!({"type": kind, "media_id": id, "created_at": 1_700_000_000}));
+        }
+    }
+    wechat_error(41005, "media data missing")
+}
+
+async fn media_get(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(r) = s.check(&q) {
+        return r;
+    }
+    let id = q.get("media_id").cloned().unwrap_or_default();
+    let mut st = s.0.lock();
+    if let Some(n) = st.media_failures.get_mut(&id)
+        && *n > 0
+    {
+        *n -= 1;
+        return wechat_error(-1, "system error");
+    }
+    match st.media.get(&id) {
+        Some((bytes, ct)) => ([(header::CONTENT_TYPE, ct.clone())], bytes.clone()).into_response(),
+        None => wechat_error(40007, "invalid media_id"),
+    }
+}

@@ -1,0 +1,275 @@
+//! What imgate remembers about WeChat between restarts: each follower's account and
+//! customer-service window, and the media it downloaded or was given.
+//!
+//! A small SQLite file beside the mailboxes (`wechat.sqlite3`), mirrored in memory; writes
+//! are rare (one per WeChat message) and go to disk before they are relied on.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, params};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS followers (
+    openid TEXT PRIMARY KEY,
+    appid TEXT NOT NULL,
+    opened_at INTEGER NOT NULL,
+    closes_at INTEGER NOT NULL,
+    quota INTEGER NOT NULL,
+    sent INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS media (
+    id TEXT PRIMARY KEY,
+    appid TEXT NOT NULL,
+    media_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// A follower's customer-service window: replies allowed until `closes_at`, at most
+/// `quota` of them (`sent` so far).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub opened_at: i64,
+    pub closes_at: i64,
+    pub quota: u32,
+    pub sent: u32,
+}
+
+impl Window {
+    /// The window an inbound message opens, if any (WeChat's rules since 2023-06).
+    pub fn opened_by(msg_type: &str, event: Option<&str>, now: i64) -> Option<Window> {
+        let (secs, quota) = match (msg_type, event) {
+            ("event", Some("subscribe" | "SCAN" | "CLICK")) => (60, 3),
+            ("event", _) => return None,
+            _ => (48 * 3600, 5),
+        };
+        Some(Window { opened_at: now, closes_at: now + secs, quota, sent: 0 })
+    }
+
+    pub fn is_open(&self, now: i64) -> bool {
+        now < self.closes_at && self.sent < self.quota
+    }
+
+    pub fn remaining(&self, now: i64) -> u32 {
+        if now < self.closes_at { self.quota.saturating_sub(self.sent) } else { 0 }
+    }
+
+    /// As frames and the console show it.
+    pub fn to_json(&self, now: i64) -> Value {
+        json!({"open": self.is_open(now), "closes_at": self.closes_at, "remaining": self.remaining(now), "quota": self.quota})
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Follower {
+    pub appid: String,
+    pub window: Window,
+}
+
+/// A media file's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MediaRecord {
+    pub id: String,
+    pub appid: String,
+    /// WeChat's media id (downloaded from, or uploaded as); empty for local uploads not
+    /// yet sent.
+    pub media_id: String,
+    pub kind: String,
+    pub content_type: String,
+    /// `pending`, `ready` or `failed`.
+    pub status: String,
+    pub error: String,
+    pub created_at: i64,
+}
+
+pub struct State {
+    db: Arc<Mutex<Connection>>,
+    followers: Mutex<HashMap<String, Follower>>,
+    media: Mutex<HashMap<String, MediaRecord>>,
+}
+
+impl State {
+    pub fn open(dir: &Path) -> rusqlite::Result<State> {
+        let conn = Connection::open(dir.join("wechat.sqlite3"))?;
+        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; {SCHEMA}"))?;
+        let mut followers = HashMap::new();
+        {
+            let mut s =
+                conn.prepare("SELECT openid, appid, opened_at, closes_at, quota, sent FROM followers")?;
+            let mut rows = s.query([])?;
+            while let Some(r) = rows.next()? {
+                let window =
+                    Window { opened_at: r.get(2)?, closes_at: r.get(3)?, quota: r.get(4)?, sent: r.get(5)? };
+                followers.insert(r.get(0)?, Follower { appid: r.get(1)?, window });
+            }
+        }
+        let mut media = HashMap::new();
+        {
+            let mut s = conn.prepare(
+                "SELECT id, appid, media_id, kind, content_type, status, error, created_at FROM media",
+            )?;
+            let mut rows = s.query([])?;
+            while let Some(r) = rows.next()? {
+                let m = MediaRecord {
+                    id: r.get(0)?,
+                    appid: r.get(1)?,
+                    media_id: r.get(2)?,
+                    kind: r.get(3)?,
+                    content_type: r.get(4)?,
+                    status: r.get(5)?,
+                    error: r.get(6)?,
+                    created_at: r.get(7)?,
+                };
+                media.insert(m.id.clone(), m);
+            }
+        }
+        Ok(State {
+            db: Arc::new(Mutex::new(conn)),
+            followers: Mutex::new(followers),
+            media: Mutex::new(media),
+        })
+    }
+
+    async fn write(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static) {
+        let db = self.db.clone();
+        let r = tokio::task::spawn_blocking(move || f(&db.lock())).await;
+        if let Ok(Err(e)) | Err(e) = r.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e))) {
+            tracing::error!(error = %e, "cannot record WeChat state");
+        }
+    }
+
+    pub fn follower(&self, openid: &str) -> Option<Follower> {
+        self.followers.lock().get(openid).cloned()
+    }
+
+    /// A follower of `appid` wrote (or sent an event): remember them, and open a window
+    /// if this opens one that lasts longer than the current.
+    pub async fn inbound(&self, appid: &str, openid: &str, opens: Option<Window>) -> Window {
+        let (window, changed) = {
+            let mut f = self.followers.lock();
+            let entry = f
+                .entry(openid.to_owned())
+                .or_insert_with(|| Follower { appid: appid.to_owned(), window: Window::default() });
+            let changed = entry.appid != appid
+                || opens.is_some_and(|w| w.closes_at >= entry.window.closes_at)
+                || entry.window == Window::default();
+            entry.appid = appid.to_owned();
+            if let Some(w) = opens
+                && w.closes_at >= entry.window.closes_at
+            {
+                entry.window = w;
+            }
+            (entry.window, changed)
+        };
+        if changed {
+            self.save_follower(appid, openid, window).await;
+        }
+        window
+    }
+
+    /// A message went out to `openid`.
+    pub async fn sent(&self, openid: &str) -> Option<Window> {
+        let (appid, window) = {
+            let mut f = self.followers.lock();
+            let entry = f.get_mut(openid)?;
+            entry.window.sent = entry.window.sent.saturating_add(1);
+            (entry.appid.clone(), entry.window)
+        };
+        self.save_follower(&appid, openid, window).await;
+        Some(window)
+    }
+
+    async fn save_follower(&self, appid: &str, openid: &str, w: Window) {
+        let (appid, openid) = (appid.to_owned(), openid.to_owned());
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO followers (openid, appid, opened_at, closes_at, quota, sent) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (openid) DO UPDATE SET appid = excluded.appid, opened_at = excluded.opened_at, \
+                 closes_at = excluded.closes_at, quota = excluded.quota, sent = excluded.sent",
+                params![openid, appid, w.opened_at, w.closes_at, w.quota, w.sent],
+            )
+            .map(|_| ())
+        })
+        .await;
+    }
+
+    pub fn media(&self, id: &str) -> Option<MediaRecord> {
+        self.media.lock().get(id).cloned()
+    }
+
+    /// Media still to download (after a restart).
+    pub fn pending_media(&self) -> Vec<MediaRecord> {
+        self.media.lock().values().filter(|m| m.status == "pending").cloned().collect()
+    }
+
+    pub async fn put_media(&self, m: MediaRecord) {
+        self.media.lock().insert(m.id.clone(), m.clone());
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO media (id, appid, media_id, kind, content_type, status, error, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![m.id, m.appid, m.media_id, m.kind, m.content_type, m.status, m.error, m.created_at],
+            )
+            .map(|_| ())
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_follow_wechats_rules() {
+        let msg = Window::opened_by("text", None, 1000).unwrap();
+        assert_eq!((msg.closes_at, msg.quota), (1000 + 48 * 3600, 5));
+        let click = Window::opened_by("event", Some("CLICK"), 1000).unwrap();
+        assert_eq!((click.closes_at, click.quota), (1060, 3));
+        assert!(Window::opened_by("event", Some("VIEW"), 1000).is_none());
+        assert!(Window::opened_by("event", Some("LOCATION"), 1000).is_none());
+        let mut w = msg;
+        w.sent = 5;
+        assert!(!w.is_open(1001));
+        assert_eq!(msg.remaining(1000 + 48 * 3600), 0);
+        assert!(msg.is_open(1001));
+    }
+
+    #[tokio::test]
+    async fn followers_and_media_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = State::open(dir.path()).unwrap();
+            let w = s.inbound("wx1", "o1", Window::opened_by("text", None, 1000)).await;
+            assert_eq!(w.quota, 5);
+            // A click inside a message window does not shorten it.
+            let w2 = s.inbound("wx1", "o1", Window::opened_by("event", Some("CLICK"), 1010)).await;
+            assert_eq!(w2, w);
+            assert_eq!(s.sent("o1").await.unwrap().sent, 1);
+            s.put_media(MediaRecord {
+                id: "m1".into(),
+                appid: "wx1".into(),
+                media_id: "MID".into(),
+                kind: "image".into(),
+                content_type: String::new(),
+                status: "pending".into(),
+                error: String::new(),
+                created_at: 1,
+            })
+            .await;
+        }
+        let s = State::open(dir.path()).unwrap();
+        let f = s.follower("o1").unwrap();
+        assert_eq!((f.appid.as_str(), f.window.sent), ("wx1", 1));
+        assert_eq!(s.pending_media().len(), 1);
+    }
+}

@@ -1,0 +1,325 @@
+//! The WeChat channel end to end, against a stand-in for WeChat's API: callbacks in every
+//! mode, deduplication, replies through the customer-service API, token refresh, errors
+//! in plain words, media.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use imgate::config::AccountConfig;
+use imgate::wechat::standin::StandIn;
+use imgate_protocol::XmlMessage;
+use imgate_wechat::Cipher;
+use imgate_wechat::callback::{Keys, seal};
+use serde_json::Value;
+
+const APPID: &str = "wx2c2769f8efd9abc2";
+const SECRET: &str = "the-app-secret";
+const TOKEN: &str = "spamtest";
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const ORIGINAL: &str = "gh_10f6c3c3ac5a";
+
+struct Rig {
+    s: Server,
+    wechat: StandIn,
+    cipher: Option<Cipher>,
+}
+
+async fn rig(safe_mode: bool) -> Rig {
+    let wechat = StandIn::new(&[(APPID, SECRET)]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(wechat.clone().serve(listener));
+    let s = Server::start_with(|c| {
+        c.wechat.api_base = base;
+        c.wechat.accounts.push(AccountConfig {
+            original_id: ORIGINAL.into(),
+            appid: APPID.into(),
+            secret: SECRET.into(),
+            token: TOKEN.into(),
+            encoding_aes_key: if safe_mode { AES_KEY.into() } else { String::new() },
+            company_id: "acme".into(),
+            agents: vec!["agent1".into()],
+        });
+    })
+    .await;
+    Rig { s, wechat, cipher: safe_mode.then(|| Cipher::new(AES_KEY).unwrap()) }
+}
+
+impl Rig {
+    fn keys(&self) -> Keys<'_> {
+        Keys { token: TOKEN, appid: APPID, cipher: self.cipher.as_ref() }
+    }
+
+    /// Post `xml` as WeChat would; the status and the body.
+    async fn callback(&self, xml: &str) -> (u16, String) {
+        let (body, query) = seal(xml, self.keys(), "1409735669", "1320562132");
+        self.post_callback(&body, &query).await
+    }
+
+    async fn post_callback(&self, body: &str, query: &[(String, String)]) -> (u16, String) {
+        let r = reqwest::Client::new()
+            .post(self.s.http(&format!("/im_component/wx_official_account/callback/{APPID}")))
+            .query(query)
+            .header("content-type", "text/xml")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+fn text_from(openid: &str, content: &str, msg_id: u64) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[{ORIGINAL}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>\
+         <CreateTime>1409735668</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>\
+         <MsgId>{msg_id}</MsgId></xml>"
+    )
+}
+
+#[tokio::test]
+async fn url_verification_answers_echostr() {
+    let r = rig(true).await;
+    let q = [
+        ("signature", "16120ec1b8dbb870f510d87ce6bc2463eae6ca1a"),
+        ("timestamp", "1409735669"),
+        ("nonce", "1320562132"),
+        ("echostr", "abc123"),
+    ];
+    for path in [
+        format!("/im_component/wx_official_account/callback/{APPID}"),
+        "/im_component/wx_official_account/callback".into(),
+    ] {
+        let resp = reqwest::Client::new().get(r.s.http(&path)).query(&q).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "abc123");
+    }
+    let bad =
+        [("signature", "0000"), ("timestamp", "1409735669"), ("nonce", "1320562132"), ("echostr", "abc123")];
+    let resp = reqwest::Client::new()
+        .get(r.s.http("/im_component/wx_official_account/callback"))
+        .query(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn a_safe_mode_callback_reaches_the_agent_once_however_often_wechat_retries() {
+    let r = rig(true).await;
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    let xml = text_from("oFollower1", "你好 👋", 6054768590064713728);
+    for _ in 0..3 {
+        let (status, body) = r.callback(&xml).await;
+        assert_eq!((status, body.as_str()), (200, "success"));
+    }
+    let f = agent.frame().await;
+    assert_eq!(f["data"]["contact_id"], "oFollower1");
+    assert_eq!(f["data"]["company_id"], "acme");
+    assert_eq!(f["data"]["id"], "6054768590064713728");
+    assert_eq!(content(&f), "你好 👋");
+    assert_eq!(f["data"]["window"]["open"], true);
+    assert_eq!(f["data"]["window"]["remaining"], 5);
+    // Nothing more: the next frame is a later message, not a retry.
+    r.callback(&text_from("oFollower1", "second", 2)).await;
+    assert_eq!(content(&agent.frame().await), "second");
+    // Events are system frames with every field.
+    r.callback(&format!(
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oFollower2</FromUserName><CreateTime>1409735670</CreateTime>\
+         <MsgType>event</MsgType><Event>subscribe</Event><EventKey>qrscene_7</EventKey><Ticket>T</Ticket></xml>"
+    ))
+    .await;
+    let e = agent.frame().await;
+    assert_eq!(e["result"]["code"], 102);
+    assert_eq!(e["data"]["msg"]["event"], "subscribe");
+    assert_eq!(e["data"]["msg"]["event_key"], "qrscene_7");
+    assert_eq!(e["data"]["contact_id"], "oFollower2");
+}
+
+#[tokio::test]
+async fn an_agent_reply_reaches_wechat_as_utf8_json() {
+    let r = rig(true).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    agent.frame().await;
+    agent.send(&text_to("oF", "您好，有什么可以帮您？😀")).await;
+    let frames = agent.frames(3).await; // the copy (sending), the status, the ack: any order
+    let ack = frames.iter().find(|f| f["result"]["code"] == 0).expect("an ack");
+    let status = frames.iter().find(|f| f["result"]["code"] == 103).expect("a status frame");
+    assert_eq!(status["data"]["msg"]["status"], "sent");
+    assert_eq!(status["data"]["msg"]["ref"], ack["data"]["id"]);
+    let sent = r.wechat.0.lock().sent.clone();
+    assert_eq!(sent.len(), 1);
+    let raw = std::str::from_utf8(&sent[0]).unwrap();
+    assert!(
+        raw.contains("您好，有什么可以帮您？😀"),
+        "Chinese and emoji go as UTF-8, not \\u escapes: {raw}"
+    );
+    let v: Value = serde_json::from_str(raw).unwrap();
+    assert_eq!(v["touser"], "oF");
+    assert_eq!(v["msgtype"], "text");
+    assert_eq!(v["text"]["content"], "您好，有什么可以帮您？😀");
+    // The window counts the reply.
+    let (_, c) = r.s.get("/im_component/wx_official_account/contact?userid=agent1&contact_id=oF").await;
+    assert_eq!(c["data"]["wechat"]["window"]["remaining"], 4);
+    assert_eq!(c["data"]["wechat"]["appid"], APPID);
+}
+
+#[tokio::test]
+async fn a_refused_token_is_refreshed_once_and_the_send_retried() {
+    let r = rig(false).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    let send = |body: String| {
+        let url = r.s.http("/send?userid=agent1");
+        async move { post(&url, "application/json", body).await }
+    };
+    let (status, _) = send(text_to("oF", "first")).await;
+    assert_eq!(status, 200);
+    let fetched = r.wechat.0.lock().token_fetches;
+    // Another caller invalidated the token: one refresh, one retry, success.
+    r.wechat.expire_tokens();
+    let (status, ack) = send(text_to("oF", "second")).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(r.wechat.0.lock().token_fetches, fetched + 1);
+    assert_eq!(r.wechat.0.lock().sent.len(), 2);
+    // 40001 again on the retry too: no loop, an error.
+    r.wechat.expire_tokens();
+    {
+        let mut w = r.wechat.0.lock();
+        w.send_errors.push_back((40001, "invalid credential".into()));
+        w.send_errors.push_back((40001, "invalid credential".into()));
+    }
+    let (status, err) = send(text_to("oF", "third")).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["data"]["errcode"], 40001);
+}
+
+#[tokio::test]
+async fn a_closed_window_is_explained_to_the_agent() {
+    let r = rig(true).await;
+    r.callback(&text_from("oLate", "hi", 1)).await;
+    r.wechat.0.lock().closed.push("oLate".into());
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    agent.frame().await;
+    agent.send(&text_to("oLate", "sorry for the wait")).await;
+    let frames = agent.frames(3).await;
+    let err = frames.iter().find(|f| f["result"]["code"] == -1).expect("an error frame");
+    let reason = err["result"]["message"].as_str().unwrap();
+    assert!(reason.contains("48-hour window"), "{reason}");
+    assert_eq!(err["data"]["errcode"], 45015);
+    let status = frames.iter().find(|f| f["result"]["code"] == 103).unwrap();
+    assert_eq!(status["data"]["msg"]["status"], "failed");
+    assert!(r.wechat.0.lock().sent.is_empty());
+}
+
+#[tokio::test]
+async fn an_image_callback_serves_the_bytes() {
+    let r = rig(true).await;
+    let png = b"\x89PNG\r\n\x1a\nnot really a picture".to_vec();
+    r.wechat.0.lock().media.insert("MEDIA-IMG".into(), (png.clone().into(), "image/png".into()));
+    r.wechat.0.lock().media_failures.insert("MEDIA-IMG".into(), 1); // the first download fails
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    r.callback(&format!(
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oPic</FromUserName><CreateTime>1409735670</CreateTime>\
+         <MsgType>image</MsgType><PicUrl>http://mmbiz.qpic.cn/x</PicUrl><MediaId>MEDIA-IMG</MediaId><MsgId>77</MsgId></xml>"
+    ))
+    .await;
+    let f = agent.frame().await;
+    assert_eq!(f["result"]["code"], 1002);
+    let path = f["data"]["msg"]["media_path"].as_str().unwrap().to_owned();
+    assert!(path.starts_with("/im_component/wx_official_account/media/"), "{path}");
+    // Delivery did not wait for the download; the media becomes available after a retry.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = reqwest::get(r.s.http(&path)).await.unwrap();
+        if resp.status() == 200 {
+            assert_eq!(resp.headers()["content-type"], "image/png");
+            assert_eq!(resp.bytes().await.unwrap().to_vec(), png);
+            break;
+        }
+        assert_eq!(resp.status(), 503, "pending media answers 503");
+        assert!(tokio::time::Instant::now() < deadline, "the media never arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_sends_an_uploaded_image() {
+    let r = rig(false).await;
+    r.callback(&text_from("oF", "send me the picture", 1)).await;
+    let up = reqwest::Client::new()
+        .post(r.s.http("/im_component/wx_official_account/media?userid=agent1"))
+        .header("content-type", "image/jpeg")
+        .body(b"\xff\xd8\xff jpeg bytes".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.status(), 200);
+    let up: Value = up.json().await.unwrap();
+    let path = up["data"]["media_path"].as_str().unwrap();
+    let body =
+        serde_json::json!({"data": {"msg_type": "image", "contact_id": "oF", "msg": {"media_path": path}}})
+            .to_string();
+    let (status, ack) = post(&r.s.http("/send?userid=agent1"), "application/json", body).await;
+    assert_eq!(status, 200, "{ack}");
+    let sent = r.wechat.0.lock().sent.clone();
+    let v: Value = serde_json::from_slice(&sent[0]).unwrap();
+    assert_eq!(v["msgtype"], "image");
+    let media_id = v["image"]["media_id"].as_str().unwrap();
+    assert_eq!(r.wechat.0.lock().media[media_id].0.to_vec(), b"\xff\xd8\xff jpeg bytes".to_vec());
+}
+
+#[tokio::test]
+async fn bad_callbacks_are_refused_and_store_nothing() {
+    let r = rig(true).await;
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    let xml = text_from("oX", "should never arrive", 9);
+    let (body, query) = seal(&xml, r.keys(), "1409735669", "1320562132");
+    let with = |k: &str, v: &str| -> Vec<(String, String)> {
+        query.iter().map(|(n, old)| (n.clone(), if n == k { v.to_owned() } else { old.clone() })).collect()
+    };
+    // Bad signature.
+    let (status, answer) = r.post_callback(&body, &with("msg_signature", &"0".repeat(40))).await;
+    assert_eq!(status, 401, "{answer}");
+    // Sealed for another AppID.
+    let other = Keys { appid: "wx0000000000000000", ..r.keys() };
+    let (b, q) = seal(&xml, other, "1409735669", "1320562132");
+    let (status, answer) = r.post_callback(&b, &q).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("AppID"), "{answer}");
+    // Truncated and garbage Encrypt, correctly signed so that decryption is attempted.
+    let outer = XmlMessage::parse(&body).unwrap();
+    let enc = outer.get("Encrypt").unwrap();
+    for bad in [&enc[..enc.len() / 2], "garbage!!", "QUFBQQ==", ""] {
+        let body =
+            format!("<xml><ToUserName>{ORIGINAL}</ToUserName><Encrypt><![CDATA[{bad}]]></Encrypt></xml>");
+        let sig = imgate_wechat::sign(&[TOKEN, "1409735669", "1320562132", bad]);
+        let (status, answer) = r.post_callback(&body, &with("msg_signature", &sig)).await;
+        assert_eq!(status, 400, "{bad:?}: {answer}");
+    }
+    // Plaintext where safe mode is configured.
+    let plain = Keys { cipher: None, ..r.keys() };
+    let (b, q) = seal(&xml, plain, "1409735669", "1320562132");
+    let (status, answer) = r.post_callback(&b, &q).await;
+    assert_eq!(status, 400);
+    assert!(answer.contains("safe mode"), "{answer}");
+    // Not XML at all, and an unknown account.
+    let (status, _) = r.post_callback("{\"json\": true}", &query).await;
+    assert_eq!(status, 400);
+    let resp = reqwest::Client::new()
+        .post(r.s.http("/im_component/wx_official_account/callback/wxNOPE"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    // Nothing reached the agent or its mailbox; the server still works.
+    let (_, h) = r.s.get("/im_component/wx_official_account/history?userid=agent1").await;
+    assert_eq!(h["data"]["messages"].as_array().unwrap().len(), 0, "{h}");
+    let (status, _) = r.callback(&text_from("oX", "good one", 10)).await;
+    assert_eq!(status, 200);
+    assert_eq!(content(&agent.frame().await), "good one");
+}
