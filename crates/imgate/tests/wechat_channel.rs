@@ -323,3 +323,75 @@ async fn bad_callbacks_are_refused_and_store_nothing() {
     assert_eq!(status, 200);
     assert_eq!(content(&agent.frame().await), "good one");
 }
+
+#[tokio::test]
+async fn compatible_mode_trusts_only_the_encrypted_copy() {
+    let r = rig(true).await;
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    let real = text_from("oCompat", "the real text", 41);
+    let (safe_body, query) = seal(&real, r.keys(), "1409735669", "1320562132");
+    let enc = XmlMessage::parse(&safe_body).unwrap().get("Encrypt").unwrap().to_owned();
+    // Compatible mode: clear fields beside Encrypt — here forged ones.
+    let body = format!(
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oForged</FromUserName><CreateTime>1</CreateTime>\
+         <MsgType>text</MsgType><Content>forged</Content><MsgId>42</MsgId><Encrypt><![CDATA[{enc}]]></Encrypt></xml>"
+    );
+    let (status, _) = r.post_callback(&body, &query).await;
+    assert_eq!(status, 200);
+    let f = agent.frame().await;
+    assert_eq!(content(&f), "the real text");
+    assert_eq!(f["data"]["contact_id"], "oCompat");
+}
+
+#[tokio::test]
+async fn imgate_wechat_simulate_posts_like_wechat() {
+    let r = rig(true).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let standin_url = format!("http://{}", listener.local_addr().unwrap());
+    let standin = StandIn::new(&[(APPID, SECRET)]);
+    tokio::spawn(standin.clone().serve(listener));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("imgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{}\"\n[wechat]\napi_base = \"{standin_url}\"\n[[wechat.accounts]]\noriginal_id = \"{ORIGINAL}\"\n\
+             appid = \"{APPID}\"\nsecret = \"{SECRET}\"\ntoken = \"{TOKEN}\"\nencoding_aes_key = \"{AES_KEY}\"\n",
+            r.s.addr
+        ),
+    )
+    .unwrap();
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    // The server runs on this test's runtime: run the command without blocking it.
+    let simulate = |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
+                .args(["wechat", "simulate", "--config"])
+                .arg(&config)
+                .args(["--from", "oSim"])
+                .args(args)
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(simulate(args(&["--text", "from the command line"])).await.trim(), "success");
+    let f = agent.frame().await;
+    assert_eq!(content(&f), "from the command line");
+    assert_eq!(f["data"]["contact_id"], "oSim");
+    simulate(args(&["--event", "subscribe"])).await;
+    assert_eq!(agent.frame().await["data"]["msg"]["event"], "subscribe");
+    // An image: uploaded to the stand-in, then fetched back by the gateway... from its own
+    // WeChat (here a different stand-in, which does not know the media: the download
+    // fails and the error is visible, delivery is not held up).
+    let img = dir.path().join("p.png");
+    std::fs::write(&img, b"\x89PNG fake").unwrap();
+    simulate(args(&["--image", img.to_str().unwrap()])).await;
+    let f = agent.frame().await;
+    assert_eq!(f["result"]["code"], 1002);
+    assert_eq!(standin.0.lock().media.len(), 1);
+}
