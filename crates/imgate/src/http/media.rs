@@ -65,6 +65,24 @@ pub async fn get(
     }
 }
 
+/// `GET P/media/{id}/status`: where a media file stands, always answered 200 (so a page
+/// waiting for a download does not log errors while it waits).
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = Params::from(query)?;
+    state.caller(&headers, &params)?;
+    let rec = state.wechat.as_ref().and_then(|w| w.media_file(&id)).map(|(r, _)| r);
+    let data = match rec {
+        Some(r) => json!({"id": r.id, "status": r.status, "content_type": r.content_type, "error": r.error}),
+        None => json!({"id": id, "status": "unknown", "error": "no such media"}),
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&data)).into_response())
+}
+
 pub async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -22,6 +22,7 @@ use crate::wechat::Wechat;
 use error::ApiError;
 
 mod callback;
+mod console;
 pub mod error;
 mod history;
 mod media;
@@ -59,7 +60,9 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(ws::root))
         .route(&format!("{PREFIX}/callback"), get(callback::verify).post(callback::receive))
         .route(&format!("{PREFIX}/callback/{{appid}}"), get(callback::verify_for).post(callback::receive_for))
+        .route("/console/{file}", get(console::file))
         .route(&format!("{PREFIX}/media/{{id}}"), get(media::get))
+        .route(&format!("{PREFIX}/media/{{id}}/status"), get(media::status))
         .route(&format!("{PREFIX}/media"), post(media::upload).layer(DefaultBodyLimit::max(media_max)))
         .route(&format!("{PREFIX}/contact"), get(media::contact))
         .route(&format!("{PREFIX}/msg"), get(ws::msg))

@@ -6,7 +6,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 
 use super::{AppState, Params, error::ApiError};
 use crate::hub::conn;
@@ -20,7 +20,7 @@ pub async fn root(
 ) -> Response {
     match ws {
         Ok(ws) => upgrade(state, headers, query, ws).await.unwrap_or_else(IntoResponse::into_response),
-        Err(_) => Html(ROOT_PAGE).into_response(),
+        Err(_) => super::console::index(),
     }
 }
 
@@ -92,7 +92,3 @@ async fn upgrade(
         },
     ))
 }
-
-const ROOT_PAGE: &str = "<!doctype html><meta charset=utf-8><title>imgate</title>\
-<p>imgate is running. Connect a WebSocket to <code>/?userid=YOUR_ID</code> or \
-<code>/im_component/wx_official_account/msg?userid=YOUR_ID</code>; post messages to <code>/send</code>.";

@@ -205,12 +205,20 @@ impl Wechat {
     /// Returns the window afterwards.
     pub async fn send(&self, acct: &Account, openid: &str, content: &Content) -> Result<Value, WechatError> {
         let body = self.custom_message(acct, openid, content).await?;
-        acct.tokens
+        let sent = acct
+            .tokens
             .call(|token| {
                 let body = &body;
                 async move { self.api.custom_send(&token, body).await }
             })
-            .await?;
+            .await;
+        // WeChat says the window is over: believe it, so the console shows it closed.
+        if let Err(e) = &sent
+            && let Some(code) = e.errcode()
+        {
+            self.state.refused(openid, code, now()).await;
+        }
+        sent?;
         let window = self.state.sent(openid).await.unwrap_or_default();
         Ok(window.to_json(now()))
     }

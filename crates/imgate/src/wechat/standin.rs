@@ -63,6 +63,9 @@ impl StandIn {
             .route("/cgi-bin/message/custom/send", post(custom_send))
             .route("/cgi-bin/media/upload", post(media_upload))
             .route("/cgi-bin/media/get", get(media_get))
+            // Not WeChat's: for tests in other languages to arrange and inspect.
+            .route("/standin/sent", get(sent))
+            .route("/standin/close", post(close))
             .with_state(self.clone())
     }
 
@@ -186,6 +189,21 @@ async fn media_upload(
         }
     }
     wechat_error(41005, "media data missing")
+}
+
+/// Every accepted customer-service message, as JSON.
+async fn sent(State(s): State<StandIn>) -> Response {
+    let bodies: Vec<Value> =
+        s.0.lock().sent.iter().map(|b| serde_json::from_slice(b).unwrap_or(Value::Null)).collect();
+    ok(Value::Array(bodies))
+}
+
+/// `?openid=`: that follower's window is closed from now on (custom/send answers 45015).
+async fn close(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(o) = q.get("openid") {
+        s.0.lock().closed.push(o.clone());
+    }
+    ok(json!({"errcode": 0, "errmsg": "ok"}))
 }
 
 async fn media_get(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {

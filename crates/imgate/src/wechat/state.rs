@@ -188,6 +188,21 @@ impl State {
         Some(window)
     }
 
+    /// WeChat said the window is over (45015: closed; 45047: no replies left): believe it.
+    pub async fn refused(&self, openid: &str, errcode: i64, now: i64) {
+        let (appid, window) = {
+            let mut f = self.followers.lock();
+            let Some(entry) = f.get_mut(openid) else { return };
+            match errcode {
+                45015 => entry.window.closes_at = entry.window.closes_at.min(now),
+                45047 => entry.window.sent = entry.window.quota,
+                _ => return,
+            }
+            (entry.appid.clone(), entry.window)
+        };
+        self.save_follower(&appid, openid, window).await;
+    }
+
     async fn save_follower(&self, appid: &str, openid: &str, w: Window) {
         let (appid, openid) = (appid.to_owned(), openid.to_owned());
         self.write(move |c| {

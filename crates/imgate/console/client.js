@@ -1,0 +1,178 @@
+// imgate client: one user's live connection to an imgate gateway.
+//
+//   import { ImgateClient } from '/console/client.js';
+//   const c = new ImgateClient({ userid: 'agent1' });          // or { token: JWT }
+//   c.addEventListener('message', (e) => show(e.detail));     // every message frame, once
+//   c.addEventListener('state', (e) => setBadge(e.detail));   // connecting|connected|reconnecting|offline
+//   c.connect();
+//   const ack = await c.send({ contact_id: 'o123', msg_type: 'text', msg: { content: 'hi' } });
+//
+// It reconnects by itself (backoff with jitter) with `since` = the highest seq seen, so a
+// dropped connection or a restarted server loses nothing; frames are deduplicated by seq
+// and id, so nothing is shown twice. The highest seq is kept in localStorage per user.
+// Sends carry a client id: a retry of the same send is recognised by the server.
+
+const MESSAGE_CODES = (code) => code === 102 || code === 103 || code >= 1000;
+
+export class ImgateClient extends EventTarget {
+  constructor({ base = location.origin, userid = '', token = '', path = '/im_component/wx_official_account' } = {}) {
+    super();
+    this.base = base.replace(/\/$/, '');
+    this.path = path;
+    this.userid = userid || subjectOf(token) || '';
+    this.token = token;
+    this.state = 'offline';
+    this.ws = null;
+    this.attempt = 0;
+    this.timer = null;
+    this.closed = false;
+    this.pending = [];            // sends awaiting their answer, in order
+    this.seen = new Set();        // ids of frames already delivered
+    this.sinceKey = `imgate.since.${this.userid}`;
+    this.since = Number(localStorage.getItem(this.sinceKey) || 0);
+    addEventListener('online', () => this.state !== 'connected' && this.#reconnectSoon(0));
+    addEventListener('offline', () => this.#setState('offline'));
+  }
+
+  /** HTTP headers for the gateway's other endpoints (history, media). */
+  headers() {
+    return this.token ? { Authorization: `Bearer ${this.token}` } : {};
+  }
+
+  /** A URL on the gateway with the user's identity attached. */
+  url(path, params = {}) {
+    const u = new URL(this.base + path);
+    if (!this.token) u.searchParams.set('userid', this.userid);
+    for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) u.searchParams.set(k, v);
+    return u.toString();
+  }
+
+  connect() {
+    this.closed = false;
+    this.#open();
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000);
+    this.#setState('offline');
+  }
+
+  /** Send a message; resolves with the ack frame, rejects with an Error carrying the frame. */
+  send({ contact_id, msg_type = 'text', msg, id = newId() }) {
+    const frame = { data: { id, msg_type, contact_id, msg }, result: { code: codeOf(msg_type), message: 'common' } };
+    return new Promise((resolve, reject) => {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+        reject(Object.assign(new Error('not connected: the message was not sent'), { frame: null, id }));
+        return;
+      }
+      const entry = { id, resolve, reject, timer: setTimeout(() => this.#fail(entry, 'no answer from the gateway'), 30000) };
+      this.pending.push(entry);
+      this.ws.send(JSON.stringify(frame));
+    });
+  }
+
+  #fail(entry, reason) {
+    const i = this.pending.indexOf(entry);
+    if (i >= 0) this.pending.splice(i, 1);
+    clearTimeout(entry.timer);
+    entry.reject(Object.assign(new Error(reason), { frame: null, id: entry.id }));
+  }
+
+  #open() {
+    clearTimeout(this.timer);
+    this.#setState(this.attempt ? 'reconnecting' : 'connecting');
+    const u = new URL(this.base.replace(/^http/, 'ws') + this.path + '/msg');
+    if (this.token) u.searchParams.set('token', this.token);
+    else u.searchParams.set('userid', this.userid);
+    u.searchParams.set('since', String(this.since));
+    const ws = new WebSocket(u.toString());
+    this.ws = ws;
+    ws.onopen = () => {
+      this.attempt = 0;
+      this.#setState('connected');
+    };
+    ws.onmessage = (e) => this.#frame(e.data);
+    ws.onclose = (e) => {
+      if (this.ws !== ws) return;
+      for (const p of this.pending.splice(0)) {
+        clearTimeout(p.timer);
+        p.reject(Object.assign(new Error('connection lost before the answer: check the message, then retry'), { frame: null, id: p.id, lost: true }));
+      }
+      this.dispatchEvent(new CustomEvent('close', { detail: { code: e.code, reason: e.reason } }));
+      if (!this.closed) this.#reconnectSoon();
+    };
+    ws.onerror = () => {};
+  }
+
+  #reconnectSoon(delay) {
+    if (this.closed) return;
+    this.attempt += 1;
+    const backoff = delay ?? Math.min(15000, 500 * 2 ** Math.min(this.attempt - 1, 5)) * (0.5 + Math.random() / 2);
+    this.#setState(navigator.onLine === false ? 'offline' : 'reconnecting');
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.#open(), backoff);
+  }
+
+  #setState(s) {
+    if (this.state === s) return;
+    this.state = s;
+    this.dispatchEvent(new CustomEvent('state', { detail: s }));
+  }
+
+  #frame(text) {
+    let f;
+    try {
+      f = JSON.parse(text);
+    } catch {
+      return;
+    }
+    const code = Number(f?.result?.code);
+    if (code === 101) {
+      // The seed's convention; the browser answers pings by itself as well.
+      if (this.ws?.readyState === WebSocket.OPEN) this.ws.send('pong');
+      return;
+    }
+    if (code === 0 || code === -1) {
+      // The answer to the oldest pending send: the server answers a socket's sends in order.
+      const p = this.pending.shift();
+      if (!p) {
+        if (code === -1) this.dispatchEvent(new CustomEvent('error', { detail: f }));
+        return;
+      }
+      clearTimeout(p.timer);
+      if (code === 0) p.resolve(f);
+      else p.reject(Object.assign(new Error(f.result.message || 'refused'), { frame: f, id: p.id }));
+      return;
+    }
+    if (!MESSAGE_CODES(code)) return;
+    const seq = Number(f.data?.seq || 0);
+    const key = `${seq}:${f.data?.id}`;
+    if (this.seen.has(key)) return;
+    this.seen.add(key);
+    if (seq > this.since) {
+      this.since = seq;
+      localStorage.setItem(this.sinceKey, String(seq));
+    }
+    this.dispatchEvent(new CustomEvent(code === 103 ? 'status' : 'message', { detail: f }));
+  }
+}
+
+/** The `sub` claim of a JWT, read without checking it (the server does). */
+export function subjectOf(token) {
+  try {
+    const body = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(body)).sub || '';
+  } catch {
+    return '';
+  }
+}
+
+export function newId() {
+  return (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`).replace(/-/g, '');
+}
+
+export function codeOf(type) {
+  return { text: 1001, image: 1002, voice: 1003, video: 1004, shortvideo: 1005, location: 1006, link: 1007 }[type] || 1099;
+}

@@ -1,0 +1,34 @@
+//! The agent console: static files compiled into the binary (no web server, no CDN: the
+//! machines that run imgate may have no internet).
+
+use axum::extract::Path;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+
+const FILES: &[(&str, &str, &str)] = &[
+    ("index.html", "text/html; charset=utf-8", include_str!("../../console/index.html")),
+    ("app.js", "text/javascript; charset=utf-8", include_str!("../../console/app.js")),
+    ("client.js", "text/javascript; charset=utf-8", include_str!("../../console/client.js")),
+    ("style.css", "text/css; charset=utf-8", include_str!("../../console/style.css")),
+];
+
+fn serve(name: &str) -> Result<Response, ApiError> {
+    let (_, ct, body) = FILES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .ok_or_else(|| ApiError::NotFound(format!("/console/{name}")))?;
+    // The files change with the binary: let browsers revalidate rather than cache forever.
+    Ok(([(header::CONTENT_TYPE, *ct), (header::CACHE_CONTROL, "no-cache")], *body).into_response())
+}
+
+/// `GET /` without an upgrade.
+pub fn index() -> Response {
+    serve("index.html").unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /console/{file}`.
+pub async fn file(Path(name): Path<String>) -> Result<Response, ApiError> {
+    serve(&name)
+}
