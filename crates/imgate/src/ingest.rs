@@ -41,8 +41,10 @@ pub enum IngestError {
     TooLong(&'static str, usize),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Unsendable(String),
     /// A message to a WeChat follower was stored in the sender's history but WeChat did
-    /// not take it.
+    /// not take it (a retry must use a new id: this one is answered from the history).
     #[error("not delivered to WeChat: {reason}")]
     Delivery {
         id: String,
@@ -199,9 +201,27 @@ impl Ingest {
         if sender.len() > MAX_ID || req.client_id.as_ref().is_some_and(|c| c.len() > MAX_ID) {
             return Err(IngestError::TooLong("the sender or message id", MAX_ID));
         }
+        let to = req.to.clone();
+        // What WeChat cannot carry is refused before anything is kept or sent.
+        let body = w.prepare(acct, &to, &req.content).await.map_err(|e| match e {
+            WechatError::Unsendable(_) | WechatError::MediaMissing(_) => {
+                IngestError::Unsendable(e.to_string())
+            }
+            other => {
+                let (errcode, errmsg) = wechat_code(&other);
+                let id = req.client_id.clone().unwrap_or_default();
+                IngestError::Delivery {
+                    id,
+                    seq: 0,
+                    to: to.clone(),
+                    reason: other.to_string(),
+                    errcode,
+                    errmsg,
+                }
+            }
+        })?;
         let id = req.client_id.clone().unwrap_or_else(new_id);
         let dedupe = req.client_id.as_ref().map(|c| format!("c:{sender}:{c}"));
-        let to = req.to.clone();
         let company_id = acct.config.company_id.clone();
         let now = now();
         let copy = MessageData {
@@ -231,7 +251,7 @@ impl Ingest {
         if first.duplicate {
             return Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate: true });
         }
-        let outcome = w.send(acct, &to, &req.content).await;
+        let outcome = w.send(acct, &to, body).await;
         let (status, window) = match &outcome {
             Ok(window) => (json!({"ref": id, "status": "sent"}), Some(window.clone())),
             Err(e) => {

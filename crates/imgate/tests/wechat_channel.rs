@@ -395,3 +395,29 @@ async fn imgate_wechat_simulate_posts_like_wechat() {
     assert_eq!(f["result"]["code"], 1002);
     assert_eq!(standin.0.lock().media.len(), 1);
 }
+
+#[tokio::test]
+async fn what_wechat_cannot_carry_is_refused_before_anything_is_kept() {
+    let r = rig(false).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    let body = serde_json::json!({"data": {"msg_type": "location", "contact_id": "oF",
+        "msg": {"latitude": 1.0, "longitude": 2.0}}})
+    .to_string();
+    let (status, err) = post(&r.s.http("/send?userid=agent1"), "application/json", body).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(err["result"]["message"].as_str().unwrap().contains("cannot be sent"), "{err}");
+    let image = serde_json::json!({"data": {"msg_type": "image", "contact_id": "oF",
+        "msg": {"media_path": "/im_component/wx_official_account/media/nope"}}})
+    .to_string();
+    let (status, _) = post(&r.s.http("/send?userid=agent1"), "application/json", image).await;
+    assert_eq!(status, 400);
+    let (_, h) = r.s.get("/im_component/wx_official_account/history?userid=agent1&contact_id=oF").await;
+    let kinds: Vec<&str> = h["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"]["msg_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["text"], "only the follower's message is in the history");
+    assert!(r.wechat.0.lock().sent.is_empty());
+}

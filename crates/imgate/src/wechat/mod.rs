@@ -201,10 +201,20 @@ impl Wechat {
         self.state.follower(openid).map(|f| f.window.to_json(now()))
     }
 
-    /// Send `content` to the follower `openid` through `acct`'s customer-service API.
+    /// What `send` will post for `content`: checks that WeChat can carry it and uploads
+    /// its media. Nothing is sent to the follower yet.
+    pub async fn prepare(
+        &self,
+        acct: &Account,
+        openid: &str,
+        content: &Content,
+    ) -> Result<Value, WechatError> {
+        self.custom_message(acct, openid, content).await
+    }
+
+    /// Post a prepared message to the follower through `acct`'s customer-service API.
     /// Returns the window afterwards.
-    pub async fn send(&self, acct: &Account, openid: &str, content: &Content) -> Result<Value, WechatError> {
-        let body = self.custom_message(acct, openid, content).await?;
+    pub async fn send(&self, acct: &Account, openid: &str, body: Value) -> Result<Value, WechatError> {
         let sent = acct
             .tokens
             .call(|token| {
