@@ -19,7 +19,9 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   shutdown_grace = \"10s\"             how long SIGTERM/SIGINT waits for sockets and commits
 
   [store]
-  engine = \"sqlite\"                  the mailbox engine (sqlite: embedded, no other service)
+  engine = \"sqlite\"                  the mailbox engine: sqlite (embedded, no other service) or
+                                     redis (several nodes share mailboxes and live delivery)
+  redis_url = \"redis://127.0.0.1:6379\"  the Redis of engine = \"redis\" (one server, not Cluster)
   sync = \"normal\"                    normal: an acknowledged message survives a crash of imgate
                                      (kill -9); full: it also survives power loss (fsync per commit)
   retention_max_messages = 10000     messages kept per mailbox
@@ -189,6 +191,7 @@ pub struct BenchConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     Sqlite,
+    Redis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +207,7 @@ pub enum Sync {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub engine: Engine,
+    pub redis_url: String,
     pub sync: Sync,
     pub retention_max_messages: u64,
     #[serde(with = "humantime_serde")]
@@ -291,6 +295,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             engine: Engine::Sqlite,
+            redis_url: "redis://127.0.0.1:6379".into(),
             sync: Sync::Normal,
             retention_max_messages: 10_000,
             retention_max_age: Duration::from_secs(30 * 86_400),

@@ -84,6 +84,7 @@ pub async fn run(
     let hub = Hub::new(config.hub.queue_capacity, config.hub.max_connections_per_user);
     let store: DynStore = match config.store.engine {
         Engine::Sqlite => store::sqlite::SqliteStore::open(&config.data_dir, &config.store, hub.clone())?,
+        Engine::Redis => store::redis::RedisStore::open(&config.store.redis_url, &config.store, hub.clone())?,
     };
     let wechat = wechat::Wechat::new(&config.wechat, &config.data_dir)?;
     let ingest = Arc::new(Ingest::new(

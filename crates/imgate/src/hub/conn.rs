@@ -160,6 +160,7 @@ impl Conn {
                 _ = &mut stopping => return shutting_down(),
                 next = queue.next() => match next {
                     Next::Frame(first) => Box::pin(self.live(first, &queue)).await,
+                    Next::CatchUp => Box::pin(self.replay()).await,
                     Next::Kicked => return too_slow(self.last_sent),
                 },
                 answer = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
@@ -249,6 +250,10 @@ impl Conn {
             if n < WRITE_BATCH {
                 next = match queue.try_next() {
                     Some(Next::Frame(f)) => Some(f),
+                    Some(Next::CatchUp) => {
+                        self.flush().await?;
+                        return self.replay().await;
+                    }
                     Some(Next::Kicked) => return Err(too_slow(self.last_sent)),
                     None => None,
                 };

@@ -157,6 +157,16 @@ impl Hub {
 }
 
 impl Fanout for Hub {
+    fn resync(&self) {
+        for shard in self.shards.iter() {
+            for entry in shard.read().values() {
+                for slot in &entry.slots {
+                    slot.queue.catch_up();
+                }
+            }
+        }
+    }
+
     fn committed(&self, user: &str, seq: u64, frame: &EncodedMessage) {
         // Serialise once per message, shared by every connection of the user.
         if self.shard(user).read().contains_key(user) {

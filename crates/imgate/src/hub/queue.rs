@@ -19,6 +19,8 @@ const KEEP: usize = 8;
 struct State {
     items: VecDeque<Outbound>,
     kicked: bool,
+    /// Frames may have been missed: read the mailbox before the next one.
+    catch_up: bool,
 }
 
 #[derive(Default)]
@@ -39,6 +41,8 @@ pub enum Offer {
 #[derive(Debug)]
 pub enum Next {
     Frame(Outbound),
+    /// Read the mailbox: frames may have been committed that never reached the queue.
+    CatchUp,
     Kicked,
 }
 
@@ -78,6 +82,10 @@ impl Queue {
         if s.kicked {
             return Some(Next::Kicked);
         }
+        if s.catch_up {
+            s.catch_up = false;
+            return Some(Next::CatchUp);
+        }
         let item = s.items.pop_front();
         if item.is_none() && s.items.capacity() > KEEP {
             s.items.shrink_to(KEEP);
@@ -94,6 +102,12 @@ impl Queue {
             // Woken by a frame, perhaps: it stays queued for `next`.
             self.notify.notified().await;
         }
+    }
+
+    /// Ask the connection to read its mailbox (see [`Next::CatchUp`]).
+    pub fn catch_up(&self) {
+        self.state.lock().catch_up = true;
+        self.notify.notify_one();
     }
 
     pub fn is_kicked(&self) -> bool {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use imgate_protocol::EncodedMessage;
 
+pub mod redis;
 pub mod sqlite;
 
 /// A message to commit to one mailbox.
@@ -53,9 +54,14 @@ pub enum StoreError {
 }
 
 /// Receives every committed message, once, in commit order (so in seq order per user).
-/// Called on the committing thread: it must not block.
+/// It must not block: it is called on the committing thread, or the subscriber's task.
 pub trait Fanout: Send + Sync + 'static {
     fn committed(&self, user: &str, seq: u64, frame: &EncodedMessage);
+
+    /// Messages may have been committed without reaching `committed` (the engine lost
+    /// its subscription for a while): live connections must catch up from their
+    /// mailboxes.
+    fn resync(&self) {}
 }
 
 /// The mailbox contract. Every engine:
@@ -68,7 +74,8 @@ pub trait Store: Send + Sync + 'static {
     /// (see `store.sync`). Messages for one mailbox get seqs in slice order. A message
     /// whose `dedupe_key` its mailbox already holds (within `store.dedupe_window`) is not
     /// stored: its [`Appended`] repeats the original's seq and id with `duplicate: true`.
-    /// Stored messages go to the [`Fanout`] before this returns.
+    /// Stored messages go to the [`Fanout`] in commit order: before this returns with the
+    /// embedded engine, shortly after (through Redis pub/sub) with Redis.
     async fn append(&self, msgs: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError>;
 
     /// Up to `limit` messages of `user` with seq > `after`, oldest first.
@@ -99,7 +106,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Apply retention now (`store.retention_max_messages`, `retention_max_age`) and
     /// forget dedupe keys older than `store.dedupe_window`; returns how many messages
-    /// were removed. The server calls it every minute.
+    /// this call removed (an engine may hold the count limit on every append already).
+    /// The server calls it every minute.
     async fn trim(&self) -> Result<u64, StoreError>;
 
     /// Ok when the store can take writes (for `/readyz`).

@@ -1,0 +1,360 @@
+//! The Redis engine: mailboxes shared by several imgate nodes.
+//!
+//! Per user: a counter (`{p}:{user}:seq`) that allocates seqs atomically and survives
+//! retention; a stream (`{p}:{user}:log`) whose entry ids are `<seq>-1`, so that reading
+//! "after seq N" is a range query; dedupe keys (`{p}:{user}:d:<key>`) that expire after
+//! `store.dedupe_window`; the delivered mark (`{p}:{user}:delivered`). One Lua script
+//! commits a whole append — every mailbox of it, dedupe checks included — atomically,
+//! and publishes each stored message on `{p}:fanout` as it goes, so every node sees
+//! commits in commit order. Each node subscribes to that channel and hands what arrives
+//! to its [`Fanout`] (the hub); after any outage it resubscribes by itself and tells the
+//! fan-out to catch its connections up from the mailboxes, since what was published
+//! meanwhile is gone.
+//!
+//! One Redis (with a replica and Sentinel for failover), not Redis Cluster: the script
+//! touches keys of several users at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use imgate_protocol::EncodedMessage;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, Script};
+
+use super::{Appended, Fanout, NewMessage, Store, StoreError, Stored};
+use crate::config::StoreConfig;
+
+/// How long one Redis command may take before the request fails (503, nothing stored:
+/// the script either ran whole or not at all).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Entries scanned per round trip when looking for one contact's history.
+const HISTORY_SCAN: usize = 500;
+
+const APPEND: &str = r#"
+local p = ARGV[1]
+local now = ARGV[2]
+local ttl = tonumber(ARGV[3])
+local maxlen = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local out = {}
+local i = 6
+for m = 1, n do
+  local user, id, contact, key, frame = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 5
+  local u = p .. ':' .. user
+  local prev = false
+  if key ~= '' then prev = redis.call('GET', u .. ':d:' .. key) end
+  if prev then
+    local sp = string.find(prev, ' ', 1, true)
+    out[#out + 1] = string.sub(prev, 1, sp - 1)
+    out[#out + 1] = string.sub(prev, sp + 1)
+    out[#out + 1] = '1'
+  else
+    local seq = redis.call('INCR', u .. ':seq')
+    redis.call('XADD', u .. ':log', 'MAXLEN', maxlen, seq .. '-1', 'f', frame, 'c', contact, 't', now)
+    if key ~= '' then redis.call('SET', u .. ':d:' .. key, seq .. ' ' .. id, 'PX', ttl) end
+    redis.call('SADD', p .. ':users', user)
+    redis.call('PUBLISH', p .. ':fanout', user .. '\n' .. seq .. '\n' .. frame)
+    out[#out + 1] = tostring(seq)
+    out[#out + 1] = id
+    out[#out + 1] = '0'
+  end
+end
+return out
+"#;
+
+const RAISE: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"#;
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    config: StoreConfig,
+    append: Script,
+    raise: Script,
+    subscribed: Arc<AtomicBool>,
+    closed: AtomicBool,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisStore {
+    /// Connect (lazily: a node starts, not ready, while Redis is down) and subscribe to
+    /// the fan-out channel.
+    pub fn open(
+        url: &str,
+        config: &StoreConfig,
+        fanout: Arc<dyn Fanout>,
+    ) -> Result<Arc<RedisStore>, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let cm = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), cm).map_err(unavailable)?;
+        let prefix = "imgate".to_owned();
+        let subscribed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(subscribe(client, format!("{prefix}:fanout"), fanout, subscribed.clone()));
+        Ok(Arc::new(RedisStore {
+            conn,
+            prefix,
+            config: config.clone(),
+            append: Script::new(APPEND),
+            raise: Script::new(RAISE),
+            subscribed,
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    fn key(&self, user: &str, what: &str) -> String {
+        format!("{}:{user}:{what}", self.prefix)
+    }
+
+    async fn range(
+        &self,
+        user: &str,
+        start: String,
+        end: String,
+        rev: bool,
+        count: usize,
+    ) -> Result<Vec<(u64, String, String, i64)>, StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.key(user, "log");
+        let reply: StreamRangeReply = if rev {
+            c.xrevrange_count(&key, end, start, count).await
+        } else {
+            c.xrange_count(&key, start, end, count).await
+        }
+        .map_err(unavailable)?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .filter_map(|e| {
+                let seq = e.id.split('-').next()?.parse::<u64>().ok()?;
+                let frame: String = e.get("f")?;
+                let contact: String = e.get("c").unwrap_or_default();
+                let t: i64 = e.get("t").unwrap_or_default();
+                Some((seq, frame, contact, t))
+            })
+            .collect())
+    }
+}
+
+/// Follow the fan-out channel for as long as the node runs: reconnect and resubscribe
+/// after any failure, and after each (re)subscription ask the fan-out to catch up.
+async fn subscribe(
+    client: redis::Client,
+    channel: String,
+    fanout: Arc<dyn Fanout>,
+    subscribed: Arc<AtomicBool>,
+) {
+    let mut delay = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let attempt = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, attempt).await {
+            Ok(Ok(pubsub)) => {
+                subscribed.store(true, Ordering::Release);
+                delay = Duration::from_millis(100);
+                if !first {
+                    tracing::warn!("redis: resubscribed; catching connections up from their mailboxes");
+                }
+                first = false;
+                // Whatever was published while we were away is only in the mailboxes.
+                fanout.resync();
+                let mut messages = pubsub.into_on_message();
+                while let Some(msg) = messages.next().await {
+                    let payload = msg.get_payload_bytes();
+                    let Ok(text) = std::str::from_utf8(payload) else { continue };
+                    let mut parts = text.splitn(3, '\n');
+                    let (Some(user), Some(seq), Some(frame)) = (parts.next(), parts.next(), parts.next())
+                    else {
+                        continue;
+                    };
+                    let Ok(seq) = seq.parse::<u64>() else { continue };
+                    fanout.committed(user, seq, &EncodedMessage::from_stored(frame.to_owned()));
+                }
+                subscribed.store(false, Ordering::Release);
+                tracing::error!("redis: lost the fan-out subscription; live delivery paused, reconnecting");
+            }
+            Ok(Err(e)) => {
+                subscribed.store(false, Ordering::Release);
+                tracing::warn!(error = %e, "redis: cannot subscribe; retrying");
+            }
+            Err(_) => {
+                subscribed.store(false, Ordering::Release);
+                tracing::warn!("redis: subscribing timed out; retrying");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn append(&self, msgs: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.append.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(unix_now())
+            .arg(self.config.dedupe_window.as_millis().max(1) as u64)
+            .arg(self.config.retention_max_messages)
+            .arg(msgs.len());
+        for m in &msgs {
+            inv.arg(&m.user)
+                .arg(&m.id)
+                .arg(&m.contact)
+                .arg(m.dedupe_key.as_deref().unwrap_or(""))
+                .arg(m.frame.as_stored());
+        }
+        let mut c = self.conn.clone();
+        let out: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        out.chunks(3)
+            .map(|t| match t {
+                [seq, id, dup] => Ok(Appended {
+                    seq: seq.parse().map_err(|_| StoreError::Unavailable("redis: a bad seq".into()))?,
+                    id: id.clone(),
+                    duplicate: dup == "1",
+                }),
+                _ => Err(StoreError::Unavailable("redis: a short answer".into())),
+            })
+            .collect()
+    }
+
+    async fn read_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        let rows = self.range(user, format!("({after}-1"), "+".into(), false, limit).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, frame, _, _)| Stored { seq, frame: EncodedMessage::from_stored(frame) })
+            .collect())
+    }
+
+    async fn history(
+        &self,
+        user: &str,
+        contact: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut out = Vec::new();
+        let mut end = match before {
+            Some(b) => format!("({b}-1"),
+            None => "+".to_owned(),
+        };
+        // Bounded by retention: a mailbox holds at most retention_max_messages.
+        let rounds = (self.config.retention_max_messages as usize / HISTORY_SCAN) + 2;
+        for _ in 0..rounds {
+            let count = if contact.is_some() { HISTORY_SCAN } else { limit };
+            let rows = self.range(user, "-".into(), end.clone(), true, count).await?;
+            let n = rows.len();
+            let last = rows.last().map(|r| r.0);
+            for (seq, frame, c, _) in rows {
+                if contact.is_none_or(|want| want == c) && out.len() < limit {
+                    out.push(Stored { seq, frame: EncodedMessage::from_stored(frame) });
+                }
+            }
+            match last {
+                Some(s) if n == count && out.len() < limit => end = format!("({s}-1"),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delivered(&self, user: &str) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        let v: Option<u64> = c.get(self.key(user, "delivered")).await.map_err(unavailable)?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn last_seq(&self, user: &str) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        let v: Option<u64> = c.get(self.key(user, "seq")).await.map_err(unavailable)?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn set_delivered(&self, user: &str, seq: u64) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .raise
+            .key(self.key(user, "delivered"))
+            .arg(seq)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn trim(&self) -> Result<u64, StoreError> {
+        // Count is enforced on every append (XADD MAXLEN); age here.
+        let oldest = unix_now() - self.config.retention_max_age.as_secs() as i64;
+        let mut c = self.conn.clone();
+        let users: Vec<String> = c.smembers(format!("{}:users", self.prefix)).await.map_err(unavailable)?;
+        let mut removed = 0u64;
+        for user in users {
+            let mut start = "-".to_owned();
+            let keep_from = loop {
+                let rows = self.range(&user, start.clone(), "+".into(), false, 100).await?;
+                if rows.is_empty() {
+                    break None;
+                }
+                if let Some(r) = rows.iter().find(|r| r.3 >= oldest) {
+                    break Some(r.0);
+                }
+                let last = rows.last().map(|r| r.0).unwrap_or(0);
+                if rows.len() < 100 {
+                    break Some(last + 1);
+                }
+                start = format!("({last}-1");
+            };
+            if let Some(min) = keep_from {
+                let n: u64 = redis::cmd("XTRIM")
+                    .arg(self.key(&user, "log"))
+                    .arg("MINID")
+                    .arg(format!("{min}-1"))
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                removed += n;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await.map_err(unavailable)?;
+        if !self.subscribed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("redis: not subscribed to the fan-out channel (yet)".into()));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
