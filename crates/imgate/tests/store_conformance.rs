@@ -230,6 +230,17 @@ async fn retention_by_age_empties_a_mailbox_without_resetting_it(e: impl Engine)
     }
     assert!(ids(&store, "u", 0).await.is_empty());
     assert_eq!(store.append(vec![msg("u", "3", "x", None)]).await.unwrap(), [stored(3, "3")]);
+    // Emptied again and reopened: the mailbox still knows where it was.
+    while store.trim().await.unwrap() == 0 {
+        assert!(tokio::time::Instant::now() < deadline + Duration::from_secs(20), "age retention stalled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    store.close().await;
+    drop(store);
+    let (store, _) =
+        open_with(&e, StoreConfig { retention_max_age: Duration::ZERO, ..StoreConfig::default() });
+    assert_eq!(store.last_seq("u").await.unwrap(), 3);
+    assert_eq!(store.append(vec![msg("u", "4", "x", None)]).await.unwrap(), [stored(4, "4")]);
 }
 
 async fn concurrent_appends_get_distinct_contiguous_seqs(e: impl Engine) {

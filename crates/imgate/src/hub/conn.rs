@@ -187,7 +187,9 @@ impl Conn {
                     }
                 }
                 _ = beat.tick() => {
-                    if heard {
+                    // While a send is pending the socket is not read: the client is not
+                    // silent, we are not listening.
+                    if heard || pending.is_some() {
                         heard = false;
                         last_alive = Instant::now();
                     } else if last_alive.elapsed() >= ctx.config.idle_timeout {
@@ -367,12 +369,15 @@ fn on_text(ctx: &Arc<ConnContext>, user: &str, text: Utf8Bytes) -> Option<Pendin
     };
     let ingest: Arc<Ingest> = ctx.ingest.clone();
     let user = user.to_owned();
-    Some(Box::pin(async move {
-        Some(match ingest.send(Sender::User(&user), req).await {
+    // A task of its own: a send that has begun finishes (a reply to WeChat is sent and its
+    // outcome recorded) even if this connection ends before the answer.
+    let task = tokio::spawn(async move {
+        match ingest.send(Sender::User(&user), req).await {
             Ok(a) => ack_frame(&a.id, a.seq, &a.to, a.duplicate),
             Err(e) => error_frame_with(&e.details(), &e.to_string()),
-        })
-    }))
+        }
+    });
+    Some(Box::pin(async move { task.await.ok() }))
 }
 
 /// A client echoing a heartbeat frame back (`result.code` 101) is only saying it is alive.
