@@ -1,0 +1,187 @@
+//! Several imgate nodes, separate processes, sharing one real redis-server: any node
+//! takes any connection and any post, and together they keep the single node's promises.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use serde_json::Value;
+
+async fn node(dir: &Path, redis: &Redis) -> Binary {
+    let url = redis.url();
+    Binary::start(
+        dir,
+        &[
+            ("IMGATE_STORE__ENGINE", "redis"),
+            ("IMGATE_STORE__REDIS_URL", &url),
+            ("IMGATE_HUB__HEARTBEAT_INTERVAL", "500ms"),
+            ("IMGATE_HUB__IDLE_TIMEOUT", "60s"),
+        ],
+    )
+    .await
+}
+
+/// Wait until a node's `/readyz` says `want`.
+async fn ready(bin: &Binary, want: bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let ok = reqwest::get(bin.http("/readyz")).await.map(|r| r.status() == 200).unwrap_or(false);
+        if ok == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "readyz never became {want}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn posts_to_any_node_reach_connections_on_every_node_in_commit_order() {
+    let redis = Redis::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path(), &redis).await;
+    let b = node(db.path(), &redis).await;
+    ready(&a, true).await;
+    ready(&b, true).await;
+    let mut on_b = Client::connect(&b.ws("/?userid=u")).await;
+    let mut on_a = Client::connect(&a.ws("/?userid=u")).await;
+    // Two posters, one per node, at the same time.
+    let mut posters = Vec::new();
+    for (name, url) in [("pa", a.http("/send?userid=pa")), ("pb", b.http("/send?userid=pb"))] {
+        posters.push(tokio::spawn(async move {
+            for i in 0..150 {
+                let (status, _) = post(&url, "application/json", text_to("u", &format!("{name}-{i}"))).await;
+                assert_eq!(status, 200);
+            }
+        }));
+    }
+    for p in posters {
+        p.await.unwrap();
+    }
+    for c in [&mut on_b, &mut on_a] {
+        let frames = c.frames(300).await;
+        let seqs: Vec<u64> = frames.iter().map(seq).collect();
+        assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "every frame once, in commit order");
+        for name in ["pa", "pb"] {
+            let mine: Vec<String> =
+                frames.iter().map(|f| content(f).to_owned()).filter(|t| t.starts_with(name)).collect();
+            let want: Vec<String> = (0..150).map(|i| format!("{name}-{i}")).collect();
+            assert_eq!(mine, want, "each poster's messages in the order it posted");
+        }
+    }
+    // A duplicate is recognised whichever node it comes through.
+    let body = r#"{"data":{"id":"once","msg_type":"text","contact_id":"u","msg":{"content":"x"}}}"#;
+    let (_, first) = post(&a.http("/send?userid=pa"), "application/json", body).await;
+    let (_, again) = post(&b.http("/send?userid=pa"), "application/json", body).await;
+    assert_eq!(again["data"]["duplicate"], true);
+    assert_eq!(again["data"]["seq"], first["data"]["seq"]);
+}
+
+#[tokio::test]
+async fn a_node_killed_with_kill_9_loses_nothing_acknowledged() {
+    let redis = Redis::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path(), &redis).await;
+    let b = node(db.path(), &redis).await;
+    ready(&a, true).await;
+    ready(&b, true).await;
+    let mut c = Client::connect(&a.ws("/?userid=victim")).await;
+    // Posts keep going to B throughout; the client is on A.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = {
+        let url = b.http("/send?userid=p");
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (status, v) = post(&url, "application/json", text_to("victim", &format!("m{i}"))).await;
+                assert_eq!(status, 200, "{v}");
+                acked.push(v["data"]["seq"].as_u64().unwrap());
+                i += 1;
+            }
+            acked
+        })
+    };
+    let mut seen = BTreeSet::new();
+    for f in c.frames(50).await {
+        assert!(seen.insert(seq(&f)), "no duplicates");
+    }
+    a.kill9().await;
+    // The client's connection drops; it reconnects to B with since = the last it saw.
+    let last = *seen.last().unwrap();
+    let mut c = Client::connect(&b.ws(&format!("/?userid=victim&since={last}"))).await;
+    for f in c.frames(50).await {
+        assert!(seen.insert(seq(&f)), "nothing twice after reconnecting");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acked = acked.await.unwrap();
+    let top = *acked.last().unwrap();
+    while *seen.last().unwrap() < top {
+        let f = c.frame().await;
+        assert!(seen.insert(seq(&f)), "nothing twice");
+    }
+    for s in &acked {
+        assert!(seen.contains(s), "acknowledged seq {s} was lost");
+    }
+}
+
+#[tokio::test]
+async fn redis_down_means_errors_not_false_acks_and_delivery_resumes_by_itself() {
+    let mut redis = Redis::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path(), &redis).await;
+    let b = node(db.path(), &redis).await;
+    ready(&a, true).await;
+    ready(&b, true).await;
+    let mut c = Client::connect(&a.ws("/?userid=u")).await;
+    let url = b.http("/send?userid=p");
+    let mut acked = Vec::new();
+    let send = |i: u32| {
+        let url = url.clone();
+        async move { post(&url, "application/json", text_to("u", &format!("m{i}"))).await }
+    };
+    for i in 0..20 {
+        let (status, v) = send(i).await;
+        assert_eq!(status, 200);
+        acked.push(v["data"]["seq"].as_u64().unwrap());
+    }
+    redis.stop();
+    ready(&a, false).await;
+    ready(&b, false).await;
+    // While it is down: a clear error, never a 2xx.
+    for i in 20..30 {
+        let (status, v) = send(i).await;
+        assert_eq!(status, 503, "{v}");
+        assert_eq!(v["result"]["code"], -1);
+        assert!(v["result"]["message"].as_str().unwrap().contains("nothing was stored"), "{v}");
+    }
+    // The live socket stays open: what was delivered before, then heartbeats.
+    let mut seen = BTreeSet::new();
+    let mut beats = 0;
+    while beats < 3 {
+        let f = c.any_frame().await;
+        if f["result"]["code"] == 101 {
+            beats += 1;
+        } else {
+            assert!(seen.insert(seq(&f)), "nothing twice");
+        }
+    }
+    redis.restart();
+    ready(&a, true).await;
+    ready(&b, true).await;
+    // Delivery resumes on the same socket, without restarting imgate or reconnecting.
+    for i in 30..40 {
+        let (status, v) = send(i).await;
+        assert_eq!(status, 200, "{v}");
+        acked.push(v["data"]["seq"].as_u64().unwrap());
+    }
+    while seen.len() < acked.len() {
+        let f: Value = c.frame().await;
+        assert!(seen.insert(seq(&f)), "nothing twice");
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), acked, "every acknowledged message, in order");
+}
