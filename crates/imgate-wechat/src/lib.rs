@@ -17,4 +17,4 @@ pub use callback::{CallbackError, CallbackQuery, open_callback};
 pub use crypto::{Cipher, CryptoError};
 pub use errors::plain_words;
 pub use signature::{sign, verify};
-pub use token::{TokenCache, TokenMode};
+pub use token::{SharedTokens, TokenCache, TokenMode};

@@ -3,6 +3,7 @@
 //! one that failed (compare-and-expire), refreshed, and the call retried once — never a
 //! loop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -22,6 +23,23 @@ pub enum TokenMode {
 /// Refresh this long before WeChat's expiry (its tokens overlap for 5 minutes).
 const EARLY: Duration = Duration::from_secs(300);
 
+/// Where several nodes keep one account's token, so that one refreshes at a time and all
+/// use the same (imgate's Redis engine implements it).
+#[async_trait::async_trait]
+pub trait SharedTokens: Send + Sync {
+    /// The shared token and its seconds to live, if there is one.
+    async fn get(&self, appid: &str) -> Option<(String, u64)>;
+    /// Become the node that refreshes: `false` while another holds the lock.
+    async fn lock(&self, appid: &str) -> bool;
+    /// Share a fresh token (and release the lock).
+    async fn put(&self, appid: &str, token: &str, ttl_secs: u64);
+    /// Forget `token` if it is still the shared one.
+    async fn forget(&self, appid: &str, token: &str);
+}
+
+/// How long a node waits for another's refresh before refreshing itself.
+const WAIT_FOR_PEER: Duration = Duration::from_secs(10);
+
 struct Cached {
     value: String,
     expires_at: Instant,
@@ -34,6 +52,7 @@ pub struct TokenCache {
     mode: TokenMode,
     /// Held across the fetch on purpose: it is what makes refreshes one at a time.
     state: Mutex<Option<Cached>>,
+    shared: Option<Arc<dyn SharedTokens>>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -46,8 +65,28 @@ impl std::fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
-    pub fn new(api: Api, appid: &str, secret: &str, mode: TokenMode) -> TokenCache {
-        TokenCache { api, appid: appid.to_owned(), secret: secret.to_owned(), mode, state: Mutex::new(None) }
+    pub fn new(
+        api: Api,
+        appid: &str,
+        secret: &str,
+        mode: TokenMode,
+        shared: Option<Arc<dyn SharedTokens>>,
+    ) -> TokenCache {
+        TokenCache {
+            api,
+            appid: appid.to_owned(),
+            secret: secret.to_owned(),
+            mode,
+            state: Mutex::new(None),
+            shared,
+        }
+    }
+
+    async fn fetch(&self) -> Result<crate::api::Token, ApiError> {
+        match self.mode {
+            TokenMode::Stable => self.api.stable_token(&self.appid, &self.secret, false).await,
+            TokenMode::Legacy => self.api.token(&self.appid, &self.secret).await,
+        }
     }
 
     /// A token believed valid.
@@ -58,14 +97,36 @@ impl TokenCache {
         {
             return Ok(c.value.clone());
         }
-        let t = match self.mode {
-            TokenMode::Stable => self.api.stable_token(&self.appid, &self.secret, false).await?,
-            TokenMode::Legacy => self.api.token(&self.appid, &self.secret).await?,
+        let Some(shared) = &self.shared else {
+            let t = self.fetch().await?;
+            let life = Duration::from_secs(t.expires_in).saturating_sub(EARLY).max(Duration::from_secs(30));
+            tracing::info!(appid = %self.appid, expires_in = t.expires_in, "access token refreshed");
+            *state = Some(Cached { value: t.value.clone(), expires_at: Instant::now() + life });
+            return Ok(t.value);
         };
-        let life = Duration::from_secs(t.expires_in).saturating_sub(EARLY).max(Duration::from_secs(30));
-        tracing::info!(appid = %self.appid, expires_in = t.expires_in, "access token refreshed");
-        *state = Some(Cached { value: t.value.clone(), expires_at: Instant::now() + life });
-        Ok(t.value)
+        // Several nodes: take the shared token, or be the one that refreshes it.
+        let deadline = Instant::now() + WAIT_FOR_PEER;
+        loop {
+            if let Some((value, ttl)) = shared.get(&self.appid).await
+                && ttl > 0
+            {
+                *state = Some(Cached {
+                    value: value.clone(),
+                    expires_at: Instant::now() + Duration::from_secs(ttl),
+                });
+                return Ok(value);
+            }
+            if shared.lock(&self.appid).await || Instant::now() >= deadline {
+                let t = self.fetch().await?;
+                let life =
+                    Duration::from_secs(t.expires_in).saturating_sub(EARLY).max(Duration::from_secs(30));
+                shared.put(&self.appid, &t.value, life.as_secs()).await;
+                tracing::info!(appid = %self.appid, expires_in = t.expires_in, "access token refreshed for every node");
+                *state = Some(Cached { value: t.value.clone(), expires_at: Instant::now() + life });
+                return Ok(t.value);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Forget `failed`, if it is still the cached token (another caller may have
@@ -74,6 +135,9 @@ impl TokenCache {
         let mut state = self.state.lock().await;
         if state.as_ref().is_some_and(|c| c.value == failed) {
             *state = None;
+        }
+        if let Some(shared) = &self.shared {
+            shared.forget(&self.appid, failed).await;
         }
     }
 

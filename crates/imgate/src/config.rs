@@ -67,6 +67,8 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
                                      legacy: cgi-bin/token (each fetch invalidates the last)
   api_timeout = \"10s\"               timeout of one call to WeChat's API
   media_max = 10485760               largest media file downloaded or uploaded (10 MiB)
+  media_dir = \"\"                     where media files are kept; empty = <data_dir>/media. With
+                                     engine = \"redis\", a directory every node shares (NFS...)
   [[wechat.accounts]]                one per Official Account; none = every recipient is a
                                      gateway user (the seed's test)
   original_id = \"gh_...\"            the account's original id: ToUserName of its messages
@@ -131,6 +133,7 @@ pub struct WechatConfig {
     #[serde(with = "humantime_serde")]
     pub api_timeout: Duration,
     pub media_max: usize,
+    pub media_dir: PathBuf,
     pub accounts: Vec<AccountConfig>,
 }
 
@@ -141,6 +144,7 @@ impl Default for WechatConfig {
             token_mode: TokenMode::Stable,
             api_timeout: Duration::from_secs(10),
             media_max: 10 << 20,
+            media_dir: PathBuf::new(),
             accounts: Vec::new(),
         }
     }

@@ -96,7 +96,7 @@ impl Ingest {
     /// the account's customer-service API; to anyone else, into their mailbox.
     pub async fn send(&self, from: Sender<'_>, req: SendRequest) -> Result<Accepted, IngestError> {
         if let Some(w) = &self.wechat
-            && let Some(acct) = w.follower_account(&req.to)
+            && let Some(acct) = w.follower_account(&req.to).await
         {
             return self.send_to_follower(w, acct, from, req).await;
         }
@@ -235,7 +235,7 @@ impl Ingest {
             msg: req.content.msg.clone(),
             direction: Some("out".into()),
             status: Some("sending".into()),
-            window: w.window(&to),
+            window: w.window(&to).await,
         };
         let stored = self
             .store
@@ -258,7 +258,7 @@ impl Ingest {
                 let (errcode, errmsg) = wechat_code(e);
                 let status = json!({"ref": id, "status": "failed", "reason": e.to_string(), "errcode": errcode,
                     "errmsg": errmsg});
-                (status, w.window(&to))
+                (status, w.window(&to).await)
             }
         };
         let note = MessageData {

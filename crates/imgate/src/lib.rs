@@ -86,7 +86,22 @@ pub async fn run(
         Engine::Sqlite => store::sqlite::SqliteStore::open(&config.data_dir, &config.store, hub.clone())?,
         Engine::Redis => store::redis::RedisStore::open(&config.store.redis_url, &config.store, hub.clone())?,
     };
-    let wechat = wechat::Wechat::new(&config.wechat, &config.data_dir)?;
+    let wechat_redis = match config.store.engine {
+        Engine::Redis if !config.wechat.accounts.is_empty() => Some(
+            redis::Client::open(config.store.redis_url.as_str())
+                .and_then(|c| {
+                    redis::aio::ConnectionManager::new_lazy_with_config(
+                        c,
+                        redis::aio::ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+                            .set_response_timeout(Some(std::time::Duration::from_secs(2))),
+                    )
+                })
+                .map_err(|e| store::StoreError::Unavailable(format!("redis: {e}")))?,
+        ),
+        _ => None,
+    };
+    let wechat = wechat::Wechat::new(&config.wechat, &config.data_dir, wechat_redis)?;
     let ingest = Arc::new(Ingest::new(
         store.clone(),
         config.protocol.zone()?,

@@ -23,7 +23,7 @@ pub async fn get(
     let params = Params::from(query)?;
     state.caller(&headers, &params)?;
     let w = state.wechat.as_ref().ok_or_else(|| ApiError::NotFound(format!("media {id}")))?;
-    let (rec, path) = w.media_file(&id).ok_or_else(|| ApiError::NotFound(format!("media {id}")))?;
+    let (rec, path) = w.media_file(&id).await.ok_or_else(|| ApiError::NotFound(format!("media {id}")))?;
     match rec.status.as_str() {
         "ready" => {
             let bytes = tokio::fs::read(&path)
@@ -75,7 +75,10 @@ pub async fn status(
 ) -> Result<Response, ApiError> {
     let params = Params::from(query)?;
     state.caller(&headers, &params)?;
-    let rec = state.wechat.as_ref().and_then(|w| w.media_file(&id)).map(|(r, _)| r);
+    let rec = match &state.wechat {
+        Some(w) => w.media_file(&id).await.map(|(r, _)| r),
+        None => None,
+    };
     let data = match rec {
         Some(r) => json!({"id": r.id, "status": r.status, "content_type": r.content_type, "error": r.error}),
         None => json!({"id": id, "status": "unknown", "error": "no such media"}),
@@ -133,11 +136,14 @@ pub async fn contact(
         .get("contact_id")
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::BadRequest("missing contact_id".into()))?;
-    let wechat = state.wechat.as_ref().and_then(|w| {
-        let acct = w.follower_account(contact)?;
-        Some(json!({"appid": acct.config.appid, "original_id": acct.config.original_id,
-            "company_id": acct.config.company_id, "window": w.window(contact).unwrap_or(Value::Null)}))
-    });
+    let mut wechat = None;
+    if let Some(w) = &state.wechat
+        && let Some(acct) = w.follower_account(contact).await
+    {
+        let window = w.window(contact).await.unwrap_or(Value::Null);
+        wechat = Some(json!({"appid": acct.config.appid, "original_id": acct.config.original_id,
+            "company_id": acct.config.company_id, "window": window}));
+    }
     let data = json!({"contact_id": contact, "wechat": wechat});
     Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&data)).into_response())
 }

@@ -18,10 +18,11 @@ use serde_json::{Value, json};
 use crate::config::{AccountConfig, TokenMode, WechatConfig};
 
 pub mod cli;
+mod shared;
 pub mod standin;
 pub mod state;
 
-use state::{MediaRecord, State, Window};
+use state::{Local, MediaRecord, Shared, State, Window};
 
 /// The URL path media is served at; `msg.media_path` points here.
 pub const MEDIA_PATH: &str = "/im_component/wx_official_account/media/";
@@ -89,10 +90,19 @@ fn now() -> i64 {
 impl Wechat {
     /// The channel, or `None` when no account is configured (every recipient is then a
     /// gateway user, as in the seed's test).
-    pub fn new(cfg: &WechatConfig, data_dir: &std::path::Path) -> std::io::Result<Option<Arc<Wechat>>> {
+    /// `redis`: with the Redis engine, the state every node shares (followers, windows,
+    /// the media index, access tokens); without it, a file in the data directory.
+    pub fn new(
+        cfg: &WechatConfig,
+        data_dir: &std::path::Path,
+        redis: Option<redis::aio::ConnectionManager>,
+    ) -> std::io::Result<Option<Arc<Wechat>>> {
         if cfg.accounts.is_empty() {
             return Ok(None);
         }
+        let shared_tokens: Option<Arc<dyn imgate_wechat::SharedTokens>> = redis
+            .clone()
+            .map(|c| Arc::new(shared::RedisTokens::new(c)) as Arc<dyn imgate_wechat::SharedTokens>);
         let api = Api::new(&cfg.api_base, cfg.api_timeout);
         let mode = match cfg.token_mode {
             TokenMode::Stable => imgate_wechat::TokenMode::Stable,
@@ -106,16 +116,23 @@ impl Wechat {
                 cipher: (!a.encoding_aes_key.is_empty())
                     .then(|| Cipher::new(&a.encoding_aes_key).ok())
                     .flatten(),
-                tokens: TokenCache::new(api.clone(), &a.appid, &a.secret, mode),
+                tokens: TokenCache::new(api.clone(), &a.appid, &a.secret, mode, shared_tokens.clone()),
             })
             .collect();
-        let media_dir = data_dir.join("media");
+        let media_dir =
+            if cfg.media_dir.as_os_str().is_empty() { data_dir.join("media") } else { cfg.media_dir.clone() };
         std::fs::create_dir_all(&media_dir)?;
-        let state = State::open(data_dir).map_err(std::io::Error::other)?;
+        let state = match redis {
+            Some(c) => State::Redis(Shared::new(c)),
+            None => State::Local(Local::open(data_dir).map_err(std::io::Error::other)?),
+        };
         let w = Arc::new(Wechat { accounts, api, state, media_dir, media_max: cfg.media_max });
-        for m in w.state.pending_media() {
-            w.clone().spawn_download(m);
-        }
+        let resume = w.clone();
+        tokio::spawn(async move {
+            for m in resume.state.pending_media().await {
+                resume.clone().spawn_download(m);
+            }
+        });
         tracing::info!(accounts = w.accounts.len(), api = %cfg.api_base, "WeChat channel on");
         Ok(Some(w))
     }
@@ -191,14 +208,14 @@ impl Wechat {
     }
 
     /// The account `contact` follows, if it is a follower who has written to one.
-    pub fn follower_account(&self, contact: &str) -> Option<&Account> {
-        let f = self.state.follower(contact)?;
+    pub async fn follower_account(&self, contact: &str) -> Option<&Account> {
+        let f = self.state.follower(contact).await?;
         self.account_of_appid(&f.appid)
     }
 
     /// The follower's window now, as the console shows it.
-    pub fn window(&self, openid: &str) -> Option<Value> {
-        self.state.follower(openid).map(|f| f.window.to_json(now()))
+    pub async fn window(&self, openid: &str) -> Option<Value> {
+        self.state.follower(openid).await.map(|f| f.window.to_json(now()))
     }
 
     /// What `send` will post for `content`: checks that WeChat can carry it and uploads
@@ -268,6 +285,7 @@ impl Wechat {
         let rec = self
             .state
             .media(id)
+            .await
             .filter(|m| m.status == "ready")
             .ok_or_else(|| WechatError::MediaMissing(path.to_owned()))?;
         if !rec.media_id.is_empty() && rec.appid == acct.config.appid {
@@ -312,8 +330,8 @@ impl Wechat {
     }
 
     /// A media file and its record, when it is ready.
-    pub fn media_file(&self, id: &str) -> Option<(MediaRecord, PathBuf)> {
-        let rec = self.state.media(id)?;
+    pub async fn media_file(&self, id: &str) -> Option<(MediaRecord, PathBuf)> {
+        let rec = self.state.media(id).await?;
         let path = self.media_dir.join(&rec.id);
         Some((rec, path))
     }

@@ -91,14 +91,15 @@ pub struct MediaRecord {
     pub created_at: i64,
 }
 
-pub struct State {
+/// The embedded backend: a SQLite file, mirrored in memory.
+pub struct Local {
     db: Arc<Mutex<Connection>>,
     followers: Mutex<HashMap<String, Follower>>,
     media: Mutex<HashMap<String, MediaRecord>>,
 }
 
-impl State {
-    pub fn open(dir: &Path) -> rusqlite::Result<State> {
+impl Local {
+    pub fn open(dir: &Path) -> rusqlite::Result<Local> {
         let conn = Connection::open(dir.join("wechat.sqlite3"))?;
         conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; {SCHEMA}"))?;
         let mut followers = HashMap::new();
@@ -132,7 +133,7 @@ impl State {
                 media.insert(m.id.clone(), m);
             }
         }
-        Ok(State {
+        Ok(Local {
             db: Arc::new(Mutex::new(conn)),
             followers: Mutex::new(followers),
             media: Mutex::new(media),
@@ -240,6 +241,224 @@ impl State {
     }
 }
 
+/// Where the WeChat state lives: beside the mailboxes, or in the Redis all nodes share.
+pub enum State {
+    Local(Local),
+    Redis(Shared),
+}
+
+impl State {
+    pub async fn follower(&self, openid: &str) -> Option<Follower> {
+        match self {
+            State::Local(l) => l.follower(openid),
+            State::Redis(r) => r.follower(openid).await,
+        }
+    }
+
+    pub async fn inbound(&self, appid: &str, openid: &str, opens: Option<Window>) -> Window {
+        match self {
+            State::Local(l) => l.inbound(appid, openid, opens).await,
+            State::Redis(r) => r.inbound(appid, openid, opens).await,
+        }
+    }
+
+    pub async fn sent(&self, openid: &str) -> Option<Window> {
+        match self {
+            State::Local(l) => l.sent(openid).await,
+            State::Redis(r) => r.sent(openid).await,
+        }
+    }
+
+    pub async fn refused(&self, openid: &str, errcode: i64, now: i64) {
+        match self {
+            State::Local(l) => l.refused(openid, errcode, now).await,
+            State::Redis(r) => r.refused(openid, errcode, now).await,
+        }
+    }
+
+    pub async fn media(&self, id: &str) -> Option<MediaRecord> {
+        match self {
+            State::Local(l) => l.media(id),
+            State::Redis(r) => r.media(id).await,
+        }
+    }
+
+    pub async fn pending_media(&self) -> Vec<MediaRecord> {
+        match self {
+            State::Local(l) => l.pending_media(),
+            State::Redis(r) => r.pending_media().await,
+        }
+    }
+
+    pub async fn put_media(&self, m: MediaRecord) {
+        match self {
+            State::Local(l) => l.put_media(m).await,
+            State::Redis(r) => r.put_media(m).await,
+        }
+    }
+}
+
+/// The Redis backend: followers as hashes `imgate:wx:f:<openid>`, media records as
+/// `imgate:wx:m:<id>` (with a set of those still pending). A node that cannot reach
+/// Redis answers as if it knew nothing, and says so in its log.
+pub struct Shared {
+    conn: redis::aio::ConnectionManager,
+}
+
+const INBOUND: &str = r#"
+local k = KEYS[1]
+local cur = tonumber(redis.call('HGET', k, 'closes_at') or '-1')
+redis.call('HSET', k, 'appid', ARGV[1])
+if tonumber(ARGV[4]) > 0 and tonumber(ARGV[3]) >= cur then
+  redis.call('HSET', k, 'opened_at', ARGV[2], 'closes_at', ARGV[3], 'quota', ARGV[4], 'sent', 0)
+elseif cur < 0 then
+  redis.call('HSET', k, 'opened_at', 0, 'closes_at', 0, 'quota', 0, 'sent', 0)
+end
+return redis.call('HMGET', k, 'opened_at', 'closes_at', 'quota', 'sent')
+"#;
+
+const REFUSED: &str = r#"
+local k = KEYS[1]
+if redis.call('EXISTS', k) == 0 then return 0 end
+if ARGV[1] == '45015' then
+  local c = tonumber(redis.call('HGET', k, 'closes_at') or '0')
+  if tonumber(ARGV[2]) < c then redis.call('HSET', k, 'closes_at', ARGV[2]) end
+elseif ARGV[1] == '45047' then
+  redis.call('HSET', k, 'sent', redis.call('HGET', k, 'quota') or '0')
+end
+return 1
+"#;
+
+fn window_of(v: &[Option<i64>]) -> Window {
+    let g = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+    Window { opened_at: g(0), closes_at: g(1), quota: g(2) as u32, sent: g(3) as u32 }
+}
+
+impl Shared {
+    pub fn new(conn: redis::aio::ConnectionManager) -> Shared {
+        Shared { conn }
+    }
+
+    fn warn<T>(r: redis::RedisResult<T>) -> Option<T> {
+        r.map_err(|e| tracing::warn!(error = %e, "redis: WeChat state unavailable")).ok()
+    }
+
+    async fn follower(&self, openid: &str) -> Option<Follower> {
+        let mut c = self.conn.clone();
+        let (appid, w): (Option<String>, Vec<Option<i64>>) = Self::warn(
+            redis::pipe()
+                .hget(format!("imgate:wx:f:{openid}"), "appid")
+                .cmd("HMGET")
+                .arg(format!("imgate:wx:f:{openid}"))
+                .arg(&["opened_at", "closes_at", "quota", "sent"])
+                .query_async(&mut c)
+                .await,
+        )?;
+        Some(Follower { appid: appid?, window: window_of(&w) })
+    }
+
+    async fn inbound(&self, appid: &str, openid: &str, opens: Option<Window>) -> Window {
+        let mut c = self.conn.clone();
+        let w = opens.unwrap_or_default();
+        let r: Option<Vec<Option<i64>>> = Self::warn(
+            redis::Script::new(INBOUND)
+                .key(format!("imgate:wx:f:{openid}"))
+                .arg(appid)
+                .arg(w.opened_at)
+                .arg(w.closes_at)
+                .arg(w.quota)
+                .invoke_async(&mut c)
+                .await,
+        );
+        r.map(|v| window_of(&v)).unwrap_or(w)
+    }
+
+    async fn sent(&self, openid: &str) -> Option<Window> {
+        let mut c = self.conn.clone();
+        let key = format!("imgate:wx:f:{openid}");
+        let (_, w): (i64, Vec<Option<i64>>) = Self::warn(
+            redis::pipe()
+                .hincr(&key, "sent", 1)
+                .cmd("HMGET")
+                .arg(&key)
+                .arg(&["opened_at", "closes_at", "quota", "sent"])
+                .query_async(&mut c)
+                .await,
+        )?;
+        Some(window_of(&w))
+    }
+
+    async fn refused(&self, openid: &str, errcode: i64, now: i64) {
+        let mut c = self.conn.clone();
+        let _: Option<i64> = Self::warn(
+            redis::Script::new(REFUSED)
+                .key(format!("imgate:wx:f:{openid}"))
+                .arg(errcode)
+                .arg(now)
+                .invoke_async(&mut c)
+                .await,
+        );
+    }
+
+    async fn media(&self, id: &str) -> Option<MediaRecord> {
+        let mut c = self.conn.clone();
+        let m: HashMap<String, String> =
+            Self::warn(redis::cmd("HGETALL").arg(format!("imgate:wx:m:{id}")).query_async(&mut c).await)?;
+        if m.is_empty() {
+            return None;
+        }
+        let g = |k: &str| m.get(k).cloned().unwrap_or_default();
+        Some(MediaRecord {
+            id: id.to_owned(),
+            appid: g("appid"),
+            media_id: g("media_id"),
+            kind: g("kind"),
+            content_type: g("content_type"),
+            status: g("status"),
+            error: g("error"),
+            created_at: g("created_at").parse().unwrap_or(0),
+        })
+    }
+
+    async fn pending_media(&self) -> Vec<MediaRecord> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> =
+            Self::warn(redis::cmd("SMEMBERS").arg("imgate:wx:m:pending").query_async(&mut c).await)
+                .unwrap_or_default();
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(m) = self.media(&id).await {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    async fn put_media(&self, m: MediaRecord) {
+        let mut c = self.conn.clone();
+        let key = format!("imgate:wx:m:{}", m.id);
+        let mut p = redis::pipe();
+        p.hset_multiple(
+            &key,
+            &[
+                ("appid", m.appid.as_str()),
+                ("media_id", &m.media_id),
+                ("kind", &m.kind),
+                ("content_type", &m.content_type),
+                ("status", &m.status),
+                ("error", &m.error),
+                ("created_at", &m.created_at.to_string()),
+            ],
+        );
+        if m.status == "pending" {
+            p.sadd("imgate:wx:m:pending", &m.id);
+        } else {
+            p.srem("imgate:wx:m:pending", &m.id);
+        }
+        let _: Option<()> = Self::warn(p.query_async(&mut c).await);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,7 +482,7 @@ mod tests {
     async fn followers_and_media_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = State::open(dir.path()).unwrap();
+            let s = State::Local(Local::open(dir.path()).unwrap());
             let w = s.inbound("wx1", "o1", Window::opened_by("text", None, 1000)).await;
             assert_eq!(w.quota, 5);
             // A click inside a message window does not shorten it.
@@ -282,9 +501,9 @@ mod tests {
             })
             .await;
         }
-        let s = State::open(dir.path()).unwrap();
-        let f = s.follower("o1").unwrap();
+        let s = State::Local(Local::open(dir.path()).unwrap());
+        let f = s.follower("o1").await.unwrap();
         assert_eq!((f.appid.as_str(), f.window.sent), ("wx1", 1));
-        assert_eq!(s.pending_media().len(), 1);
+        assert_eq!(s.pending_media().await.len(), 1);
     }
 }

@@ -1,0 +1,88 @@
+//! The WeChat channel across nodes on one Redis: a follower known to one node is known to
+//! all, the access token is fetched once for all, media fetched by one is served by any.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use imgate::config::{AccountConfig, Engine};
+use imgate::wechat::standin::StandIn;
+use imgate_wechat::callback::{Keys, seal};
+
+const APPID: &str = "wx2c2769f8efd9abc2";
+const ORIGINAL: &str = "gh_10f6c3c3ac5a";
+
+#[tokio::test]
+async fn two_nodes_share_followers_tokens_and_media() {
+    let redis = Redis::start();
+    let wechat = StandIn::new(&[(APPID, "secret")]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(wechat.clone().serve(listener));
+    let media = tempfile::tempdir().unwrap();
+    let node = || {
+        let (api, url, media) = (api.clone(), redis.url(), media.path().to_owned());
+        Server::start_with(move |c| {
+            c.store.engine = Engine::Redis;
+            c.store.redis_url = url;
+            c.wechat.api_base = api;
+            c.wechat.media_dir = media;
+            c.wechat.accounts.push(AccountConfig {
+                original_id: ORIGINAL.into(),
+                appid: APPID.into(),
+                secret: "secret".into(),
+                token: "tok".into(),
+                agents: vec!["agent".into()],
+                ..Default::default()
+            });
+        })
+    };
+    let (a, b) = (node().await, node().await);
+    for n in [&a, &b] {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while n.get("/readyz").await.0 != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "node never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let keys = Keys { token: "tok", appid: APPID, cipher: None };
+    let callback = |server: &Server, xml: String| {
+        let (body, q) = seal(&xml, keys, "1", "n");
+        let url = server.http(&format!("/im_component/wx_official_account/callback/{APPID}"));
+        async move {
+            let r = reqwest::Client::new().post(url).query(&q).body(body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    // The follower writes through node A, with a picture.
+    wechat.0.lock().media.insert("MID".into(), (b"GIF89a...".to_vec().into(), "image/gif".into()));
+    let mut agent_on_b = b.connect("/?userid=agent").await;
+    callback(&a, format!("<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oX</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>hi</Content><MsgId>1</MsgId></xml>")).await;
+    callback(&a, format!("<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oX</FromUserName><CreateTime>2</CreateTime><MsgType>image</MsgType><PicUrl>x</PicUrl><MediaId>MID</MediaId><MsgId>2</MsgId></xml>")).await;
+    assert_eq!(content(&agent_on_b.frame().await), "hi");
+    let img = agent_on_b.frame().await;
+    let path = img["data"]["msg"]["media_path"].as_str().unwrap().to_owned();
+    // Node B serves the media node A downloaded.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let r = reqwest::get(b.http(&path)).await.unwrap();
+        if r.status() == 200 {
+            assert_eq!(r.bytes().await.unwrap().to_vec(), b"GIF89a...".to_vec());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node B never served the media");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Replies through both nodes go to WeChat: node B knows the follower node A met, and
+    // the token is fetched once for both.
+    for (n, text) in [(&b, "from b"), (&a, "from a"), (&b, "from b again")] {
+        let (status, ack) =
+            post(&n.http("/send?userid=agent"), "application/json", text_to("oX", text)).await;
+        assert_eq!(status, 200, "{ack}");
+    }
+    assert_eq!(wechat.0.lock().sent.len(), 3);
+    assert_eq!(wechat.0.lock().token_fetches, 1, "one token for every node");
+    let (_, c) = a.get("/im_component/wx_official_account/contact?userid=agent&contact_id=oX").await;
+    assert_eq!(c["data"]["wechat"]["window"]["remaining"], 2, "both nodes counted the replies: {c}");
+}
