@@ -89,7 +89,7 @@ try {
     nodes.push(port);
   }
 
-  // The documented configuration, with this run's node ports and a private prefix.
+  // The documented configuration, with this run's node ports; nginx's files in the temp dir (-p).
   const conf = fs.readFileSync(path.join(HERE, '../../deploy/nginx.conf'), 'utf8')
     .replaceAll('127.0.0.1:1235', `127.0.0.1:${nodes[0]}`)
     .replaceAll('127.0.0.1:1236', `127.0.0.1:${nodes[1]}`);

@@ -437,6 +437,20 @@ impl Config {
                 "token mode needs a jwt_secret of at least 16 bytes or an api key",
             );
         }
+        if self.store.engine == Engine::Redis && !self.wechat.accounts.is_empty() {
+            if self.wechat.media_dir.as_os_str().is_empty() {
+                return bad(
+                    "wechat.media_dir",
+                    "with engine = \"redis\", set it to a directory every node shares",
+                );
+            }
+            if self.wechat.token_mode == TokenMode::Legacy {
+                return bad(
+                    "wechat.token_mode",
+                    "legacy tokens invalidate each other across nodes: use \"stable\"",
+                );
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for a in &self.wechat.accounts {
             if a.appid.is_empty() || a.original_id.is_empty() {

@@ -39,6 +39,8 @@ pub enum IngestError {
     CreateTime(#[from] imgate_protocol::CreateTimeError),
     #[error("{0} is too long (at most {1} bytes)")]
     TooLong(&'static str, usize),
+    #[error("{0} contains a control character (a newline, a tab…): ids are names, not text")]
+    ControlCharacter(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -71,6 +73,18 @@ impl IngestError {
 /// Longest user id, contact id or client message id: they are keys, not content.
 const MAX_ID: usize = 256;
 
+/// An id that names a mailbox or a message: at most [`MAX_ID`] bytes, no control
+/// characters (they would let an id pass for a separator in keys and wire formats).
+pub fn check_id(what: &'static str, v: &str) -> Result<(), IngestError> {
+    if v.len() > MAX_ID {
+        return Err(IngestError::TooLong(what, MAX_ID));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(IngestError::ControlCharacter(what));
+    }
+    Ok(())
+}
+
 pub struct Ingest {
     store: DynStore,
     zone: UtcOffset,
@@ -96,7 +110,7 @@ impl Ingest {
     /// the account's customer-service API; to anyone else, into their mailbox.
     pub async fn send(&self, from: Sender<'_>, req: SendRequest) -> Result<Accepted, IngestError> {
         if let Some(w) = &self.wechat
-            && let Some(acct) = w.follower_account(&req.to).await
+            && let Some(acct) = w.follower_account(&req.to).await?
         {
             return self.send_to_follower(w, acct, from, req).await;
         }
@@ -198,9 +212,8 @@ impl Ingest {
         if sender.is_empty() || sender == SYSTEM_CONTACT {
             return Err(IngestError::MissingSender);
         }
-        if sender.len() > MAX_ID || req.client_id.as_ref().is_some_and(|c| c.len() > MAX_ID) {
-            return Err(IngestError::TooLong("the sender or message id", MAX_ID));
-        }
+        check_id("the sender id", sender)?;
+        check_id("the message id", req.client_id.as_deref().unwrap_or(""))?;
         let to = req.to.clone();
         // What WeChat cannot carry is refused before anything is kept or sent.
         let body = w.prepare(acct, &to, &req.content).await.map_err(|e| match e {
@@ -301,15 +314,9 @@ impl Ingest {
         if sender.is_empty() {
             return Err(IngestError::MissingSender);
         }
-        for (what, v) in [
-            ("the sender id", sender),
-            ("the recipient id", &l.to),
-            ("the message id", l.id.as_deref().unwrap_or("")),
-        ] {
-            if v.len() > MAX_ID {
-                return Err(IngestError::TooLong(what, MAX_ID));
-            }
-        }
+        check_id("the sender id", sender)?;
+        check_id("the recipient id", &l.to)?;
+        check_id("the message id", l.id.as_deref().unwrap_or(""))?;
         let system = l.content.msg_type == "system";
         let code = l.content.code;
         let id = l.id.unwrap_or_else(new_id);

@@ -80,6 +80,11 @@ async fn unknown_paths_methods_and_missing_users() {
             other => panic!("{path}: {other}"),
         }
     }
+    // Ids are names: a control character (here a newline) is refused.
+    let err = Client::try_connect(&s.ws("/?userid=a%0Ab"), None).await.err().unwrap();
+    assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 400));
+    let (status, body) = s.post("/send?userid=x", "application/json", text_to("b\n99", "hi")).await;
+    assert_error(status, &body, 400, "control character");
     let err = Client::try_connect(&s.ws("/?userid=u&since=abc"), None).await.err().unwrap();
     assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 400));
     // GET / without an upgrade is a page, not an error.

@@ -269,6 +269,18 @@ async fn concurrent_appends_get_distinct_contiguous_seqs(e: impl Engine) {
     assert!(store.ready().await.is_ok());
 }
 
+/// Mailbox names are data: no user id, whatever it holds, reaches another's messages.
+async fn mailboxes_are_separate_whatever_their_names(e: impl Engine) {
+    let (store, _) = open(&e);
+    store.append(vec![msg("a:d:c:s", "1", "x", None)]).await.unwrap();
+    // A dedupe key shaped like another mailbox's name.
+    store.append(vec![msg("a", "2", "x", Some("c:s:log"))]).await.unwrap();
+    store.append(vec![msg("a:d:c:s", "3", "x", None), msg("a", "4", "x", Some("log"))]).await.unwrap();
+    assert_eq!(ids(&store, "a:d:c:s", 0).await, [(1, "1".into()), (2, "3".into())]);
+    assert_eq!(ids(&store, "a", 0).await, [(1, "2".into()), (2, "4".into())]);
+    assert_eq!(ids(&store, "中文 user", 0).await, []);
+}
+
 macro_rules! engines {
     ($($engine:ident => $make:expr),* $(,)?) => {$(
         mod $engine {
@@ -281,6 +293,7 @@ macro_rules! engines {
             #[tokio::test] async fn retention_count() { retention_by_count_keeps_seqs_rising($make).await }
             #[tokio::test] async fn retention_age() { retention_by_age_empties_a_mailbox_without_resetting_it($make).await }
             #[tokio::test] async fn concurrency() { concurrent_appends_get_distinct_contiguous_seqs($make).await }
+            #[tokio::test] async fn names() { mailboxes_are_separate_whatever_their_names($make).await }
         }
     )*};
 }

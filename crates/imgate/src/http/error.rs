@@ -71,7 +71,9 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Unavailable(format!("{e}; nothing was stored, try again"))
+        ApiError::Unavailable(format!(
+            "{e}: the commit was not confirmed — retry (a retry with the same data.id is never stored twice)"
+        ))
     }
 }
 

@@ -138,7 +138,7 @@ pub async fn contact(
         .ok_or_else(|| ApiError::BadRequest("missing contact_id".into()))?;
     let mut wechat = None;
     if let Some(w) = &state.wechat
-        && let Some(acct) = w.follower_account(contact).await
+        && let Some(acct) = w.follower_account(contact).await?
     {
         let window = w.window(contact).await.unwrap_or(Value::Null);
         wechat = Some(json!({"appid": acct.config.appid, "original_id": acct.config.original_id,

@@ -1,4 +1,5 @@
-//! `POST /send`, `POST P/send` (JSON or XML) and `POST P/send_xml` (XML).
+//! `POST /send`, `POST P/send` (JSON or XML) and `POST P/send_xml` (XML); and, with
+//! `bench.noop_route`, `POST /bench/noop`.
 
 use std::collections::HashMap;
 
@@ -7,38 +8,45 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use imgate_protocol::{SYSTEM_CONTACT, XmlMessage, ack_frame, parse_send_json};
+use imgate_protocol::{SYSTEM_CONTACT, SendRequest, XmlMessage, ack_frame, parse_send_json};
 
 use super::{AppState, Params, error::ApiError};
 use crate::auth::Caller;
 use crate::ingest::{Accepted, Sender};
 
+type Q = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+/// A request's body, read and parsed.
 enum Body {
-    Json,
-    Xml,
+    Json(SendRequest),
+    Xml(XmlMessage),
 }
 
 pub async fn send(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: Q,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = read_body(&state, body)?;
-    match kind(&headers, &body)? {
-        Body::Json => send_json(state, headers, query, body).await,
-        Body::Xml => send_xml_body(state, headers, query, body).await,
-    }
+    let (caller, body) = read(&state, &headers, query, body, false)?;
+    let accepted = match body {
+        Body::Json(req) => send_json(&state, &caller, req).await?,
+        Body::Xml(xml) => send_xml_body(&state, &caller, &xml).await?,
+    };
+    Ok(answer(&accepted))
 }
 
 pub async fn send_xml(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: Q,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = read_body(&state, body)?;
-    send_xml_body(state, headers, query, body).await
+    let (caller, body) = read(&state, &headers, query, body, true)?;
+    let Body::Xml(xml) = body else {
+        return Err(ApiError::UnsupportedMedia("send_xml takes WeChat XML".into()));
+    };
+    Ok(answer(&send_xml_body(&state, &caller, &xml).await?))
 }
 
 /// `POST /bench/noop` (with `bench.noop_route`): everything `/send` does before the
@@ -47,21 +55,13 @@ pub async fn send_xml(
 pub async fn noop(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: Q,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = read_body(&state, body)?;
-    let params = Params::from(query)?;
-    let caller = state.caller(&headers, &params)?;
-    let (to, content) = match kind(&headers, &body)? {
-        Body::Json => {
-            let req = parse_send_json(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            (req.to, req.content)
-        }
-        Body::Xml => {
-            let text = std::str::from_utf8(&body)
-                .map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
-            let xml = XmlMessage::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (caller, body) = read(&state, &headers, query, body, false)?;
+    let (to, content) = match body {
+        Body::Json(req) => (req.to, req.content),
+        Body::Xml(xml) => {
             let to = xml.non_empty("ToUserName").unwrap_or_default().to_owned();
             (to, imgate_protocol::content_from_xml(&xml).map_err(|e| ApiError::BadRequest(e.to_string()))?)
         }
@@ -84,43 +84,52 @@ pub async fn noop(
     Ok(answer(&Accepted { id: data.id, seq: 0, to, duplicate: false }))
 }
 
-fn read_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| match e.status() {
+/// Who calls, and what they sent: JSON or XML by `Content-Type` when it says, else by
+/// the first non-blank byte (XML only, for `send_xml`).
+fn read(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Q,
+    body: Result<Bytes, BytesRejection>,
+    xml_only: bool,
+) -> Result<(Caller, Body), ApiError> {
+    let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config.limits.http_body_max),
         _ => ApiError::BadRequest(format!("cannot read the body: {e}")),
-    })
-}
-
-/// JSON or XML: by `Content-Type` when it says, else by the first non-blank byte.
-fn kind(headers: &HeaderMap, body: &[u8]) -> Result<Body, ApiError> {
+    })?;
+    let params = Params::from(query)?;
+    let caller = state.caller(headers, &params)?;
     let ct =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    if ct.contains("json") {
-        return Ok(Body::Json);
-    }
-    if ct.contains("xml") {
-        return Ok(Body::Xml);
-    }
-    match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => Ok(Body::Json),
-        Some(b'<') => Ok(Body::Xml),
-        None => Err(ApiError::BadRequest("empty body: send a JSON send request or WeChat XML".into())),
-        Some(_) => Err(ApiError::UnsupportedMedia(
-            "body is neither JSON ({\"data\":…}) nor WeChat XML (<xml>…</xml>)".into(),
-        )),
-    }
+    let json = !xml_only
+        && (ct.contains("json")
+            || (!ct.contains("xml")
+                && match body.iter().find(|b| !b.is_ascii_whitespace()) {
+                    Some(b'{') => true,
+                    Some(b'<') => false,
+                    None => {
+                        return Err(ApiError::BadRequest(
+                            "empty body: send a JSON send request or WeChat XML".into(),
+                        ));
+                    }
+                    Some(_) => {
+                        return Err(ApiError::UnsupportedMedia(
+                            "body is neither JSON ({\"data\":…}) nor WeChat XML (<xml>…</xml>)".into(),
+                        ));
+                    }
+                }));
+    let parsed = if json {
+        Body::Json(parse_send_json(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?)
+    } else {
+        let text =
+            std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
+        Body::Xml(XmlMessage::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?)
+    };
+    Ok((caller, parsed))
 }
 
-async fn send_json(
-    state: AppState,
-    headers: HeaderMap,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let params = Params::from(query)?;
-    let caller = state.caller(&headers, &params)?;
-    let req = parse_send_json(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let from = match &caller {
+async fn send_json(state: &AppState, caller: &Caller, req: SendRequest) -> Result<Accepted, ApiError> {
+    let from = match caller {
         Caller::User(u) => Sender::User(u),
         Caller::Named(u) => Sender::Outside(u),
         // A system message needs no sender: its frame says it comes from system01.
@@ -131,28 +140,16 @@ async fn send_json(
             ));
         }
     };
-    let accepted = state.ingest.send(from, req).await?;
-    Ok(answer(&accepted))
+    Ok(state.ingest.send(from, req).await?)
 }
 
-async fn send_xml_body(
-    state: AppState,
-    headers: HeaderMap,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let params = Params::from(query)?;
-    let caller = state.caller(&headers, &params)?;
-    let text =
-        std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
-    let xml = XmlMessage::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let from = match &caller {
+async fn send_xml_body(state: &AppState, caller: &Caller, xml: &XmlMessage) -> Result<Accepted, ApiError> {
+    let from = match caller {
         Caller::User(u) => Some(Sender::User(u)),
         Caller::Named(u) => Some(Sender::Outside(u)),
         Caller::Backend => None,
     };
-    let accepted = state.ingest.send_xml(from, &xml).await?;
-    Ok(answer(&accepted))
+    Ok(state.ingest.send_xml(from, xml).await?)
 }
 
 fn answer(a: &Accepted) -> Response {

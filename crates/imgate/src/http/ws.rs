@@ -54,9 +54,7 @@ async fn upgrade(
             ApiError::BadRequest("missing userid: connect with ?userid=YOUR_ID (or ?userId=)".into())
         })?
         .to_owned();
-    if user.len() > 256 {
-        return Err(ApiError::BadRequest("userid is too long (at most 256 bytes)".into()));
-    }
+    crate::ingest::check_id("userid", &user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let since = params.number("since")?;
     let hub_cfg = &state.config.hub;
     let have = state.hub.connections(&user);

@@ -1,6 +1,6 @@
 //! Mailboxes: the ordered, durable log of messages for each user.
 //!
-//! [`Store`] is the only way into them. Engines (`sqlite` here; Redis later) implement the
+//! [`Store`] is the only way into them. Engines (`sqlite`, embedded; `redis`, shared by several nodes) implement the
 //! same narrow contract, written on each method, and pass the same conformance tests
 //! (`tests/store_conformance.rs`). The store knows nothing of sockets: after each commit
 //! it hands the committed messages to a [`Fanout`], in commit order, and that is all.

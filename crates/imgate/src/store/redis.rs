@@ -1,9 +1,10 @@
 //! The Redis engine: mailboxes shared by several imgate nodes.
 //!
-//! Per user: a counter (`{p}:{user}:seq`) that allocates seqs atomically and survives
-//! retention; a stream (`{p}:{user}:log`) whose entry ids are `<seq>-1`, so that reading
-//! "after seq N" is a range query; dedupe keys (`{p}:{user}:d:<key>`) that expire after
-//! `store.dedupe_window`; the delivered mark (`{p}:{user}:delivered`). One Lua script
+//! Per user, under `{p}:m:<bytes of the user id>:<user id>:` (the length makes every
+//! user's keys their own whatever the id contains): a counter (`…:seq`) that allocates
+//! seqs atomically and survives retention; a stream (`…:log`) whose entry ids are
+//! `<seq>-1`, so that reading "after seq N" is a range query; dedupe keys (`…:d:<key>`)
+//! that expire after `store.dedupe_window`; the delivered mark (`…:delivered`). One Lua script
 //! commits a whole append — every mailbox of it, dedupe checks included — atomically,
 //! and publishes each stored message on `{p}:fanout` as it goes, so every node sees
 //! commits in commit order. Each node subscribes to that channel and hands what arrives
@@ -33,6 +34,13 @@ use crate::config::StoreConfig;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Entries scanned per round trip when looking for one contact's history.
 const HISTORY_SCAN: usize = 500;
+/// Every node publishes a ping this often on the fan-out channel...
+const PING_EVERY: Duration = Duration::from_secs(2);
+/// ...and a subscription that hears nothing for this long is dead, even if its TCP
+/// connection never said so: resubscribe and catch up.
+const SILENCE: Duration = Duration::from_secs(7);
+/// A ping on the fan-out channel: no newline, so no message.
+const PING: &str = "ping";
 
 const APPEND: &str = r#"
 local p = ARGV[1]
@@ -45,7 +53,7 @@ local i = 6
 for m = 1, n do
   local user, id, contact, key, frame = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
-  local u = p .. ':' .. user
+  local u = p .. ':m:' .. string.len(user) .. ':' .. user
   local prev = false
   if key ~= '' then prev = redis.call('GET', u .. ':d:' .. key) end
   if prev then
@@ -105,6 +113,14 @@ impl RedisStore {
         let prefix = "imgate".to_owned();
         let subscribed = Arc::new(AtomicBool::new(false));
         tokio::spawn(subscribe(client, format!("{prefix}:fanout"), fanout, subscribed.clone()));
+        let (mut pinger, channel) = (conn.clone(), format!("{prefix}:fanout"));
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PING_EVERY);
+            loop {
+                every.tick().await;
+                let _: redis::RedisResult<i64> = pinger.publish(&channel, PING).await;
+            }
+        });
         Ok(Arc::new(RedisStore {
             conn,
             prefix,
@@ -117,7 +133,7 @@ impl RedisStore {
     }
 
     fn key(&self, user: &str, what: &str) -> String {
-        format!("{}:{user}:{what}", self.prefix)
+        format!("{}:m:{}:{user}:{what}", self.prefix, user.len())
     }
 
     async fn range(
@@ -177,7 +193,7 @@ async fn subscribe(
                 // Whatever was published while we were away is only in the mailboxes.
                 fanout.resync();
                 let mut messages = pubsub.into_on_message();
-                while let Some(msg) = messages.next().await {
+                while let Ok(Some(msg)) = tokio::time::timeout(SILENCE, messages.next()).await {
                     let payload = msg.get_payload_bytes();
                     let Ok(text) = std::str::from_utf8(payload) else { continue };
                     let mut parts = text.splitn(3, '\n');
@@ -189,7 +205,7 @@ async fn subscribe(
                     fanout.committed(user, seq, &EncodedMessage::from_stored(frame.to_owned()));
                 }
                 subscribed.store(false, Ordering::Release);
-                tracing::error!("redis: lost the fan-out subscription; live delivery paused, reconnecting");
+                tracing::error!("redis: the fan-out subscription went quiet or dropped; resubscribing");
             }
             Ok(Err(e)) => {
                 subscribed.store(false, Ordering::Release);

@@ -54,6 +54,8 @@ pub enum WechatError {
     Callback(#[from] CallbackError),
     #[error("the message has no FromUserName")]
     NoSender,
+    #[error("{0}")]
+    BadId(String),
     #[error("the message is for {found:?}, but this callback URL belongs to account {expected:?}")]
     WrongAccount { expected: String, found: String },
     #[error(transparent)]
@@ -174,6 +176,7 @@ impl Wechat {
     /// remembered with their window, media is recorded and its download started.
     pub async fn inbound(self: &Arc<Self>, acct: &Account, xml: &XmlMessage) -> Result<Inbound, WechatError> {
         let openid = xml.non_empty("FromUserName").ok_or(WechatError::NoSender)?.to_owned();
+        crate::ingest::check_id("FromUserName", &openid).map_err(|e| WechatError::BadId(e.to_string()))?;
         let mut content = imgate_protocol::content_from_xml(xml)?;
         let now = now();
         let opens = Window::opened_by(&content.msg_type, xml.get("Event"), now);
@@ -208,14 +211,17 @@ impl Wechat {
     }
 
     /// The account `contact` follows, if it is a follower who has written to one.
-    pub async fn follower_account(&self, contact: &str) -> Option<&Account> {
-        let f = self.state.follower(contact).await?;
-        self.account_of_appid(&f.appid)
+    pub async fn follower_account(
+        &self,
+        contact: &str,
+    ) -> Result<Option<&Account>, crate::store::StoreError> {
+        let f = self.state.follower(contact).await.map_err(crate::store::StoreError::Unavailable)?;
+        Ok(f.and_then(|f| self.account_of_appid(&f.appid)))
     }
 
     /// The follower's window now, as the console shows it.
     pub async fn window(&self, openid: &str) -> Option<Value> {
-        self.state.follower(openid).await.map(|f| f.window.to_json(now()))
+        self.state.follower(openid).await.ok().flatten().map(|f| f.window.to_json(now()))
     }
 
     /// What `send` will post for `content`: checks that WeChat can carry it and uploads
@@ -341,6 +347,10 @@ impl Wechat {
             let mut last = String::new();
             for wait in MEDIA_RETRIES {
                 tokio::time::sleep(wait).await;
+                // Another node may have fetched it meanwhile (they share the media index).
+                if self.state.media(&rec.id).await.is_some_and(|m| m.status == "ready") {
+                    return;
+                }
                 match self.download(&rec).await {
                     Ok(content_type) => {
                         self.state
@@ -360,6 +370,9 @@ impl Wechat {
                         self.state.put_media(MediaRecord { error: last.clone(), ..rec.clone() }).await;
                     }
                 }
+            }
+            if self.state.media(&rec.id).await.is_some_and(|m| m.status == "ready") {
+                return;
             }
             tracing::error!(media = %rec.id, error = %last, "media download failed for good");
             self.state.put_media(MediaRecord { status: "failed".into(), error: last, ..rec }).await;
@@ -385,9 +398,18 @@ impl Wechat {
                 bytes.len()
             ))));
         }
-        tokio::fs::write(self.media_dir.join(&rec.id), &bytes)
-            .await
-            .map_err(|e| WechatError::Api(ApiError::BadAnswer(format!("cannot save media: {e}"))))?;
+        // Written aside, then renamed: a reader (or another node's download of the same
+        // file) never sees half a file.
+        let tmp = self.media_dir.join(format!(".{}.{}", rec.id, uuid::Uuid::now_v7().simple()));
+        let saved = async {
+            tokio::fs::write(&tmp, &bytes).await?;
+            tokio::fs::rename(&tmp, self.media_dir.join(&rec.id)).await
+        }
+        .await;
+        if let Err(e) = saved {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(WechatError::Api(ApiError::BadAnswer(format!("cannot save media: {e}"))));
+        }
         Ok(content_type)
     }
 }

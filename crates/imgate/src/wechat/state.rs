@@ -248,9 +248,11 @@ pub enum State {
 }
 
 impl State {
-    pub async fn follower(&self, openid: &str) -> Option<Follower> {
+    /// The follower, if `openid` is one; an error when that cannot be known now (a reply
+    /// must not go to a mailbox because Redis did not answer).
+    pub async fn follower(&self, openid: &str) -> Result<Option<Follower>, String> {
         match self {
-            State::Local(l) => l.follower(openid),
+            State::Local(l) => Ok(l.follower(openid)),
             State::Redis(r) => r.follower(openid).await,
         }
     }
@@ -343,18 +345,17 @@ impl Shared {
         r.map_err(|e| tracing::warn!(error = %e, "redis: WeChat state unavailable")).ok()
     }
 
-    async fn follower(&self, openid: &str) -> Option<Follower> {
+    async fn follower(&self, openid: &str) -> Result<Option<Follower>, String> {
         let mut c = self.conn.clone();
-        let (appid, w): (Option<String>, Vec<Option<i64>>) = Self::warn(
-            redis::pipe()
-                .hget(format!("imgate:wx:f:{openid}"), "appid")
-                .cmd("HMGET")
-                .arg(format!("imgate:wx:f:{openid}"))
-                .arg(&["opened_at", "closes_at", "quota", "sent"])
-                .query_async(&mut c)
-                .await,
-        )?;
-        Some(Follower { appid: appid?, window: window_of(&w) })
+        let (appid, w): (Option<String>, Vec<Option<i64>>) = redis::pipe()
+            .hget(format!("imgate:wx:f:{openid}"), "appid")
+            .cmd("HMGET")
+            .arg(format!("imgate:wx:f:{openid}"))
+            .arg(&["opened_at", "closes_at", "quota", "sent"])
+            .query_async(&mut c)
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(appid.map(|appid| Follower { appid, window: window_of(&w) }))
     }
 
     async fn inbound(&self, appid: &str, openid: &str, opens: Option<Window>) -> Window {
@@ -502,7 +503,7 @@ mod tests {
             .await;
         }
         let s = State::Local(Local::open(dir.path()).unwrap());
-        let f = s.follower("o1").await.unwrap();
+        let f = s.follower("o1").await.unwrap().unwrap();
         assert_eq!((f.appid.as_str(), f.window.sent), ("wx1", 1));
         assert_eq!(s.pending_media().await.len(), 1);
     }
