@@ -22,6 +22,8 @@ pub enum SendError {
     MissingMedia(String),
     #[error("data.msg_type {0:?} is not a valid type name")]
     BadType(String),
+    #[error("data.msg_type \"status\" is imgate's own (the outcome of a reply to WeChat): it cannot be sent")]
+    Reserved,
 }
 
 /// A send request, checked.
@@ -97,6 +99,9 @@ pub fn parse_send_json(body: &[u8]) -> Result<SendRequest, SendError> {
     };
     if msg_type.len() > 64 || !msg_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return Err(SendError::BadType(msg_type));
+    }
+    if msg_type == "status" || code == Some(Code::STATUS) {
+        return Err(SendError::Reserved);
     }
     let msg = match d.msg {
         None | Some(Value::Null) => Value::Object(Default::default()),
@@ -177,6 +182,10 @@ mod tests {
         check(
             r#"{"data":{"msg_type":"a b","contact_id":"1","msg":{}}}"#,
             Err(SendError::BadType("a b".into())),
+        );
+        check(
+            r#"{"data":{"msg_type":"status","contact_id":"1","msg":{"ref":"x"}}}"#,
+            Err(SendError::Reserved),
         );
         assert!(matches!(parse_send_json(br#"{"data":"x"}"#), Err(SendError::Json(_))));
         assert!(matches!(parse_send_json(br#"{"data":{"contact_id":[1]}}"#), Err(SendError::Json(_))));

@@ -188,7 +188,7 @@ function start() {
       el('button', { type: 'button', 'aria-current': String(c.contact === current), 'data-contact': c.contact, onclick: () => open(c.contact) },
         el('span', { class: 'name' }, c.contact || '(unknown)'),
         el('span', { class: 'time' }, clock(c.last.data.send_time)),
-        el('span', { class: 'preview' }, (c.last.out ? 'You: ' : '') + preview(c.last.data)),
+        el('span', { class: 'preview' }, (c.last.out ? `${byline(c.last.data)}: ` : '') + preview(c.last.data)),
         c.unread ? el('span', { class: 'badge', 'aria-label': `${c.unread} unread` }, String(c.unread)) : el('span'),
         c.company || c.wechat ? el('span', { class: 'account' }, [c.wechat ? 'WeChat' : '', c.company].filter(Boolean).join(' · ')) : null))));
   }
@@ -289,9 +289,15 @@ function start() {
       return el('p', { class: 'notice', ...attrs }, notice(d), ' · ', clock(d.send_time));
     }
     const state = m.out ? stateLine(c, m) : null;
+    const colleague = m.out && d.name && d.name !== client.userid ? `${d.name} · ` : '';
     return el('div', { class: `msg ${m.out ? 'out' : 'in'}`, ...attrs },
       el('div', { class: 'bubble' }, body(d)),
-      el('span', { class: 'when' }, clock(d.send_time), state ? ' · ' : '', state));
+      el('span', { class: 'when' }, colleague, clock(d.send_time), state ? ' · ' : '', state));
+  }
+
+  /** Who wrote an outgoing message: you, or a colleague on the same account. */
+  function byline(d) {
+    return d.name && d.name !== client.userid ? d.name : 'You';
   }
 
   function stateLine(c, m) {

@@ -237,9 +237,13 @@ impl Ingest {
         let dedupe = req.client_id.as_ref().map(|c| format!("c:{sender}:{c}"));
         let company_id = acct.config.company_id.clone();
         let now = now();
+        // The reply goes into the sender's history and the account's other agents' too:
+        // they share the follower. `name` says which agent answered.
+        let mut readers = vec![sender.to_owned()];
+        readers.extend(acct.config.agents().into_iter().filter(|a| a != sender));
         let copy = MessageData {
             id: id.clone(),
-            name: req.name.unwrap_or_default(),
+            name: req.name.unwrap_or_else(|| sender.to_owned()),
             avatar: req.avatar.unwrap_or_default(),
             msg_type: req.content.msg_type.clone(),
             contact_id: to.clone(),
@@ -250,16 +254,18 @@ impl Ingest {
             status: Some("sending".into()),
             window: w.window(&to).await,
         };
-        let stored = self
-            .store
-            .append(vec![NewMessage {
-                user: sender.to_owned(),
+        let frame = EncodedMessage::encode(&copy, req.content.code);
+        let copies = readers
+            .iter()
+            .map(|r| NewMessage {
+                user: r.clone(),
                 id: id.clone(),
                 contact: to.clone(),
-                dedupe_key: dedupe,
-                frame: EncodedMessage::encode(&copy, req.content.code),
-            }])
-            .await?;
+                dedupe_key: dedupe.clone(),
+                frame: frame.clone(),
+            })
+            .collect();
+        let stored = self.store.append(copies).await?;
         let first = &stored[0];
         if first.duplicate {
             return Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate: true });
@@ -287,15 +293,18 @@ impl Ingest {
             status: None,
             window,
         };
-        self.store
-            .append(vec![NewMessage {
-                user: sender.to_owned(),
+        let frame = EncodedMessage::encode(&note, Code::STATUS);
+        let notes = readers
+            .iter()
+            .map(|r| NewMessage {
+                user: r.clone(),
                 id: note.id.clone(),
                 contact: to.clone(),
                 dedupe_key: None,
-                frame: EncodedMessage::encode(&note, Code::STATUS),
-            }])
-            .await?;
+                frame: frame.clone(),
+            })
+            .collect();
+        self.store.append(notes).await?;
         match outcome {
             Ok(_) => {
                 metrics::counter!("imgate_wechat_sent_total").increment(1);

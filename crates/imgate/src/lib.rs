@@ -109,14 +109,15 @@ pub async fn run(
         wechat.clone(),
     ));
     let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let conn = Arc::new(ConnContext {
         hub: hub.clone(),
         store: store.clone(),
         ingest: ingest.clone(),
         config: config.hub.clone(),
         shutdown: cancel.clone(),
+        tasks: tasks.clone(),
     });
-    let tasks = TaskTracker::new();
     tokio::spawn(retention(store.clone(), cancel.clone()));
     let state = Arc::new(http::App {
         config: config.clone(),

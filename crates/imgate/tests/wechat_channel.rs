@@ -421,3 +421,35 @@ async fn what_wechat_cannot_carry_is_refused_before_anything_is_kept() {
     assert_eq!(kinds, ["text"], "only the follower's message is in the history");
     assert!(r.wechat.0.lock().sent.is_empty());
 }
+
+#[tokio::test]
+async fn the_accounts_other_agents_see_a_colleagues_reply() {
+    let wechat = StandIn::new(&[(APPID, SECRET)]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(wechat.clone().serve(listener));
+    let s = Server::start_with(|c| {
+        c.wechat.api_base = base;
+        c.wechat.accounts.push(AccountConfig {
+            original_id: ORIGINAL.into(),
+            appid: APPID.into(),
+            secret: SECRET.into(),
+            token: TOKEN.into(),
+            agents: vec!["amy".into(), "ben".into()],
+            ..Default::default()
+        });
+    })
+    .await;
+    let r = Rig { s, wechat, cipher: None };
+    r.callback(&text_from("oF", "hello team", 1)).await;
+    let mut ben = r.s.connect("/?userid=ben").await;
+    assert_eq!(content(&ben.frame().await), "hello team");
+    let (status, _) =
+        post(&r.s.http("/send?userid=amy"), "application/json", text_to("oF", "Amy here")).await;
+    assert_eq!(status, 200);
+    let copy = ben.frame().await;
+    assert_eq!(content(&copy), "Amy here");
+    assert_eq!(copy["data"]["direction"], "out");
+    assert_eq!(copy["data"]["name"], "amy", "who answered");
+    assert_eq!(ben.frame().await["data"]["msg"]["status"], "sent");
+}

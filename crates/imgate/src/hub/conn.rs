@@ -39,6 +39,8 @@ pub struct ConnContext {
     pub ingest: Arc<Ingest>,
     pub config: HubConfig,
     pub shutdown: CancellationToken,
+    /// Tasks shutdown waits for (within its grace): sends begun by clients among them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// Why the connection ends.
@@ -371,7 +373,7 @@ fn on_text(ctx: &Arc<ConnContext>, user: &str, text: Utf8Bytes) -> Option<Pendin
     let user = user.to_owned();
     // A task of its own: a send that has begun finishes (a reply to WeChat is sent and its
     // outcome recorded) even if this connection ends before the answer.
-    let task = tokio::spawn(async move {
+    let task = ctx.tasks.spawn(async move {
         match ingest.send(Sender::User(&user), req).await {
             Ok(a) => ack_frame(&a.id, a.seq, &a.to, a.duplicate),
             Err(e) => error_frame_with(&e.details(), &e.to_string()),
