@@ -56,17 +56,27 @@ fn metrics_handle() -> PrometheusHandle {
 /// How often retention runs.
 const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-async fn retention(store: DynStore, stop: CancellationToken) {
+async fn retention(
+    store: DynStore,
+    wechat: Option<Arc<wechat::Wechat>>,
+    max_age: std::time::Duration,
+    stop: CancellationToken,
+) {
     let mut every = tokio::time::interval(RETENTION_EVERY);
     every.tick().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = every.tick() => match store.trim().await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(removed = n, "retention pass"),
-                Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),
-            },
+            _ = every.tick() => {
+                match store.trim().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "retention pass"),
+                    Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),
+                }
+                if let Some(w) = &wechat {
+                    w.trim(max_age).await;
+                }
+            }
         }
     }
 }
@@ -101,7 +111,8 @@ pub async fn run(
         ),
         _ => None,
     };
-    let wechat = wechat::Wechat::new(&config.wechat, &config.data_dir, wechat_redis)?;
+    let wechat =
+        wechat::Wechat::new(&config.wechat, &config.data_dir, wechat_redis, config.store.retention_max_age)?;
     let ingest = Arc::new(Ingest::new(
         store.clone(),
         config.protocol.zone()?,
@@ -118,7 +129,7 @@ pub async fn run(
         shutdown: cancel.clone(),
         tasks: tasks.clone(),
     });
-    tokio::spawn(retention(store.clone(), cancel.clone()));
+    tokio::spawn(retention(store.clone(), wechat.clone(), config.store.retention_max_age, cancel.clone()));
     let state = Arc::new(http::App {
         config: config.clone(),
         hub,

@@ -98,6 +98,7 @@ impl Wechat {
         cfg: &WechatConfig,
         data_dir: &std::path::Path,
         redis: Option<redis::aio::ConnectionManager>,
+        retention: Duration,
     ) -> std::io::Result<Option<Arc<Wechat>>> {
         if cfg.accounts.is_empty() {
             return Ok(None);
@@ -125,7 +126,7 @@ impl Wechat {
             if cfg.media_dir.as_os_str().is_empty() { data_dir.join("media") } else { cfg.media_dir.clone() };
         std::fs::create_dir_all(&media_dir)?;
         let state = match redis {
-            Some(c) => State::Redis(Shared::new(c)),
+            Some(c) => State::Redis(Shared::new(c, retention)),
             None => State::Local(Local::open(data_dir).map_err(std::io::Error::other)?),
         };
         let w = Arc::new(Wechat { accounts, api, state, media_dir, media_max: cfg.media_max });
@@ -340,6 +341,34 @@ impl Wechat {
         let rec = self.state.media(id).await?;
         let path = self.media_dir.join(&rec.id);
         Some((rec, path))
+    }
+
+    /// Retention for the channel: media files and records older than `max_age` go, as
+    /// the messages that point at them do.
+    pub async fn trim(&self, max_age: Duration) {
+        let dir = self.media_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut n = 0u64;
+            let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > max_age);
+                if old && std::fs::remove_file(e.path()).is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        })
+        .await
+        .unwrap_or(0);
+        self.state.trim(now() - max_age.as_secs() as i64).await;
+        if removed > 0 {
+            tracing::debug!(removed, "media retention pass");
+        }
     }
 
     fn spawn_download(self: Arc<Self>, rec: MediaRecord) {

@@ -204,6 +204,28 @@ impl Local {
         self.save_follower(&appid, openid, window).await;
     }
 
+    async fn trim(&self, cutoff: i64) {
+        let media: Vec<String> = {
+            let mut m = self.media.lock();
+            let old: Vec<String> =
+                m.values().filter(|r| r.created_at < cutoff).map(|r| r.id.clone()).collect();
+            for id in &old {
+                m.remove(id);
+            }
+            old
+        };
+        if media.is_empty() {
+            return;
+        }
+        self.write(move |c| {
+            for id in &media {
+                c.execute("DELETE FROM media WHERE id = ?1", [id])?;
+            }
+            Ok(())
+        })
+        .await;
+    }
+
     async fn save_follower(&self, appid: &str, openid: &str, w: Window) {
         let (appid, openid) = (appid.to_owned(), openid.to_owned());
         self.write(move |c| {
@@ -298,6 +320,15 @@ impl State {
             State::Redis(r) => r.put_media(m).await,
         }
     }
+
+    /// Forget media recorded before `cutoff` (Redis forgets by itself: its keys expire).
+    /// Followers are kept: a reply to one imgate forgot would go to a mailbox instead of
+    /// failing at WeChat.
+    pub async fn trim(&self, cutoff: i64) {
+        if let State::Local(l) = self {
+            l.trim(cutoff).await;
+        }
+    }
 }
 
 /// The Redis backend: followers as hashes `imgate:wx:f:<openid>`, media records as
@@ -305,6 +336,8 @@ impl State {
 /// Redis answers as if it knew nothing, and says so in its log.
 pub struct Shared {
     conn: redis::aio::ConnectionManager,
+    /// How long a media record lives after its last change (store.retention_max_age).
+    ttl_secs: u64,
 }
 
 const INBOUND: &str = r#"
@@ -337,8 +370,8 @@ fn window_of(v: &[Option<i64>]) -> Window {
 }
 
 impl Shared {
-    pub fn new(conn: redis::aio::ConnectionManager) -> Shared {
-        Shared { conn }
+    pub fn new(conn: redis::aio::ConnectionManager, retention: std::time::Duration) -> Shared {
+        Shared { conn, ttl_secs: retention.as_secs().max(60) }
     }
 
     fn warn<T>(r: redis::RedisResult<T>) -> Option<T> {
@@ -451,6 +484,7 @@ impl Shared {
                 ("created_at", &m.created_at.to_string()),
             ],
         );
+        p.expire(&key, self.ttl_secs as i64);
         if m.status == "pending" {
             p.sadd("imgate:wx:m:pending", &m.id);
         } else {
@@ -506,5 +540,12 @@ mod tests {
         let f = s.follower("o1").await.unwrap().unwrap();
         assert_eq!((f.appid.as_str(), f.window.sent), ("wx1", 1));
         assert_eq!(s.pending_media().await.len(), 1);
+        // Retention takes old media records, never followers.
+        s.trim(100).await;
+        assert!(s.media("m1").await.is_none());
+        assert!(s.follower("o1").await.unwrap().is_some());
+        drop(s);
+        let s = State::Local(Local::open(dir.path()).unwrap());
+        assert!(s.media("m1").await.is_none(), "gone from the file too");
     }
 }
