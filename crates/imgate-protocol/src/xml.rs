@@ -29,6 +29,16 @@ pub enum XmlError {
     TooDeep,
     #[error("XML has content after its root element")]
     TrailingContent,
+    #[error("XML contains a control character XML 1.0 does not allow (U+{0:04X})")]
+    ControlCharacter(u32),
+}
+
+/// XML 1.0 allows tab, newline and carriage return, and no other C0 control character.
+fn check_chars(s: &str) -> Result<(), XmlError> {
+    match s.chars().find(|c| c.is_control() && (*c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r')) {
+        Some(c) => Err(XmlError::ControlCharacter(c as u32)),
+        None => Ok(()),
+    }
 }
 
 /// An element's value: text, or child elements.
@@ -47,6 +57,7 @@ pub struct XmlMessage {
 impl XmlMessage {
     /// Parse a message. The root's name is not checked (`xml` in practice).
     pub fn parse(input: &str) -> Result<XmlMessage, XmlError> {
+        check_chars(input)?;
         let mut reader = Reader::from_str(input);
         reader.config_mut().check_end_names = true;
         let mut stack: Vec<Open> = Vec::new();
@@ -105,7 +116,11 @@ impl XmlMessage {
                 }
                 Event::GeneralRef(r) => {
                     let resolved = match r.resolve_char_ref() {
-                        Ok(Some(c)) => c.to_string(),
+                        Ok(Some(c)) => {
+                            let c = c.to_string();
+                            check_chars(&c)?;
+                            c
+                        }
                         Ok(None) => resolve_predefined_entity(&r)
                             .ok_or_else(|| XmlError::Entity(r.to_string()))?
                             .to_owned(),
@@ -304,6 +319,10 @@ mod tests {
         );
         check("<xml><A>&e;</A></xml>", Err(XmlError::Entity("e".into())));
         check("", Err(XmlError::Empty));
+        check("<xml><A>a\u{1}b</A></xml>", Err(XmlError::ControlCharacter(1)));
+        check("<xml><A>a&#27;b</A></xml>", Err(XmlError::ControlCharacter(27)));
+        // XML normalises line ends.
+        check("<xml><A>a\tb\r\nc</A></xml>", Ok(text(&[("A", "a\tb\nc")])));
         check("   ", Err(XmlError::Empty));
         check("<xml><A>1</A></xml><xml></xml>", Err(XmlError::TrailingContent));
         check("hello <xml></xml>", Err(XmlError::Malformed("text outside the root element".into())));

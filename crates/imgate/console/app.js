@@ -31,6 +31,16 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
+/** A URL from message data, if it is one a page may follow: http(s) only. Anything else
+ *  (javascript:, data:…) is made into neither a link nor a source. */
+function safeUrl(u) {
+  try {
+    const url = new URL(String(u), location.origin);
+    if (url.protocol === 'http:' || url.protocol === 'https:') return url.toString();
+  } catch { /* not a URL */ }
+  return null;
+}
+
 /** Text with its links clickable; never HTML. */
 function linkify(text) {
   const out = [];
@@ -112,6 +122,11 @@ function start() {
       c.messages.set(d.id, msg);
     } else if (out && msg.state === 'sending' && d.status !== 'sending') {
       msg.state = 'sent';
+    } else if (out && msg.state === 'failed' && msg.lost) {
+      // It was stored after all: the copy (or the status frame to come) tells the outcome.
+      msg.state = d.status === 'sending' ? 'sending' : 'sent';
+      msg.error = '';
+      msg.lost = false;
     }
     if (!c.last || (msg.seq || Infinity) >= (c.last.seq || 0)) c.last = msg;
     if (live && !out && !known) {
@@ -328,11 +343,15 @@ function start() {
     switch (d.msg_type) {
       case 'text': return linkify(m.content || '');
       case 'image': return media(m, (src) => el('img', { class: 'thumb', src, alt: 'image', tabindex: 0, onclick: () => zoom(src), onkeydown: (e) => e.key === 'Enter' && zoom(src) }));
-      case 'voice': return [media(m, (src, type) => (type && document.createElement('audio').canPlayType(type) ? el('audio', { controls: true, src }) : el('a', { href: src, download: '' }, '🎤 voice message (download)'))),
+      case 'voice': return [media(m, (src, type) => (type && document.createElement('audio').canPlayType(type) ? el('audio', { controls: true, src }) : el('a', { href: src, download: '', rel: 'noopener' }, 'voice message (download)'))),
         m.recognition ? el('div', {}, `“${m.recognition}”`) : null];
       case 'video': case 'shortvideo': return media(m, (src) => el('video', { controls: true, src, preload: 'metadata' }));
       case 'location': return [el('div', {}, `📍 ${m.label || 'location'}`), el('div', { class: 'when' }, `${m.latitude}, ${m.longitude}`)];
-      case 'link': return el('a', { class: 'card', href: m.url, target: '_blank', rel: 'noopener noreferrer' }, el('strong', {}, m.title || m.url), el('span', {}, m.description || ''));
+      case 'link': {
+        const href = safeUrl(m.url);
+        const card = [el('strong', {}, m.title || m.url || 'link'), el('span', {}, m.description || '')];
+        return href ? el('a', { class: 'card', href, target: '_blank', rel: 'noopener noreferrer' }, ...card) : el('span', { class: 'card' }, ...card);
+      }
       default: return [el('div', { class: 'when' }, d.msg_type), el('dl', {}, ...Object.entries(m).flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, typeof v === 'string' ? v : JSON.stringify(v))]))];
     }
   }
@@ -342,7 +361,8 @@ function start() {
     const path = m.media_path || '';
     const holder = el('span', { class: 'when' }, 'loading media…');
     if (!path.startsWith(`${P}/media/`)) {
-      return path ? make(path, '') : el('span', { class: 'when' }, '(media not available)');
+      const url = path && safeUrl(path);
+      return url ? make(url, '') : el('span', { class: 'when' }, '(media not available)');
     }
     const id = path.slice(`${P}/media/`.length);
     const src = client.url(`${P}/media/${id}`);
@@ -423,6 +443,7 @@ function start() {
     } catch (e) {
       m.state = 'failed';
       m.error = e.message;
+      m.lost = Boolean(e.lost);
       const w = e.frame?.data?.errcode;
       if (w === 45015 || w === 45047) loadContact(c);
     }
@@ -431,6 +452,18 @@ function start() {
   }
 
   function retry(c, m) {
+    if (m.lost) {
+      // The answer was lost, perhaps not the message: the same id lets the gateway say
+      // whether it has it already, so nothing goes out twice.
+      m.state = 'sending';
+      m.error = '';
+      renderMessage(c, m);
+      client.send({ contact_id: c.contact, msg_type: m.data.msg_type, msg: m.data.msg, id: m.id })
+        .then(() => { if (m.state === 'sending') m.state = 'sent'; })
+        .catch((e) => { m.state = 'failed'; m.error = e.message; m.lost = Boolean(e.lost); })
+        .finally(() => c.contact === current && renderMessage(c, m));
+      return;
+    }
     m.retried = true;
     renderMessage(c, m);
     send(c, m.data.msg_type, m.data.msg);

@@ -39,10 +39,12 @@ export class ImgateClient extends EventTarget {
     return this.token ? { Authorization: `Bearer ${this.token}` } : {};
   }
 
-  /** A URL on the gateway with the user's identity attached. */
+  /** A URL on the gateway with the user's identity attached (the token too: an <img> or
+   *  <audio> cannot send headers). */
   url(path, params = {}) {
     const u = new URL(this.base + path);
-    if (!this.token) u.searchParams.set('userid', this.userid);
+    if (this.token) u.searchParams.set('token', this.token);
+    else u.searchParams.set('userid', this.userid);
     for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) u.searchParams.set(k, v);
     return u.toString();
   }
@@ -67,17 +69,17 @@ export class ImgateClient extends EventTarget {
         reject(Object.assign(new Error('not connected: the message was not sent'), { frame: null, id }));
         return;
       }
-      const entry = { id, resolve, reject, timer: setTimeout(() => this.#fail(entry, 'no answer from the gateway'), 30000) };
+      const entry = { id, resolve, reject, timer: setTimeout(() => this.#giveUp(entry), 60000) };
       this.pending.push(entry);
       this.ws.send(JSON.stringify(frame));
     });
   }
 
-  #fail(entry, reason) {
-    const i = this.pending.indexOf(entry);
-    if (i >= 0) this.pending.splice(i, 1);
-    clearTimeout(entry.timer);
-    entry.reject(Object.assign(new Error(reason), { frame: null, id: entry.id }));
+  /** No answer in time: tell the caller, but keep the place in the queue, so that the late
+   *  answer, when it comes, is not taken for the next send's. */
+  #giveUp(entry) {
+    entry.dead = true;
+    entry.reject(Object.assign(new Error('no answer from the gateway yet'), { frame: null, id: entry.id, lost: true }));
   }
 
   #open() {
@@ -142,6 +144,7 @@ export class ImgateClient extends EventTarget {
         return;
       }
       clearTimeout(p.timer);
+      if (p.dead) return;
       if (code === 0) p.resolve(f);
       else p.reject(Object.assign(new Error(f.result.message || 'refused'), { frame: f, id: p.id }));
       return;

@@ -45,6 +45,10 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Unsendable(String),
+    #[error("{0} is not an agent of the WeChat account this follower writes to (wechat.accounts.agents)")]
+    NotAnAgent(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// A message to a WeChat follower was stored in the sender's history but WeChat did
     /// not take it (a retry must use a new id: this one is answered from the history).
     #[error("not delivered to WeChat: {reason}")]
@@ -212,6 +216,9 @@ impl Ingest {
         if sender.is_empty() || sender == SYSTEM_CONTACT {
             return Err(IngestError::MissingSender);
         }
+        if !acct.config.agents().iter().any(|a| a == sender) {
+            return Err(IngestError::NotAnAgent(sender.to_owned()));
+        }
         check_id("the sender id", sender)?;
         check_id("the message id", req.client_id.as_deref().unwrap_or(""))?;
         let to = req.to.clone();
@@ -327,6 +334,14 @@ impl Ingest {
         check_id("the recipient id", &l.to)?;
         check_id("the message id", l.id.as_deref().unwrap_or(""))?;
         let system = l.content.msg_type == "system";
+        if system && matches!(l.from, Sender::User(_)) {
+            return Err(IngestError::Forbidden(
+                "system messages come from backends (an API key), not from users",
+            ));
+        }
+        if l.content.msg_type == "status" {
+            return Err(IngestError::Forbidden("msg_type \"status\" is imgate's own: it cannot be sent"));
+        }
         let code = l.content.code;
         let id = l.id.unwrap_or_else(new_id);
         let company_id = l.company_id.unwrap_or_else(|| self.company_id.clone());

@@ -108,6 +108,13 @@ async fn bad_frames_get_an_error_frame_and_the_connection_stays() {
         assert_eq!(f["result"]["code"], -1, "{frame}: {f}");
         assert!(f["result"]["message"].as_str().unwrap().contains(reason), "{frame}: {f}");
     }
+    // A user is not the system, nor imgate's status frames.
+    c.send(r#"{"data":{"msg_type":"system","contact_id":"v","msg":{"text":"fake"}}}"#).await;
+    let f = c.frame().await;
+    assert!(f["result"]["message"].as_str().unwrap().contains("backends"), "{f}");
+    c.send(r#"{"data":{"msg_type":"status","contact_id":"v","msg":{"ref":"x"}}}"#).await;
+    let f = c.frame().await;
+    assert!(f["result"]["message"].as_str().unwrap().contains("imgate's own"), "{f}");
     c.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(c.frame().await["result"]["code"], -1);
     // pong, ping and heartbeat echoes are not errors.

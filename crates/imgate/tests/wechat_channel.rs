@@ -453,3 +453,14 @@ async fn the_accounts_other_agents_see_a_colleagues_reply() {
     assert_eq!(copy["data"]["name"], "amy", "who answered");
     assert_eq!(ben.frame().await["data"]["msg"]["status"], "sent");
 }
+
+#[tokio::test]
+async fn only_the_accounts_agents_reply_to_its_followers() {
+    let r = rig(false).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    let (status, err) =
+        post(&r.s.http("/send?userid=mallory"), "application/json", text_to("oF", "phish")).await;
+    assert_eq!(status, 403, "{err}");
+    assert!(err["result"]["message"].as_str().unwrap().contains("not an agent"), "{err}");
+    assert!(r.wechat.0.lock().sent.is_empty());
+}

@@ -34,8 +34,15 @@ pub async fn get(
             } else {
                 rec.content_type
             };
+            // Served from the console's own origin: never as a document that could run
+            // script (an SVG, HTML sniffed from bytes).
             Ok((
-                [(header::CONTENT_TYPE, ct), (header::CACHE_CONTROL, "private, max-age=86400".into())],
+                [
+                    (header::CONTENT_TYPE, ct),
+                    (header::CACHE_CONTROL, "private, max-age=86400".into()),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff".into()),
+                    (header::CONTENT_SECURITY_POLICY, "sandbox; default-src 'none'".into()),
+                ],
                 bytes,
             )
                 .into_response())
@@ -106,9 +113,25 @@ pub async fn upload(
     let ct =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let ct = ct.split(';').next().unwrap_or("").trim().to_owned();
-    if !["image/", "audio/", "video/"].iter().any(|p| ct.starts_with(p)) {
+    // Types a browser shows but never runs (no SVG: it is a document that can script).
+    const ALLOWED: &[&str] = &[
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/webp",
+        "image/bmp",
+        "audio/amr",
+        "audio/mpeg",
+        "audio/mp3",
+        "audio/ogg",
+        "audio/wav",
+        "audio/x-wav",
+        "video/mp4",
+    ];
+    if !ALLOWED.contains(&ct.as_str()) {
         return Err(ApiError::UnsupportedMedia(format!(
-            "upload an image, audio or video with its Content-Type (got {ct:?})"
+            "upload a picture (JPEG, PNG, GIF, WebP, BMP), audio (AMR, MP3, Ogg, WAV) or an MP4 video \
+             with its Content-Type (got {ct:?})"
         )));
     }
     if body.is_empty() {

@@ -93,6 +93,7 @@ pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start
         socket,
         user: user.into(),
         last_sent: start.after,
+        flushed: start.after,
         persisted: start.after,
         mark: None,
         queue: None,
@@ -127,8 +128,11 @@ struct Conn {
     socket: WebSocket,
     /// Shared with the hub's registry: one allocation per connection, not three.
     user: Arc<str>,
-    /// Highest seq written to this socket.
+    /// Highest seq handed to the socket (perhaps still in its buffer)...
     last_sent: u64,
+    /// ...and the highest one flushed to the client: the only one reported as delivered
+    /// or offered as `since`.
+    flushed: u64,
     /// Highest seq reported to the store as delivered.
     persisted: u64,
     /// The user's shared delivered mark in the hub, once registered.
@@ -163,7 +167,7 @@ impl Conn {
                 next = queue.next() => match next {
                     Next::Frame(first) => Box::pin(self.live(first, &queue)).await,
                     Next::CatchUp => Box::pin(self.replay()).await,
-                    Next::Kicked => return too_slow(self.last_sent),
+                    Next::Kicked => return too_slow(self.flushed),
                 },
                 answer = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
                     pending = None;
@@ -258,7 +262,7 @@ impl Conn {
                         self.flush().await?;
                         return self.replay().await;
                     }
-                    Some(Next::Kicked) => return Err(too_slow(self.last_sent)),
+                    Some(Next::Kicked) => return Err(too_slow(self.flushed)),
                     None => None,
                 };
             }
@@ -274,10 +278,10 @@ impl Conn {
     }
 
     async fn persist(&mut self) {
-        if self.last_sent > self.persisted
-            && self.ctx.store.set_delivered(&self.user, self.last_sent).await.is_ok()
+        if self.flushed > self.persisted
+            && self.ctx.store.set_delivered(&self.user, self.flushed).await.is_ok()
         {
-            self.persisted = self.last_sent;
+            self.persisted = self.flushed;
         }
     }
 
@@ -288,14 +292,15 @@ impl Conn {
 
     async fn feed(&mut self, m: Message) -> Result<(), Stop> {
         let fut = self.socket.feed(m);
-        guard(fut, &self.ctx, self.queue.as_deref(), self.last_sent).await
+        guard(fut, &self.ctx, self.queue.as_deref(), self.flushed).await
     }
 
     async fn flush(&mut self) -> Result<(), Stop> {
         let fut = self.socket.flush();
-        guard(fut, &self.ctx, self.queue.as_deref(), self.last_sent).await?;
+        guard(fut, &self.ctx, self.queue.as_deref(), self.flushed).await?;
+        self.flushed = self.last_sent;
         if let Some(mark) = &self.mark {
-            mark.fetch_max(self.last_sent, Ordering::AcqRel);
+            mark.fetch_max(self.flushed, Ordering::AcqRel);
         }
         Ok(())
     }
