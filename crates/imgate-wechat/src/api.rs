@@ -119,6 +119,19 @@ impl Api {
         Ok(a)
     }
 
+    /// A token answer's body is never repeated in an error: it may hold the token.
+    async fn token_answer(resp: reqwest::Response) -> Result<Answer, ApiError> {
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(unreachable)?;
+        let a: Answer = serde_json::from_slice(&body).map_err(|_| {
+            ApiError::BadAnswer(format!("HTTP {status}: an access-token answer that is not JSON"))
+        })?;
+        if a.errcode != 0 {
+            return Err(ApiError::WeChat { errcode: a.errcode, errmsg: a.errmsg });
+        }
+        Ok(a)
+    }
+
     fn token_of(a: Answer) -> Result<Token, ApiError> {
         match a.access_token {
             Some(value) if !value.is_empty() => Ok(Token { value, expires_in: a.expires_in.unwrap_or(7200) }),
@@ -143,7 +156,7 @@ impl Api {
             .send()
             .await
             .map_err(unreachable)?;
-        Self::token_of(Self::answer(resp).await?)
+        Self::token_of(Self::token_answer(resp).await?)
     }
 
     /// `GET cgi-bin/token`: every call invalidates the previous token.
@@ -155,7 +168,7 @@ impl Api {
             .send()
             .await
             .map_err(unreachable)?;
-        Self::token_of(Self::answer(resp).await?)
+        Self::token_of(Self::token_answer(resp).await?)
     }
 
     /// `POST cgi-bin/message/custom/send`. The body goes as UTF-8 as it is: `\u` escapes

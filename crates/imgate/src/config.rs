@@ -69,6 +69,8 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   media_max = 10485760               largest media file downloaded or uploaded (10 MiB)
   media_dir = \"\"                     where media files are kept; empty = <data_dir>/media. With
                                      engine = \"redis\", a directory every node shares (NFS...)
+  callback_max_age = \"5m\"            a callback stamped further from this server's clock is refused
+                                     (a replay of a logged URL); 0s turns the check off
   [[wechat.accounts]]                one per Official Account; none = every recipient is a
                                      gateway user (the seed's test)
   original_id = \"gh_...\"            the account's original id: ToUserName of its messages
@@ -134,6 +136,8 @@ pub struct WechatConfig {
     pub api_timeout: Duration,
     pub media_max: usize,
     pub media_dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub callback_max_age: Duration,
     pub accounts: Vec<AccountConfig>,
 }
 
@@ -145,6 +149,7 @@ impl Default for WechatConfig {
             api_timeout: Duration::from_secs(10),
             media_max: 10 << 20,
             media_dir: PathBuf::new(),
+            callback_max_age: Duration::from_secs(300),
             accounts: Vec::new(),
         }
     }
@@ -424,6 +429,12 @@ impl Config {
         }
         if self.hub.read_buffer_size < 256 || self.hub.write_buffer_size < 256 {
             return bad("hub.read_buffer_size", "socket buffers need at least 256 bytes");
+        }
+        if self.limits.history_page_max == 0
+            || self.limits.http_body_max == 0
+            || self.limits.ws_frame_max == 0
+        {
+            return bad("limits", "history_page_max, http_body_max and ws_frame_max must be above zero");
         }
         if self.store.max_batch == 0 || self.store.retention_max_messages == 0 {
             return bad("store.max_batch", "max_batch and retention_max_messages must be above zero");

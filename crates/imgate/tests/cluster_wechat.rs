@@ -48,7 +48,8 @@ async fn two_nodes_share_followers_tokens_and_media() {
     }
     let keys = Keys { token: "tok", appid: APPID, cipher: None };
     let callback = |server: &Server, xml: String| {
-        let (body, q) = seal(&xml, keys, "1", "n");
+        let ts = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+        let (body, q) = seal(&xml, keys, &ts, "n");
         let url = server.http(&format!("/im_component/wx_official_account/callback/{APPID}"));
         async move {
             let r = reqwest::Client::new().post(url).query(&q).body(body).send().await.unwrap();
@@ -58,8 +59,9 @@ async fn two_nodes_share_followers_tokens_and_media() {
     // The follower writes through node A, with a picture.
     wechat.0.lock().media.insert("MID".into(), (b"GIF89a...".to_vec().into(), "image/gif".into()));
     let mut agent_on_b = b.connect("/?userid=agent").await;
-    callback(&a, format!("<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oX</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>hi</Content><MsgId>1</MsgId></xml>")).await;
-    callback(&a, format!("<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oX</FromUserName><CreateTime>2</CreateTime><MsgType>image</MsgType><PicUrl>x</PicUrl><MediaId>MID</MediaId><MsgId>2</MsgId></xml>")).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    callback(&a, format!("<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oX</FromUserName><CreateTime>{now}</CreateTime><MsgType>text</MsgType><Content>hi</Content><MsgId>1</MsgId></xml>")).await;
+    callback(&a, format!("<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oX</FromUserName><CreateTime>{now}</CreateTime><MsgType>image</MsgType><PicUrl>x</PicUrl><MediaId>MID</MediaId><MsgId>2</MsgId></xml>")).await;
     assert_eq!(content(&agent_on_b.frame().await), "hi");
     let img = agent_on_b.frame().await;
     let path = img["data"]["msg"]["media_path"].as_str().unwrap().to_owned();

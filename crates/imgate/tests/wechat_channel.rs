@@ -20,6 +20,11 @@ const TOKEN: &str = "spamtest";
 const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const ORIGINAL: &str = "gh_10f6c3c3ac5a";
 
+/// WeChat stamps each callback with the time it sent it; imgate refuses stale ones.
+fn now_ts() -> String {
+    time::OffsetDateTime::now_utc().unix_timestamp().to_string()
+}
+
 struct Rig {
     s: Server,
     wechat: StandIn,
@@ -54,7 +59,7 @@ impl Rig {
 
     /// Post `xml` as WeChat would; the status and the body.
     async fn callback(&self, xml: &str) -> (u16, String) {
-        let (body, query) = seal(xml, self.keys(), "1409735669", "1320562132");
+        let (body, query) = seal(xml, self.keys(), &now_ts(), "1320562132");
         self.post_callback(&body, &query).await
     }
 
@@ -72,9 +77,10 @@ impl Rig {
 }
 
 fn text_from(openid: &str, content: &str, msg_id: u64) -> String {
+    let now = now_ts();
     format!(
         "<xml><ToUserName><![CDATA[{ORIGINAL}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>\
-         <CreateTime>1409735668</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>\
+         <CreateTime>{now}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>\
          <MsgId>{msg_id}</MsgId></xml>"
     )
 }
@@ -127,8 +133,9 @@ async fn a_safe_mode_callback_reaches_the_agent_once_however_often_wechat_retrie
     r.callback(&text_from("oFollower1", "second", 2)).await;
     assert_eq!(content(&agent.frame().await), "second");
     // Events are system frames with every field.
+    let now = now_ts();
     r.callback(&format!(
-        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oFollower2</FromUserName><CreateTime>1409735670</CreateTime>\
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oFollower2</FromUserName><CreateTime>{now}</CreateTime>\
          <MsgType>event</MsgType><Event>subscribe</Event><EventKey>qrscene_7</EventKey><Ticket>T</Ticket></xml>"
     ))
     .await;
@@ -222,8 +229,9 @@ async fn an_image_callback_serves_the_bytes() {
     r.wechat.0.lock().media.insert("MEDIA-IMG".into(), (png.clone().into(), "image/png".into()));
     r.wechat.0.lock().media_failures.insert("MEDIA-IMG".into(), 1); // the first download fails
     let mut agent = r.s.connect("/?userid=agent1").await;
+    let now = now_ts();
     r.callback(&format!(
-        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oPic</FromUserName><CreateTime>1409735670</CreateTime>\
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oPic</FromUserName><CreateTime>{now}</CreateTime>\
          <MsgType>image</MsgType><PicUrl>http://mmbiz.qpic.cn/x</PicUrl><MediaId>MEDIA-IMG</MediaId><MsgId>77</MsgId></xml>"
     ))
     .await;
@@ -277,7 +285,7 @@ async fn bad_callbacks_are_refused_and_store_nothing() {
     let r = rig(true).await;
     let mut agent = r.s.connect("/?userid=agent1").await;
     let xml = text_from("oX", "should never arrive", 9);
-    let (body, query) = seal(&xml, r.keys(), "1409735669", "1320562132");
+    let (body, query) = seal(&xml, r.keys(), &now_ts(), "1320562132");
     let with = |k: &str, v: &str| -> Vec<(String, String)> {
         query.iter().map(|(n, old)| (n.clone(), if n == k { v.to_owned() } else { old.clone() })).collect()
     };
@@ -286,7 +294,7 @@ async fn bad_callbacks_are_refused_and_store_nothing() {
     assert_eq!(status, 401, "{answer}");
     // Sealed for another AppID.
     let other = Keys { appid: "wx0000000000000000", ..r.keys() };
-    let (b, q) = seal(&xml, other, "1409735669", "1320562132");
+    let (b, q) = seal(&xml, other, &now_ts(), "1320562132");
     let (status, answer) = r.post_callback(&b, &q).await;
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("AppID"), "{answer}");
@@ -296,13 +304,13 @@ async fn bad_callbacks_are_refused_and_store_nothing() {
     for bad in [&enc[..enc.len() / 2], "garbage!!", "QUFBQQ==", ""] {
         let body =
             format!("<xml><ToUserName>{ORIGINAL}</ToUserName><Encrypt><![CDATA[{bad}]]></Encrypt></xml>");
-        let sig = imgate_wechat::sign(&[TOKEN, "1409735669", "1320562132", bad]);
+        let sig = imgate_wechat::sign(&[TOKEN, &now_ts(), "1320562132", bad]);
         let (status, answer) = r.post_callback(&body, &with("msg_signature", &sig)).await;
         assert_eq!(status, 400, "{bad:?}: {answer}");
     }
     // Plaintext where safe mode is configured.
     let plain = Keys { cipher: None, ..r.keys() };
-    let (b, q) = seal(&xml, plain, "1409735669", "1320562132");
+    let (b, q) = seal(&xml, plain, &now_ts(), "1320562132");
     let (status, answer) = r.post_callback(&b, &q).await;
     assert_eq!(status, 400);
     assert!(answer.contains("safe mode"), "{answer}");
@@ -329,7 +337,7 @@ async fn compatible_mode_trusts_only_the_encrypted_copy() {
     let r = rig(true).await;
     let mut agent = r.s.connect("/?userid=agent1").await;
     let real = text_from("oCompat", "the real text", 41);
-    let (safe_body, query) = seal(&real, r.keys(), "1409735669", "1320562132");
+    let (safe_body, query) = seal(&real, r.keys(), &now_ts(), "1320562132");
     let enc = XmlMessage::parse(&safe_body).unwrap().get("Encrypt").unwrap().to_owned();
     // Compatible mode: clear fields beside Encrypt — here forged ones.
     let body = format!(
@@ -463,4 +471,16 @@ async fn only_the_accounts_agents_reply_to_its_followers() {
     assert_eq!(status, 403, "{err}");
     assert!(err["result"]["message"].as_str().unwrap().contains("not an agent"), "{err}");
     assert!(r.wechat.0.lock().sent.is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_callback_is_refused_as_a_replay() {
+    let r = rig(false).await;
+    let old = (time::OffsetDateTime::now_utc().unix_timestamp() - 3600).to_string();
+    let (body, query) = seal(&text_from("oOld", "replayed", 5), r.keys(), &old, "n");
+    let (status, answer) = r.post_callback(&body, &query).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("clock"), "{answer}");
+    let (_, h) = r.s.get("/im_component/wx_official_account/history?userid=agent1").await;
+    assert_eq!(h["data"]["messages"].as_array().unwrap().len(), 0);
 }

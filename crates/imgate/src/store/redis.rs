@@ -249,6 +249,13 @@ impl Store for RedisStore {
         }
         let mut c = self.conn.clone();
         let out: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        if out.len() != 3 * msgs.len() {
+            return Err(StoreError::Unavailable(format!(
+                "redis: {} values for {} messages",
+                out.len(),
+                msgs.len()
+            )));
+        }
         out.chunks(3)
             .map(|t| match t {
                 [seq, id, dup] => Ok(Appended {

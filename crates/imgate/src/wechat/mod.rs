@@ -54,6 +54,10 @@ pub enum WechatError {
     Callback(#[from] CallbackError),
     #[error("the message has no FromUserName")]
     NoSender,
+    #[error(
+        "the callback's timestamp is {0} s from this server's clock (more than wechat.callback_max_age): a replay, or a wrong clock"
+    )]
+    Stale(i64),
     #[error("{0}")]
     BadId(String),
     #[error("the message is for {found:?}, but this callback URL belongs to account {expected:?}")]
@@ -79,6 +83,7 @@ pub struct Inbound {
 
 pub struct Wechat {
     accounts: Vec<Account>,
+    callback_max_age: Duration,
     api: Api,
     pub state: State,
     media_dir: PathBuf,
@@ -129,7 +134,14 @@ impl Wechat {
             Some(c) => State::Redis(Shared::new(c, retention)),
             None => State::Local(Local::open(data_dir).map_err(std::io::Error::other)?),
         };
-        let w = Arc::new(Wechat { accounts, api, state, media_dir, media_max: cfg.media_max });
+        let w = Arc::new(Wechat {
+            accounts,
+            callback_max_age: cfg.callback_max_age,
+            api,
+            state,
+            media_dir,
+            media_max: cfg.media_max,
+        });
         let resume = w.clone();
         tokio::spawn(async move {
             for m in resume.state.pending_media().await {
@@ -162,6 +174,15 @@ impl Wechat {
     /// Check and open a callback.
     pub fn open(&self, acct: &Account, q: &CallbackQuery, body: &str) -> Result<XmlMessage, WechatError> {
         let xml = imgate_wechat::open_callback(q, body, acct.keys())?;
+        // The signature covers the timestamp, not (in plaintext mode) the body: a logged
+        // callback URL must not be good forever.
+        if !self.callback_max_age.is_zero() {
+            let ts = q.timestamp.as_deref().and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(0);
+            let off = (now() - ts).abs();
+            if off > self.callback_max_age.as_secs() as i64 {
+                return Err(WechatError::Stale(off));
+            }
+        }
         if let Some(to) = xml.non_empty("ToUserName")
             && to != acct.config.original_id
         {
@@ -180,12 +201,30 @@ impl Wechat {
         crate::ingest::check_id("FromUserName", &openid).map_err(|e| WechatError::BadId(e.to_string()))?;
         let mut content = imgate_protocol::content_from_xml(xml)?;
         let now = now();
-        let opens = Window::opened_by(&content.msg_type, xml.get("Event"), now);
+        // The window opens when the follower wrote (CreateTime), so that WeChat's retries
+        // of one message do not reopen it: only a later message does.
+        let sent_at = xml.non_empty("CreateTime").and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(now);
+        let opens = Window::opened_by(&content.msg_type, xml.get("Event"), sent_at.min(now));
         let window = self.state.inbound(&acct.config.appid, &openid, opens).await;
         if let Some(media_id) = xml.non_empty("MediaId")
             && matches!(content.msg_type.as_str(), "image" | "voice" | "video" | "shortvideo")
         {
-            let id = uuid::Uuid::now_v7().simple().to_string();
+            // Named after the message, so a retried callback finds its media already
+            // recorded instead of downloading it again.
+            let key = imgate_protocol::dedupe_key_for_xml(xml).unwrap_or_else(|| media_id.to_owned());
+            let id = imgate_wechat::sign(&[&acct.config.appid, &key])[..32].to_owned();
+            if let Some(known) = self.state.media(&id).await {
+                if let Some(m) = content.msg.as_object_mut() {
+                    m.insert("media_path".into(), Value::String(format!("{MEDIA_PATH}{}", known.id)));
+                }
+                return Ok(Inbound {
+                    openid,
+                    agents: acct.config.agents(),
+                    company_id: acct.config.company_id.clone(),
+                    content,
+                    window: Some(window.to_json(now)),
+                });
+            }
             let rec = MediaRecord {
                 id: id.clone(),
                 appid: acct.config.appid.clone(),

@@ -161,11 +161,11 @@ impl Local {
                 .entry(openid.to_owned())
                 .or_insert_with(|| Follower { appid: appid.to_owned(), window: Window::default() });
             let changed = entry.appid != appid
-                || opens.is_some_and(|w| w.closes_at >= entry.window.closes_at)
+                || opens.is_some_and(|w| w.closes_at > entry.window.closes_at)
                 || entry.window == Window::default();
             entry.appid = appid.to_owned();
             if let Some(w) = opens
-                && w.closes_at >= entry.window.closes_at
+                && w.closes_at > entry.window.closes_at
             {
                 entry.window = w;
             }
@@ -344,7 +344,7 @@ const INBOUND: &str = r#"
 local k = KEYS[1]
 local cur = tonumber(redis.call('HGET', k, 'closes_at') or '-1')
 redis.call('HSET', k, 'appid', ARGV[1])
-if tonumber(ARGV[4]) > 0 and tonumber(ARGV[3]) >= cur then
+if tonumber(ARGV[4]) > 0 and tonumber(ARGV[3]) > cur then
   redis.call('HSET', k, 'opened_at', ARGV[2], 'closes_at', ARGV[3], 'quota', ARGV[4], 'sent', 0)
 elseif cur < 0 then
   redis.call('HSET', k, 'opened_at', 0, 'closes_at', 0, 'quota', 0, 'sent', 0)
