@@ -84,6 +84,13 @@ export class ImgateClient extends EventTarget {
 
   #open() {
     clearTimeout(this.timer);
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) {
+      // Never two sockets for one client (the browser's `online` event may come while
+      // one is still connecting).
+      if (this.ws.readyState === WebSocket.OPEN) return;
+      this.ws.onclose = null;
+      this.ws.close();
+    }
     this.#setState(this.attempt ? 'reconnecting' : 'connecting');
     const u = new URL(this.base.replace(/^http/, 'ws') + this.path + '/msg');
     if (this.token) u.searchParams.set('token', this.token);

@@ -161,8 +161,9 @@ impl Conn {
         let stopping = ctx.shutdown.cancelled();
         tokio::pin!(stopping);
         loop {
+            // Not biased: a user whose queue never empties must still be read (its pongs,
+            // its sends) and still get heartbeats.
             let step = tokio::select! {
-                biased;
                 _ = &mut stopping => return shutting_down(),
                 next = queue.next() => match next {
                     Next::Frame(first) => Box::pin(self.live(first, &queue)).await,
@@ -225,7 +226,9 @@ impl Conn {
                 self.last_sent = m.seq;
             }
             self.flush().await?;
-            if n < REPLAY_PAGE {
+            // A short page usually means the end; but retention may have taken rows from
+            // under this one, so only an empty page is sure.
+            if n == 0 {
                 return Ok(());
             }
         }
