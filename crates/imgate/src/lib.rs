@@ -132,7 +132,7 @@ pub async fn run(
     tokio::spawn(retention(store.clone(), wechat.clone(), config.store.retention_max_age, cancel.clone()));
     let state = Arc::new(http::App {
         config: config.clone(),
-        hub,
+        hub: hub.clone(),
         store: store.clone(),
         ingest,
         auth: Arc::new(auth::Auth::new(&config.auth)),
@@ -165,6 +165,7 @@ pub async fn run(
         r = &mut server => Some(r),
     };
     cancel.cancel();
+    hub.shut_down();
     if let Some(r) = early {
         tracing::error!("the server stopped by itself; shutting down");
         store.close().await;

@@ -156,16 +156,17 @@ impl Conn {
         let mut heard = false;
         let mut last_alive = Instant::now();
         let mut pending: Option<Pending> = None;
-        // Made once: a fresh `cancelled()` per turn would register with the token again
-        // for every frame.
-        let stopping = ctx.shutdown.cancelled();
-        tokio::pin!(stopping);
+        // Shutdown comes through the queue (Next::Shutdown); one that began before this
+        // connection registered is seen here.
+        if ctx.shutdown.is_cancelled() {
+            return shutting_down();
+        }
         loop {
             // Not biased: a user whose queue never empties must still be read (its pongs,
             // its sends) and still get heartbeats.
             let step = tokio::select! {
-                _ = &mut stopping => return shutting_down(),
                 next = queue.next() => match next {
+                    Next::Shutdown => return shutting_down(),
                     Next::Frame(first) => Box::pin(self.live(first, &queue)).await,
                     Next::CatchUp => Box::pin(self.replay()).await,
                     Next::Kicked => return too_slow(self.flushed),
@@ -261,6 +262,7 @@ impl Conn {
             if n < WRITE_BATCH {
                 next = match queue.try_next() {
                     Some(Next::Frame(f)) => Some(f),
+                    Some(Next::Shutdown) => return Err(shutting_down()),
                     Some(Next::CatchUp) => {
                         self.flush().await?;
                         return self.replay().await;

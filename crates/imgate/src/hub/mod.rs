@@ -156,6 +156,19 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Shutdown: every connection closes with 1001.
+    pub fn shut_down(&self) {
+        for shard in self.shards.iter() {
+            for entry in shard.read().values() {
+                for slot in &entry.slots {
+                    slot.queue.shut_down();
+                }
+            }
+        }
+    }
+}
+
 impl Fanout for Hub {
     fn resync(&self) {
         for shard in self.shards.iter() {

@@ -21,6 +21,8 @@ struct State {
     kicked: bool,
     /// Frames may have been missed: read the mailbox before the next one.
     catch_up: bool,
+    /// The server is shutting down.
+    closing: bool,
 }
 
 #[derive(Default)]
@@ -40,6 +42,8 @@ pub enum Offer {
 /// What the connection gets next.
 #[derive(Debug)]
 pub enum Next {
+    /// The server is shutting down: close with 1001.
+    Shutdown,
     Frame(Outbound),
     /// Read the mailbox: frames may have been committed that never reached the queue.
     CatchUp,
@@ -79,6 +83,9 @@ impl Queue {
     /// Like [`next`](Self::next), without waiting.
     pub fn try_next(&self) -> Option<Next> {
         let mut s = self.state.lock();
+        if s.closing {
+            return Some(Next::Shutdown);
+        }
         if s.kicked {
             return Some(Next::Kicked);
         }
@@ -102,6 +109,13 @@ impl Queue {
             // Woken by a frame, perhaps: it stays queued for `next`.
             self.notify.notified().await;
         }
+    }
+
+    /// Tell the connection the server is going (see [`Next::Shutdown`]). A flag here, not a
+    /// future each idle connection holds: that is memory on every one of them.
+    pub fn shut_down(&self) {
+        self.state.lock().closing = true;
+        self.notify.notify_one();
     }
 
     /// Ask the connection to read its mailbox (see [`Next::CatchUp`]).
