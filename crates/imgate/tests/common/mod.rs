@@ -199,10 +199,12 @@ impl Client {
         Ok(Client { ws, protocol })
     }
 
-    /// The next frame that is not a heartbeat, as JSON.
+    /// The next frame that is not a heartbeat, as JSON, within [`PATIENCE`] (heartbeats do
+    /// not extend the wait).
     pub async fn frame(&mut self) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let f = self.any_frame().await;
+            let f = self.text_frame_by(deadline).await;
             if f["result"]["code"] != 101 {
                 return f;
             }
@@ -211,8 +213,12 @@ impl Client {
 
     /// The next text frame, heartbeats included.
     pub async fn any_frame(&mut self) -> Value {
+        self.text_frame_by(tokio::time::Instant::now() + PATIENCE).await
+    }
+
+    async fn text_frame_by(&mut self, deadline: tokio::time::Instant) -> Value {
         loop {
-            let m = tokio::time::timeout(PATIENCE, self.ws.next())
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("a frame arrives")
                 .expect("the connection is open")
@@ -240,8 +246,11 @@ impl Client {
 
     /// Read until the server closes; its close frame, if it sent one.
     pub async fn closed(&mut self) -> Option<CloseFrame> {
+        // One deadline for the whole wait: heartbeats keep arriving, so a timeout per frame
+        // would never fire.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            match tokio::time::timeout(PATIENCE, self.ws.next()).await.expect("the server closes") {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await.expect("the server closes") {
                 Some(Ok(Message::Close(c))) => return c,
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return None,
