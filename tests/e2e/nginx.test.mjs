@@ -70,7 +70,7 @@ const lines = [];
 try {
   for (const port of [1234]) {
     await new Promise((resolve, reject) => {
-      const s = net.createServer().once('error', () => reject(new Error(`port ${port} is busy`))).listen(port, '127.0.0.1', () => s.close(resolve));
+      const s = net.createServer().once('error', () => reject(new Error(`port ${port} is taken: this test runs nginx there for the seed's page (ws://localhost:1234); stop whatever listens on it`))).listen(port, '127.0.0.1', () => s.close(resolve));
     });
   }
   const redisPort = await freePort();

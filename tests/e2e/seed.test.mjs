@@ -3,7 +3,8 @@
 //   node tests/e2e/seed.test.mjs
 //
 // 1. starts the imgate binary on 127.0.0.1:1234 (the seed's port) with a fresh data dir
-//    and a short heartbeat (300 ms) / idle timeout (1200 ms);
+//    and a short heartbeat (300 ms) and an idle timeout ten times longer (3 s), so that a
+//    stalled CI machine does not close a live page;
 // 2. serves the seed's HTML page, unchanged, from a tiny static server (the seed uses a
 //    separate file server on localhost:8080; any free port does);
 // 3. opens it in Debian's chromium (through playwright-core, no downloaded browser): the page
@@ -41,7 +42,7 @@ const HEALTHZ_URL = `http://${GATEWAY_HOST}:${GATEWAY_PORT}/healthz`;
 
 const WAIT_MS = 30_000; // per wait; only fails a hung test
 const WATCHDOG_MS = 240_000; // the whole run
-const MIN_HEARTBEATS = 8; // 8 x 300 ms heartbeat = 2 idle timeouts of 1200 ms
+const MIN_HEARTBEATS = 21; // 21 x 300 ms heartbeat = 2 idle timeouts of 3 s
 
 // The seed's XML body (seed §3), byte for byte.
 const SEED_XML = `<xml>
@@ -246,7 +247,7 @@ async function startImgate() {
     env: {
       ...env,
       IMGATE_HUB__HEARTBEAT_INTERVAL: '300ms',
-      IMGATE_HUB__IDLE_TIMEOUT: '1200ms',
+      IMGATE_HUB__IDLE_TIMEOUT: '3000ms',
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
