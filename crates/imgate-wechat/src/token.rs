@@ -4,6 +4,7 @@
 //! loop.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -33,6 +34,8 @@ pub trait SharedTokens: Send + Sync {
     async fn lock(&self, appid: &str) -> bool;
     /// Share a fresh token (and release the lock).
     async fn put(&self, appid: &str, token: &str, ttl_secs: u64);
+    /// Release the lock after a failed refresh, so that another node may try at once.
+    async fn unlock(&self, appid: &str);
     /// Forget `token` if it is still the shared one.
     async fn forget(&self, appid: &str, token: &str);
 }
@@ -45,13 +48,27 @@ struct Cached {
     expires_at: Instant,
 }
 
+/// The outcome of the latest refresh, numbered, so that callers who queued behind it
+/// take it instead of asking WeChat again (a refused or unreachable fetch is not repeated
+/// once per waiting caller).
+struct Refresh {
+    generation: u64,
+    outcome: Option<Result<String, ApiError>>,
+}
+
 pub struct TokenCache {
     api: Api,
     appid: String,
     secret: String,
     mode: TokenMode,
-    /// Held across the fetch on purpose: it is what makes refreshes one at a time.
-    state: Mutex<Option<Cached>>,
+    /// The token in use. Read and replaced in a moment, never held across a call: a caller
+    /// with a valid token, or one invalidating a refused token, never waits for a refresh.
+    cached: std::sync::Mutex<Option<Cached>>,
+    /// One refresh at a time. Held across the fetch (and the wait for a peer's token), and
+    /// only by the caller doing the refresh for everyone: the callers queued behind it
+    /// share its outcome, they do not start their own.
+    refresh: Mutex<Refresh>,
+    generation: AtomicU64,
     shared: Option<Arc<dyn SharedTokens>>,
 }
 
@@ -77,7 +94,9 @@ impl TokenCache {
             appid: appid.to_owned(),
             secret: secret.to_owned(),
             mode,
-            state: Mutex::new(None),
+            cached: std::sync::Mutex::new(None),
+            refresh: Mutex::new(Refresh { generation: 0, outcome: None }),
+            generation: AtomicU64::new(0),
             shared,
         }
     }
@@ -89,19 +108,48 @@ impl TokenCache {
         }
     }
 
+    fn cached(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {
+        // A panic while holding it cannot leave it half-written: take it as it is.
+        self.cached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn valid(&self) -> Option<String> {
+        self.cached().as_ref().filter(|c| Instant::now() < c.expires_at).map(|c| c.value.clone())
+    }
+
+    fn keep(&self, value: &str, life: Duration) {
+        *self.cached() = Some(Cached { value: value.to_owned(), expires_at: Instant::now() + life });
+    }
+
     /// A token believed valid.
     pub async fn get(&self) -> Result<String, ApiError> {
-        let mut state = self.state.lock().await;
-        if let Some(c) = state.as_ref()
-            && Instant::now() < c.expires_at
-        {
-            return Ok(c.value.clone());
+        if let Some(v) = self.valid() {
+            return Ok(v);
         }
+        let seen = self.generation.load(Ordering::Acquire);
+        let mut refresh = self.refresh.lock().await;
+        if refresh.generation != seen
+            && let Some(outcome) = &refresh.outcome
+        {
+            // A refresh finished while this caller queued: its outcome is this caller's too.
+            return outcome.clone();
+        }
+        if let Some(v) = self.valid() {
+            return Ok(v);
+        }
+        let outcome = self.refresh_now().await;
+        refresh.generation = seen + 1;
+        refresh.outcome = Some(outcome.clone());
+        self.generation.store(seen + 1, Ordering::Release);
+        outcome
+    }
+
+    async fn refresh_now(&self) -> Result<String, ApiError> {
         let Some(shared) = &self.shared else {
             let t = self.fetch().await?;
-            let life = Duration::from_secs(t.expires_in).saturating_sub(EARLY).max(Duration::from_secs(30));
+            let life = lifetime(t.expires_in);
             tracing::info!(appid = %self.appid, expires_in = t.expires_in, "access token refreshed");
-            *state = Some(Cached { value: t.value.clone(), expires_at: Instant::now() + life });
+            self.keep(&t.value, life);
             return Ok(t.value);
         };
         // Several nodes: take the shared token, or be the one that refreshes it.
@@ -110,19 +158,25 @@ impl TokenCache {
             if let Some((value, ttl)) = shared.get(&self.appid).await
                 && ttl > 0
             {
-                *state = Some(Cached {
-                    value: value.clone(),
-                    expires_at: Instant::now() + Duration::from_secs(ttl),
-                });
+                self.keep(&value, Duration::from_secs(ttl));
                 return Ok(value);
             }
-            if shared.lock(&self.appid).await || Instant::now() >= deadline {
-                let t = self.fetch().await?;
-                let life =
-                    Duration::from_secs(t.expires_in).saturating_sub(EARLY).max(Duration::from_secs(30));
+            let locked = shared.lock(&self.appid).await;
+            if locked || Instant::now() >= deadline {
+                let t = match self.fetch().await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // Let another node try now, not when the lock expires.
+                        if locked {
+                            shared.unlock(&self.appid).await;
+                        }
+                        return Err(e);
+                    }
+                };
+                let life = lifetime(t.expires_in);
                 shared.put(&self.appid, &t.value, life.as_secs()).await;
                 tracing::info!(appid = %self.appid, expires_in = t.expires_in, "access token refreshed for every node");
-                *state = Some(Cached { value: t.value.clone(), expires_at: Instant::now() + life });
+                self.keep(&t.value, life);
                 return Ok(t.value);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -132,9 +186,11 @@ impl TokenCache {
     /// Forget `failed`, if it is still the cached token (another caller may have
     /// refreshed already).
     pub async fn invalidate(&self, failed: &str) {
-        let mut state = self.state.lock().await;
-        if state.as_ref().is_some_and(|c| c.value == failed) {
-            *state = None;
+        {
+            let mut cached = self.cached();
+            if cached.as_ref().is_some_and(|c| c.value == failed) {
+                *cached = None;
+            }
         }
         if let Some(shared) = &self.shared {
             shared.forget(&self.appid, failed).await;
@@ -158,3 +214,11 @@ impl TokenCache {
         }
     }
 }
+
+/// How long to use a token: WeChat's life less the overlap, never under 30 s.
+fn lifetime(expires_in: u64) -> Duration {
+    Duration::from_secs(expires_in).saturating_sub(EARLY).max(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests;

@@ -68,6 +68,12 @@ impl SharedTokens for RedisTokens {
         );
     }
 
+    async fn unlock(&self, appid: &str) {
+        let mut c = self.conn.clone();
+        let _: Option<i64> =
+            warn(redis::cmd("DEL").arg(format!("{}:lock", key(appid))).query_async(&mut c).await);
+    }
+
     async fn forget(&self, appid: &str, token: &str) {
         let mut c = self.conn.clone();
         let _: Option<i64> =
