@@ -130,6 +130,11 @@ impl Auth {
         // A far-off exp never expires rather than overflowing.
         let expires =
             Duration::from_secs(claims.exp).checked_add(self.leeway).and_then(|d| UNIX_EPOCH.checked_add(d));
+        // jsonwebtoken compares whole seconds and still takes a token within its exp's
+        // second; it is over at exp itself (RFC 7519), as the socket it opens would be.
+        if expires.is_some_and(|at| at <= SystemTime::now()) {
+            return Err(ApiError::Unauthorized("token refused: ExpiredSignature".into()));
+        }
         match named {
             Some(u) if u != claims.sub => {
                 Err(ApiError::Forbidden(format!("the token is for user {:?}, not {u:?}", claims.sub)))
@@ -315,6 +320,8 @@ mod tests {
         let strict = auth_with(|c| c.leeway = Duration::ZERO);
         assert!(strict.caller(&h, Some(&late), None).is_err());
         assert!(strict.caller(&h, Some(&early), None).is_err());
+        // A token is over at its exp, not a second later.
+        assert!(strict.caller(&h, Some(&jwt("a", 0, SECRET)), None).is_err());
         // An exp at the end of time neither overflows nor expires.
         let forever = sign(serde_json::json!({"sub": "a", "exp": u64::MAX}), SECRET);
         assert_eq!(a.authorize(&h, Some(&forever), None).unwrap().expires, None);
