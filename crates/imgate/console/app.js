@@ -69,8 +69,28 @@ function duration(secs) {
   return h ? `${h} h ${m} min` : `${Math.max(m, 1)} min`;
 }
 
+/** Token mode: `?token_url=/path` names where a fresh token comes from (an auth proxy's
+ *  endpoint answering the JWT as text), asked on every reconnect, as when the token expires.
+ *  Same origin only, so a link cannot send the page's cookies elsewhere. */
+function tokenSource() {
+  const raw = params.get('token_url');
+  if (!raw) return null;
+  let u;
+  try {
+    u = new URL(raw, location.origin);
+  } catch {
+    return null;
+  }
+  if (u.origin !== location.origin) return null;
+  return async () => {
+    const r = await fetch(u, { credentials: 'same-origin', cache: 'no-store' });
+    if (!r.ok) throw new Error(`${u.pathname}: ${r.status}`);
+    return (await r.text()).trim();
+  };
+}
+
 function start() {
-  const client = new ImgateClient({ userid, token });
+  const client = new ImgateClient({ userid, token, getToken: tokenSource() });
   const conversations = new Map(); // contact → conversation
   let current = null;
   let unseen = 0;

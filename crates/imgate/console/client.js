@@ -1,7 +1,7 @@
 // imgate client: one user's live connection to an imgate gateway.
 //
 //   import { ImgateClient } from '/console/client.js';
-//   const c = new ImgateClient({ userid: 'agent1' });          // or { token: JWT }
+//   const c = new ImgateClient({ userid: 'agent1' });          // or { token: JWT, getToken }
 //   c.addEventListener('message', (e) => show(e.detail));     // every message frame, once
 //   c.addEventListener('state', (e) => setBadge(e.detail));   // connecting|connected|reconnecting|offline
 //   c.connect();
@@ -11,16 +11,26 @@
 // dropped connection or a restarted server loses nothing; frames are deduplicated by seq
 // and id, so nothing is shown twice. The highest seq is kept in localStorage per user.
 // Sends carry a client id: a retry of the same send is recognised by the server.
+//
+// Token mode: the gateway closes a socket with 4001 when its token expires. Given
+// `getToken` (an async function returning a fresh JWT, as Centrifugo's client takes), the
+// client calls it on every reconnect, that one included, and connects with what it
+// returns. Without `getToken`, a 4001 ends the client (state `offline`, a `close` event):
+// its token cannot be renewed.
 
 const MESSAGE_CODES = (code) => code === 102 || code === 103 || code >= 1000;
+/** The gateway's close code for an expired token. */
+export const CLOSE_TOKEN_EXPIRED = 4001;
 
 export class ImgateClient extends EventTarget {
-  constructor({ base = location.origin, userid = '', token = '', path = '/im_component/wx_official_account' } = {}) {
+  constructor({ base = location.origin, userid = '', token = '', getToken = null, path = '/im_component/wx_official_account' } = {}) {
     super();
     this.base = base.replace(/\/$/, '');
     this.path = path;
     this.userid = userid || subjectOf(token) || '';
     this.token = token;
+    this.getToken = getToken;
+    this.opening = 0;             // the latest #open; an older one still awaiting getToken gives way
     this.state = 'offline';
     this.ws = null;
     this.attempt = 0;
@@ -82,8 +92,28 @@ export class ImgateClient extends EventTarget {
     entry.reject(Object.assign(new Error('no answer from the gateway yet'), { frame: null, id: entry.id, lost: true }));
   }
 
-  #open() {
+  async #open() {
     clearTimeout(this.timer);
+    if (this.ws?.readyState === WebSocket.OPEN) return;
+    const me = ++this.opening;
+    this.#setState(this.attempt ? 'reconnecting' : 'connecting');
+    if (this.getToken && (this.attempt > 0 || !this.token)) {
+      // A reconnect, after an expired token or not: a fresh token (the old one may have
+      // expired while the network was down).
+      let fresh = '';
+      try {
+        fresh = String((await this.getToken()) || '');
+      } catch (e) {
+        // Shaped as the gateway's error frames, which 'error' events carry too.
+        this.dispatchEvent(new CustomEvent('error', { detail: { result: { code: -1, message: `getToken: ${e?.message || e}` } } }));
+      }
+      if (this.closed || me !== this.opening) return;
+      if (!fresh) {
+        this.#reconnectSoon();
+        return;
+      }
+      this.token = fresh;
+    }
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) {
       // Never two sockets for one client (the browser's `online` event may come while
       // one is still connecting).
@@ -91,7 +121,6 @@ export class ImgateClient extends EventTarget {
       this.ws.onclose = null;
       this.ws.close();
     }
-    this.#setState(this.attempt ? 'reconnecting' : 'connecting');
     const u = new URL(this.base.replace(/^http/, 'ws') + this.path + '/msg');
     if (this.token) u.searchParams.set('token', this.token);
     else u.searchParams.set('userid', this.userid);
@@ -110,6 +139,12 @@ export class ImgateClient extends EventTarget {
         p.reject(Object.assign(new Error('connection lost before the answer: check the message, then retry'), { frame: null, id: p.id, lost: true }));
       }
       this.dispatchEvent(new CustomEvent('close', { detail: { code: e.code, reason: e.reason } }));
+      if (e.code === CLOSE_TOKEN_EXPIRED) {
+        // Not the network: reconnect at once with a fresh token, or stop if none can come.
+        if (this.getToken) this.#reconnectSoon(0);
+        else this.close();
+        return;
+      }
       if (!this.closed) this.#reconnectSoon();
     };
     ws.onerror = () => {};

@@ -48,13 +48,17 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   history_page_max = 200             most messages one history page returns
 
   [auth]
-  mode = \"open\"                      open: anyone names their userid (the seed's test);
+  mode = \"open\"                      open: anyone names their userid (the seed's test); on an
+                                     address other than loopback only if written here explicitly;
                                      token: WebSocket users present an HS256 JWT (sub = userid),
-                                     HTTP senders a JWT or an API key
-  jwt_secret = \"\"                    HS256 secret (token mode)
-  api_keys = []                      keys backends send as 'Authorization: Bearer KEY' or X-Api-Key;
+                                     HTTP senders a JWT or an API key; /metrics needs an API key
+  jwt_secret = \"\"                    HS256 secret, at least 32 bytes (token mode; empty = no JWTs)
+  api_keys = []                      keys of at least 32 characters that backends send as
+                                     'Authorization: Bearer KEY' or X-Api-Key (never in a URL);
                                      a key may act as any ?userid= (connect, read, send)
   allowed_origins = []               Origins allowed to open a WebSocket; empty allows any
+  leeway = \"30s\"                     clock skew allowed on a JWT's exp and nbf (at most 5m); a
+                                     WebSocket is closed (4001) this long after its token's exp
 
   [bench]
   noop_route = false                 POST /bench/noop parses a send like /send and answers without
@@ -261,6 +265,12 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     pub api_keys: Vec<String>,
     pub allowed_origins: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Whether `mode` was written (file or environment) rather than left to its default:
+    /// open mode on an address other than loopback must be chosen, not fallen into.
+    #[serde(skip)]
+    pub mode_written: bool,
 }
 
 /// Secrets stay out of logs.
@@ -271,6 +281,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("jwt_secret", &if self.jwt_secret.is_empty() { "" } else { "<set>" })
             .field("api_keys", &format_args!("<{} keys>", self.api_keys.len()))
             .field("allowed_origins", &self.allowed_origins)
+            .field("leeway", &self.leeway)
             .finish()
     }
 }
@@ -340,6 +351,8 @@ impl Default for AuthConfig {
             jwt_secret: String::new(),
             api_keys: Vec::new(),
             allowed_origins: Vec::new(),
+            leeway: Duration::from_secs(30),
+            mode_written: false,
         }
     }
 }
@@ -371,19 +384,25 @@ impl Config {
     /// Merge the layers. `file` given explicitly must exist; the default `imgate.toml` is
     /// read only if present.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        // What the operator wrote, apart from the defaults: protected mode asks whether
+        // auth.mode is among it.
+        let mut written = Figment::new();
         match file {
             Some(f) if !f.exists() => return Err(ConfigError::MissingFile(f.to_owned())),
-            Some(f) => fig = fig.merge(Toml::file_exact(f)),
-            None if Path::new("imgate.toml").exists() => fig = fig.merge(Toml::file_exact("imgate.toml")),
+            Some(f) => written = written.merge(Toml::file_exact(f)),
+            None if Path::new("imgate.toml").exists() => {
+                written = written.merge(Toml::file_exact("imgate.toml"))
+            }
             None => {}
         }
         // Only the variables that name a key: tools use the prefix too (IMGATE_TOKEN,
         // IMGATE_BIN), and they must not stop the gateway.
-        fig = fig.merge(Env::prefixed("IMGATE_").split("__").filter(|k| {
+        written = written.merge(Env::prefixed("IMGATE_").split("__").filter(|k| {
             let top = k.as_str().split('.').next().unwrap_or_default().to_ascii_lowercase();
             TOP_KEYS.contains(&top.as_str())
         }));
+        let mode_written = written.contains("auth.mode");
+        let mut fig = Figment::from(Serialized::defaults(Config::default())).merge(written);
         if let Some(l) = overrides.listen {
             fig = fig.merge(Serialized::default("listen", l));
         }
@@ -391,6 +410,7 @@ impl Config {
             fig = fig.merge(Serialized::default("data_dir", d));
         }
         let mut config: Config = fig.extract().map_err(Box::new)?;
+        config.auth.mode_written = mode_written;
         config.secrets_from_env(|k| std::env::var(k).ok());
         config.validate()?;
         Ok(config)
@@ -439,15 +459,7 @@ impl Config {
         if self.store.max_batch == 0 || self.store.retention_max_messages == 0 {
             return bad("store.max_batch", "max_batch and retention_max_messages must be above zero");
         }
-        if self.auth.mode == AuthMode::Token
-            && self.auth.jwt_secret.len() < 16
-            && self.auth.api_keys.is_empty()
-        {
-            return bad(
-                "auth.jwt_secret",
-                "token mode needs a jwt_secret of at least 16 bytes or an api key",
-            );
-        }
+        self.auth.check(self.listen)?;
         if self.store.engine == Engine::Redis && !self.wechat.accounts.is_empty() {
             if self.wechat.media_dir.as_os_str().is_empty() {
                 return bad(
@@ -483,6 +495,74 @@ impl Config {
         self.protocol.zone()?;
         Ok(())
     }
+}
+
+/// The shortest JWT secret (bytes) and API key (characters) token mode takes: 256 bits,
+/// HS256's own key size, out of reach of an offline guess at a captured token.
+pub const MIN_SECRET: usize = 32;
+/// The most leeway allowed on `exp` and `nbf`.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+impl AuthConfig {
+    /// Token mode's secrets are long enough to resist guessing, and open mode on `listen`
+    /// is safe or was chosen.
+    pub fn check(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        let bad = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.leeway > MAX_LEEWAY {
+            return bad("auth.leeway", format!("must be at most {}s", MAX_LEEWAY.as_secs()));
+        }
+        match self.mode {
+            AuthMode::Token => {
+                if self.jwt_secret.is_empty() && self.api_keys.is_empty() {
+                    return bad(
+                        "auth.jwt_secret",
+                        "token mode needs a jwt_secret (for users) or api_keys (for backends)".into(),
+                    );
+                }
+                // Empty means no JWTs are taken (a deployment of backends only).
+                if !self.jwt_secret.is_empty() && self.jwt_secret.len() < MIN_SECRET {
+                    return bad(
+                        "auth.jwt_secret",
+                        format!(
+                            "is {} bytes; it must be at least {MIN_SECRET} (a short HS256 secret is \
+                             guessed from one token, then any token can be forged)",
+                            self.jwt_secret.len()
+                        ),
+                    );
+                }
+                if let Some((i, k)) =
+                    self.api_keys.iter().enumerate().find(|(_, k)| k.trim().chars().count() < MIN_SECRET)
+                {
+                    return bad(
+                        "auth.api_keys",
+                        format!(
+                            "key #{} is {} characters; every key must have at least {MIN_SECRET} (an \
+                             empty or short key is guessed)",
+                            i + 1,
+                            k.trim().chars().count()
+                        ),
+                    );
+                }
+            }
+            AuthMode::Open if !self.mode_written && !is_loopback(listen) => {
+                return bad(
+                    "auth.mode",
+                    format!(
+                        "open mode, the default, lets anyone who reaches {listen} act as any user; \
+                         on an address other than loopback use auth.mode = \"token\", or write \
+                         auth.mode = \"open\" in the configuration to accept that"
+                    ),
+                );
+            }
+            AuthMode::Open => {}
+        }
+        Ok(())
+    }
+}
+
+/// Whether only this machine reaches `addr`.
+pub fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
 }
 
 impl ProtocolConfig {
@@ -545,6 +625,61 @@ mod tests {
         c.validate().unwrap();
         c.wechat.accounts[0].encoding_aes_key = "too short".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API
+    fn open_mode_off_loopback_must_be_written() {
+        figment::Jail::expect_with(|jail| {
+            let public =
+                Overrides { listen: Some(SocketAddr::from(([0, 0, 0, 0], 0))), ..Default::default() };
+            let err = Config::load(None, &public).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid { key: "auth.mode", .. }), "{err}");
+            let v6 = Overrides { listen: Some("[::]:0".parse().unwrap()), ..Default::default() };
+            assert!(Config::load(None, &v6).is_err());
+            for loopback in ["127.0.0.1:0", "[::1]:0", "[::ffff:127.0.0.1]:0"] {
+                let o = Overrides { listen: Some(loopback.parse().unwrap()), ..Default::default() };
+                Config::load(None, &o).unwrap();
+            }
+            // Written in the environment or in the file: chosen.
+            jail.set_env("IMGATE_AUTH__MODE", "open");
+            assert!(Config::load(None, &public).unwrap().auth.mode_written);
+            jail.clear_env();
+            jail.create_file("imgate.toml", "[auth]\nmode = \"open\"\n")?;
+            assert!(Config::load(None, &public).unwrap().auth.mode_written);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn token_mode_wants_long_secrets() {
+        let check = |secret: &str, keys: &[&str], leeway: u64| {
+            let mut c = Config::default();
+            c.auth.mode = AuthMode::Token;
+            c.auth.jwt_secret = secret.into();
+            c.auth.api_keys = keys.iter().map(|k| k.to_string()).collect();
+            c.auth.leeway = Duration::from_secs(leeway);
+            c.validate().err().map(|e| match e {
+                ConfigError::Invalid { key, .. } => key,
+                other => panic!("{other}"),
+            })
+        };
+        let s32 = "s".repeat(32);
+        let k32 = "k".repeat(32);
+        assert_eq!(check(&s32, &[], 30), None);
+        assert_eq!(check("", &[&k32], 30), None);
+        assert_eq!(check(&s32, &[&k32], 0), None);
+        assert_eq!(check(&s32, &[&k32], 300), None);
+        assert_eq!(check(&s32, &[&k32], 301), Some("auth.leeway"));
+        assert_eq!(check("", &[], 30), Some("auth.jwt_secret"));
+        assert_eq!(check("abc", &[&k32], 30), Some("auth.jwt_secret"));
+        assert_eq!(check(&s32[..31], &[], 30), Some("auth.jwt_secret"));
+        assert_eq!(check(&s32, &[""], 30), Some("auth.api_keys"));
+        assert_eq!(check(&s32, &[&k32, &k32[..31]], 30), Some("auth.api_keys"));
+        assert_eq!(check(&s32, &[&format!("  {}  ", &k32[..30])], 30), Some("auth.api_keys"));
+        // Characters, not bytes: 32 Chinese characters are a long key.
+        assert_eq!(check(&s32, &[&"钥".repeat(32)], 30), None);
+        assert_eq!(check(&s32, &[&"钥".repeat(31)], 30), Some("auth.api_keys"));
     }
 
     #[test]

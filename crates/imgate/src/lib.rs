@@ -142,6 +142,15 @@ pub async fn run(
         wechat,
     });
     let addr = listener.local_addr()?;
+    // The listener may not be `config.listen` (tests, embedding programs): check it too.
+    config.auth.check(addr)?;
+    if config.auth.mode == config::AuthMode::Open && !config::is_loopback(addr) {
+        tracing::warn!(
+            %addr,
+            "auth.mode = \"open\" on an address other than loopback: ANYONE who reaches it can \
+             connect and send as any user. Use auth.mode = \"token\" unless a trusted proxy guards it"
+        );
+    }
     tracing::info!(
         %addr,
         store = ?config.store.engine,

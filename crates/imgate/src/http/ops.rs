@@ -1,9 +1,10 @@
-//! `/healthz` (the process answers), `/readyz` (it can take messages), `/metrics`.
+//! `/healthz` (the process answers), `/readyz` (it can take messages), `/metrics` (in token
+//! mode, for an API key only).
 
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use imgate_protocol::ok_frame;
 use serde_json::json;
@@ -28,7 +29,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
     }
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
-        .into_response()
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    state.auth.operator(&headers)?;
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+        .into_response())
 }

@@ -47,8 +47,9 @@ async fn upgrade(
 ) -> Result<Response, ApiError> {
     let params = Params::from(query)?;
     state.auth.check_origin(&headers)?;
-    let caller = state.caller(&headers, &params)?;
-    let user = caller
+    let authorized = state.auth.authorize(&headers, params.get("token"), params.userid())?;
+    let user = authorized
+        .caller
         .user()
         .ok_or_else(|| {
             ApiError::BadRequest("missing userid: connect with ?userid=YOUR_ID (or ?userId=)".into())
@@ -81,7 +82,14 @@ async fn upgrade(
         ws = ws.protocols([p.to_owned()]);
     }
     let ctx = state.conn.clone();
-    let start = conn::Start::decide(&ctx, &user, since).await?;
+    let mut start = conn::Start::decide(&ctx, &user, since).await?;
+    // The socket lives no longer than its token: it is closed (4001) when the token
+    // expires, and the client reconnects with a fresh one.
+    start.expires = authorized.expires.and_then(|at| {
+        let left = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        // A deadline past what the clock can hold is no deadline.
+        tokio::time::Instant::now().checked_add(left)
+    });
     let token = state.tasks.token();
     Ok(ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed")).on_upgrade(
         move |socket| async move {

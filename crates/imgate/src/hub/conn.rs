@@ -20,7 +20,7 @@ use imgate_protocol::{ack_frame, error_frame, error_frame_with, heartbeat_frame,
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{CLOSE_IDLE, CLOSE_SLOW, Hub, Next, Outbound, Queue};
+use super::{CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED, Hub, Next, Outbound, Queue};
 use crate::config::HubConfig;
 use crate::ingest::{Ingest, Sender};
 use crate::store::{DynStore, StoreError};
@@ -62,6 +62,8 @@ fn too_slow(last_sent: u64) -> Stop {
 pub struct Start {
     /// Replay what comes after this seq.
     pub after: u64,
+    /// When the connection's credentials expire, if they do.
+    pub expires: Option<Instant>,
 }
 
 impl Start {
@@ -80,7 +82,7 @@ impl Start {
                 stored.max(ctx.hub.delivered(user).unwrap_or(0))
             }
         };
-        Ok(Start { after })
+        Ok(Start { after, expires: None })
     }
 }
 
@@ -97,6 +99,7 @@ pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start
         persisted: start.after,
         mark: None,
         queue: None,
+        expires: start.expires,
     };
     // Replay before registering: a long replay must not fill the live queue. A second
     // pass after registering covers what was committed in between; the seq check drops
@@ -138,6 +141,7 @@ struct Conn {
     /// The user's shared delivered mark in the hub, once registered.
     mark: Option<Arc<std::sync::atomic::AtomicU64>>,
     queue: Option<Arc<Queue>>,
+    expires: Option<Instant>,
 }
 
 impl Conn {
@@ -156,6 +160,14 @@ impl Conn {
         let mut heard = false;
         let mut last_alive = Instant::now();
         let mut pending: Option<Pending> = None;
+        let expiry = self.expires;
+        let expired = async move {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         // Shutdown comes through the queue (Next::Shutdown); one that began before this
         // connection registered is seen here.
         if ctx.shutdown.is_cancelled() {
@@ -194,6 +206,7 @@ impl Conn {
                         Some(Err(e)) => return close_for(e).map_or(Stop::Gone, |(c, r)| Stop::Close(c, r.into())),
                     }
                 }
+                () = &mut expired => return Stop::Close(CLOSE_TOKEN_EXPIRED, "token expired".into()),
                 _ = beat.tick() => {
                     // While a send is pending the socket is not read: the client is not
                     // silent, we are not listening.

@@ -25,6 +25,8 @@ pub use queue::{Next, Offer, Queue};
 pub const CLOSE_SLOW: u16 = 4008;
 /// Close code for a connection that went silent (no frame, no pong).
 pub const CLOSE_IDLE: u16 = 4000;
+/// Close code for a connection whose token expired; the client reconnects with a fresh one.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 
 const SHARDS: usize = 64;
 

@@ -1,0 +1,141 @@
+// The client module (console/client.js) in token mode, in Debian's chromium (playwright-core),
+// against the real binary:
+//
+//   node tests/e2e/token.test.mjs
+//
+// The gateway closes a socket whose JWT expires with 4001 "token expired". A client given
+// `getToken` calls it and reconnects with the fresh token (a message sent afterwards
+// arrives); a client without it stops instead of knocking with a dead token forever.
+// Tokens live 4 s (auth.leeway = 0s); every wait has a 30 s deadline that fails the test.
+
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const BIN = path.resolve(process.env.IMGATE_BIN || path.join(HERE, '../../target/debug/imgate'));
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const WAIT = 30_000;
+const SECRET = 'an-e2e-secret-of-at-least-32-bytes!';
+const KEY = 'an-e2e-backend-key-of-32-characters-or-more';
+
+const freePort = () => new Promise((resolve) => {
+  const s = net.createServer().listen(0, '127.0.0.1', () => {
+    const { port } = s.address();
+    s.close(() => resolve(port));
+  });
+});
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what, f) {
+  const end = Date.now() + WAIT;
+  for (;;) {
+    const v = await f().catch(() => false);
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+const check = (cond, msg) => {
+  if (!cond) throw new Error(msg);
+  console.log(`ok - ${msg}`);
+};
+
+/** An HS256 JWT for `sub`, valid for `ttl` seconds. */
+function jwt(sub, ttl) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + ttl })}`;
+  return `${body}.${crypto.createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'imgate-token-'));
+const port = await freePort();
+const BASE = `http://127.0.0.1:${port}`;
+const CONFIG = path.join(dir, 'imgate.toml');
+fs.writeFileSync(CONFIG, `listen = "127.0.0.1:${port}"
+data_dir = "${path.join(dir, 'data')}"
+[auth]
+mode = "token"
+jwt_secret = "${SECRET}"
+api_keys = ["${KEY}"]
+leeway = "0s"
+`);
+
+let failed = false;
+let browser;
+const gateway = spawn(BIN, ['serve', '--config', CONFIG], { cwd: dir, env: { ...process.env, RUST_LOG: 'imgate=info' }, stdio: ['ignore', 'ignore', 'pipe'] });
+gateway.log = '';
+gateway.stderr.on('data', (d) => (gateway.log += d));
+try {
+  await until('the gateway', async () => (await fetch(`${BASE}/healthz`)).ok);
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] });
+  const page = await browser.newPage();
+  page.setDefaultTimeout(WAIT);
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  // The page's getToken asks this process, which holds the secret (as an app's backend would).
+  let minted = 0;
+  await page.exposeFunction('mintToken', (sub, ttl) => {
+    if (ttl > 60) minted += 1;
+    return jwt(sub, ttl);
+  });
+  // A page of the gateway's origin, so that the module loads as the console loads it.
+  await page.goto(`${BASE}/healthz`);
+  await page.evaluate(async (base) => {
+    const { ImgateClient } = await import('/console/client.js');
+    const watch = (c) => {
+      const log = { closes: [], states: [], messages: [] };
+      c.addEventListener('close', (e) => log.closes.push(e.detail));
+      c.addEventListener('state', (e) => log.states.push(e.detail));
+      c.addEventListener('message', (e) => log.messages.push(e.detail.data.msg.content));
+      return log;
+    };
+    // Four seconds of token each.
+    const renewing = new ImgateClient({ base, token: await window.mintToken('agent1', 4), getToken: () => window.mintToken('agent1', 600) });
+    const stuck = new ImgateClient({ base, token: await window.mintToken('agent2', 4) });
+    window.t = { renewing, stuck, r: watch(renewing), s: watch(stuck) };
+    renewing.connect();
+    stuck.connect();
+  }, BASE);
+  await page.waitForFunction(() => t.renewing.state === 'connected' && t.stuck.state === 'connected');
+  check(minted === 0, 'the first connection uses the token given, not getToken');
+
+  await page.waitForFunction(() => t.r.closes.length > 0 && t.s.closes.length > 0);
+  const closes = await page.evaluate(() => [t.r.closes[0], t.s.closes[0]]);
+  for (const c of closes) check(c.code === 4001 && c.reason === 'token expired', `the expired socket closes with 4001 "token expired" (${JSON.stringify(c)})`);
+
+  // With getToken: connected again, on a fresh token.
+  await page.waitForFunction(() => t.renewing.state === 'connected' && t.r.states.includes('reconnecting'));
+  check(minted >= 1, `getToken was called on the reconnect (${minted} times)`);
+  const token = await page.evaluate(() => t.renewing.token);
+  check(JSON.parse(Buffer.from(token.split('.')[1], 'base64url')).exp > Date.now() / 1000 + 60, 'the client holds the fresh token');
+  const r = await fetch(`${BASE}/send?userid=alice`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-api-key': KEY },
+    body: JSON.stringify({ data: { msg_type: 'text', contact_id: 'agent1', msg: { content: 'after renewal' } }, result: { code: 1001, message: 'common' } }),
+  });
+  check(r.status === 200, 'a backend sends with its key in a header');
+  await page.waitForFunction(() => t.r.messages.includes('after renewal'));
+  check(true, 'the renewed connection receives live messages');
+
+  // Without getToken: stopped, not retrying with the dead token.
+  const stuck = await page.evaluate(() => ({ state: t.stuck.state, closed: t.stuck.closed, closes: t.s.closes.length }));
+  check(stuck.state === 'offline' && stuck.closed === true && stuck.closes === 1, `a client without getToken stops on 4001 (${JSON.stringify(stuck)})`);
+  check(errors.length === 0, `no page errors${errors.length ? `: ${errors.join(' | ')}` : ''}`);
+} catch (e) {
+  failed = true;
+  console.error(`FAIL: ${e.message}`);
+  console.error(`gateway log:\n${gateway.log.slice(-3000)}`);
+} finally {
+  if (browser) await browser.close().catch(() => {});
+  if (gateway.exitCode === null) gateway.kill('SIGKILL');
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+console.log(failed ? 'FAIL: token' : 'PASS: token');
+process.exit(failed ? 1 : 0);
