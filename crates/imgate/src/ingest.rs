@@ -395,10 +395,14 @@ impl Ingest {
     /// Media of this gateway in a message: its sender must be able to see it, and its
     /// recipients `to` may then see it too (before they are told of the message).
     async fn share_media(&self, sender: &str, content: &Content, to: &[&str]) -> Result<(), IngestError> {
-        let (Some(w), Some(path)) = (&self.wechat, content.msg.get("media_path").and_then(Value::as_str)) else {
+        let (Some(w), Some(path)) = (&self.wechat, content.msg.get("media_path").and_then(Value::as_str))
+        else {
             return Ok(());
         };
-        w.share_media(sender, path, to).await.map_err(|e| IngestError::MediaForbidden(e.to_string()))
+        w.share_media(sender, path, to).await.map_err(|e| match e {
+            WechatError::MediaForbidden(_) => IngestError::MediaForbidden(e.to_string()),
+            _ => IngestError::Unsendable(e.to_string()),
+        })
     }
 }
 

@@ -26,8 +26,12 @@ fn now() -> i64 {
 
 fn jwt(sub: &str) -> String {
     let claims = serde_json::json!({"sub": sub, "exp": now() + 600});
-    jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap())
-        .unwrap()
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
 }
 
 /// A gateway with one account (agents: agent1, agent2) aimed at a stand-in for WeChat.
@@ -68,7 +72,8 @@ fn get_as(s: &Server, path: &str, user: Option<&str>, token_mode: bool) -> reqwe
 }
 
 async fn upload(s: &Server, user: &str, token_mode: bool, bytes: Vec<u8>) -> (u16, Value) {
-    let mut r = reqwest::Client::new().post(s.http(&format!("{P}/media"))).header("content-type", "image/png");
+    let mut r =
+        reqwest::Client::new().post(s.http(&format!("{P}/media"))).header("content-type", "image/png");
     r = if token_mode { r.bearer_auth(jwt(user)) } else { r.query(&[("userid", user)]) };
     let r = r.body(bytes).send().await.unwrap();
     let status = r.status().as_u16();
@@ -95,7 +100,13 @@ async fn an_upload_is_read_by_its_uploader_and_whom_it_was_sent_to_only() {
     for who in ["bob", "agent1"] {
         let r = get_as(&s, &path, Some(who), true).send().await.unwrap();
         assert_eq!(r.status(), 403, "{who} read alice's upload");
-        let st: Value = get_as(&s, &format!("{path}/status"), Some(who), true).send().await.unwrap().json().await.unwrap();
+        let st: Value = get_as(&s, &format!("{path}/status"), Some(who), true)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(st["data"]["status"], "unknown", "{who}: {st}");
     }
     let r = get_as(&s, &path, None, true).send().await.unwrap();
@@ -103,7 +114,8 @@ async fn an_upload_is_read_by_its_uploader_and_whom_it_was_sent_to_only() {
 
     // Bob cannot make it his by sending it to himself, or to a friend.
     let msg = |to: &str| {
-        serde_json::json!({"data": {"msg_type": "image", "contact_id": to, "msg": {"media_path": path}}}).to_string()
+        serde_json::json!({"data": {"msg_type": "image", "contact_id": to, "msg": {"media_path": path}}})
+            .to_string()
     };
     let sent = reqwest::Client::new()
         .post(s.http("/send"))
@@ -172,8 +184,13 @@ async fn a_followers_media_and_window_are_for_the_accounts_agents() {
 
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let st: Value =
-            get_as(&s, &format!("{path}/status"), Some("agent2"), false).send().await.unwrap().json().await.unwrap();
+        let st: Value = get_as(&s, &format!("{path}/status"), Some("agent2"), false)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if st["data"]["status"] == "ready" {
             break;
         }
@@ -271,7 +288,13 @@ async fn a_signed_media_url_works_until_it_expires() {
     let (_, up) = upload(&s, "alice", true, bytes.clone()).await;
     let id = up["data"]["id"].as_str().unwrap().to_owned();
     let path = format!("{P}/media/{id}");
-    let st: Value = get_as(&s, &format!("{path}/status"), Some("alice"), true).send().await.unwrap().json().await.unwrap();
+    let st: Value = get_as(&s, &format!("{path}/status"), Some("alice"), true)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let url = st["data"]["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with(&format!("{path}?exp=")), "{url}");
     assert!(!url.contains("token"), "{url}");
@@ -315,4 +338,52 @@ async fn the_console_carries_a_csp_and_cannot_be_framed() {
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
     }
+}
+
+/// With Redis, what one node recorded (owners, readers, quota use) holds on every node,
+/// and a URL one node signed loads from another.
+#[tokio::test]
+async fn nodes_on_one_redis_share_readers_quota_and_signatures() {
+    let redis = Redis::start();
+    let media = tempfile::tempdir().unwrap();
+    let node = || {
+        let (url, media) = (redis.url(), media.path().to_owned());
+        rig(true, move |c| {
+            c.store.engine = imgate::config::Engine::Redis;
+            c.store.redis_url = url;
+            c.wechat.media_dir = media;
+            c.wechat.upload_quota_bytes = 1500;
+        })
+    };
+    let ((a, _wa), (b, _wb)) = (node().await, node().await);
+    for n in [&a, &b] {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while n.get("/readyz").await.0 != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "node never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (status, up) = upload(&a, "alice", true, png(1000)).await;
+    assert_eq!(status, 200, "{up}");
+    let path = up["data"]["media_path"].as_str().unwrap().to_owned();
+    assert_eq!(get_as(&b, &path, Some("alice"), true).send().await.unwrap().status(), 200);
+    assert_eq!(get_as(&b, &path, Some("bob"), true).send().await.unwrap().status(), 403);
+    let body =
+        serde_json::json!({"data": {"msg_type": "image", "contact_id": "bob", "msg": {"media_path": path}}});
+    let sent = reqwest::Client::new()
+        .post(b.http("/send"))
+        .bearer_auth(jwt("alice"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    assert_eq!(get_as(&a, &path, Some("bob"), true).send().await.unwrap().status(), 200);
+    let st: Value =
+        get_as(&a, &format!("{path}/status"), Some("bob"), true).send().await.unwrap().json().await.unwrap();
+    let url = st["data"]["url"].as_str().unwrap();
+    assert_eq!(reqwest::get(b.http(url)).await.unwrap().status(), 200);
+    let (status, refused) = upload(&b, "alice", true, png(1000)).await;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(upload(&b, "bob", true, png(1000)).await.0, 200);
 }

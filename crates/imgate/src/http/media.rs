@@ -60,9 +60,10 @@ fn media_url(config: &Config, id: &str, user: Option<&str>) -> Option<String> {
         return Some(format!("{MEDIA_PATH}{id}?exp={exp}&sig={sig}"));
     }
     match (config.auth.mode, user) {
-        (AuthMode::Open, Some(u)) => {
-            Some(format!("{MEDIA_PATH}{id}?userid={}", url::form_urlencoded::byte_serialize(u.as_bytes()).collect::<String>()))
-        }
+        (AuthMode::Open, Some(u)) => Some(format!(
+            "{MEDIA_PATH}{id}?userid={}",
+            url::form_urlencoded::byte_serialize(u.as_bytes()).collect::<String>()
+        )),
         _ => None,
     }
 }
@@ -218,7 +219,11 @@ pub async fn status(
 }
 
 /// A file from disk, streamed (never read whole), with one `Range` when asked.
-async fn serve_file(path: &std::path::Path, ct: String, range: Option<&HeaderValue>) -> std::io::Result<Response> {
+async fn serve_file(
+    path: &std::path::Path,
+    ct: String,
+    range: Option<&HeaderValue>,
+) -> std::io::Result<Response> {
     let mut file = tokio::fs::File::open(path).await?;
     let len = file.metadata().await?.len();
     // Served from the console's own origin: never as a document that could run script

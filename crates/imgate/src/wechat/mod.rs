@@ -397,7 +397,12 @@ impl Wechat {
         match self.state.reserve_upload(owner, day, size, self.upload_quota).await {
             Ok(Quota::Granted) => {}
             Ok(Quota::Over { used }) => {
-                return Err(UploadError::OverQuota { user: owner.to_owned(), used, quota: self.upload_quota, size });
+                return Err(UploadError::OverQuota {
+                    user: owner.to_owned(),
+                    used,
+                    quota: self.upload_quota,
+                    size,
+                });
             }
             Err(e) => return Err(UploadError::Unavailable(e)),
         }
@@ -448,10 +453,10 @@ impl Wechat {
     /// check (the console does not load them).
     pub async fn share_media(&self, sender: &str, path: &str, to: &[&str]) -> Result<(), WechatError> {
         let Some(id) = media_id_of(path) else { return Ok(()) };
-        let rec = match self.state.media(id).await {
-            Some(rec) if self.may_read(sender, &rec).await => rec,
-            _ => return Err(WechatError::MediaForbidden(path.to_owned())),
-        };
+        let rec = self.state.media(id).await.ok_or_else(|| WechatError::MediaMissing(path.to_owned()))?;
+        if !self.may_read(sender, &rec).await {
+            return Err(WechatError::MediaForbidden(path.to_owned()));
+        }
         for user in to {
             self.state.grant(&rec.id, user).await;
         }

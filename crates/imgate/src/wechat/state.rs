@@ -120,9 +120,8 @@ impl Local {
         let conn = Connection::open(dir.join("wechat.sqlite3"))?;
         conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; {SCHEMA}"))?;
         // Files written before uploads had owners.
-        let has_owner = conn
-            .prepare("SELECT 1 FROM pragma_table_info('media') WHERE name = 'owner'")?
-            .exists([])?;
+        let has_owner =
+            conn.prepare("SELECT 1 FROM pragma_table_info('media') WHERE name = 'owner'")?.exists([])?;
         if !has_owner {
             conn.execute_batch("ALTER TABLE media ADD COLUMN owner TEXT NOT NULL DEFAULT ''")?;
         }
@@ -171,7 +170,8 @@ impl Local {
             let mut s = conn.prepare("SELECT user, day, bytes FROM upload_usage")?;
             let mut rows = s.query([])?;
             while let Some(r) = rows.next()? {
-                usage.insert((r.get::<_, String>(0)?, r.get::<_, i64>(1)?), r.get::<_, i64>(2)?.max(0) as u64);
+                usage
+                    .insert((r.get::<_, String>(0)?, r.get::<_, i64>(1)?), r.get::<_, i64>(2)?.max(0) as u64);
             }
         }
         Ok(Local {
@@ -314,7 +314,8 @@ impl Local {
         }
         let (id, user) = (id.to_owned(), user.to_owned());
         self.write(move |c| {
-            c.execute("INSERT OR IGNORE INTO media_readers (id, user) VALUES (?1, ?2)", [id, user]).map(|_| ())
+            c.execute("INSERT OR IGNORE INTO media_readers (id, user) VALUES (?1, ?2)", [id, user])
+                .map(|_| ())
         })
         .await;
     }
@@ -356,8 +357,11 @@ impl Local {
         };
         let user = user.to_owned();
         self.write(move |c| {
-            c.execute("UPDATE upload_usage SET bytes = ?3 WHERE user = ?1 AND day = ?2", params![user, day, used as i64])
-                .map(|_| ())
+            c.execute(
+                "UPDATE upload_usage SET bytes = ?3 WHERE user = ?1 AND day = ?2",
+                params![user, day, used as i64],
+            )
+            .map(|_| ())
         })
         .await;
     }
@@ -448,7 +452,13 @@ impl State {
 
     /// Count `bytes` against `user`'s uploads on `day` (UTC days since the epoch), unless
     /// that would take them over `quota`. An error when it cannot be known now.
-    pub async fn reserve_upload(&self, user: &str, day: i64, bytes: u64, quota: u64) -> Result<Quota, String> {
+    pub async fn reserve_upload(
+        &self,
+        user: &str,
+        day: i64,
+        bytes: u64,
+        quota: u64,
+    ) -> Result<Quota, String> {
         match self {
             State::Local(l) => l.reserve_upload(user, day, bytes, quota).await,
             State::Redis(r) => r.reserve_upload(user, day, bytes, quota).await,
@@ -641,15 +651,23 @@ impl Shared {
         let mut c = self.conn.clone();
         let key = format!("imgate:wx:m:{id}:r");
         let _: Option<()> = Self::warn(
-            redis::pipe().sadd(&key, user).ignore().expire(&key, self.ttl_secs as i64).ignore().query_async(&mut c).await,
+            redis::pipe()
+                .sadd(&key, user)
+                .ignore()
+                .expire(&key, self.ttl_secs as i64)
+                .ignore()
+                .query_async(&mut c)
+                .await,
         );
     }
 
     async fn is_reader(&self, id: &str, user: &str) -> bool {
         let mut c = self.conn.clone();
         // Redis out of reach: refuse, rather than serve to whoever asks.
-        Self::warn(redis::cmd("SISMEMBER").arg(format!("imgate:wx:m:{id}:r")).arg(user).query_async(&mut c).await)
-            .unwrap_or(false)
+        Self::warn(
+            redis::cmd("SISMEMBER").arg(format!("imgate:wx:m:{id}:r")).arg(user).query_async(&mut c).await,
+        )
+        .unwrap_or(false)
     }
 
     async fn reserve_upload(&self, user: &str, day: i64, bytes: u64, quota: u64) -> Result<Quota, String> {
@@ -667,7 +685,11 @@ impl Shared {
     async fn release_upload(&self, user: &str, day: i64, bytes: u64) {
         let mut c = self.conn.clone();
         let _: Option<i64> = Self::warn(
-            redis::cmd("DECRBY").arg(format!("imgate:wx:q:{day}:{user}")).arg(bytes).query_async(&mut c).await,
+            redis::cmd("DECRBY")
+                .arg(format!("imgate:wx:q:{day}:{user}"))
+                .arg(bytes)
+                .query_async(&mut c)
+                .await,
         );
     }
 }
