@@ -443,7 +443,7 @@ impl Wechat {
         let colleague = !rec.owner.is_empty()
             && self.accounts.iter().any(|a| {
                 let agents = a.config.agents();
-                agents.iter().any(|g| *g == rec.owner) && agents.iter().any(|g| g == user)
+                agents.contains(&rec.owner) && agents.iter().any(|g| g == user)
             });
         colleague || self.state.is_reader(&rec.id, user).await
     }

@@ -377,6 +377,8 @@ pub enum Quota {
 }
 
 /// Where the WeChat state lives: beside the mailboxes, or in the Redis all nodes share.
+// One per process: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum State {
     Local(Local),
     Redis(Shared),
