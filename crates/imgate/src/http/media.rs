@@ -265,7 +265,7 @@ async fn serve_file(
 /// One `bytes=` range of a file of `len` bytes: None to ignore the header (not bytes, more
 /// than one range, or malformed: the whole file is served), Some(None) when it cannot be
 /// satisfied, else the first and last byte.
-fn byte_range(header: &str, len: u64) -> Option<Option<(u64, u64)>> {
+pub(crate) fn byte_range(header: &str, len: u64) -> Option<Option<(u64, u64)>> {
     let spec = header.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;
@@ -330,10 +330,17 @@ pub async fn upload(
     if body.is_empty() {
         return Err(ApiError::BadRequest("empty upload".into()));
     }
-    let rec = w.save_upload(owner, body, &ct).await.map_err(|e| match e {
-        UploadError::OverQuota { .. } => ApiError::TooMany(e.to_string()),
-        UploadError::Unavailable(_) | UploadError::Io(_) => ApiError::Unavailable(e.to_string()),
-    })?;
+    let rec = match w.save_upload(owner, body, &ct).await {
+        Ok(rec) => rec,
+        Err(e @ UploadError::OverQuota { .. }) => {
+            // The quota is per UTC day: say when it starts again.
+            let mut resp = ApiError::TooMany(e.to_string()).into_response();
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(86_400 - now().rem_euclid(86_400)));
+            return Ok(resp);
+        }
+        Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+    };
     let data = json!({"id": rec.id, "media_path": format!("{MEDIA_PATH}{}", rec.id), "content_type": rec.content_type});
     Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&data)).into_response())
 }
@@ -369,4 +376,30 @@ pub async fn contact(
     }
     let data = json!({"contact_id": contact, "wechat": wechat});
     Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&data)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn byte_ranges() {
+        let check = |header: &str, len: u64, want: Option<Option<(u64, u64)>>| {
+            assert_eq!(byte_range(header, len), want, "{header:?} of {len}");
+        };
+        check("bytes=0-9", 100, Some(Some((0, 9))));
+        check("bytes=90-", 100, Some(Some((90, 99))));
+        check("bytes=90-1000", 100, Some(Some((90, 99))));
+        check("bytes=-10", 100, Some(Some((90, 99))));
+        check("bytes=-1000", 100, Some(Some((0, 99))));
+        check("bytes=100-", 100, Some(None));
+        check("bytes=-0", 100, Some(None));
+        check("bytes=0-", 0, Some(None));
+        // Ignored: the whole file is served.
+        check("bytes=9-0", 100, None);
+        check("bytes=0-1,5-6", 100, None);
+        check("items=0-1", 100, None);
+        check("bytes=a-b", 100, None);
+        check("bytes=", 100, None);
+    }
 }

@@ -727,6 +727,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_from_before_owners_opens_and_keeps_its_media() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join("wechat.sqlite3")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE media (id TEXT PRIMARY KEY, appid TEXT NOT NULL, media_id TEXT NOT NULL, \
+                 kind TEXT NOT NULL, content_type TEXT NOT NULL, status TEXT NOT NULL, error TEXT NOT NULL, \
+                 created_at INTEGER NOT NULL) WITHOUT ROWID; \
+                 INSERT INTO media VALUES ('m0', 'wx1', 'MID', 'image', 'image/png', 'ready', '', 5);",
+            )
+            .unwrap();
+        }
+        let s = State::Local(Local::open(dir.path()).unwrap());
+        let m = s.media("m0").await.unwrap();
+        assert_eq!((m.appid.as_str(), m.owner.as_str()), ("wx1", ""));
+        s.grant("m0", "bob").await;
+        assert!(s.is_reader("m0", "bob").await);
+        assert!(!s.is_reader("m0", "eve").await);
+        assert_eq!(s.reserve_upload("bob", 7, 60, 100).await, Ok(Quota::Granted));
+        assert_eq!(s.reserve_upload("bob", 7, 60, 100).await, Ok(Quota::Over { used: 60 }));
+        drop(s);
+        let s = State::Local(Local::open(dir.path()).unwrap());
+        assert!(s.is_reader("m0", "bob").await, "readers are kept");
+        assert_eq!(
+            s.reserve_upload("bob", 7, 41, 100).await,
+            Ok(Quota::Over { used: 60 }),
+            "so is quota use"
+        );
+        assert_eq!(s.reserve_upload("bob", 8, 100, 100).await, Ok(Quota::Granted), "a new day");
+    }
+
+    #[tokio::test]
     async fn followers_and_media_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
