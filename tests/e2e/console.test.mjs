@@ -11,12 +11,17 @@
 //  4. killing (-9) and restarting the gateway mid-conversation loses and duplicates
 //     nothing on screen;
 //  5. a closed 48-hour window disables the reply box, with the reason;
-//  6. narrow (phone) width works, keyboard included; the page logs no console errors.
+//  6. narrow (phone) width works, keyboard included; the page logs no console errors;
+//  7. a message whose media_path is another host's (a tracking pixel) requests nothing;
+//  8. with auth.mode = "token" (a second gateway), the token leaves the address bar at
+//     once and a reload still works; media loads from signed URLs, not with the token.
 // It also takes the README's screenshot (docs/console.png).
 // No wall-clock assertions: timeouts only fail a hung test.
 
 import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -82,6 +87,32 @@ company_id = "ParcelHub"
 agents = ["agent1"]
 `);
 
+// The second gateway: token mode, the same account, its own data.
+const port2 = await freePort();
+const BASE2 = `http://127.0.0.1:${port2}`;
+const CONFIG2 = path.join(dir, 'imgate-token.toml');
+const JWT_SECRET = 'console-e2e-jwt-secret-0123456789';
+fs.writeFileSync(CONFIG2, fs.readFileSync(CONFIG, 'utf8')
+  .replace(`listen = "127.0.0.1:${port}"`, `listen = "127.0.0.1:${port2}"`)
+  .replace(`data_dir = "${path.join(dir, 'data')}"`, `data_dir = "${path.join(dir, 'data2')}"\n[auth]\nmode = "token"\njwt_secret = "${JWT_SECRET}"`));
+
+/** An HS256 JWT for `sub`, as a login service would issue. */
+function jwt(sub) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const head = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
+  return `${head}.${crypto.createHmac('sha256', JWT_SECRET).update(head).digest('base64url')}`;
+}
+
+// Another host's picture, counting who asks for it.
+let pixelHits = 0;
+const pixel = http.createServer((req, res) => {
+  pixelHits += 1;
+  res.writeHead(200, { 'content-type': 'image/gif' });
+  res.end(Buffer.from('R0lGODlhAQABAAAAACw=', 'base64'));
+});
+await new Promise((r) => pixel.listen(0, '127.0.0.1', r));
+const PIXEL = `http://127.0.0.1:${pixel.address().port}/pixel.gif`;
+
 let gateway;
 async function startGateway() {
   gateway = run(['serve', '--config', CONFIG]);
@@ -89,7 +120,11 @@ async function startGateway() {
 }
 
 async function simulate(...args) {
-  const c = run(['wechat', 'simulate', '--config', CONFIG, ...args], { capture: true });
+  return simulateAt(CONFIG, ...args);
+}
+
+async function simulateAt(config, ...args) {
+  const c = run(['wechat', 'simulate', '--config', config, ...args], { capture: true });
   let out = '';
   c.stdout.on('data', (d) => (out += d));
   const code = await new Promise((r) => c.on('exit', r));
@@ -211,6 +246,52 @@ try {
   await page.locator('#conversation').waitFor({ state: 'visible' });
   check(await page.locator('#text').isEnabled(), 'a conversation opens from the keyboard at phone width');
 
+  // 7. Another host's media_path is shown as a link, never requested.
+  await page.setViewportSize({ width: 1200, height: 760 });
+  const r = await fetch(`${BASE}/send?userid=mallory`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ data: { msg_type: 'image', contact_id: 'agent1', msg: { media_path: PIXEL } }, result: { code: 1002, message: 'common' } }),
+  });
+  check(r.ok, 'a message with another host\'s media_path is accepted');
+  await page.locator('#conversations button[data-contact="mallory"]').click();
+  await page.locator('.msg.in a.external').waitFor();
+  await postText('mallory', 'agent1', 'after the pixel');
+  await page.locator('.bubble', { hasText: 'after the pixel' }).waitFor();
+  await page.reload();
+  await page.locator('#state.connected').waitFor();
+  await page.locator('#conversations button[data-contact="mallory"]').click();
+  await page.locator('.bubble', { hasText: 'after the pixel' }).waitFor();
+  check(pixelHits === 0, `the console never requests another host's media_path (${pixelHits} requests)`);
+
+  // 8. Token mode: the token leaves the address bar; media comes from signed URLs.
+  run(['serve', '--config', CONFIG2]);
+  await until('the token-mode gateway', async () => (await fetch(`${BASE2}/healthz`)).ok);
+  const token = jwt('agent1');
+  const page2 = await context.newPage();
+  page2.setDefaultTimeout(WAIT);
+  page2.on('console', (m) => m.type() === 'error' && errors.push(`token page: ${m.text()}`));
+  page2.on('pageerror', (e) => errors.push(`token page: ${e}`));
+  const mediaRequests = [];
+  page2.on('request', (q) => q.url().includes('/media/') && !q.url().includes('/status') && mediaRequests.push(q.url()));
+  await page2.goto(`${BASE2}/?token=${token}`);
+  await page2.locator('#state.connected').waitFor();
+  check(!page2.url().includes('token') && !page2.url().includes(token), `the token is gone from the address bar (${page2.url()})`);
+  check(await page2.evaluate((t) => sessionStorage.getItem('imgate.token') === t, token), 'the token is kept in sessionStorage');
+  await simulateAt(CONFIG2, '--from', 'oFan2', '--text', '在吗？');
+  await simulateAt(CONFIG2, '--from', 'oFan2', '--image', path.join(HERE, 'fixtures/parcel.png'));
+  await page2.locator('#conversations button[data-contact="oFan2"]').click();
+  const img2 = page2.locator('.msg.in img.thumb');
+  await img2.waitFor();
+  await until('the image to load in token mode', async () => img2.evaluate((i) => i.complete && i.naturalWidth > 0));
+  const src = await img2.getAttribute('src');
+  check(/[?&]exp=\d+&sig=[0-9a-f]{64}$/.test(src) && !src.includes(token), `the image loads from a signed URL without the token (${src.replace(/sig=.*/, 'sig=…')})`);
+  check(mediaRequests.length > 0 && mediaRequests.every((u) => !u.includes(token)), 'no media request carries the token');
+  await page2.reload();
+  await page2.locator('#state.connected').waitFor();
+  await page2.locator('#conversations button[data-contact="oFan2"]').waitFor();
+  check(!page2.url().includes('token'), 'after a reload the console works from sessionStorage, the address bar still clean');
+
   check(errors.length === 0, `no console errors${errors.length ? `: ${errors.join(' | ')}` : ''}`);
 } catch (e) {
   failed = true;
@@ -223,6 +304,7 @@ try {
   if (gateway) console.error(`gateway log:\n${gateway.log.slice(-3000)}`);
 } finally {
   if (browser) await browser.close().catch(() => {});
+  pixel.close();
   for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
   fs.rmSync(dir, { recursive: true, force: true });
 }

@@ -7,7 +7,17 @@ import { ImgateClient, newId } from './client.js';
 const P = '/im_component/wx_official_account';
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const token = params.get('token') || '';
+// A token left in the address bar stays in the history, in bookmarks, in screenshots and
+// in what is pasted to a colleague: keep it for this tab only (sessionStorage, so that a
+// reload still works) and take it out of the URL at once.
+const TOKEN_KEY = 'imgate.token';
+const token = params.get('token') || sessionStorage.getItem(TOKEN_KEY) || '';
+if (params.has('token')) {
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(history.state, '', `${location.pathname}${rest ? `?${rest}` : ''}${location.hash}`);
+}
 const userid = params.get('userid') || params.get('userId') || '';
 
 if (!token && !userid) {
@@ -376,23 +386,30 @@ function start() {
     }
   }
 
-  /** Media that imgate may still be downloading from WeChat: shown once it is there. */
+  /** Media that imgate may still be downloading from WeChat: shown once it is there.
+   *  Only this gateway's own media is loaded, from the short-lived signed URL its status
+   *  answer carries (no token in it). Anything else a message names (another host's
+   *  picture: a tracking pixel) is a link the agent may choose to open, never a request. */
   function media(m, make) {
-    const path = m.media_path || '';
-    const holder = el('span', { class: 'when' }, 'loading media…');
-    if (!path.startsWith(`${P}/media/`)) {
+    const path = String(m.media_path || '');
+    const id = path.startsWith(`${P}/media/`) ? path.slice(`${P}/media/`.length) : '';
+    if (!/^[A-Za-z0-9]{1,64}$/.test(id)) {
       const url = path && safeUrl(path);
-      return url ? make(url, '') : el('span', { class: 'when' }, '(media not available)');
+      return url
+        ? el('a', { href: url, target: '_blank', rel: 'noopener noreferrer', class: 'external' }, 'external media (not loaded)')
+        : el('span', { class: 'when' }, '(media not available)');
     }
-    const id = path.slice(`${P}/media/`.length);
-    const src = client.url(`${P}/media/${id}`);
+    const holder = el('span', { class: 'when' }, 'loading media…');
+    const status = new URL(`${client.base}${P}/media/${id}/status`);
+    if (!client.token) status.searchParams.set('userid', client.userid);
     let tries = 0;
     const poll = async () => {
       try {
-        const r = await fetch(client.url(`${P}/media/${id}/status`), { headers: client.headers() });
+        const r = await fetch(status, { headers: client.headers() });
         const s = (await r.json()).data || {};
-        if (s.status === 'ready') return holder.replaceWith(make(src, s.content_type));
+        if (s.status === 'ready' && s.url) return holder.replaceWith(make(new URL(s.url, client.base).toString(), s.content_type));
         if (s.status === 'failed') return (holder.textContent = `media unavailable: ${s.error}`);
+        if (s.status === 'ready') return (holder.textContent = '(media not available)');
       } catch { /* try again */ }
       if (++tries < 60) setTimeout(poll, Math.min(5000, 300 * tries));
     };

@@ -71,6 +71,8 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
                                      legacy: cgi-bin/token (each fetch invalidates the last)
   api_timeout = \"10s\"               timeout of one call to WeChat's API
   media_max = 10485760               largest media file downloaded or uploaded (10 MiB)
+  upload_quota_bytes = 104857600     bytes one user may upload per UTC day (100 MiB); an upload
+                                     past it is refused with 429 and nothing is kept
   media_dir = \"\"                     where media files are kept; empty = <data_dir>/media. With
                                      engine = \"redis\", a directory every node shares (NFS...)
   callback_max_age = \"5m\"            a callback stamped further from this server's clock is refused
@@ -139,6 +141,7 @@ pub struct WechatConfig {
     #[serde(with = "humantime_serde")]
     pub api_timeout: Duration,
     pub media_max: usize,
+    pub upload_quota_bytes: u64,
     pub media_dir: PathBuf,
     #[serde(with = "humantime_serde")]
     pub callback_max_age: Duration,
@@ -152,6 +155,7 @@ impl Default for WechatConfig {
             token_mode: TokenMode::Stable,
             api_timeout: Duration::from_secs(10),
             media_max: 10 << 20,
+            upload_quota_bytes: 100 << 20,
             media_dir: PathBuf::new(),
             callback_max_age: Duration::from_secs(300),
             accounts: Vec::new(),
@@ -460,6 +464,9 @@ impl Config {
             return bad("store.max_batch", "max_batch and retention_max_messages must be above zero");
         }
         self.auth.check(self.listen)?;
+        if self.wechat.media_max == 0 || self.wechat.upload_quota_bytes == 0 {
+            return bad("wechat.upload_quota_bytes", "media_max and upload_quota_bytes must be above zero");
+        }
         if self.store.engine == Engine::Redis && !self.wechat.accounts.is_empty() {
             if self.wechat.media_dir.as_os_str().is_empty() {
                 return bad(

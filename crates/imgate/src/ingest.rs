@@ -49,6 +49,9 @@ pub enum IngestError {
     NotAnAgent(String),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The message carries media of this gateway its sender may not see.
+    #[error("{0}")]
+    MediaForbidden(String),
     /// A message to a WeChat follower was stored in the sender's history but WeChat did
     /// not take it (a retry must use a new id: this one is answered from the history).
     #[error("not delivered to WeChat: {reason}")]
@@ -221,6 +224,7 @@ impl Ingest {
         }
         check_id("the sender id", sender)?;
         check_id("the message id", req.client_id.as_deref().unwrap_or(""))?;
+        self.share_media(sender, &req.content, &[]).await?;
         let to = req.to.clone();
         // What WeChat cannot carry is refused before anything is kept or sent.
         let body = w.prepare(acct, &to, &req.content).await.map_err(|e| match e {
@@ -342,6 +346,7 @@ impl Ingest {
         if l.content.msg_type == "status" {
             return Err(IngestError::Forbidden("msg_type \"status\" is imgate's own: it cannot be sent"));
         }
+        self.share_media(sender, &l.content, &[&l.to]).await?;
         let code = l.content.code;
         let id = l.id.unwrap_or_else(new_id);
         let company_id = l.company_id.unwrap_or_else(|| self.company_id.clone());
@@ -383,6 +388,21 @@ impl Ingest {
         let first = &appended[0];
         metrics::counter!("imgate_messages_accepted_total").increment(u64::from(!first.duplicate));
         Ok(Accepted { id: first.id.clone(), seq: first.seq, to: l.to, duplicate: first.duplicate })
+    }
+}
+
+impl Ingest {
+    /// Media of this gateway in a message: its sender must be able to see it, and its
+    /// recipients `to` may then see it too (before they are told of the message).
+    async fn share_media(&self, sender: &str, content: &Content, to: &[&str]) -> Result<(), IngestError> {
+        let (Some(w), Some(path)) = (&self.wechat, content.msg.get("media_path").and_then(Value::as_str))
+        else {
+            return Ok(());
+        };
+        w.share_media(sender, path, to).await.map_err(|e| match e {
+            WechatError::MediaForbidden(_) => IngestError::MediaForbidden(e.to_string()),
+            _ => IngestError::Unsendable(e.to_string()),
+        })
     }
 }
 

@@ -68,7 +68,7 @@ async fn two_nodes_share_followers_tokens_and_media() {
     // Node B serves the media node A downloaded.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let r = reqwest::get(b.http(&path)).await.unwrap();
+        let r = reqwest::get(b.http(&format!("{path}?userid=agent"))).await.unwrap();
         if r.status() == 200 {
             assert_eq!(r.bytes().await.unwrap().to_vec(), b"GIF89a...".to_vec());
             break;

@@ -242,7 +242,7 @@ async fn an_image_callback_serves_the_bytes() {
     // Delivery did not wait for the download; the media becomes available after a retry.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let resp = reqwest::get(r.s.http(&path)).await.unwrap();
+        let resp = reqwest::get(r.s.http(&format!("{path}?userid=agent1"))).await.unwrap();
         if resp.status() == 200 {
             assert_eq!(resp.headers()["content-type"], "image/png");
             assert_eq!(resp.bytes().await.unwrap().to_vec(), png);

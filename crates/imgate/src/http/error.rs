@@ -81,7 +81,9 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::Store(s) => s.into(),
-            IngestError::NotAnAgent(_) | IngestError::Forbidden(_) => ApiError::Forbidden(e.to_string()),
+            IngestError::NotAnAgent(_) | IngestError::Forbidden(_) | IngestError::MediaForbidden(_) => {
+                ApiError::Forbidden(e.to_string())
+            }
             IngestError::Delivery { ref errcode, .. } => {
                 ApiError::Delivery { refused: errcode.is_some(), reason: e.to_string(), details: e.details() }
             }

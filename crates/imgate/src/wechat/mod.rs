@@ -22,10 +22,32 @@ mod shared;
 pub mod standin;
 pub mod state;
 
-use state::{Local, MediaRecord, Shared, State, Window};
+use state::{Local, MediaRecord, Quota, Shared, State, Window};
 
 /// The URL path media is served at; `msg.media_path` points here.
 pub const MEDIA_PATH: &str = "/im_component/wx_official_account/media/";
+
+/// The media id a `media_path` names, if it is one of this gateway's: the path, exactly
+/// (no other host, nothing after the id). Every check of a path goes through here, so
+/// that what is checked is what is served.
+pub fn media_id_of(path: &str) -> Option<&str> {
+    let id = path.strip_prefix(MEDIA_PATH)?;
+    (!id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(id)
+}
+
+/// Why an upload was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error(
+        "upload refused: {user} uploaded {used} of {quota} bytes today (wechat.upload_quota_bytes); \
+         this {size}-byte file would pass it. Try again after midnight UTC"
+    )]
+    OverQuota { user: String, used: u64, quota: u64, size: u64 },
+    #[error("cannot count the upload against its quota ({0}); nothing was kept, try again")]
+    Unavailable(String),
+    #[error("cannot save media: {0}")]
+    Io(#[from] std::io::Error),
+}
 
 /// Download attempts for inbound media, and the waits between them.
 const MEDIA_RETRIES: [Duration; 5] = [
@@ -68,6 +90,8 @@ pub enum WechatError {
     Unsendable(String),
     #[error("media {0} is unknown or not ready: upload it first")]
     MediaMissing(String),
+    #[error("media {0} is not one you may see, so you cannot send it")]
+    MediaForbidden(String),
     #[error("{}", .0.explain())]
     Api(#[from] ApiError),
 }
@@ -88,6 +112,8 @@ pub struct Wechat {
     pub state: State,
     media_dir: PathBuf,
     pub media_max: usize,
+    /// Bytes one user may upload per UTC day.
+    upload_quota: u64,
 }
 
 fn now() -> i64 {
@@ -141,6 +167,7 @@ impl Wechat {
             state,
             media_dir,
             media_max: cfg.media_max,
+            upload_quota: cfg.upload_quota_bytes,
         });
         let resume = w.clone();
         tokio::spawn(async move {
@@ -234,6 +261,7 @@ impl Wechat {
                 status: "pending".into(),
                 error: String::new(),
                 created_at: now,
+                owner: String::new(),
             };
             self.state.put_media(rec.clone()).await;
             if let Some(m) = content.msg.as_object_mut() {
@@ -327,7 +355,7 @@ impl Wechat {
             return Ok(id.to_owned());
         }
         let path = msg.get("media_path").and_then(Value::as_str).unwrap_or_default();
-        let id = path.rsplit('/').next().unwrap_or_default();
+        let id = media_id_of(path).ok_or_else(|| WechatError::MediaMissing(path.to_owned()))?;
         let rec = self
             .state
             .media(id)
@@ -356,10 +384,34 @@ impl Wechat {
         Ok(media_id)
     }
 
-    /// Keep bytes an agent uploaded (to send to a follower): the record, ready.
-    pub async fn save_upload(&self, bytes: Bytes, content_type: &str) -> std::io::Result<MediaRecord> {
+    /// Keep bytes `owner` uploaded (to send to a follower): the record, ready. Counted
+    /// against the owner's daily quota first; a refused or failed upload keeps nothing.
+    pub async fn save_upload(
+        &self,
+        owner: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<MediaRecord, UploadError> {
+        let day = now().div_euclid(86_400);
+        let size = bytes.len() as u64;
+        match self.state.reserve_upload(owner, day, size, self.upload_quota).await {
+            Ok(Quota::Granted) => {}
+            Ok(Quota::Over { used }) => {
+                return Err(UploadError::OverQuota {
+                    user: owner.to_owned(),
+                    used,
+                    quota: self.upload_quota,
+                    size,
+                });
+            }
+            Err(e) => return Err(UploadError::Unavailable(e)),
+        }
         let id = uuid::Uuid::now_v7().simple().to_string();
-        tokio::fs::write(self.media_dir.join(&id), &bytes).await?;
+        if let Err(e) = tokio::fs::write(self.media_dir.join(&id), &bytes).await {
+            let _ = tokio::fs::remove_file(self.media_dir.join(&id)).await;
+            self.state.release_upload(owner, day, size).await;
+            return Err(e.into());
+        }
         let kind = content_type.split('/').next().unwrap_or("file");
         let rec = MediaRecord {
             id,
@@ -370,9 +422,45 @@ impl Wechat {
             status: "ready".into(),
             error: String::new(),
             created_at: now(),
+            owner: owner.to_owned(),
         };
         self.state.put_media(rec.clone()).await;
         Ok(rec)
+    }
+
+    /// Whether `user` is an agent of the account `appid`.
+    pub fn is_agent(&self, user: &str, appid: &str) -> bool {
+        self.account_of_appid(appid).is_some_and(|a| a.config.agents().iter().any(|g| g == user))
+    }
+
+    /// Who may read a media file: the agents of its account (a follower's media, or an
+    /// upload sent to a follower), its uploader and the agents of every account the
+    /// uploader is an agent of, and the users it was sent to in a message.
+    pub async fn may_read(&self, user: &str, rec: &MediaRecord) -> bool {
+        if rec.owner == user || (!rec.appid.is_empty() && self.is_agent(user, &rec.appid)) {
+            return true;
+        }
+        let colleague = !rec.owner.is_empty()
+            && self.accounts.iter().any(|a| {
+                let agents = a.config.agents();
+                agents.contains(&rec.owner) && agents.iter().any(|g| g == user)
+            });
+        colleague || self.state.is_reader(&rec.id, user).await
+    }
+
+    /// A message from `sender` to the gateway users `to` carries media `path`: the sender
+    /// must be able to read it, and then so may they. Paths of other hosts are not ours to
+    /// check (the console does not load them).
+    pub async fn share_media(&self, sender: &str, path: &str, to: &[&str]) -> Result<(), WechatError> {
+        let Some(id) = media_id_of(path) else { return Ok(()) };
+        let rec = self.state.media(id).await.ok_or_else(|| WechatError::MediaMissing(path.to_owned()))?;
+        if !self.may_read(sender, &rec).await {
+            return Err(WechatError::MediaForbidden(path.to_owned()));
+        }
+        for user in to {
+            self.state.grant(&rec.id, user).await;
+        }
+        Ok(())
     }
 
     /// A media file and its record, when it is ready.

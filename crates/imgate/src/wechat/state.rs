@@ -4,7 +4,7 @@
 //! A small SQLite file beside the mailboxes (`wechat.sqlite3`), mirrored in memory; writes
 //! are rare (one per WeChat message) and go to disk before they are relied on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,6 +31,17 @@ CREATE TABLE IF NOT EXISTS media (
     status TEXT NOT NULL,
     error TEXT NOT NULL,
     created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS media_readers (
+    id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    PRIMARY KEY (id, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS upload_usage (
+    user TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (user, day)
 ) WITHOUT ROWID;
 ";
 
@@ -89,6 +100,8 @@ pub struct MediaRecord {
     pub status: String,
     pub error: String,
     pub created_at: i64,
+    /// Who uploaded it; empty for a follower's media (its readers are `appid`'s agents).
+    pub owner: String,
 }
 
 /// The embedded backend: a SQLite file, mirrored in memory.
@@ -96,12 +109,22 @@ pub struct Local {
     db: Arc<Mutex<Connection>>,
     followers: Mutex<HashMap<String, Follower>>,
     media: Mutex<HashMap<String, MediaRecord>>,
+    /// Users a media file was sent to, by media id.
+    readers: Mutex<HashMap<String, HashSet<String>>>,
+    /// Bytes uploaded, by (user, UTC day).
+    usage: Mutex<HashMap<(String, i64), u64>>,
 }
 
 impl Local {
     pub fn open(dir: &Path) -> rusqlite::Result<Local> {
         let conn = Connection::open(dir.join("wechat.sqlite3"))?;
         conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; {SCHEMA}"))?;
+        // Files written before uploads had owners.
+        let has_owner =
+            conn.prepare("SELECT 1 FROM pragma_table_info('media') WHERE name = 'owner'")?.exists([])?;
+        if !has_owner {
+            conn.execute_batch("ALTER TABLE media ADD COLUMN owner TEXT NOT NULL DEFAULT ''")?;
+        }
         let mut followers = HashMap::new();
         {
             let mut s =
@@ -116,7 +139,7 @@ impl Local {
         let mut media = HashMap::new();
         {
             let mut s = conn.prepare(
-                "SELECT id, appid, media_id, kind, content_type, status, error, created_at FROM media",
+                "SELECT id, appid, media_id, kind, content_type, status, error, created_at, owner FROM media",
             )?;
             let mut rows = s.query([])?;
             while let Some(r) = rows.next()? {
@@ -129,14 +152,34 @@ impl Local {
                     status: r.get(5)?,
                     error: r.get(6)?,
                     created_at: r.get(7)?,
+                    owner: r.get(8)?,
                 };
                 media.insert(m.id.clone(), m);
+            }
+        }
+        let mut readers: HashMap<String, HashSet<String>> = HashMap::new();
+        {
+            let mut s = conn.prepare("SELECT id, user FROM media_readers")?;
+            let mut rows = s.query([])?;
+            while let Some(r) = rows.next()? {
+                readers.entry(r.get(0)?).or_default().insert(r.get(1)?);
+            }
+        }
+        let mut usage = HashMap::new();
+        {
+            let mut s = conn.prepare("SELECT user, day, bytes FROM upload_usage")?;
+            let mut rows = s.query([])?;
+            while let Some(r) = rows.next()? {
+                usage
+                    .insert((r.get::<_, String>(0)?, r.get::<_, i64>(1)?), r.get::<_, i64>(2)?.max(0) as u64);
             }
         }
         Ok(Local {
             db: Arc::new(Mutex::new(conn)),
             followers: Mutex::new(followers),
             media: Mutex::new(media),
+            readers: Mutex::new(readers),
+            usage: Mutex::new(usage),
         })
     }
 
@@ -209,8 +252,10 @@ impl Local {
             let mut m = self.media.lock();
             let old: Vec<String> =
                 m.values().filter(|r| r.created_at < cutoff).map(|r| r.id.clone()).collect();
+            let mut readers = self.readers.lock();
             for id in &old {
                 m.remove(id);
+                readers.remove(id);
             }
             old
         };
@@ -220,6 +265,7 @@ impl Local {
         self.write(move |c| {
             for id in &media {
                 c.execute("DELETE FROM media WHERE id = ?1", [id])?;
+                c.execute("DELETE FROM media_readers WHERE id = ?1", [id])?;
             }
             Ok(())
         })
@@ -253,9 +299,67 @@ impl Local {
         self.media.lock().insert(m.id.clone(), m.clone());
         self.write(move |c| {
             c.execute(
-                "INSERT OR REPLACE INTO media (id, appid, media_id, kind, content_type, status, error, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![m.id, m.appid, m.media_id, m.kind, m.content_type, m.status, m.error, m.created_at],
+                "INSERT OR REPLACE INTO media (id, appid, media_id, kind, content_type, status, error, created_at, owner) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![m.id, m.appid, m.media_id, m.kind, m.content_type, m.status, m.error, m.created_at, m.owner],
+            )
+            .map(|_| ())
+        })
+        .await;
+    }
+
+    async fn grant(&self, id: &str, user: &str) {
+        if !self.readers.lock().entry(id.to_owned()).or_default().insert(user.to_owned()) {
+            return;
+        }
+        let (id, user) = (id.to_owned(), user.to_owned());
+        self.write(move |c| {
+            c.execute("INSERT OR IGNORE INTO media_readers (id, user) VALUES (?1, ?2)", [id, user])
+                .map(|_| ())
+        })
+        .await;
+    }
+
+    fn is_reader(&self, id: &str, user: &str) -> bool {
+        self.readers.lock().get(id).is_some_and(|r| r.contains(user))
+    }
+
+    async fn reserve_upload(&self, user: &str, day: i64, bytes: u64, quota: u64) -> Result<Quota, String> {
+        let used = {
+            let mut u = self.usage.lock();
+            // Yesterday's counts are of no use any more.
+            u.retain(|(_, d), _| *d >= day);
+            let used = u.entry((user.to_owned(), day)).or_insert(0);
+            if used.saturating_add(bytes) > quota {
+                return Ok(Quota::Over { used: *used });
+            }
+            *used += bytes;
+            *used
+        };
+        let user = user.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO upload_usage (user, day, bytes) VALUES (?1, ?2, ?3)",
+                params![user, day, used as i64],
+            )?;
+            c.execute("DELETE FROM upload_usage WHERE day < ?1", [day]).map(|_| ())
+        })
+        .await;
+        Ok(Quota::Granted)
+    }
+
+    async fn release_upload(&self, user: &str, day: i64, bytes: u64) {
+        let used = {
+            let mut u = self.usage.lock();
+            let Some(used) = u.get_mut(&(user.to_owned(), day)) else { return };
+            *used = used.saturating_sub(bytes);
+            *used
+        };
+        let user = user.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE upload_usage SET bytes = ?3 WHERE user = ?1 AND day = ?2",
+                params![user, day, used as i64],
             )
             .map(|_| ())
         })
@@ -263,7 +367,18 @@ impl Local {
     }
 }
 
+/// What an upload's quota check found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quota {
+    /// The bytes are counted against the day's quota.
+    Granted,
+    /// They would go over it; `used` bytes were uploaded already that day.
+    Over { used: u64 },
+}
+
 /// Where the WeChat state lives: beside the mailboxes, or in the Redis all nodes share.
+// One per process: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum State {
     Local(Local),
     Redis(Shared),
@@ -318,6 +433,45 @@ impl State {
         match self {
             State::Local(l) => l.put_media(m).await,
             State::Redis(r) => r.put_media(m).await,
+        }
+    }
+
+    /// `user` was sent media `id` in a message: they may read it.
+    pub async fn grant(&self, id: &str, user: &str) {
+        match self {
+            State::Local(l) => l.grant(id, user).await,
+            State::Redis(r) => r.grant(id, user).await,
+        }
+    }
+
+    /// Whether media `id` was sent to `user`.
+    pub async fn is_reader(&self, id: &str, user: &str) -> bool {
+        match self {
+            State::Local(l) => l.is_reader(id, user),
+            State::Redis(r) => r.is_reader(id, user).await,
+        }
+    }
+
+    /// Count `bytes` against `user`'s uploads on `day` (UTC days since the epoch), unless
+    /// that would take them over `quota`. An error when it cannot be known now.
+    pub async fn reserve_upload(
+        &self,
+        user: &str,
+        day: i64,
+        bytes: u64,
+        quota: u64,
+    ) -> Result<Quota, String> {
+        match self {
+            State::Local(l) => l.reserve_upload(user, day, bytes, quota).await,
+            State::Redis(r) => r.reserve_upload(user, day, bytes, quota).await,
+        }
+    }
+
+    /// Give back what [`State::reserve_upload`] counted, for an upload that was not kept.
+    pub async fn release_upload(&self, user: &str, day: i64, bytes: u64) {
+        match self {
+            State::Local(l) => l.release_upload(user, day, bytes).await,
+            State::Redis(r) => r.release_upload(user, day, bytes).await,
         }
     }
 
@@ -451,6 +605,7 @@ impl Shared {
             status: g("status"),
             error: g("error"),
             created_at: g("created_at").parse().unwrap_or(0),
+            owner: g("owner"),
         })
     }
 
@@ -482,6 +637,7 @@ impl Shared {
                 ("status", &m.status),
                 ("error", &m.error),
                 ("created_at", &m.created_at.to_string()),
+                ("owner", &m.owner),
             ],
         );
         p.expire(&key, self.ttl_secs as i64);
@@ -492,7 +648,64 @@ impl Shared {
         }
         let _: Option<()> = Self::warn(p.query_async(&mut c).await);
     }
+
+    async fn grant(&self, id: &str, user: &str) {
+        let mut c = self.conn.clone();
+        let key = format!("imgate:wx:m:{id}:r");
+        let _: Option<()> = Self::warn(
+            redis::pipe()
+                .sadd(&key, user)
+                .ignore()
+                .expire(&key, self.ttl_secs as i64)
+                .ignore()
+                .query_async(&mut c)
+                .await,
+        );
+    }
+
+    async fn is_reader(&self, id: &str, user: &str) -> bool {
+        let mut c = self.conn.clone();
+        // Redis out of reach: refuse, rather than serve to whoever asks.
+        Self::warn(
+            redis::cmd("SISMEMBER").arg(format!("imgate:wx:m:{id}:r")).arg(user).query_async(&mut c).await,
+        )
+        .unwrap_or(false)
+    }
+
+    async fn reserve_upload(&self, user: &str, day: i64, bytes: u64, quota: u64) -> Result<Quota, String> {
+        let mut c = self.conn.clone();
+        let used: i64 = redis::Script::new(RESERVE)
+            .key(format!("imgate:wx:q:{day}:{user}"))
+            .arg(bytes)
+            .arg(quota)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(if used < 0 { Quota::Over { used: (-1 - used) as u64 } } else { Quota::Granted })
+    }
+
+    async fn release_upload(&self, user: &str, day: i64, bytes: u64) {
+        let mut c = self.conn.clone();
+        let _: Option<i64> = Self::warn(
+            redis::cmd("DECRBY")
+                .arg(format!("imgate:wx:q:{day}:{user}"))
+                .arg(bytes)
+                .query_async(&mut c)
+                .await,
+        );
+    }
 }
+
+/// Count ARGV[1] bytes unless that passes the quota ARGV[2]: the new total, or -1 - the
+/// total so far when refused. The key outlives its day, then goes.
+const RESERVE: &str = r#"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = tonumber(ARGV[1])
+if used + n > tonumber(ARGV[2]) then return -1 - used end
+used = redis.call('INCRBY', KEYS[1], n)
+redis.call('EXPIRE', KEYS[1], 172800)
+return used
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -511,6 +724,38 @@ mod tests {
         assert!(!w.is_open(1001));
         assert_eq!(msg.remaining(1000 + 48 * 3600), 0);
         assert!(msg.is_open(1001));
+    }
+
+    #[tokio::test]
+    async fn a_file_from_before_owners_opens_and_keeps_its_media() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join("wechat.sqlite3")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE media (id TEXT PRIMARY KEY, appid TEXT NOT NULL, media_id TEXT NOT NULL, \
+                 kind TEXT NOT NULL, content_type TEXT NOT NULL, status TEXT NOT NULL, error TEXT NOT NULL, \
+                 created_at INTEGER NOT NULL) WITHOUT ROWID; \
+                 INSERT INTO media VALUES ('m0', 'wx1', 'MID', 'image', 'image/png', 'ready', '', 5);",
+            )
+            .unwrap();
+        }
+        let s = State::Local(Local::open(dir.path()).unwrap());
+        let m = s.media("m0").await.unwrap();
+        assert_eq!((m.appid.as_str(), m.owner.as_str()), ("wx1", ""));
+        s.grant("m0", "bob").await;
+        assert!(s.is_reader("m0", "bob").await);
+        assert!(!s.is_reader("m0", "eve").await);
+        assert_eq!(s.reserve_upload("bob", 7, 60, 100).await, Ok(Quota::Granted));
+        assert_eq!(s.reserve_upload("bob", 7, 60, 100).await, Ok(Quota::Over { used: 60 }));
+        drop(s);
+        let s = State::Local(Local::open(dir.path()).unwrap());
+        assert!(s.is_reader("m0", "bob").await, "readers are kept");
+        assert_eq!(
+            s.reserve_upload("bob", 7, 41, 100).await,
+            Ok(Quota::Over { used: 60 }),
+            "so is quota use"
+        );
+        assert_eq!(s.reserve_upload("bob", 8, 100, 100).await, Ok(Quota::Granted), "a new day");
     }
 
     #[tokio::test]
@@ -533,6 +778,7 @@ mod tests {
                 status: "pending".into(),
                 error: String::new(),
                 created_at: 1,
+                owner: String::new(),
             })
             .await;
         }
