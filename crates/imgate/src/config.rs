@@ -42,8 +42,8 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   total_queue_max_bytes = 268435456  bytes queued, being written or replayed for all connections
                                      (256 MiB); an offer past it closes its connection with 4008,
                                      a replay waits (up to idle_timeout). With the defaults,
-                                     10,000 stalled readers hold at most ~256 MiB of frames plus
-                                     ~20 KiB each of socket state: about 450 MB
+                                     10,000 stalled readers pin at most 256 MiB of frames plus
+                                     ~12 KiB each of socket state: under 400 MB
   max_connections_per_user = 32      more connections for one user are refused (429)
   write_buffer_size = 4096           bytes a socket buffers before writing (tungstenite's
                                      default, 128 KiB, costs memory on every connection)
@@ -332,8 +332,8 @@ impl Default for HubConfig {
             queue_capacity: 1024,
             // Centrifugo's client queue default; a WeChat message is a few KiB at most.
             queue_max_bytes: 1 << 20,
-            // 10,000 stalled readers on a 2 GB host: ~256 MiB of frames, plus their
-            // socket state (~20 KiB each, ~200 MB), leaves most of the host free.
+            // 10,000 stalled readers on a 2 GB host: 256 MiB of frames, plus their
+            // socket state (~6 KiB measured idle, + 4 KiB write buffer), under 400 MB.
             total_queue_max_bytes: 256 << 20,
             max_connections_per_user: 32,
             write_buffer_size: 4096,
@@ -543,6 +543,16 @@ mod tests {
             let documented =
                 KEYS_HELP.contains(&format!("  {k} = ")) || KEYS_HELP.contains(&format!("[[wechat.{k}]]"));
             assert!(documented, "key {k} missing from KEYS_HELP");
+        }
+    }
+
+    #[test]
+    fn queue_byte_bounds_must_be_above_zero() {
+        let zero: [fn(&mut HubConfig); 2] = [|h| h.queue_max_bytes = 0, |h| h.total_queue_max_bytes = 0];
+        for set in zero {
+            let mut c = Config::default();
+            set(&mut c.hub);
+            assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "hub.queue_max_bytes", .. })));
         }
     }
 
