@@ -36,6 +36,14 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
                                      (4000); one write blocked this long closes it too (4008)
   queue_capacity = 1024              frames queued per connection; a connection whose queue is
                                      full is closed with 4008 and catches up with since=SEQ
+  queue_max_bytes = 1048576          bytes queued or being written per connection (1 MiB); past
+                                     it, closed with 4008 (one frame always fits); also the most a
+                                     replay page reads
+  total_queue_max_bytes = 268435456  bytes queued, being written or replayed for all connections
+                                     (256 MiB); an offer past it closes its connection with 4008,
+                                     a replay waits (up to idle_timeout). With the defaults,
+                                     10,000 stalled readers pin at most 256 MiB of frames plus
+                                     ~12 KiB each of socket state: under 400 MB
   max_connections_per_user = 32      more connections for one user are refused (429)
   write_buffer_size = 4096           bytes a socket buffers before writing (tungstenite's
                                      default, 128 KiB, costs memory on every connection)
@@ -242,6 +250,8 @@ pub struct HubConfig {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     pub queue_capacity: usize,
+    pub queue_max_bytes: usize,
+    pub total_queue_max_bytes: usize,
     pub max_connections_per_user: usize,
     pub write_buffer_size: usize,
     pub read_buffer_size: usize,
@@ -335,6 +345,11 @@ impl Default for HubConfig {
             heartbeat_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             queue_capacity: 1024,
+            // Centrifugo's client queue default; a WeChat message is a few KiB at most.
+            queue_max_bytes: 1 << 20,
+            // 10,000 stalled readers on a 2 GB host: 256 MiB of frames, plus their
+            // socket state (~6 KiB measured idle, + 4 KiB write buffer), under 400 MB.
+            total_queue_max_bytes: 256 << 20,
             max_connections_per_user: 32,
             write_buffer_size: 4096,
             read_buffer_size: 512,
@@ -449,6 +464,12 @@ impl Config {
             return bad(
                 "hub.queue_capacity",
                 "queue_capacity and max_connections_per_user must be above zero",
+            );
+        }
+        if self.hub.queue_max_bytes == 0 || self.hub.total_queue_max_bytes == 0 {
+            return bad(
+                "hub.queue_max_bytes",
+                "queue_max_bytes and total_queue_max_bytes must be above zero",
             );
         }
         if self.hub.read_buffer_size < 256 || self.hub.write_buffer_size < 256 {
@@ -609,6 +630,16 @@ mod tests {
             let documented =
                 KEYS_HELP.contains(&format!("  {k} = ")) || KEYS_HELP.contains(&format!("[[wechat.{k}]]"));
             assert!(documented, "key {k} missing from KEYS_HELP");
+        }
+    }
+
+    #[test]
+    fn queue_byte_bounds_must_be_above_zero() {
+        let zero: [fn(&mut HubConfig); 2] = [|h| h.queue_max_bytes = 0, |h| h.total_queue_max_bytes = 0];
+        for set in zero {
+            let mut c = Config::default();
+            set(&mut c.hub);
+            assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "hub.queue_max_bytes", .. })));
         }
     }
 

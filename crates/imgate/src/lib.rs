@@ -91,7 +91,7 @@ pub async fn run(
     config.validate()?;
     let config = Arc::new(config);
     let metrics = metrics_handle();
-    let hub = Hub::new(config.hub.queue_capacity, config.hub.max_connections_per_user);
+    let hub = Hub::new(&config.hub);
     let store: DynStore = match config.store.engine {
         Engine::Sqlite => store::sqlite::SqliteStore::open(&config.data_dir, &config.store, hub.clone())?,
         Engine::Redis => store::redis::RedisStore::open(&config.store.redis_url, &config.store, hub.clone())?,

@@ -108,7 +108,7 @@ fn open_with(e: &impl Engine, config: StoreConfig) -> (DynStore, Arc<Recorder>) 
 
 async fn ids(store: &DynStore, user: &str, after: u64) -> Vec<(u64, String)> {
     store
-        .read_after(user, after, 1000)
+        .read_after(user, after, 1000, usize::MAX)
         .await
         .unwrap()
         .into_iter()
@@ -136,8 +136,38 @@ async fn seqs_start_at_one_per_mailbox_in_slice_order(e: impl Engine) {
     );
     assert_eq!(ids(&store, "a", 0).await, [(1, "1".into()), (2, "3".into()), (3, "4".into())]);
     assert_eq!(ids(&store, "a", 2).await, [(3, "4".into())]);
-    assert_eq!(store.read_after("a", 0, 2).await.unwrap().len(), 2);
-    assert!(store.read_after("nobody", 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.read_after("a", 0, 2, usize::MAX).await.unwrap().len(), 2);
+    assert!(store.read_after("nobody", 0, 10, usize::MAX).await.unwrap().is_empty());
+}
+
+/// A page holds up to `limit` messages and at most `max_bytes` of frames, but always one
+/// message when there is one, however large.
+async fn pages_are_bounded_in_bytes_and_always_progress(e: impl Engine) {
+    let (store, _rec) = open(&e);
+    let sizes = [100, 3000, 50, 20_000, 10];
+    let batch = sizes.iter().enumerate().map(|(i, n)| msg("a", &format!("{i}{}", "x".repeat(*n)), "x", None));
+    store.append(batch.collect()).await.unwrap();
+    let all = store.read_after("a", 0, 100, usize::MAX).await.unwrap();
+    let len: Vec<usize> = all.iter().map(|m| m.frame.as_stored().len()).collect();
+    assert_eq!(len.len(), 5);
+    let page = |after: u64, limit: usize, max_bytes: usize| {
+        let store = store.clone();
+        async move {
+            let got = store.read_after("a", after, limit, max_bytes).await.unwrap();
+            got.iter().map(|m| m.seq).collect::<Vec<_>>()
+        }
+    };
+    // Exactly as many as fit.
+    assert_eq!(page(0, 100, len[0] + len[1]).await, [1, 2]);
+    assert_eq!(page(0, 100, len[0] + len[1] - 1).await, [1]);
+    assert_eq!(page(0, 100, len[0] + len[1] + len[2]).await, [1, 2, 3]);
+    // One message larger than the bound still comes, alone.
+    assert_eq!(page(0, 100, 1).await, [1]);
+    assert_eq!(page(3, 100, len[3] - 1).await, [4]);
+    assert_eq!(page(3, 100, len[3] + len[4]).await, [4, 5]);
+    // The count bound still holds, and the end is empty.
+    assert_eq!(page(0, 2, usize::MAX).await, [1, 2]);
+    assert_eq!(page(5, 100, 1).await, Vec::<u64>::new());
 }
 
 async fn duplicates_repeat_the_original_and_are_not_fanned_out(e: impl Engine) {
@@ -286,6 +316,7 @@ macro_rules! engines {
         mod $engine {
             use super::*;
             #[tokio::test] async fn seqs() { seqs_start_at_one_per_mailbox_in_slice_order($make).await }
+            #[tokio::test] async fn page_bytes() { pages_are_bounded_in_bytes_and_always_progress($make).await }
             #[tokio::test] async fn duplicates() { duplicates_repeat_the_original_and_are_not_fanned_out($make).await }
             #[tokio::test] async fn history() { history_is_newest_first_by_contact_and_before($make).await }
             #[tokio::test] async fn delivered() { delivered_marks_only_rise($make).await }

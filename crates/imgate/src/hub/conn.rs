@@ -20,13 +20,16 @@ use imgate_protocol::{ack_frame, error_frame, error_frame_with, heartbeat_frame,
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED, Hub, Next, Outbound, Queue};
+use super::{CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED, Charge, Hub, Next, Outbound, Queue};
 use crate::config::HubConfig;
 use crate::ingest::{Ingest, Sender};
 use crate::store::{DynStore, StoreError};
 
-/// Messages read from the mailbox per query while replaying.
+/// Messages read from the mailbox per query while replaying (and at most
+/// `hub.queue_max_bytes` of them).
 const REPLAY_PAGE: usize = 256;
+/// How often a replay short of budget (`hub.total_queue_max_bytes`) looks again.
+const BUDGET_RETRY: Duration = Duration::from_millis(50);
 /// Live frames written before one flush.
 const WRITE_BATCH: usize = 64;
 /// How long a close handshake may take before the socket is dropped.
@@ -55,6 +58,13 @@ fn shutting_down() -> Stop {
 
 fn too_slow(last_sent: u64) -> Stop {
     Stop::Close(CLOSE_SLOW, format!("too slow to read; reconnect with since={last_sent}"))
+}
+
+fn no_budget(last_sent: u64) -> Stop {
+    Stop::Close(
+        CLOSE_SLOW,
+        format!("server short of memory for queued frames; reconnect with since={last_sent}"),
+    )
 }
 
 /// Where a connection's replay starts.
@@ -227,22 +237,43 @@ impl Conn {
 
     /// Write everything after `last_sent` that the mailbox holds.
     async fn replay(&mut self) -> Result<(), Stop> {
+        self.replay_until(u64::MAX).await
+    }
+
+    /// Write what the mailbox holds after `last_sent` and before `before`, a page at a
+    /// time. Each page is bounded in bytes and charged to the process's budget until it
+    /// is flushed: a client that stops reading mid-replay pins one page, not its mailbox.
+    async fn replay_until(&mut self, before: u64) -> Result<(), Stop> {
+        // Never more than the whole budget: a reservation past it would wait for an empty one.
+        let max_bytes = self.ctx.config.queue_max_bytes.min(self.ctx.config.total_queue_max_bytes);
         loop {
+            let left = before.saturating_sub(1).saturating_sub(self.last_sent);
+            let limit = REPLAY_PAGE.min(usize::try_from(left).unwrap_or(usize::MAX));
+            if limit == 0 {
+                return Ok(());
+            }
+            let mut charge = reserve(&self.ctx, max_bytes, self.flushed).await?;
             let page = self
                 .ctx
                 .store
-                .read_after(&self.user, self.last_sent, REPLAY_PAGE)
+                .read_after(&self.user, self.last_sent, limit, max_bytes)
                 .await
                 .map_err(store_stop)?;
-            let n = page.len();
+            charge.resize(page.iter().map(|m| m.frame.as_stored().len()).sum());
+            // A short page usually means the end; but retention may have taken rows from
+            // under this one, so only an empty page is sure.
+            let mut more = !page.is_empty();
             for m in page {
+                if m.seq >= before {
+                    more = false;
+                    break;
+                }
                 self.feed(Message::Text(m.frame.with_seq(m.seq).into())).await?;
                 self.last_sent = m.seq;
             }
             self.flush().await?;
-            // A short page usually means the end; but retention may have taken rows from
-            // under this one, so only an empty page is sure.
-            if n == 0 {
+            drop(charge);
+            if !more {
                 return Ok(());
             }
         }
@@ -256,16 +287,7 @@ impl Conn {
             if out.seq > self.last_sent + 1 {
                 // A gap: something committed earlier has not arrived (or never will, if
                 // retention took it). The mailbox is the truth.
-                let gap = self
-                    .ctx
-                    .store
-                    .read_after(&self.user, self.last_sent, (out.seq - self.last_sent - 1) as usize)
-                    .await
-                    .map_err(store_stop)?;
-                for m in gap.into_iter().filter(|m| m.seq < out.seq) {
-                    self.feed(Message::Text(m.frame.with_seq(m.seq).into())).await?;
-                    self.last_sent = m.seq;
-                }
+                self.replay_until(out.seq).await?;
             }
             if out.seq > self.last_sent {
                 self.feed(Message::Text(out.frame)).await?;
@@ -316,6 +338,9 @@ impl Conn {
     async fn flush(&mut self) -> Result<(), Stop> {
         let fut = self.socket.flush();
         guard(fut, &self.ctx, self.queue.as_deref(), self.flushed).await?;
+        if let Some(q) = &self.queue {
+            q.written();
+        }
         self.flushed = self.last_sent;
         if let Some(mark) = &self.mark {
             mark.fetch_max(self.flushed, Ordering::AcqRel);
@@ -363,6 +388,28 @@ async fn guard(
         _ = ctx.shutdown.cancelled() => Err(shutting_down()),
         _ = kicked => Err(too_slow(last_sent)),
         _ = tokio::time::sleep(ctx.config.idle_timeout) => Err(too_slow(last_sent)),
+    }
+}
+
+/// Room for a replay page in the process's budget. Waits for it, unlike fan-out: a
+/// replay holds nobody else up; but not past the idle timeout, nor shutdown.
+async fn reserve(ctx: &ConnContext, bytes: usize, flushed: u64) -> Result<Charge, Stop> {
+    let budget = ctx.hub.budget();
+    if let Some(c) = Charge::try_new(budget, bytes) {
+        return Ok(c);
+    }
+    let deadline = Instant::now() + ctx.config.idle_timeout;
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Err(shutting_down()),
+            _ = tokio::time::sleep(BUDGET_RETRY) => {}
+        }
+        if let Some(c) = Charge::try_new(budget, bytes) {
+            return Ok(c);
+        }
+        if Instant::now() >= deadline {
+            return Err(no_budget(flushed));
+        }
     }
 }
 

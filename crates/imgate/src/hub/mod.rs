@@ -1,9 +1,10 @@
 //! Live connections: who is connected, and fan-out of committed messages to them.
 //!
 //! The registry is sharded by user so that fan-out for different users never contends.
-//! Fan-out never waits for a client: each connection has a bounded queue, a frame is
-//! offered without waiting, and a connection whose queue is full is kicked — closed with
-//! [`CLOSE_SLOW`] — to catch up from its mailbox with `since` when it reconnects.
+//! Fan-out never waits for a client: each connection has a queue bounded in frames and in
+//! bytes, and the process a [`Budget`] of bytes for all of them; a frame is offered
+//! without waiting, and a connection that it would take past a bound is kicked — closed
+//! with [`CLOSE_SLOW`] — to catch up from its mailbox with `since` when it reconnects.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -14,12 +15,13 @@ use axum::extract::ws::Utf8Bytes;
 use imgate_protocol::EncodedMessage;
 use parking_lot::RwLock;
 
+use crate::config::HubConfig;
 use crate::store::Fanout;
 
 pub mod conn;
 mod queue;
 
-pub use queue::{Next, Offer, Queue};
+pub use queue::{Bounds, Budget, Charge, Next, Offer, Over, Queue};
 
 /// Close code for a connection that did not keep up with its messages.
 pub const CLOSE_SLOW: u16 = 4008;
@@ -78,19 +80,26 @@ pub struct Hub {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
     next_id: AtomicU64,
-    queue_capacity: usize,
+    bounds: Bounds,
+    budget: Arc<Budget>,
     max_per_user: usize,
 }
 
 impl Hub {
-    pub fn new(queue_capacity: usize, max_per_user: usize) -> Arc<Hub> {
+    pub fn new(config: &HubConfig) -> Arc<Hub> {
         Arc::new(Hub {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
-            queue_capacity,
-            max_per_user,
+            bounds: Bounds { frames: config.queue_capacity, bytes: config.queue_max_bytes },
+            budget: Arc::new(Budget::new(config.total_queue_max_bytes)),
+            max_per_user: config.max_connections_per_user,
         })
+    }
+
+    /// Bytes held for sockets by the whole process.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     fn shard(&self, user: &str) -> &RwLock<Shard> {
@@ -99,7 +108,7 @@ impl Hub {
 
     /// Add a connection for `user`. Messages committed from now on are queued to it.
     pub fn register(self: &Arc<Self>, user: &Arc<str>) -> Result<Registration, TooManyConnections> {
-        let queue = Arc::new(Queue::default());
+        let queue = Arc::new(Queue::new(self.bounds, self.budget.clone()));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let delivered = {
             let mut shard = self.shard(user).write();
@@ -148,10 +157,13 @@ impl Hub {
         };
         let mut taken = 0;
         for slot in &entry.slots {
-            match slot.queue.offer(out.clone(), self.queue_capacity) {
+            match slot.queue.offer(out.clone()) {
                 Offer::Taken => taken += 1,
-                Offer::Kicked(true) => metrics::counter!("imgate_slow_consumers_closed_total").increment(1),
-                Offer::Kicked(false) => {}
+                Offer::Kicked(Some(over)) => {
+                    metrics::counter!("imgate_slow_consumers_closed_total", "over" => over.label())
+                        .increment(1)
+                }
+                Offer::Kicked(None) => {}
             }
         }
         taken
@@ -198,9 +210,13 @@ mod tests {
         Outbound { seq, frame: Utf8Bytes::from(format!("{seq}")) }
     }
 
+    fn hub(queue_capacity: usize, max_connections_per_user: usize) -> Arc<Hub> {
+        Hub::new(&HubConfig { queue_capacity, max_connections_per_user, ..HubConfig::default() })
+    }
+
     #[tokio::test]
     async fn every_connection_of_a_user_gets_each_frame() {
-        let hub = Hub::new(4, 8);
+        let hub = hub(4, 8);
         let a = hub.register(&"u".into()).unwrap();
         let b = hub.register(&"u".into()).unwrap();
         let other = hub.register(&"v".into()).unwrap();
@@ -218,7 +234,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_kicks_only_that_connection() {
-        let hub = Hub::new(2, 8);
+        let hub = hub(2, 8);
         let slow = hub.register(&"u".into()).unwrap();
         let fast = hub.register(&"u".into()).unwrap();
         for seq in 1..=3 {
@@ -231,7 +247,7 @@ mod tests {
 
     #[test]
     fn connection_limit() {
-        let hub = Hub::new(2, 2);
+        let hub = hub(2, 2);
         let _a = hub.register(&"u".into()).unwrap();
         let _b = hub.register(&"u".into()).unwrap();
         assert!(hub.register(&"u".into()).is_err());

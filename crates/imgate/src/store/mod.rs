@@ -78,8 +78,16 @@ pub trait Store: Send + Sync + 'static {
     /// embedded engine, shortly after (through Redis pub/sub) with Redis.
     async fn append(&self, msgs: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError>;
 
-    /// Up to `limit` messages of `user` with seq > `after`, oldest first.
-    async fn read_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError>;
+    /// Up to `limit` messages of `user` with seq > `after`, oldest first, and no more than
+    /// fit in `max_bytes` of frames (`as_stored().len()` summed) — but always the first one
+    /// when there is one, however large, so that a reader paging through still progresses.
+    async fn read_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Stored>, StoreError>;
 
     /// Up to `limit` messages of `user` with seq < `before` (all when `None`), newest
     /// first, only those with `contact` when given.

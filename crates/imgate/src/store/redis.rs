@@ -81,12 +81,38 @@ if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 "#;
 
+/// A page of one log for `read_after`: bounded in count and in bytes here, in Redis, so
+/// that a page of large messages never crosses the network whole. Returns seq-id and
+/// frame, pairwise.
+const PAGE: &str = r#"
+local start = '(' .. ARGV[1] .. '-1'
+local limit = tonumber(ARGV[2])
+local max = tonumber(ARGV[3])
+local out, n, bytes = {}, 0, 0
+while n < limit do
+  local batch = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', math.min(limit - n, 64))
+  if #batch == 0 then break end
+  for _, e in ipairs(batch) do
+    local f, kv = '', e[2]
+    for i = 1, #kv, 2 do if kv[i] == 'f' then f = kv[i + 1] end end
+    bytes = bytes + string.len(f)
+    if n > 0 and bytes > max then return out end
+    out[#out + 1] = e[1]
+    out[#out + 1] = f
+    n = n + 1
+  end
+  start = '(' .. batch[#batch][1]
+end
+return out
+"#;
+
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     config: StoreConfig,
     append: Script,
     raise: Script,
+    page: Script,
     subscribed: Arc<AtomicBool>,
     closed: AtomicBool,
 }
@@ -127,6 +153,7 @@ impl RedisStore {
             config: config.clone(),
             append: Script::new(APPEND),
             raise: Script::new(RAISE),
+            page: Script::new(PAGE),
             subscribed,
             closed: AtomicBool::new(false),
         }))
@@ -268,12 +295,31 @@ impl Store for RedisStore {
             .collect()
     }
 
-    async fn read_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
-        let rows = self.range(user, format!("({after}-1"), "+".into(), false, limit).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, frame, _, _)| Stored { seq, frame: EncodedMessage::from_stored(frame) })
-            .collect())
+    async fn read_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut c = self.conn.clone();
+        let flat: Vec<String> = self
+            .page
+            .key(self.key(user, "log"))
+            .arg(after)
+            .arg(limit)
+            .arg(max_bytes)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(id), Some(frame)) = (it.next(), it.next()) {
+            let seq = id.split('-').next().and_then(|s| s.parse().ok());
+            let seq = seq.ok_or_else(|| StoreError::Unavailable("redis: a bad entry id".into()))?;
+            out.push(Stored { seq, frame: EncodedMessage::from_stored(frame) });
+        }
+        Ok(out)
     }
 
     async fn history(

@@ -157,7 +157,9 @@ impl SqliteStore {
 
     /// The frames of `rows` (seq, row), in that order; rows retention removed meanwhile
     /// are skipped.
-    async fn frames(&self, rows: Vec<(u64, i64)>) -> Result<Vec<Stored>, StoreError> {
+    /// The frames of `rows`, in order, stopping before `max_bytes` would be passed (the
+    /// first one always comes).
+    async fn frames(&self, rows: Vec<(u64, i64)>, max_bytes: usize) -> Result<Vec<Stored>, StoreError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -177,8 +179,13 @@ impl SqliteStore {
             let out = (|| {
                 let mut get = conn.prepare_cached("SELECT frame FROM journal WHERE id = ?1")?;
                 let mut out = Vec::with_capacity(rows.len());
+                let mut bytes = 0usize;
                 for (seq, row) in rows {
                     if let Some(frame) = get.query_row([row], |r| r.get::<_, String>(0)).optional()? {
+                        bytes = bytes.saturating_add(frame.len());
+                        if bytes > max_bytes && !out.is_empty() {
+                            break;
+                        }
                         out.push(Stored { seq, frame: EncodedMessage::from_stored(frame) });
                     }
                 }
@@ -239,9 +246,15 @@ impl Store for SqliteStore {
         rx.await.map_err(|_| StoreError::Unavailable("the commit failed; nothing was stored".into()))?
     }
 
-    async fn read_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
+    async fn read_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
         let rows = self.index.rows_after(user, after, limit);
-        self.frames(rows).await
+        self.frames(rows, max_bytes).await
     }
 
     async fn history(
@@ -252,7 +265,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError> {
         let rows = self.index.rows_before(user, contact, before, limit);
-        self.frames(rows).await
+        self.frames(rows, usize::MAX).await
     }
 
     async fn delivered(&self, user: &str) -> Result<u64, StoreError> {
