@@ -212,3 +212,42 @@ async fn at_the_connection_cap_only_healthz_answers_and_a_freed_slot_serves_agai
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answers_is_closed_after_the_write_timeout() {
+    let s = server(|c| c.http.write_timeout = SHORT).await;
+    let tcp = open(&s).await;
+    let (mut rx, mut tx) = tcp.into_split();
+    // Pipelined requests for answers (about 40 MB) far beyond what the socket buffers hold,
+    // and nothing read: the server's writes block.
+    let writer = tokio::spawn(async move {
+        for _ in 0..2000 {
+            if tx.write_all(b"GET /console/app.js HTTP/1.1\r\nHost: imgate\r\n\r\n").await.is_err() {
+                break;
+            }
+        }
+        tx
+    });
+    tokio::time::sleep(10 * SHORT).await;
+    // Then read: what was buffered, then the close, well before 2000 answers came.
+    let mut answers = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut carry = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match rx.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    carry.extend_from_slice(&buf[..n]);
+                    answers += carry.windows(17).filter(|w| w == b"HTTP/1.1 200 OK\r\n").count();
+                    let keep = carry.len().saturating_sub(16);
+                    carry.drain(..keep);
+                }
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was still open after {answers} answers");
+    assert!(answers < 2000, "all {answers} answers were written");
+    drop(writer.await.unwrap());
+}
