@@ -83,18 +83,23 @@ pub fn connection_cap(configured: usize) -> usize {
             return configured;
         }
     };
-    let fit = soft.saturating_sub(FD_HEADROOM + RESERVE as u64).max(soft / 2).max(1);
-    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
-    if fit < configured {
+    let cap = fit(configured, soft);
+    if cap < configured {
         tracing::warn!(
             configured,
-            cap = fit,
+            cap,
             open_file_limit = soft,
             "http.max_connections lowered to fit the open-file limit (raise it with ulimit -n or LimitNOFILE=)"
         );
-        return fit;
     }
-    configured
+    cap
+}
+
+/// The most connections `soft` descriptors leave room for, after the headroom and the
+/// reserve (at least half of them, however small the limit).
+fn fit(configured: usize, soft: u64) -> usize {
+    let room = soft.saturating_sub(FD_HEADROOM + RESERVE as u64).max(soft / 2).max(1);
+    configured.min(usize::try_from(room).unwrap_or(usize::MAX))
 }
 
 /// Serve `router` on `listener` until `stop` is cancelled; then stop accepting, let
@@ -119,7 +124,8 @@ pub async fn serve(
     let reserve = Arc::new(Semaphore::new(RESERVE));
     let connections = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
-    let mut at_cap = false;
+    // When the cap was last reported: once a minute at most while it is being hit.
+    let mut reported: Option<Instant> = None;
     loop {
         let tcp = tokio::select! {
             biased;
@@ -146,13 +152,10 @@ pub async fn serve(
             },
         };
         let (permit, overflow) = match permits.clone().try_acquire_owned() {
-            Ok(p) => {
-                at_cap = false;
-                (p, false)
-            }
+            Ok(p) => (p, false),
             Err(_) => {
-                if !at_cap {
-                    at_cap = true;
+                if reported.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    reported = Some(Instant::now());
                     tracing::warn!(max_connections = cap, "connection cap reached; answering /healthz only");
                 }
                 metrics::counter!("imgate_http_connections_refused_total").increment(1);
@@ -502,6 +505,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cap_fits_the_open_file_limit() {
+        let check = |configured: usize, soft: u64, want: usize| {
+            assert_eq!(fit(configured, soft), want, "fit({configured}, {soft})");
+        };
+        check(50_000, 1_048_576, 50_000);
+        check(50_000, 20_000, 20_000 - 256 - RESERVE);
+        check(50_000, 1024, 1024 - 256 - RESERVE);
+        check(50_000, 300, 150);
+        check(10, 20_000, 10);
+        check(50_000, 0, 1);
+    }
 
     #[test]
     fn first_request_gets_the_header_timeout_later_ones_the_keepalive_timeout() {
