@@ -596,6 +596,28 @@ mod tests {
     }
 
     #[test]
+    fn http_timeouts_caps_and_rates_must_be_above_zero() {
+        let cases: [(&str, fn(&mut Config)); 8] = [
+            ("http", |c| c.http.header_read_timeout = Duration::ZERO),
+            ("http", |c| c.http.keepalive_timeout = Duration::ZERO),
+            ("http", |c| c.http.body_timeout = Duration::ZERO),
+            ("http", |c| c.http.write_timeout = Duration::ZERO),
+            ("http", |c| c.http.handshake_timeout = Duration::ZERO),
+            ("http.max_connections", |c| c.http.max_connections = 0),
+            ("limits.sender_rate", |c| c.limits.sender_rate = 0),
+            ("limits.sender_rate", |c| c.limits.sender_burst = 0),
+        ];
+        for (want, tune) in cases {
+            let mut c = Config::default();
+            tune(&mut c);
+            match c.validate() {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, want),
+                other => panic!("{want}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn account_secrets_come_from_env() {
         let mut c = Config::default();
         c.wechat.accounts.push(AccountConfig {
