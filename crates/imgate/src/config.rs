@@ -597,7 +597,8 @@ mod tests {
 
     #[test]
     fn http_timeouts_caps_and_rates_must_be_above_zero() {
-        let cases: [(&str, fn(&mut Config)); 8] = [
+        type Tune = fn(&mut Config);
+        let cases: [(&str, Tune); 8] = [
             ("http", |c| c.http.header_read_timeout = Duration::ZERO),
             ("http", |c| c.http.keepalive_timeout = Duration::ZERO),
             ("http", |c| c.http.body_timeout = Duration::ZERO),
