@@ -54,6 +54,22 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   http_body_max = 1048576            largest HTTP body (1 MiB; WeChat messages are small)
   ws_frame_max = 65536               largest frame a client may send (64 KiB)
   history_page_max = 200             most messages one history page returns
+  sender_rate = 200                  messages a second one sender may send (POST /send, send_xml),
+                                     refilling its bucket; over it: 429 with Retry-After
+  sender_burst = 2000                messages one sender may send at once before sender_rate applies
+
+  [http]
+  header_read_timeout = \"10s\"        a connection's first request head must arrive within this
+                                     (a silent or half-sent request is closed)
+  keepalive_timeout = \"75s\"          after an answer, the next request's head must arrive within
+                                     this (above nginx's upstream keepalive_timeout, 60 s)
+  body_timeout = \"60s\"               a request's whole body must arrive within this (408)
+  write_timeout = \"60s\"              an answer's write blocked this long closes the connection
+                                     (WebSockets: hub.idle_timeout)
+  handshake_timeout = \"10s\"          a WebSocket upgrade must be answered within this (503)
+  max_connections = 50000            open connections, WebSockets included; lowered at start to fit
+                                     the open-file limit. Over it only /healthz is answered (16
+                                     more), the rest get 503 or are closed
 
   [auth]
   mode = \"open\"                      open: anyone names their userid (the seed's test); on an
@@ -111,6 +127,7 @@ const TOP_KEYS: &[&str] = &[
     "store",
     "hub",
     "limits",
+    "http",
     "auth",
     "bench",
     "wechat",
@@ -128,6 +145,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub hub: HubConfig,
     pub limits: Limits,
+    pub http: HttpConfig,
     pub auth: AuthConfig,
     pub bench: BenchConfig,
     pub wechat: WechatConfig,
@@ -263,6 +281,38 @@ pub struct Limits {
     pub http_body_max: usize,
     pub ws_frame_max: usize,
     pub history_page_max: usize,
+    pub sender_rate: u32,
+    pub sender_burst: u32,
+}
+
+/// How connections are accepted and served (`http::server`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 50_000,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +367,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             hub: HubConfig::default(),
             limits: Limits::default(),
+            http: HttpConfig::default(),
             auth: AuthConfig::default(),
             bench: BenchConfig::default(),
             wechat: WechatConfig::default(),
@@ -359,7 +410,13 @@ impl Default for HubConfig {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { http_body_max: 1 << 20, ws_frame_max: 64 << 10, history_page_max: 200 }
+        Limits {
+            http_body_max: 1 << 20,
+            ws_frame_max: 64 << 10,
+            history_page_max: 200,
+            sender_rate: 200,
+            sender_burst: 2000,
+        }
     }
 }
 
@@ -480,6 +537,19 @@ impl Config {
             || self.limits.ws_frame_max == 0
         {
             return bad("limits", "history_page_max, http_body_max and ws_frame_max must be above zero");
+        }
+        if self.limits.sender_rate == 0 || self.limits.sender_burst == 0 {
+            return bad("limits.sender_rate", "sender_rate and sender_burst must be above zero");
+        }
+        let h = &self.http;
+        if [h.header_read_timeout, h.keepalive_timeout, h.body_timeout, h.write_timeout, h.handshake_timeout]
+            .iter()
+            .any(Duration::is_zero)
+        {
+            return bad("http", "every timeout must be above zero");
+        }
+        if h.max_connections == 0 {
+            return bad("http.max_connections", "must be above zero");
         }
         if self.store.max_batch == 0 || self.store.retention_max_messages == 0 {
             return bad("store.max_batch", "max_batch and retention_max_messages must be above zero");
@@ -640,6 +710,29 @@ mod tests {
             let mut c = Config::default();
             set(&mut c.hub);
             assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "hub.queue_max_bytes", .. })));
+        }
+    }
+
+    #[test]
+    fn http_timeouts_caps_and_rates_must_be_above_zero() {
+        type Tune = fn(&mut Config);
+        let cases: [(&str, Tune); 8] = [
+            ("http", |c| c.http.header_read_timeout = Duration::ZERO),
+            ("http", |c| c.http.keepalive_timeout = Duration::ZERO),
+            ("http", |c| c.http.body_timeout = Duration::ZERO),
+            ("http", |c| c.http.write_timeout = Duration::ZERO),
+            ("http", |c| c.http.handshake_timeout = Duration::ZERO),
+            ("http.max_connections", |c| c.http.max_connections = 0),
+            ("limits.sender_rate", |c| c.limits.sender_rate = 0),
+            ("limits.sender_rate", |c| c.limits.sender_burst = 0),
+        ];
+        for (want, tune) in cases {
+            let mut c = Config::default();
+            tune(&mut c);
+            match c.validate() {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, want),
+                other => panic!("{want}: {other:?}"),
+            }
         }
     }
 

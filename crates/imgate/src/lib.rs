@@ -5,7 +5,6 @@
 //! from it.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -140,6 +139,7 @@ pub async fn run(
         tasks: tasks.clone(),
         metrics,
         wechat,
+        senders: http::rate::Senders::new(config.limits.sender_rate, config.limits.sender_burst),
     });
     let addr = listener.local_addr()?;
     // The listener may not be `config.listen` (tests, embedding programs): check it too.
@@ -159,15 +159,8 @@ pub async fn run(
         auth = ?config.auth.mode,
         "imgate listening"
     );
-    // No Nagle: a frame or an answer goes out when written, not after the peer's delayed
-    // ACK (40 ms on Linux) for the previous one.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server =
-        axum::serve(listener, http::router(state).into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(cancel.clone().cancelled_owned());
-    let mut server = tokio::spawn(server.into_future());
+    let server = http::server::serve(listener, http::router(state), config.http.clone(), cancel.clone());
+    let mut server = tokio::spawn(server);
     let early = tokio::select! {
         _ = shutdown => None,
         // The server only ends by itself on an error.

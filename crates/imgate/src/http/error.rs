@@ -26,6 +26,11 @@ pub enum ApiError {
     UnsupportedMedia(String),
     #[error("{0}")]
     TooMany(String),
+    /// Over a rate limit: 429 with `Retry-After` (whole seconds).
+    #[error("{reason}")]
+    RateLimited { reason: String, retry_after: u64 },
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     Unavailable(String),
     /// WeChat did not take a message to a follower: 422 when it refused (with its code),
@@ -44,7 +49,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooMany(_) | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Delivery { refused: true, .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Delivery { refused: false, .. } => StatusCode::BAD_GATEWAY,
@@ -65,7 +71,11 @@ impl IntoResponse for ApiError {
             ApiError::Delivery { details, .. } => error_frame_with(details, &self.to_string()),
             _ => error_frame(&self.to_string()),
         };
-        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if let ApiError::RateLimited { retry_after, .. } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, retry_after.into());
+        }
+        response
     }
 }
 

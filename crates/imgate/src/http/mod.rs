@@ -2,6 +2,7 @@
 //! router; handlers turn requests into calls on [`Ingest`], the [`Hub`] and the store.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
@@ -27,7 +28,9 @@ pub mod error;
 mod history;
 mod media;
 mod ops;
+pub mod rate;
 mod send;
+pub mod server;
 mod ws;
 
 /// The seed's path prefix for the WeChat Official Account channel.
@@ -47,6 +50,8 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// The WeChat channel, when an account is configured.
     pub wechat: Option<Arc<Wechat>>,
+    /// Per-sender token buckets for sends (`limits.sender_rate`).
+    pub senders: rate::Senders,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -63,7 +68,6 @@ pub fn router(state: AppState) -> Router {
         .route("/console/{file}", get(console::file))
         .route(&format!("{PREFIX}/media/{{id}}"), get(media::get))
         .route(&format!("{PREFIX}/media/{{id}}/status"), get(media::status))
-        .route(&format!("{PREFIX}/media"), post(media::upload).layer(DefaultBodyLimit::max(media_max)))
         .route(&format!("{PREFIX}/contact"), get(media::contact))
         .route(&format!("{PREFIX}/msg"), get(ws::msg))
         .route("/send", post(send::send))
@@ -73,6 +77,14 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        // A declared length over the limit is refused before a byte of the body is read.
+        .route_layer(server::DeclaredLength(body_max))
+        .route(
+            &format!("{PREFIX}/media"),
+            post(media::upload)
+                .layer::<_, Infallible>(DefaultBodyLimit::max(media_max))
+                .layer::<_, Infallible>(server::DeclaredLength(media_max)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use imgate_protocol::{SYSTEM_CONTACT, SendRequest, XmlMessage, ack_frame, parse_send_json};
 
+use super::server::BodyTimeout;
 use super::{AppState, Params, error::ApiError};
 use crate::auth::Caller;
 use crate::ingest::{Accepted, Sender};
@@ -29,6 +30,7 @@ pub async fn send(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (caller, body) = read(&state, &headers, query, body, false)?;
+    limit(&state, sender(&caller, &body))?;
     let accepted = match body {
         Body::Json(req) => send_json(&state, &caller, req).await?,
         Body::Xml(xml) => send_xml_body(&state, &caller, &xml).await?,
@@ -46,6 +48,7 @@ pub async fn send_xml(
     let Body::Xml(xml) = body else {
         return Err(ApiError::UnsupportedMedia("send_xml takes WeChat XML".into()));
     };
+    limit(&state, caller.user().or_else(|| xml.non_empty("FromUserName")))?;
     Ok(answer(&send_xml_body(&state, &caller, &xml).await?))
 }
 
@@ -95,7 +98,10 @@ fn read(
 ) -> Result<(Caller, Body), ApiError> {
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config.limits.http_body_max),
-        _ => ApiError::BadRequest(format!("cannot read the body: {e}")),
+        _ => match BodyTimeout::caused(&e) {
+            Some(t) => ApiError::Timeout(t.to_string()),
+            None => ApiError::BadRequest(format!("cannot read the body: {e}")),
+        },
     })?;
     let params = Params::from(query)?;
     let caller = state.caller(headers, &params)?;
@@ -126,6 +132,33 @@ fn read(
         Body::Xml(XmlMessage::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?)
     };
     Ok((caller, parsed))
+}
+
+/// Who sends, as ingest takes it: the caller's user (a token's subject, the `?userid=`
+/// of open mode or of an API key), else XML's `FromUserName`, else `system01` for a
+/// backend's system message. None when ingest will refuse the send for want of one.
+fn sender<'a>(caller: &'a Caller, body: &'a Body) -> Option<&'a str> {
+    match (caller.user(), body) {
+        (Some(u), _) => Some(u),
+        (None, Body::Xml(xml)) => xml.non_empty("FromUserName"),
+        (None, Body::Json(req)) => (req.content.msg_type == "system").then_some(SYSTEM_CONTACT),
+    }
+}
+
+/// Take from the sender's token bucket, before anything is stored, so that what is
+/// refused is not kept.
+fn limit(state: &AppState, sender: Option<&str>) -> Result<(), ApiError> {
+    let Some(sender) = sender else { return Ok(()) };
+    state.senders.take(sender).map_err(|wait| {
+        let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError::RateLimited {
+            reason: format!(
+                "sender {sender:?} is over its rate limit ({} messages a second, bursts of {}): nothing was stored; retry after {retry_after} s",
+                state.config.limits.sender_rate, state.config.limits.sender_burst
+            ),
+            retry_after: retry_after.max(1),
+        }
+    })
 }
 
 async fn send_json(state: &AppState, caller: &Caller, req: SendRequest) -> Result<Accepted, ApiError> {
