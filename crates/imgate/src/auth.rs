@@ -3,11 +3,22 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::{HeaderMap, header};
+use http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{AuthConfig, AuthMode};
-use crate::http::error::ApiError;
+
+
+/// Why a caller was refused. `http` maps it to 401 and 403.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials, or bad ones.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Good credentials that do not allow this (another user, an Origin not allowed).
+    #[error("{0}")]
+    Forbidden(String),
+}
 
 /// The caller of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,7 +95,7 @@ impl Auth {
         headers: &HeaderMap,
         token: Option<&str>,
         userid: Option<&str>,
-    ) -> Result<Caller, ApiError> {
+    ) -> Result<Caller, AuthError> {
         self.authorize(headers, token, userid).map(|a| a.caller)
     }
 
@@ -94,25 +105,25 @@ impl Auth {
         headers: &HeaderMap,
         token: Option<&str>,
         userid: Option<&str>,
-    ) -> Result<Authorized, ApiError> {
+    ) -> Result<Authorized, AuthError> {
         let named = userid.filter(|u| !u.is_empty()).map(str::to_owned);
         if self.mode == AuthMode::Open {
             return Ok(Authorized { caller: named.map_or(Caller::Backend, Caller::Named), expires: None });
         }
         let in_query = token.is_some();
         let presented = token.map(str::to_owned).or_else(|| credential(headers)).ok_or_else(|| {
-            ApiError::Unauthorized(
+            AuthError::Unauthorized(
                 "credentials required: a JWT (?token= or Authorization: Bearer) or an API key".into(),
             )
         })?;
         if presented.is_empty() {
-            return Err(ApiError::Unauthorized("empty token".into()));
+            return Err(AuthError::Unauthorized("empty token".into()));
         }
         if self.is_api_key(&presented) {
             if in_query {
                 // A URL is written to access logs, proxies' included: a key there leaks.
                 tracing::warn!("an API key was sent in a query string and refused; rotate that key");
-                return Err(ApiError::Unauthorized(
+                return Err(AuthError::Unauthorized(
                     "API keys are taken only in a header (Authorization: Bearer KEY or X-Api-Key), \
                      never in a URL"
                         .into(),
@@ -120,12 +131,12 @@ impl Auth {
             }
             return Ok(Authorized { caller: named.map_or(Caller::Backend, Caller::Named), expires: None });
         }
-        let key = self.key.as_ref().ok_or_else(|| ApiError::Unauthorized("unknown API key".into()))?;
+        let key = self.key.as_ref().ok_or_else(|| AuthError::Unauthorized("unknown API key".into()))?;
         let claims = jsonwebtoken::decode::<Claims>(&presented, key, &self.validation)
-            .map_err(|e| ApiError::Unauthorized(format!("token refused: {e}")))?
+            .map_err(|e| AuthError::Unauthorized(format!("token refused: {e}")))?
             .claims;
         if claims.sub.trim().is_empty() {
-            return Err(ApiError::Unauthorized("token refused: its sub (the user id) is empty".into()));
+            return Err(AuthError::Unauthorized("token refused: its sub (the user id) is empty".into()));
         }
         // A far-off exp never expires rather than overflowing.
         let expires =
@@ -133,11 +144,11 @@ impl Auth {
         // jsonwebtoken compares whole seconds and still takes a token within its exp's
         // second; it is over at exp itself (RFC 7519), as the socket it opens would be.
         if expires.is_some_and(|at| at <= SystemTime::now()) {
-            return Err(ApiError::Unauthorized("token refused: ExpiredSignature".into()));
+            return Err(AuthError::Unauthorized("token refused: ExpiredSignature".into()));
         }
         match named {
             Some(u) if u != claims.sub => {
-                Err(ApiError::Forbidden(format!("the token is for user {:?}, not {u:?}", claims.sub)))
+                Err(AuthError::Forbidden(format!("the token is for user {:?}, not {u:?}", claims.sub)))
             }
             _ => Ok(Authorized { caller: Caller::User(claims.sub), expires }),
         }
@@ -145,13 +156,13 @@ impl Auth {
 
     /// Operators' endpoints (`/metrics`): open in open mode; in token mode an API key in a
     /// header, since a user's token must not reveal the whole gateway's traffic.
-    pub fn operator(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub fn operator(&self, headers: &HeaderMap) -> Result<(), AuthError> {
         if self.mode == AuthMode::Open {
             return Ok(());
         }
         match credential(headers) {
             Some(k) if !k.is_empty() && self.is_api_key(&k) => Ok(()),
-            _ => Err(ApiError::Unauthorized(
+            _ => Err(AuthError::Unauthorized(
                 "this endpoint needs an API key: Authorization: Bearer KEY or X-Api-Key".into(),
             )),
         }
@@ -163,7 +174,7 @@ impl Auth {
     }
 
     /// Browsers send `Origin` on WebSocket upgrades; refuse those not allowed.
-    pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), AuthError> {
         if self.origins.is_empty() {
             return Ok(());
         }
@@ -171,7 +182,7 @@ impl Auth {
             // Non-browser clients send no Origin; the token still applies to them.
             None => Ok(()),
             Some(o) if self.origins.iter().any(|a| a == "*" || a == o.trim_end_matches('/')) => Ok(()),
-            Some(o) => Err(ApiError::Forbidden(format!("origin {o} is not in auth.allowed_origins"))),
+            Some(o) => Err(AuthError::Forbidden(format!("origin {o} is not in auth.allowed_origins"))),
         }
     }
 }
@@ -249,12 +260,12 @@ mod tests {
         let good = jwt("agent1", 600, SECRET);
         assert_eq!(a.caller(&h, Some(&good), None).unwrap(), Caller::User("agent1".into()));
         assert_eq!(a.caller(&h, Some(&good), Some("agent1")).unwrap(), Caller::User("agent1".into()));
-        assert!(matches!(a.caller(&h, Some(&good), Some("agent2")), Err(ApiError::Forbidden(_))));
-        assert!(matches!(a.caller(&h, None, Some("agent1")), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(a.caller(&h, Some(&good), Some("agent2")), Err(AuthError::Forbidden(_))));
+        assert!(matches!(a.caller(&h, None, Some("agent1")), Err(AuthError::Unauthorized(_))));
         let expired = jwt("agent1", -600, SECRET);
-        assert!(matches!(a.caller(&h, Some(&expired), None), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(a.caller(&h, Some(&expired), None), Err(AuthError::Unauthorized(_))));
         let forged = jwt("agent1", 600, "another secret 12345 of 32 bytes");
-        assert!(matches!(a.caller(&h, Some(&forged), None), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(a.caller(&h, Some(&forged), None), Err(AuthError::Unauthorized(_))));
         let k = header("x-api-key", KEY);
         assert_eq!(a.caller(&k, None, None).unwrap(), Caller::Backend);
         assert_eq!(a.caller(&k, None, Some("u")).unwrap(), Caller::Named("u".into()));
@@ -301,7 +312,7 @@ mod tests {
         for (name, headers, token) in cases {
             for userid in [None, Some("a")] {
                 let r = a.caller(&headers, token.as_deref(), userid);
-                assert!(matches!(r, Err(ApiError::Unauthorized(_))), "{name} ({userid:?}): {r:?}");
+                assert!(matches!(r, Err(AuthError::Unauthorized(_))), "{name} ({userid:?}): {r:?}");
             }
         }
     }
@@ -342,7 +353,7 @@ mod tests {
             header("x-api-key", "wrong"),
             header("authorization", &format!("Bearer {}", jwt("agent1", 600, SECRET))),
         ] {
-            assert!(matches!(a.operator(&h), Err(ApiError::Unauthorized(_))), "{h:?}");
+            assert!(matches!(a.operator(&h), Err(AuthError::Unauthorized(_))), "{h:?}");
         }
         assert!(auth_with(|c| c.mode = AuthMode::Open).operator(&HeaderMap::new()).is_ok());
     }

@@ -101,3 +101,12 @@ impl From<IngestError> for ApiError {
         }
     }
 }
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> ApiError {
+        match e {
+            crate::auth::AuthError::Unauthorized(m) => ApiError::Unauthorized(m),
+            crate::auth::AuthError::Forbidden(m) => ApiError::Forbidden(m),
+        }
+    }
+}

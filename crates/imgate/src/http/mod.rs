@@ -130,6 +130,6 @@ impl Params {
 
 impl App {
     pub fn caller(&self, headers: &HeaderMap, params: &Params) -> Result<Caller, ApiError> {
-        self.auth.caller(headers, params.get("token"), params.userid())
+        Ok(self.auth.caller(headers, params.get("token"), params.userid())?)
     }
 }
