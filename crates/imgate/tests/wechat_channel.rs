@@ -59,7 +59,9 @@ impl Rig {
 
     /// Post `xml` as WeChat would; the status and the body.
     async fn callback(&self, xml: &str) -> (u16, String) {
-        let (body, query) = seal(xml, self.keys(), &now_ts(), "1320562132");
+        // WeChat picks a fresh random nonce for each callback it sends (a retry included).
+        let nonce = rand::random::<u64>() % 10_000_000_000;
+        let (body, query) = seal(xml, self.keys(), &now_ts(), &nonce.to_string());
         self.post_callback(&body, &query).await
     }
 
@@ -304,7 +306,8 @@ async fn bad_callbacks_are_refused_and_store_nothing() {
     for bad in [&enc[..enc.len() / 2], "garbage!!", "QUFBQQ==", ""] {
         let body =
             format!("<xml><ToUserName>{ORIGINAL}</ToUserName><Encrypt><![CDATA[{bad}]]></Encrypt></xml>");
-        let sig = imgate_wechat::sign(&[TOKEN, &now_ts(), "1320562132", bad]);
+        let ts = &query.iter().find(|(n, _)| n == "timestamp").unwrap().1;
+        let sig = imgate_wechat::sign(&[TOKEN, ts, "1320562132", bad]);
         let (status, answer) = r.post_callback(&body, &with("msg_signature", &sig)).await;
         assert_eq!(status, 400, "{bad:?}: {answer}");
     }
@@ -483,4 +486,63 @@ async fn a_stale_callback_is_refused_as_a_replay() {
     assert!(answer.contains("clock"), "{answer}");
     let (_, h) = r.s.get("/im_component/wx_official_account/history?userid=agent1").await;
     assert_eq!(h["data"]["messages"].as_array().unwrap().len(), 0);
+}
+
+/// The texts in `user`'s mailbox, oldest first.
+async fn texts(s: &Server, user: &str) -> Vec<String> {
+    let (status, h) = s.get(&format!("/im_component/wx_official_account/history?userid={user}")).await;
+    assert_eq!(status, 200, "{h}");
+    h["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"]["msg"]["content"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn xml_naming_a_followers_msgid_does_not_suppress_the_real_callback() {
+    let r = rig(false).await;
+    let real = text_from("oFollower", "the real one", 6054768590064713999);
+    // A gateway user, and an anonymous poster, post XML with the follower's envelope
+    // (FromUserName, CreateTime, MsgId) to the agent first.
+    let to_agent = real.replace(ORIGINAL, "agent1");
+    let forged = to_agent.replace("the real one", "forged by mallory");
+    let (status, ack) = post(&r.s.http("/send?userid=mallory"), "text/xml", forged).await;
+    assert_eq!(status, 200, "{ack}");
+    let anonymous = to_agent.replace("the real one", "forged anonymously");
+    let (status, ack) = post(&r.s.http("/send"), "text/xml", anonymous).await;
+    assert_eq!(status, 200, "{ack}");
+    let (status, body) = r.callback(&real).await;
+    assert_eq!((status, body.as_str()), (200, "success"));
+    assert_eq!(texts(&r.s, "agent1").await, ["forged by mallory", "forged anonymously", "the real one"]);
+    // WeChat's own retry is still one message.
+    r.callback(&real).await;
+    assert_eq!(texts(&r.s, "agent1").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_plaintext_callback_url_cannot_be_replayed_with_another_body() {
+    let r = rig(false).await;
+    let genuine = text_from("oGenuine", "genuine", 1);
+    let (body, query) = seal(&genuine, r.keys(), &now_ts(), "1357924680");
+    let (status, answer) = r.post_callback(&body, &query).await;
+    assert_eq!((status, answer.as_str()), (200, "success"));
+    // The captured URL with another body, "from" another follower.
+    let forged = text_from("oVictim", "forged", 2);
+    let (status, answer) = r.post_callback(&forged, &query).await;
+    assert_eq!(status, 400, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["result"]["code"], -1);
+    assert!(v["result"]["message"].as_str().unwrap().contains("nonce"), "{answer}");
+    // The same nonce with the same body is WeChat's retry: success, nothing new.
+    let (status, answer) = r.post_callback(&body, &query).await;
+    assert_eq!((status, answer.as_str()), (200, "success"));
+    assert_eq!(texts(&r.s, "agent1").await, ["genuine"]);
+    let (_, c) = r.s.get("/im_component/wx_official_account/contact?userid=agent1&contact_id=oVictim").await;
+    assert_eq!(c["data"]["wechat"], Value::Null, "the forged sender was not recorded as a follower: {c}");
+    // Another nonce is another callback.
+    let (b2, q2) = seal(&text_from("oGenuine", "later", 3), r.keys(), &now_ts(), "2468013579");
+    assert_eq!(r.post_callback(&b2, &q2).await.0, 200);
+    assert_eq!(texts(&r.s, "agent1").await, ["genuine", "later"]);
 }
