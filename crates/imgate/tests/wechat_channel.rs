@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use imgate::config::AccountConfig;
-use imgate::wechat::standin::StandIn;
+use imgate::wechat::standin::{Misbehave, StandIn};
 use imgate_protocol::XmlMessage;
 use imgate_wechat::Cipher;
 use imgate_wechat::callback::{Keys, seal};
@@ -32,6 +32,10 @@ struct Rig {
 }
 
 async fn rig(safe_mode: bool) -> Rig {
+    rig_with(safe_mode, |_| {}).await
+}
+
+async fn rig_with(safe_mode: bool, tune: impl FnOnce(&mut imgate::config::Config)) -> Rig {
     let wechat = StandIn::new(&[(APPID, SECRET)]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -47,6 +51,7 @@ async fn rig(safe_mode: bool) -> Rig {
             company_id: "acme".into(),
             agents: vec!["agent1".into()],
         });
+        tune(c);
     })
     .await;
     Rig { s, wechat, cipher: safe_mode.then(|| Cipher::new(AES_KEY).unwrap()) }
@@ -545,4 +550,80 @@ async fn a_plaintext_callback_url_cannot_be_replayed_with_another_body() {
     let (b2, q2) = seal(&text_from("oGenuine", "later", 3), r.keys(), &now_ts(), "2468013579");
     assert_eq!(r.post_callback(&b2, &q2).await.0, 200);
     assert_eq!(texts(&r.s, "agent1").await, ["genuine", "later"]);
+}
+
+const MEDIA_MAX: usize = 64 << 10;
+/// What a misbehaving stand-in offers: far more than MEDIA_MAX and than any socket
+/// buffers hold, so that what it could hand over shows whether the download read on.
+const OFFERED: u64 = 256 << 20;
+/// Generous room for what the kernel and the HTTP stacks buffer before the reader stops.
+const BUFFERED: u64 = 32 << 20;
+
+/// An image callback whose media/get misbehaves as `m`. The message reaches the agent at
+/// once, as for any download error; its media path.
+async fn image_with_bad_media(r: &Rig, m: Misbehave) -> String {
+    r.wechat.0.lock().media_misbehave.insert("MEDIA-BAD".into(), m);
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    let now = now_ts();
+    let (status, _) = r
+        .callback(&format!(
+            "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oPic</FromUserName><CreateTime>{now}</CreateTime>\
+             <MsgType>image</MsgType><PicUrl>http://mmbiz.qpic.cn/x</PicUrl><MediaId>MEDIA-BAD</MediaId><MsgId>78</MsgId></xml>"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let f = agent.frame().await;
+    assert_eq!(f["result"]["code"], 1002);
+    f["data"]["msg"]["media_path"].as_str().unwrap().to_owned()
+}
+
+/// Ask for the media until it answers `want` with a reason containing `words`; the reason.
+async fn media_answer(r: &Rig, path: &str, want: u16, words: &str) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let resp = reqwest::get(r.s.http(&format!("{path}?userid=agent1"))).await.unwrap();
+        let status = resp.status().as_u16();
+        last = format!("{status} {}", resp.text().await.unwrap());
+        if status == want && last.contains(words) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the media never answered {want} with {words:?}; last: {last}");
+}
+
+#[tokio::test]
+async fn media_declared_over_media_max_is_not_read() {
+    let r = rig_with(false, |c| c.wechat.media_max = MEDIA_MAX).await;
+    let path = image_with_bad_media(&r, Misbehave::Declares(OFFERED)).await;
+    // Failed for good at once: a file too large stays too large.
+    media_answer(&r, &path, 502, "wechat.media_max").await;
+    let served = r.wechat.0.lock().media_served.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(served < BUFFERED, "{served} bytes were taken from a body declared over the cap");
+}
+
+#[tokio::test]
+async fn media_of_no_declared_length_is_cut_off_at_media_max() {
+    let r = rig_with(false, |c| c.wechat.media_max = MEDIA_MAX).await;
+    let path = image_with_bad_media(&r, Misbehave::Undeclared(OFFERED)).await;
+    media_answer(&r, &path, 502, "wechat.media_max").await;
+    let served = r.wechat.0.lock().media_served.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(served < BUFFERED, "{served} bytes were read past the cap of {MEDIA_MAX}");
+}
+
+#[tokio::test]
+async fn a_stalled_media_download_is_cut_off() {
+    let r = rig_with(false, |c| {
+        c.wechat.media_max = MEDIA_MAX;
+        c.wechat.api_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let stalls = Misbehave::Stalls { declared: MEDIA_MAX as u64, sent: 8 << 10 };
+    let path = image_with_bad_media(&r, stalls).await;
+    // The attempt is given up and said so; the download stays pending for its retries.
+    media_answer(&r, &path, 503, "cut off").await;
+    // The gateway is not held up meanwhile.
+    let (status, body) = r.callback(&text_from("oPic", "still here", 79)).await;
+    assert_eq!((status, body.as_str()), (200, "success"));
 }

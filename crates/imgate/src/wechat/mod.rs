@@ -491,6 +491,12 @@ impl Wechat {
                             .await;
                         return;
                     }
+                    // Too large stays too large: no retry.
+                    Err(e @ WechatError::Api(ApiError::TooLarge { .. })) => {
+                        metrics::counter!("imgate_media_download_errors_total").increment(1);
+                        last = e.to_string();
+                        break;
+                    }
                     Err(e) => {
                         last = e.to_string();
                         metrics::counter!("imgate_media_download_errors_total").increment(1);
@@ -511,21 +517,20 @@ impl Wechat {
     async fn download(&self, rec: &MediaRecord) -> Result<String, WechatError> {
         let acct =
             self.account_of_appid(&rec.appid).ok_or_else(|| WechatError::MediaMissing(rec.id.clone()))?;
-        let media =
-            acct.tokens.call(|token| async move { self.api.media_get(&token, &rec.media_id).await }).await?;
+        // Read with the cap as the bytes come (Api::read_capped): a file over media_max is
+        // given up at its Content-Length, or at the first byte past the cap.
+        let max = self.media_max;
+        let media = acct
+            .tokens
+            .call(|token| async move { self.api.media_get(&token, &rec.media_id, max).await })
+            .await?;
         let media = match media {
-            Media::VideoUrl(url) => self.api.fetch(&url).await?,
+            Media::VideoUrl(url) => self.api.fetch(&url, max).await?,
             m => m,
         };
         let Media::Bytes { bytes, content_type } = media else {
             return Err(WechatError::MediaMissing(rec.id.clone()));
         };
-        if bytes.len() > self.media_max {
-            return Err(WechatError::Api(ApiError::BadAnswer(format!(
-                "media of {} bytes is over media_max",
-                bytes.len()
-            ))));
-        }
         // Written aside, then renamed: a reader (or another node's download of the same
         // file) never sees half a file.
         let tmp = self.media_dir.join(format!(".{}.{}", rec.id, uuid::Uuid::now_v7().simple()));
