@@ -627,3 +627,27 @@ async fn a_stalled_media_download_is_cut_off() {
     let (status, body) = r.callback(&text_from("oPic", "still here", 79)).await;
     assert_eq!((status, body.as_str()), (200, "success"));
 }
+
+#[tokio::test]
+async fn a_callback_with_bad_fields_records_nothing() {
+    let r = rig(false).await;
+    let now = now_ts();
+    let long_type = format!("a<b{}", "x".repeat(100 * 1024));
+    for (from, time, msg_type, msg_id) in [
+        ("oBad1", now.as_str(), long_type.as_str(), "1"),
+        ("oBad2", "1000000000000000000", "text", "2"),
+        ("oBad3", now.as_str(), "text", "123456789012345678901234567890"),
+    ] {
+        let xml = format!(
+            "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>{from}</FromUserName><CreateTime>{time}</CreateTime>\
+             <MsgType><![CDATA[{msg_type}]]></MsgType><Content>x</Content><MsgId>{msg_id}</MsgId></xml>"
+        );
+        let (status, answer) = r.callback(&xml).await;
+        assert_eq!(status, 400, "{from}: {}", &answer[..answer.len().min(300)]);
+        let (_, c) =
+            r.s.get(&format!("/im_component/wx_official_account/contact?userid=agent1&contact_id={from}"))
+                .await;
+        assert_eq!(c["data"]["wechat"], Value::Null, "{from} was recorded as a follower: {c}");
+    }
+    assert_eq!(texts(&r.s, "agent1").await.len(), 0);
+}
