@@ -9,6 +9,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::send::{is_type_name, shown};
 use crate::xml::{XmlMessage, fields_to_json};
 use crate::{Code, code_for_type};
 
@@ -25,6 +26,10 @@ pub struct Content {
 pub enum ContentError {
     #[error("MsgType is missing or empty")]
     MissingType,
+    #[error("MsgType {0:?} is not a valid type name (at most 64 letters, digits, _ or -)")]
+    BadType(String),
+    #[error("MsgId {0:?} is not an unsigned integer of at most 64 bits")]
+    BadMsgId(String),
 }
 
 /// Elements that address the message rather than make up its content.
@@ -78,6 +83,16 @@ fn has_media(msg_type: &str) -> bool {
 /// The content of a WeChat XML message.
 pub fn content_from_xml(x: &XmlMessage) -> Result<Content, ContentError> {
     let msg_type = x.non_empty("MsgType").ok_or(ContentError::MissingType)?.to_owned();
+    // As the JSON path checks `msg_type` and its ids: the type is a short word, and WeChat's
+    // ids are integers, kept as written.
+    if !is_type_name(&msg_type) {
+        return Err(ContentError::BadType(shown(&msg_type)));
+    }
+    if let Some(id) = msg_id(x)
+        && !(id.bytes().all(|b| b.is_ascii_digit()) && id.parse::<u64>().is_ok())
+    {
+        return Err(ContentError::BadMsgId(shown(id)));
+    }
     let known = known_fields(&msg_type);
     let rest = x
         .fields
@@ -127,19 +142,29 @@ pub fn msg_id(x: &XmlMessage) -> Option<&str> {
 
 /// The key under which WeChat's retries of one message are recognised. `MsgId` alone has
 /// collided (WxJava, concurrent voice), so the sender and time are part of it; events have
-/// no id at all.
+/// no id at all. Each part is prefixed with its length, so that parts holding `:` cannot
+/// make two messages one key. The key says nothing of who posted the XML: the server
+/// puts it in the namespace of its source.
 pub fn dedupe_key_for_xml(x: &XmlMessage) -> Option<String> {
     let from = x.get("FromUserName").unwrap_or_default();
     let time = x.get("CreateTime").unwrap_or_default().trim();
     if let Some(id) = msg_id(x) {
-        return Some(format!("wx:{from}:{time}:{id}"));
+        return Some(length_prefixed("wx", &[from, time, id]));
     }
     if x.get("MsgType") == Some("event") {
         let event = x.get("Event").unwrap_or_default();
         let key = x.get("EventKey").unwrap_or_default();
-        return Some(format!("wxe:{from}:{time}:{event}:{key}"));
+        return Some(length_prefixed("wxe", &[from, time, event, key]));
     }
     None
+}
+
+fn length_prefixed(tag: &str, parts: &[&str]) -> String {
+    let mut k = String::from(tag);
+    for p in parts {
+        k.push_str(&format!("|{}:{p}", p.len()));
+    }
+    k
 }
 
 #[cfg(test)]

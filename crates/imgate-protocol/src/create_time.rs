@@ -3,22 +3,30 @@
 use time::{PrimitiveDateTime, UtcOffset, macros::format_description};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("CreateTime {0:?} is neither unix seconds nor \"YYYY-MM-DD HH:MM:SS\"")]
+#[error("CreateTime {0:?} is neither unix seconds nor \"YYYY-MM-DD HH:MM:SS\", from 1970 to the year 9999")]
 pub struct CreateTimeError(pub String);
 
-/// Unix seconds from a `CreateTime`. A date-time without a zone is read in `zone`
-/// (China's UTC+8 unless configured otherwise).
+/// The latest `CreateTime` taken: 9999-12-31 23:59:59 UTC. Frames carry `send_time` to
+/// clients that read it as a date (JavaScript's `Date` ends at ±8.64e15 ms).
+pub const MAX_CREATE_TIME: i64 = 253_402_300_799;
+
+/// Unix seconds from a `CreateTime`, from 1970 to the year 9999. A date-time without a
+/// zone is read in `zone` (China's UTC+8 unless configured otherwise).
 pub fn parse_create_time(raw: &str, zone: UtcOffset) -> Result<i64, CreateTimeError> {
     let s = raw.trim();
-    if let Ok(n) = s.parse::<i64>() {
-        return Ok(n);
-    }
-    let long = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    let iso = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
-    PrimitiveDateTime::parse(s, long)
-        .or_else(|_| PrimitiveDateTime::parse(s, iso))
-        .map(|t| t.assume_offset(zone).unix_timestamp())
-        .map_err(|_| CreateTimeError(raw.to_owned()))
+    let refused = || CreateTimeError(crate::send::shown(raw));
+    let t = match s.parse::<i64>() {
+        Ok(n) => n,
+        Err(_) => {
+            let long = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+            let iso = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+            PrimitiveDateTime::parse(s, long)
+                .or_else(|_| PrimitiveDateTime::parse(s, iso))
+                .map(|t| t.assume_offset(zone).unix_timestamp())
+                .map_err(|_| refused())?
+        }
+    };
+    if (0..=MAX_CREATE_TIME).contains(&t) { Ok(t) } else { Err(refused()) }
 }
 
 #[cfg(test)]
@@ -41,5 +49,11 @@ mod tests {
         check("yesterday", 8, None);
         check("", 8, None);
         check("1976-13-10 12:21:47", 8, None);
+        check("1000000000000000000", 8, None);
+        check("-1000000000000000000", 8, None);
+        check("-1", 8, None);
+        check("253402300799", 0, Some(253402300799));
+        check("253402300800", 0, None);
+        check("1969-12-31 23:59:59", 0, None);
     }
 }

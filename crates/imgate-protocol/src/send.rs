@@ -71,12 +71,35 @@ struct WireResult {
 }
 
 /// Ids are strings, but a JavaScript client writes `"contact_id": 1` as readily as `"1"`.
+/// A number must be an integer that 64 bits hold: anything else reads as a float, and its
+/// text (`1.2345678901234568e+29`) would be a different id than the one sent.
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(serde::de::Error::custom(format!("expected a string or a number, found {other}"))),
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Ok(Some(n.to_string())),
+        Some(Value::Number(n)) => Err(serde::de::Error::custom(format!(
+            "an id given as a number must be an integer of at most 64 bits, not {}; send it as a string",
+            shown(&n.to_string())
+        ))),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a string or an integer, found {}",
+            shown(&other.to_string())
+        ))),
+    }
+}
+
+/// A type name: what `msg_type` (and WeChat's `MsgType`) may be. It becomes a JSON value,
+/// a console label and a CSS-free display string, so it is a short word.
+pub(crate) fn is_type_name(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A value as an error message repeats it: at most 64 characters of it.
+pub(crate) fn shown(v: &str) -> String {
+    match v.char_indices().nth(64) {
+        Some((at, _)) => format!("{}… ({} bytes)", &v[..at], v.len()),
+        None => v.to_owned(),
     }
 }
 
@@ -97,8 +120,8 @@ pub fn parse_send_json(body: &[u8]) -> Result<SendRequest, SendError> {
             c.msg_type().ok_or(SendError::MissingType(c.0))?.to_owned()
         }
     };
-    if msg_type.len() > 64 || !msg_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(SendError::BadType(msg_type));
+    if !is_type_name(&msg_type) {
+        return Err(SendError::BadType(shown(&msg_type)));
     }
     if msg_type == "status" || code == Some(Code::STATUS) {
         return Err(SendError::Reserved);
@@ -190,5 +213,23 @@ mod tests {
         assert!(matches!(parse_send_json(br#"{"data":"x"}"#), Err(SendError::Json(_))));
         assert!(matches!(parse_send_json(br#"{"data":{"contact_id":[1]}}"#), Err(SendError::Json(_))));
         assert!(matches!(parse_send_json(b"\xff\xfe"), Err(SendError::Json(_))));
+        // Numbers as ids: integers of 64 bits, kept as written; floats refused.
+        for bad in ["123456789012345678901234567890", "1.5", "1e3", "-0.0"] {
+            let body =
+                format!(r#"{{"data":{{"msg_type":"text","contact_id":{bad},"msg":{{"content":"x"}}}}}}"#);
+            assert!(matches!(parse_send_json(body.as_bytes()), Err(SendError::Json(_))), "{bad}");
+        }
+        check(
+            r#"{"data":{"msg_type":"text","contact_id":18446744073709551615,"msg":{"content":"x"}}}"#,
+            Ok(("18446744073709551615", "text", 1001, json!({"content": "x"}))),
+        );
+        check(
+            r#"{"data":{"msg_type":"text","contact_id":-9223372036854775808,"msg":{"content":"x"}}}"#,
+            Ok(("-9223372036854775808", "text", 1001, json!({"content": "x"}))),
+        );
+        let long = "t".repeat(100_000);
+        let body = format!(r#"{{"data":{{"msg_type":"{long}","contact_id":"1","msg":{{}}}}}}"#);
+        let err = parse_send_json(body.as_bytes()).unwrap_err().to_string();
+        assert!(err.len() < 200, "{err}");
     }
 }

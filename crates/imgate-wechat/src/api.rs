@@ -18,6 +18,9 @@ pub enum ApiError {
     WeChat { errcode: i64, errmsg: String },
     #[error("WeChat answered something unexpected: {0}")]
     BadAnswer(String),
+    /// A download over its limit, declared or counted; given up at once, not read on.
+    #[error("the media is larger than {limit} bytes (wechat.media_max): not downloaded")]
+    TooLarge { limit: usize },
 }
 
 impl ApiError {
@@ -67,7 +70,16 @@ pub enum Media {
 pub struct Api {
     http: reqwest::Client,
     base: String,
+    timeout: Duration,
 }
+
+/// How long one media download may take in all, while bytes keep coming (a stall is cut
+/// sooner: no bytes for the API timeout). 10 MiB at 100 KB/s fits.
+pub const MEDIA_DEADLINE: Duration = Duration::from_secs(120);
+
+/// What a media body may reserve before its bytes arrive: a declared length is a claim,
+/// and a server that declares 10 MiB and stalls must not hold 10 MiB.
+const MEDIA_PREALLOC: usize = 256 << 10;
 
 #[derive(Deserialize)]
 struct Answer {
@@ -91,13 +103,47 @@ fn unreachable(e: reqwest::Error) -> ApiError {
 
 impl Api {
     /// `base`: `https://api.weixin.qq.com`, or a stand-in's URL.
+    /// `timeout`: a whole API call, and for media downloads the longest wait for the next
+    /// bytes (a download as a whole has [`MEDIA_DEADLINE`]).
     pub fn new(base: &str, timeout: Duration) -> Api {
         let http = reqwest::Client::builder()
             .timeout(timeout)
+            .read_timeout(timeout)
             .connect_timeout(timeout)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Api { http, base: base.trim_end_matches('/').to_owned() }
+        Api { http, base: base.trim_end_matches('/').to_owned(), timeout }
+    }
+
+    fn download_error(&self, e: reqwest::Error) -> ApiError {
+        if e.is_timeout() {
+            let deadline = MEDIA_DEADLINE.max(self.timeout);
+            return ApiError::Unreachable(format!(
+                "media download cut off: no bytes for {:?} (wechat.api_timeout), or not done within {:?}",
+                self.timeout, deadline
+            ));
+        }
+        unreachable(e)
+    }
+
+    /// A media body, read as it arrives and given up as soon as it is over `max`: a
+    /// declared length before anything is read, an undeclared one (chunked, or a server
+    /// that does not say) at the first byte past `max`.
+    async fn read_capped(&self, mut resp: reqwest::Response, max: usize) -> Result<Bytes, ApiError> {
+        let declared = resp.content_length();
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(ApiError::TooLarge { limit: max });
+        }
+        let reserve = declared.map_or(0, |n| n as usize).min(MEDIA_PREALLOC);
+        let mut buf = bytes::BytesMut::with_capacity(reserve);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.download_error(e))? {
+            if buf.len().saturating_add(chunk.len()) > max {
+                // Dropping the response closes the connection: nothing more is read.
+                return Err(ApiError::TooLarge { limit: max });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
     }
 
     fn url(&self, path: &str) -> String {
@@ -216,15 +262,17 @@ impl Api {
     }
 
     /// `GET cgi-bin/media/get`: the bytes, or for video the URL to fetch. An error comes
-    /// as JSON with HTTP 200, so the answer is sniffed before it is trusted as media.
-    pub async fn media_get(&self, token: &str, media_id: &str) -> Result<Media, ApiError> {
+    /// as JSON with HTTP 200, so the answer is sniffed before it is trusted as media. At
+    /// most `max` bytes are read ([`ApiError::TooLarge`]).
+    pub async fn media_get(&self, token: &str, media_id: &str, max: usize) -> Result<Media, ApiError> {
         let resp = self
             .http
             .get(self.url("/cgi-bin/media/get"))
             .query(&[("access_token", token), ("media_id", media_id)])
+            .timeout(MEDIA_DEADLINE.max(self.timeout))
             .send()
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| self.download_error(e))?;
         let content_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -232,7 +280,7 @@ impl Api {
             .unwrap_or("application/octet-stream")
             .to_owned();
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(unreachable)?;
+        let bytes = self.read_capped(resp, max).await?;
         let looks_json = content_type.contains("json")
             || content_type.starts_with("text/")
             || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
@@ -257,9 +305,15 @@ impl Api {
         Ok(Media::Bytes { bytes, content_type })
     }
 
-    /// Fetch a URL WeChat gave (a video's).
-    pub async fn fetch(&self, url: &str) -> Result<Media, ApiError> {
-        let resp = self.http.get(url).send().await.map_err(unreachable)?;
+    /// Fetch a URL WeChat gave (a video's), at most `max` bytes of it.
+    pub async fn fetch(&self, url: &str, max: usize) -> Result<Media, ApiError> {
+        let resp = self
+            .http
+            .get(url)
+            .timeout(MEDIA_DEADLINE.max(self.timeout))
+            .send()
+            .await
+            .map_err(|e| self.download_error(e))?;
         if !resp.status().is_success() {
             return Err(ApiError::BadAnswer(format!("HTTP {}", resp.status())));
         }
@@ -269,7 +323,7 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("video/mp4")
             .to_owned();
-        let bytes = resp.bytes().await.map_err(unreachable)?;
+        let bytes = self.read_capped(resp, max).await?;
         Ok(Media::Bytes { bytes, content_type })
     }
 }

@@ -121,7 +121,7 @@ impl Ingest {
         {
             return self.send_to_follower(w, acct, from, req).await;
         }
-        let dedupe = req.client_id.as_ref().map(|c| format!("c:{}:{c}", sender_name(from)));
+        let dedupe = req.client_id.as_deref().map(|c| sender_key(from, &["id", c]));
         let now = now();
         self.commit(Letter {
             from,
@@ -158,7 +158,9 @@ impl Ingest {
             company_id: None,
             send_time,
             content,
-            dedupe: dedupe_key_for_xml(x),
+            // The sender's own namespace: XML naming a follower's MsgId cannot take the
+            // key of that follower's real callback.
+            dedupe: dedupe_key_for_xml(x).map(|k| sender_key(from, &["xml", &k])),
         })
         .await
     }
@@ -185,7 +187,7 @@ impl Ingest {
             window: inbound.window,
         };
         let frame = EncodedMessage::encode(&data, code);
-        let dedupe = dedupe_key_for_xml(x);
+        let dedupe = dedupe_key_for_xml(x).map(|k| dedupe_key("wechat", &[&k]));
         let msgs: Vec<NewMessage> = inbound
             .agents
             .iter()
@@ -245,7 +247,7 @@ impl Ingest {
             }
         })?;
         let id = req.client_id.clone().unwrap_or_else(new_id);
-        let dedupe = req.client_id.as_ref().map(|c| format!("c:{sender}:{c}"));
+        let dedupe = req.client_id.as_deref().map(|c| sender_key(from, &["id", c]));
         let company_id = acct.config.company_id.clone();
         let now = now();
         // The reply goes into the sender's history and the account's other agents' too:
@@ -424,6 +426,34 @@ fn sender_name(from: Sender<'_>) -> &str {
     }
 }
 
+/// A dedupe key: its source, then each part prefixed with its length, so that keys of
+/// different sources never meet and different parts never read as the same key (`a:b` +
+/// `c` and `a` + `b:c` were one key when parts were joined with `:`).
+fn dedupe_key(source: &str, parts: &[&str]) -> String {
+    let mut k = String::with_capacity(source.len() + parts.iter().map(|p| p.len() + 8).sum::<usize>());
+    k.push_str(source);
+    for p in parts {
+        k.push('|');
+        k.push_str(&p.len().to_string());
+        k.push(':');
+        k.push_str(p);
+    }
+    k
+}
+
+/// A key in the sender's own namespace: a gateway user's (authenticated) apart from an
+/// outside sender's (named, not proven), and both apart from WeChat's callbacks.
+fn sender_key(from: Sender<'_>, parts: &[&str]) -> String {
+    let (source, name) = match from {
+        Sender::User(u) => ("user", u),
+        Sender::Outside(u) => ("outside", u),
+    };
+    let mut all = Vec::with_capacity(parts.len() + 1);
+    all.push(name);
+    all.extend_from_slice(parts);
+    dedupe_key(source, &all)
+}
+
 /// WeChat's own code and message, when it refused.
 fn wechat_code(e: &WechatError) -> (Option<i64>, Option<String>) {
     match e {
@@ -440,4 +470,24 @@ fn new_id() -> String {
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_keys_do_not_collide() {
+        let keys = [
+            sender_key(Sender::User("a:b"), &["id", "c"]),
+            sender_key(Sender::User("a"), &["id", "b:c"]),
+            sender_key(Sender::User("a|1:b"), &["id", "c"]),
+            sender_key(Sender::Outside("a:b"), &["id", "c"]),
+            sender_key(Sender::User("a:b"), &["xml", "c"]),
+            dedupe_key("wechat", &["a:b", "id", "c"]),
+        ];
+        let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+        assert_eq!(keys[1], "user|1:a|2:id|3:b:c");
+    }
 }

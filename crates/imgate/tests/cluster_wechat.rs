@@ -47,14 +47,21 @@ async fn two_nodes_share_followers_tokens_and_media() {
         }
     }
     let keys = Keys { token: "tok", appid: APPID, cipher: None };
-    let callback = |server: &Server, xml: String| {
-        let ts = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
-        let (body, q) = seal(&xml, keys, &ts, "n");
+    let post_to = |server: &Server, body: String, q: Vec<(String, String)>| {
         let url = server.http(&format!("/im_component/wx_official_account/callback/{APPID}"));
         async move {
             let r = reqwest::Client::new().post(url).query(&q).body(body).send().await.unwrap();
-            assert_eq!(r.status(), 200);
+            (r.status().as_u16(), r.text().await.unwrap())
         }
+    };
+    let sealed = |xml: &str| {
+        let ts = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+        seal(xml, keys, &ts, &(rand::random::<u64>() % 10_000_000_000).to_string())
+    };
+    let callback = |server: &Server, xml: String| {
+        let (body, q) = sealed(&xml);
+        let sent = post_to(server, body, q);
+        async move { assert_eq!(sent.await.0, 200) }
     };
     // The follower writes through node A, with a picture.
     wechat.0.lock().media.insert("MID".into(), (b"GIF89a...".to_vec().into(), "image/gif".into()));
@@ -64,6 +71,24 @@ async fn two_nodes_share_followers_tokens_and_media() {
     callback(&a, format!("<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oX</FromUserName><CreateTime>{now}</CreateTime><MsgType>image</MsgType><PicUrl>x</PicUrl><MediaId>MID</MediaId><MsgId>2</MsgId></xml>")).await;
     assert_eq!(content(&agent_on_b.frame().await), "hi");
     let img = agent_on_b.frame().await;
+    // A callback's URL taken through node A and replayed through node B: with another
+    // body it is refused (the nodes share the nonce), with the same one it is WeChat's
+    // retry and adds nothing.
+    let xml = |text: &str| {
+        format!(
+            "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oX</FromUserName><CreateTime>{now}</CreateTime><MsgType>text</MsgType><Content>{text}</Content><MsgId>3</MsgId></xml>"
+        )
+    };
+    let (body, q) = sealed(&xml("once"));
+    assert_eq!(post_to(&a, body.clone(), q.clone()).await, (200, "success".to_owned()));
+    let forged = xml("forged").replace("oX", "oVictim").replace("<MsgId>3", "<MsgId>4");
+    let (status, answer) = post_to(&b, forged, q.clone()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("nonce"), "{answer}");
+    assert_eq!(post_to(&b, body, q).await, (200, "success".to_owned()));
+    callback(&a, xml("sentinel").replace("<MsgId>3", "<MsgId>5")).await;
+    assert_eq!(content(&agent_on_b.frame().await), "once");
+    assert_eq!(content(&agent_on_b.frame().await), "sentinel", "nothing between: no forgery, no second copy");
     let path = img["data"]["msg"]["media_path"].as_str().unwrap().to_owned();
     // Node B serves the media node A downloaded.
     let deadline = tokio::time::Instant::now() + PATIENCE;

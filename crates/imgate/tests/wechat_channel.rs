@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use imgate::config::AccountConfig;
-use imgate::wechat::standin::StandIn;
+use imgate::wechat::standin::{Misbehave, StandIn};
 use imgate_protocol::XmlMessage;
 use imgate_wechat::Cipher;
 use imgate_wechat::callback::{Keys, seal};
@@ -32,6 +32,10 @@ struct Rig {
 }
 
 async fn rig(safe_mode: bool) -> Rig {
+    rig_with(safe_mode, |_| {}).await
+}
+
+async fn rig_with(safe_mode: bool, tune: impl FnOnce(&mut imgate::config::Config)) -> Rig {
     let wechat = StandIn::new(&[(APPID, SECRET)]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -47,6 +51,7 @@ async fn rig(safe_mode: bool) -> Rig {
             company_id: "acme".into(),
             agents: vec!["agent1".into()],
         });
+        tune(c);
     })
     .await;
     Rig { s, wechat, cipher: safe_mode.then(|| Cipher::new(AES_KEY).unwrap()) }
@@ -59,7 +64,9 @@ impl Rig {
 
     /// Post `xml` as WeChat would; the status and the body.
     async fn callback(&self, xml: &str) -> (u16, String) {
-        let (body, query) = seal(xml, self.keys(), &now_ts(), "1320562132");
+        // WeChat picks a fresh random nonce for each callback it sends (a retry included).
+        let nonce = rand::random::<u64>() % 10_000_000_000;
+        let (body, query) = seal(xml, self.keys(), &now_ts(), &nonce.to_string());
         self.post_callback(&body, &query).await
     }
 
@@ -304,7 +311,8 @@ async fn bad_callbacks_are_refused_and_store_nothing() {
     for bad in [&enc[..enc.len() / 2], "garbage!!", "QUFBQQ==", ""] {
         let body =
             format!("<xml><ToUserName>{ORIGINAL}</ToUserName><Encrypt><![CDATA[{bad}]]></Encrypt></xml>");
-        let sig = imgate_wechat::sign(&[TOKEN, &now_ts(), "1320562132", bad]);
+        let ts = &query.iter().find(|(n, _)| n == "timestamp").unwrap().1;
+        let sig = imgate_wechat::sign(&[TOKEN, ts, "1320562132", bad]);
         let (status, answer) = r.post_callback(&body, &with("msg_signature", &sig)).await;
         assert_eq!(status, 400, "{bad:?}: {answer}");
     }
@@ -483,4 +491,163 @@ async fn a_stale_callback_is_refused_as_a_replay() {
     assert!(answer.contains("clock"), "{answer}");
     let (_, h) = r.s.get("/im_component/wx_official_account/history?userid=agent1").await;
     assert_eq!(h["data"]["messages"].as_array().unwrap().len(), 0);
+}
+
+/// The texts in `user`'s mailbox, oldest first.
+async fn texts(s: &Server, user: &str) -> Vec<String> {
+    let (status, h) = s.get(&format!("/im_component/wx_official_account/history?userid={user}")).await;
+    assert_eq!(status, 200, "{h}");
+    h["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"]["msg"]["content"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn xml_naming_a_followers_msgid_does_not_suppress_the_real_callback() {
+    let r = rig(false).await;
+    let real = text_from("oFollower", "the real one", 6054768590064713999);
+    // A gateway user, and an anonymous poster, post XML with the follower's envelope
+    // (FromUserName, CreateTime, MsgId) to the agent first.
+    let to_agent = real.replace(ORIGINAL, "agent1");
+    let forged = to_agent.replace("the real one", "forged by mallory");
+    let (status, ack) = post(&r.s.http("/send?userid=mallory"), "text/xml", forged).await;
+    assert_eq!(status, 200, "{ack}");
+    let anonymous = to_agent.replace("the real one", "forged anonymously");
+    let (status, ack) = post(&r.s.http("/send"), "text/xml", anonymous).await;
+    assert_eq!(status, 200, "{ack}");
+    let (status, body) = r.callback(&real).await;
+    assert_eq!((status, body.as_str()), (200, "success"));
+    assert_eq!(texts(&r.s, "agent1").await, ["forged by mallory", "forged anonymously", "the real one"]);
+    // WeChat's own retry is still one message.
+    r.callback(&real).await;
+    assert_eq!(texts(&r.s, "agent1").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_plaintext_callback_url_cannot_be_replayed_with_another_body() {
+    let r = rig(false).await;
+    let genuine = text_from("oGenuine", "genuine", 1);
+    let (body, query) = seal(&genuine, r.keys(), &now_ts(), "1357924680");
+    let (status, answer) = r.post_callback(&body, &query).await;
+    assert_eq!((status, answer.as_str()), (200, "success"));
+    // The captured URL with another body, "from" another follower.
+    let forged = text_from("oVictim", "forged", 2);
+    let (status, answer) = r.post_callback(&forged, &query).await;
+    assert_eq!(status, 400, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["result"]["code"], -1);
+    assert!(v["result"]["message"].as_str().unwrap().contains("nonce"), "{answer}");
+    // The same nonce with the same body is WeChat's retry: success, nothing new.
+    let (status, answer) = r.post_callback(&body, &query).await;
+    assert_eq!((status, answer.as_str()), (200, "success"));
+    assert_eq!(texts(&r.s, "agent1").await, ["genuine"]);
+    let (_, c) = r.s.get("/im_component/wx_official_account/contact?userid=agent1&contact_id=oVictim").await;
+    assert_eq!(c["data"]["wechat"], Value::Null, "the forged sender was not recorded as a follower: {c}");
+    // Another nonce is another callback.
+    let (b2, q2) = seal(&text_from("oGenuine", "later", 3), r.keys(), &now_ts(), "2468013579");
+    assert_eq!(r.post_callback(&b2, &q2).await.0, 200);
+    assert_eq!(texts(&r.s, "agent1").await, ["genuine", "later"]);
+}
+
+const MEDIA_MAX: usize = 64 << 10;
+/// What a misbehaving stand-in offers: far more than MEDIA_MAX and than any socket
+/// buffers hold, so that what it could hand over shows whether the download read on.
+const OFFERED: u64 = 256 << 20;
+/// Generous room for what the kernel and the HTTP stacks buffer before the reader stops.
+const BUFFERED: u64 = 32 << 20;
+
+/// An image callback whose media/get misbehaves as `m`. The message reaches the agent at
+/// once, as for any download error; its media path.
+async fn image_with_bad_media(r: &Rig, m: Misbehave) -> String {
+    r.wechat.0.lock().media_misbehave.insert("MEDIA-BAD".into(), m);
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    let now = now_ts();
+    let (status, _) = r
+        .callback(&format!(
+            "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oPic</FromUserName><CreateTime>{now}</CreateTime>\
+             <MsgType>image</MsgType><PicUrl>http://mmbiz.qpic.cn/x</PicUrl><MediaId>MEDIA-BAD</MediaId><MsgId>78</MsgId></xml>"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let f = agent.frame().await;
+    assert_eq!(f["result"]["code"], 1002);
+    f["data"]["msg"]["media_path"].as_str().unwrap().to_owned()
+}
+
+/// Ask for the media until it answers `want` with a reason containing `words`; the reason.
+async fn media_answer(r: &Rig, path: &str, want: u16, words: &str) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let resp = reqwest::get(r.s.http(&format!("{path}?userid=agent1"))).await.unwrap();
+        let status = resp.status().as_u16();
+        last = format!("{status} {}", resp.text().await.unwrap());
+        if status == want && last.contains(words) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the media never answered {want} with {words:?}; last: {last}");
+}
+
+#[tokio::test]
+async fn media_declared_over_media_max_is_not_read() {
+    let r = rig_with(false, |c| c.wechat.media_max = MEDIA_MAX).await;
+    let path = image_with_bad_media(&r, Misbehave::Declares(OFFERED)).await;
+    // Failed for good at once: a file too large stays too large.
+    media_answer(&r, &path, 502, "wechat.media_max").await;
+    let served = r.wechat.0.lock().media_served.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(served < BUFFERED, "{served} bytes were taken from a body declared over the cap");
+}
+
+#[tokio::test]
+async fn media_of_no_declared_length_is_cut_off_at_media_max() {
+    let r = rig_with(false, |c| c.wechat.media_max = MEDIA_MAX).await;
+    let path = image_with_bad_media(&r, Misbehave::Undeclared(OFFERED)).await;
+    media_answer(&r, &path, 502, "wechat.media_max").await;
+    let served = r.wechat.0.lock().media_served.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(served < BUFFERED, "{served} bytes were read past the cap of {MEDIA_MAX}");
+}
+
+#[tokio::test]
+async fn a_stalled_media_download_is_cut_off() {
+    let r = rig_with(false, |c| {
+        c.wechat.media_max = MEDIA_MAX;
+        c.wechat.api_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let stalls = Misbehave::Stalls { declared: MEDIA_MAX as u64, sent: 8 << 10 };
+    let path = image_with_bad_media(&r, stalls).await;
+    // The attempt is given up and said so; the download stays pending for its retries.
+    media_answer(&r, &path, 503, "cut off").await;
+    // The gateway is not held up meanwhile.
+    let (status, body) = r.callback(&text_from("oPic", "still here", 79)).await;
+    assert_eq!((status, body.as_str()), (200, "success"));
+}
+
+#[tokio::test]
+async fn a_callback_with_bad_fields_records_nothing() {
+    let r = rig(false).await;
+    let now = now_ts();
+    let long_type = format!("a<b{}", "x".repeat(100 * 1024));
+    for (from, time, msg_type, msg_id) in [
+        ("oBad1", now.as_str(), long_type.as_str(), "1"),
+        ("oBad2", "1000000000000000000", "text", "2"),
+        ("oBad3", now.as_str(), "text", "123456789012345678901234567890"),
+    ] {
+        let xml = format!(
+            "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>{from}</FromUserName><CreateTime>{time}</CreateTime>\
+             <MsgType><![CDATA[{msg_type}]]></MsgType><Content>x</Content><MsgId>{msg_id}</MsgId></xml>"
+        );
+        let (status, answer) = r.callback(&xml).await;
+        assert_eq!(status, 400, "{from}: {}", &answer[..answer.len().min(300)]);
+        let (_, c) =
+            r.s.get(&format!("/im_component/wx_official_account/contact?userid=agent1&contact_id={from}"))
+                .await;
+        assert_eq!(c["data"]["wechat"], Value::Null, "{from} was recorded as a follower: {c}");
+    }
+    assert_eq!(texts(&r.s, "agent1").await.len(), 0);
 }

@@ -132,7 +132,7 @@ fn the_seed_test_body() {
         json!({"msg_type": "enim", "code": 1099, "msg": {"content": "occaecat ut in fugiat dolor", "MsgDataId": "27", "Idx": "74"}}),
     );
     let x = XmlMessage::parse(seed).unwrap();
-    assert_eq!(dedupe_key_for_xml(&x).as_deref(), Some("wx:魏秀兰:1976-04-10 12:21:47:19"));
+    assert_eq!(dedupe_key_for_xml(&x).as_deref(), Some("wx|9:魏秀兰|19:1976-04-10 12:21:47|2:19"));
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn elements_in_any_order_and_missing_type() {
 fn dedupe_keys() {
     let ev =
         XmlMessage::parse(&wx("<MsgType>event</MsgType><Event>CLICK</Event><EventKey>K</EventKey>")).unwrap();
-    assert_eq!(dedupe_key_for_xml(&ev).as_deref(), Some("wxe:fromUser:1348831860:CLICK:K"));
+    assert_eq!(dedupe_key_for_xml(&ev).as_deref(), Some("wxe|8:fromUser|10:1348831860|5:CLICK|1:K"));
     let plain = XmlMessage::parse("<xml><MsgType>text</MsgType></xml>").unwrap();
     assert_eq!(dedupe_key_for_xml(&plain), None);
 }

@@ -79,6 +79,8 @@ fn refused(e: WechatError) -> ApiError {
     metrics::counter!("imgate_wechat_callbacks_refused_total").increment(1);
     match e {
         WechatError::Callback(CallbackError::BadSignature) => ApiError::Unauthorized(e.to_string()),
+        // Not the caller's fault: WeChat sends it again later.
+        WechatError::NonceUnknown(_) => ApiError::Unavailable(e.to_string()),
         other => ApiError::BadRequest(other.to_string()),
     }
 }
@@ -107,6 +109,7 @@ async fn receive_as(
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
     let xml = w.open(acct, &q, text).map_err(refused)?;
+    w.check_nonce(acct, &q, &xml).await.map_err(refused)?;
     let inbound = w.inbound(acct, &xml).await.map_err(refused)?;
     state.ingest.wechat_inbound(inbound, &xml).await?;
     // "success" stops WeChat's retries and shows the follower nothing.

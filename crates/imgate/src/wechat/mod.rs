@@ -22,7 +22,11 @@ mod shared;
 pub mod standin;
 pub mod state;
 
-use state::{Local, MediaRecord, Quota, Shared, State, Window};
+use state::{Local, MediaRecord, NonceSeen, Quota, Shared, State, Window};
+
+/// How long a callback nonce is remembered when `wechat.callback_max_age` is 0 (the clock
+/// check off).
+const NONCE_TTL_UNCHECKED: Duration = Duration::from_secs(300);
 
 /// The URL path media is served at; `msg.media_path` points here.
 pub const MEDIA_PATH: &str = "/im_component/wx_official_account/media/";
@@ -82,10 +86,18 @@ pub enum WechatError {
     Stale(i64),
     #[error("{0}")]
     BadId(String),
+    #[error(
+        "this callback's nonce came before with another message: a replay of its URL with another body (nothing was stored)"
+    )]
+    NonceReused,
+    #[error("cannot check the callback's nonce now ({0}); nothing was stored, try again")]
+    NonceUnknown(String),
     #[error("the message is for {found:?}, but this callback URL belongs to account {expected:?}")]
     WrongAccount { expected: String, found: String },
     #[error(transparent)]
     Content(#[from] imgate_protocol::ContentError),
+    #[error(transparent)]
+    CreateTime(#[from] imgate_protocol::CreateTimeError),
     #[error("{0} messages cannot be sent to a WeChat follower (text, image, voice and video can)")]
     Unsendable(String),
     #[error("media {0} is unknown or not ready: upload it first")]
@@ -221,12 +233,60 @@ impl Wechat {
         Ok(xml)
     }
 
+    /// Remember an opened callback's nonce with its message. In plaintext mode the
+    /// signature covers the token, timestamp and nonce, not the body: a captured URL would
+    /// take any body until it is stale. The same nonce with the same message is WeChat's
+    /// retry, and goes on (the store's dedupe keeps it from being stored twice); with
+    /// another message it is refused. The message is hashed as read (the decrypted one in
+    /// safe mode), so a retry encrypted afresh is still the same.
+    pub async fn check_nonce(
+        &self,
+        acct: &Account,
+        q: &CallbackQuery,
+        xml: &XmlMessage,
+    ) -> Result<(), WechatError> {
+        use sha2::{Digest, Sha256};
+        let ts = q.timestamp.as_deref().unwrap_or_default();
+        let nonce = q.nonce.as_deref().unwrap_or_default();
+        // The timestamp is part of the key: WeChat's nonces are short random numbers, and
+        // two real callbacks may share one, but hardly within one second.
+        let mut key = Sha256::new();
+        for part in [acct.config.appid.as_str(), ts, nonce] {
+            key.update((part.len() as u64).to_be_bytes());
+            key.update(part.as_bytes());
+        }
+        let key: String = key.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let hash: [u8; 32] = Sha256::digest(xml.to_xml().as_bytes()).into();
+        // Remembered until the timestamp check refuses the URL anyway (it may be stamped
+        // up to callback_max_age ahead of this clock).
+        let max_age =
+            if self.callback_max_age.is_zero() { NONCE_TTL_UNCHECKED } else { self.callback_max_age };
+        let stamped = ts.trim().parse::<i64>().unwrap_or(0);
+        let left =
+            (stamped.saturating_add(max_age.as_secs() as i64) - now()).clamp(1, 2 * max_age.as_secs() as i64);
+        let ttl = Duration::from_secs(left as u64 + 1);
+        match self.state.nonce(&key, hash, ttl).await {
+            Ok(NonceSeen::New | NonceSeen::Same) => Ok(()),
+            Ok(NonceSeen::Other) => Err(WechatError::NonceReused),
+            Ok(NonceSeen::Full) => Err(WechatError::NonceUnknown(format!(
+                "more than {} callbacks within wechat.callback_max_age",
+                state::NONCE_CAP
+            ))),
+            Err(e) => Err(WechatError::NonceUnknown(e)),
+        }
+    }
+
     /// An opened callback, as a message for the account's agents: the follower is
     /// remembered with their window, media is recorded and its download started.
     pub async fn inbound(self: &Arc<Self>, acct: &Account, xml: &XmlMessage) -> Result<Inbound, WechatError> {
         let openid = xml.non_empty("FromUserName").ok_or(WechatError::NoSender)?.to_owned();
         crate::ingest::check_id("FromUserName", &openid).map_err(|e| WechatError::BadId(e.to_string()))?;
         let mut content = imgate_protocol::content_from_xml(xml)?;
+        // Checked before anything is recorded: a refused callback leaves no follower and
+        // no download behind. (WeChat writes unix seconds, so the zone does not matter.)
+        if let Some(t) = xml.non_empty("CreateTime") {
+            imgate_protocol::parse_create_time(t, time::UtcOffset::UTC)?;
+        }
         let now = now();
         // The window opens when the follower wrote (CreateTime), so that WeChat's retries
         // of one message do not reopen it: only a later message does.
@@ -519,6 +579,12 @@ impl Wechat {
                             .await;
                         return;
                     }
+                    // Too large stays too large: no retry.
+                    Err(e @ WechatError::Api(ApiError::TooLarge { .. })) => {
+                        metrics::counter!("imgate_media_download_errors_total").increment(1);
+                        last = e.to_string();
+                        break;
+                    }
                     Err(e) => {
                         last = e.to_string();
                         metrics::counter!("imgate_media_download_errors_total").increment(1);
@@ -539,21 +605,20 @@ impl Wechat {
     async fn download(&self, rec: &MediaRecord) -> Result<String, WechatError> {
         let acct =
             self.account_of_appid(&rec.appid).ok_or_else(|| WechatError::MediaMissing(rec.id.clone()))?;
-        let media =
-            acct.tokens.call(|token| async move { self.api.media_get(&token, &rec.media_id).await }).await?;
+        // Read with the cap as the bytes come (Api::read_capped): a file over media_max is
+        // given up at its Content-Length, or at the first byte past the cap.
+        let max = self.media_max;
+        let media = acct
+            .tokens
+            .call(|token| async move { self.api.media_get(&token, &rec.media_id, max).await })
+            .await?;
         let media = match media {
-            Media::VideoUrl(url) => self.api.fetch(&url).await?,
+            Media::VideoUrl(url) => self.api.fetch(&url, max).await?,
             m => m,
         };
         let Media::Bytes { bytes, content_type } = media else {
             return Err(WechatError::MediaMissing(rec.id.clone()));
         };
-        if bytes.len() > self.media_max {
-            return Err(WechatError::Api(ApiError::BadAnswer(format!(
-                "media of {} bytes is over media_max",
-                bytes.len()
-            ))));
-        }
         // Written aside, then renamed: a reader (or another node's download of the same
         // file) never sees half a file.
         let tmp = self.media_dir.join(format!(".{}.{}", rec.id, uuid::Uuid::now_v7().simple()));

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -12,6 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
@@ -34,7 +36,23 @@ pub struct Inner {
     pub media: HashMap<String, (Bytes, String)>,
     /// media/get calls to fail (errcode -1) before answering, per media_id.
     pub media_failures: HashMap<String, u32>,
+    /// media/get answers that misbehave, per media_id (for the download limits).
+    pub media_misbehave: HashMap<String, Misbehave>,
+    /// Bytes of misbehaving media bodies handed to the connection so far. A client that
+    /// stops reading stops it growing (past what the socket buffers hold).
+    pub media_served: Arc<AtomicU64>,
     next: u64,
+}
+
+/// How a media/get answer misbehaves.
+#[derive(Clone, Copy, Debug)]
+pub enum Misbehave {
+    /// Says it is `declared` bytes long (Content-Length), and sends them.
+    Declares(u64),
+    /// Says no length (chunked), and sends `total` bytes.
+    Undeclared(u64),
+    /// Says it is `declared` bytes long, sends `sent` of them, and then nothing, ever.
+    Stalls { declared: u64, sent: u64 },
 }
 
 #[derive(Clone, Default)]
@@ -218,8 +236,44 @@ async fn media_get(State(s): State<StandIn>, Query(q): Query<HashMap<String, Str
         *n -= 1;
         return wechat_error(-1, "system error");
     }
+    if let Some(m) = st.media_misbehave.get(&id).copied() {
+        let served = st.media_served.clone();
+        let (declared, body) = match m {
+            Misbehave::Declares(n) => (Some(n), stream_of(served, n, false)),
+            Misbehave::Undeclared(n) => (None, stream_of(served, n, false)),
+            Misbehave::Stalls { declared, sent } => (Some(declared), stream_of(served, sent, true)),
+        };
+        let mut r = Response::builder().header(header::CONTENT_TYPE, "image/png");
+        if let Some(n) = declared {
+            r = r.header(header::CONTENT_LENGTH, n);
+        }
+        return r.body(body).unwrap_or_else(|_| wechat_error(-1, "system error"));
+    }
     match st.media.get(&id) {
         Some((bytes, ct)) => ([(header::CONTENT_TYPE, ct.clone())], bytes.clone()).into_response(),
         None => wechat_error(40007, "invalid media_id"),
+    }
+}
+
+/// `total` bytes in 16 KiB chunks, produced as the connection takes them, each counted in
+/// `served`; then the end, or with `stall` nothing more, ever.
+fn stream_of(served: Arc<AtomicU64>, total: u64, stall: bool) -> axum::body::Body {
+    const CHUNK: u64 = 16 << 10;
+    let chunk = Bytes::from(vec![0x42u8; CHUNK as usize]);
+    let bytes = futures_util::stream::unfold(0u64, move |sent| {
+        let (chunk, served) = (chunk.clone(), served.clone());
+        async move {
+            if sent >= total {
+                return None;
+            }
+            let n = (total - sent).min(CHUNK);
+            served.fetch_add(n, Ordering::Relaxed);
+            Some((Ok::<_, std::io::Error>(chunk.slice(..n as usize)), sent + n))
+        }
+    });
+    if stall {
+        axum::body::Body::from_stream(bytes.chain(futures_util::stream::pending()))
+    } else {
+        axum::body::Body::from_stream(bytes)
     }
 }

@@ -113,6 +113,61 @@ pub struct Local {
     readers: Mutex<HashMap<String, HashSet<String>>>,
     /// Bytes uploaded, by (user, UTC day).
     usage: Mutex<HashMap<(String, i64), u64>>,
+    nonces: Mutex<Nonces>,
+}
+
+/// How many callback nonces one node remembers at most (the embedded backend). A
+/// callback beyond it is answered 503, and WeChat sends it again later: forgetting a
+/// nonce early would let its URL be replayed with another body.
+pub const NONCE_CAP: usize = 100_000;
+
+/// What a callback's nonce says about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonceSeen {
+    /// Not seen within its lifetime: a new callback.
+    New,
+    /// Seen with the same message: WeChat's retry.
+    Same,
+    /// Seen with another message: a captured URL replayed with another body.
+    Other,
+    /// Too many nonces to remember: try again later.
+    Full,
+}
+
+/// Callback nonces, each with the hash of its message, until they expire.
+#[derive(Default)]
+struct Nonces {
+    seen: HashMap<String, [u8; 32]>,
+    /// Expiry order. A key is inserted once, so each entry here matches one in `seen`.
+    order: std::collections::VecDeque<(std::time::Instant, String)>,
+}
+
+impl Nonces {
+    fn check(
+        &mut self,
+        key: &str,
+        hash: [u8; 32],
+        ttl: std::time::Duration,
+        now: std::time::Instant,
+    ) -> NonceSeen {
+        while let Some((at, _)) = self.order.front()
+            && *at <= now
+        {
+            if let Some((_, k)) = self.order.pop_front() {
+                self.seen.remove(&k);
+            }
+        }
+        match self.seen.get(key) {
+            Some(h) if *h == hash => NonceSeen::Same,
+            Some(_) => NonceSeen::Other,
+            None if self.seen.len() >= NONCE_CAP => NonceSeen::Full,
+            None => {
+                self.seen.insert(key.to_owned(), hash);
+                self.order.push_back((now + ttl, key.to_owned()));
+                NonceSeen::New
+            }
+        }
+    }
 }
 
 impl Local {
@@ -180,6 +235,7 @@ impl Local {
             media: Mutex::new(media),
             readers: Mutex::new(readers),
             usage: Mutex::new(usage),
+            nonces: Mutex::new(Nonces::default()),
         })
     }
 
@@ -475,6 +531,21 @@ impl State {
         }
     }
 
+    /// Remember a callback's nonce (`key`) with its message's hash for `ttl`, and say
+    /// whether it was seen before. Several nodes share it through Redis; an error means
+    /// it cannot be known now.
+    pub async fn nonce(
+        &self,
+        key: &str,
+        hash: [u8; 32],
+        ttl: std::time::Duration,
+    ) -> Result<NonceSeen, String> {
+        match self {
+            State::Local(l) => Ok(l.nonces.lock().check(key, hash, ttl, std::time::Instant::now())),
+            State::Redis(r) => r.nonce(key, hash, ttl).await,
+        }
+    }
+
     /// Forget media recorded before `cutoff` (Redis forgets by itself: its keys expire).
     /// Followers are kept: a reply to one imgate forgot would go to a mailbox instead of
     /// failing at WeChat.
@@ -516,6 +587,14 @@ elseif ARGV[1] == '45047' then
   redis.call('HSET', k, 'sent', redis.call('HGET', k, 'quota') or '0')
 end
 return 1
+"#;
+
+/// SET NX with expiry, and if the nonce was there, whether with the same hash: 1 new,
+/// 2 same, 0 other. One script, so two nodes seeing one nonce at once agree.
+const NONCE: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 2 end
+return 0
 "#;
 
 fn window_of(v: &[Option<i64>]) -> Window {
@@ -586,6 +665,22 @@ impl Shared {
                 .invoke_async(&mut c)
                 .await,
         );
+    }
+
+    async fn nonce(&self, key: &str, hash: [u8; 32], ttl: std::time::Duration) -> Result<NonceSeen, String> {
+        let mut c = self.conn.clone();
+        let r: i64 = redis::Script::new(NONCE)
+            .key(format!("imgate:wx:n:{key}"))
+            .arg(&hash[..])
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(match r {
+            1 => NonceSeen::New,
+            2 => NonceSeen::Same,
+            _ => NonceSeen::Other,
+        })
     }
 
     async fn media(&self, id: &str) -> Option<MediaRecord> {
@@ -724,6 +819,26 @@ mod tests {
         assert!(!w.is_open(1001));
         assert_eq!(msg.remaining(1000 + 48 * 3600), 0);
         assert!(msg.is_open(1001));
+    }
+
+    #[test]
+    fn nonces_are_remembered_until_they_expire_and_capped() {
+        let mut n = Nonces::default();
+        let ttl = std::time::Duration::from_secs(300);
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + std::time::Duration::from_secs(s);
+        assert_eq!(n.check("a", [1; 32], ttl, at(0)), NonceSeen::New);
+        assert_eq!(n.check("a", [1; 32], ttl, at(0)), NonceSeen::Same);
+        assert_eq!(n.check("a", [2; 32], ttl, at(1)), NonceSeen::Other);
+        assert_eq!(n.check("a", [2; 32], ttl, at(299)), NonceSeen::Other);
+        assert_eq!(n.check("a", [2; 32], ttl, at(300)), NonceSeen::New, "expired, then new");
+        for i in 1..NONCE_CAP {
+            assert_eq!(n.check(&i.to_string(), [0; 32], ttl, at(301)), NonceSeen::New);
+        }
+        assert_eq!(n.check("one too many", [0; 32], ttl, at(302)), NonceSeen::Full);
+        assert_eq!(n.check("a", [2; 32], ttl, at(302)), NonceSeen::Same, "known ones are still answered");
+        assert_eq!(n.check("one too many", [0; 32], ttl, at(601)), NonceSeen::New);
+        assert_eq!((n.seen.len(), n.order.len()), (1, 1));
     }
 
     #[tokio::test]
