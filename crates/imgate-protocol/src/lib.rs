@@ -8,6 +8,7 @@ mod code;
 mod content;
 mod create_time;
 mod frame;
+mod id;
 mod send;
 pub mod xml;
 
@@ -18,6 +19,7 @@ pub use frame::{
     EncodedMessage, Frame, FrameResult, MessageData, ack_frame, error_frame, error_frame_with,
     heartbeat_frame, ok_frame,
 };
+pub use id::{IdError, MAX_ID, check_id};
 pub use send::{SendError, SendRequest, parse_send_json};
 pub use xml::{XmlError, XmlMessage, XmlValue};
 

@@ -8,7 +8,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use crate::config::{AuthConfig, AuthMode};
 
-
 /// Why a caller was refused. `http` maps it to 401 and 403.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

@@ -37,10 +37,8 @@ pub enum IngestError {
     Content(#[from] imgate_protocol::ContentError),
     #[error(transparent)]
     CreateTime(#[from] imgate_protocol::CreateTimeError),
-    #[error("{0} is too long (at most {1} bytes)")]
-    TooLong(&'static str, usize),
-    #[error("{0} contains a control character (a newline, a tab…): ids are names, not text")]
-    ControlCharacter(&'static str),
+    #[error(transparent)]
+    Id(#[from] imgate_protocol::IdError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -77,19 +75,8 @@ impl IngestError {
     }
 }
 
-/// Longest user id, contact id or client message id: they are keys, not content.
-const MAX_ID: usize = 256;
-
-/// An id that names a mailbox or a message: at most [`MAX_ID`] bytes, no control
-/// characters (they would let an id pass for a separator in keys and wire formats).
-pub fn check_id(what: &'static str, v: &str) -> Result<(), IngestError> {
-    if v.len() > MAX_ID {
-        return Err(IngestError::TooLong(what, MAX_ID));
-    }
-    if v.chars().any(char::is_control) {
-        return Err(IngestError::ControlCharacter(what));
-    }
-    Ok(())
+fn check_id(what: &'static str, v: &str) -> Result<(), IngestError> {
+    Ok(imgate_protocol::check_id(what, v)?)
 }
 
 pub struct Ingest {
@@ -489,5 +476,11 @@ mod tests {
         let distinct: std::collections::HashSet<&String> = keys.iter().collect();
         assert_eq!(distinct.len(), keys.len(), "{keys:?}");
         assert_eq!(keys[1], "user|1:a|2:id|3:b:c");
+    }
+}
+
+impl From<crate::wechat::StateUnavailable> for IngestError {
+    fn from(e: crate::wechat::StateUnavailable) -> IngestError {
+        IngestError::Store(StoreError::Unavailable(e.0))
     }
 }

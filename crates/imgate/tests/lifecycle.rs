@@ -117,7 +117,8 @@ async fn tail_prints_frames_as_they_arrive() {
 
 #[test]
 fn the_configuration_doc_shows_the_keys_serve_help_shows() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md")).unwrap();
     assert!(
         doc.contains(imgate::config::KEYS_HELP.trim_end()),
         "docs/configuration.md's block is not `imgate serve --help`'s: copy it over"

@@ -110,3 +110,9 @@ impl From<crate::auth::AuthError> for ApiError {
         }
     }
 }
+
+impl From<crate::wechat::StateUnavailable> for ApiError {
+    fn from(e: crate::wechat::StateUnavailable) -> ApiError {
+        ApiError::from(crate::store::StoreError::Unavailable(e.0))
+    }
+}

@@ -55,7 +55,7 @@ async fn upgrade(
             ApiError::BadRequest("missing userid: connect with ?userid=YOUR_ID (or ?userId=)".into())
         })?
         .to_owned();
-    crate::ingest::check_id("userid", &user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    imgate_protocol::check_id("userid", &user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let since = params.number("since")?;
     let hub_cfg = &state.config.hub;
     let have = state.hub.connections(&user);

@@ -74,6 +74,11 @@ impl Account {
     }
 }
 
+/// The channel's state (followers, windows, media records) could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("WeChat state unavailable: {0}")]
+pub struct StateUnavailable(pub String);
+
 #[derive(Debug, thiserror::Error)]
 pub enum WechatError {
     #[error(transparent)]
@@ -280,7 +285,7 @@ impl Wechat {
     /// remembered with their window, media is recorded and its download started.
     pub async fn inbound(self: &Arc<Self>, acct: &Account, xml: &XmlMessage) -> Result<Inbound, WechatError> {
         let openid = xml.non_empty("FromUserName").ok_or(WechatError::NoSender)?.to_owned();
-        crate::ingest::check_id("FromUserName", &openid).map_err(|e| WechatError::BadId(e.to_string()))?;
+        imgate_protocol::check_id("FromUserName", &openid).map_err(|e| WechatError::BadId(e.to_string()))?;
         let mut content = imgate_protocol::content_from_xml(xml)?;
         // Checked before anything is recorded: a refused callback leaves no follower and
         // no download behind. (WeChat writes unix seconds, so the zone does not matter.)
@@ -339,11 +344,8 @@ impl Wechat {
     }
 
     /// The account `contact` follows, if it is a follower who has written to one.
-    pub async fn follower_account(
-        &self,
-        contact: &str,
-    ) -> Result<Option<&Account>, crate::store::StoreError> {
-        let f = self.state.follower(contact).await.map_err(crate::store::StoreError::Unavailable)?;
+    pub async fn follower_account(&self, contact: &str) -> Result<Option<&Account>, StateUnavailable> {
+        let f = self.state.follower(contact).await.map_err(StateUnavailable)?;
         Ok(f.and_then(|f| self.account_of_appid(&f.appid)))
     }
 
