@@ -112,7 +112,11 @@ pub fn rss_svg(
         let c = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(seg.iter().copied(), c.stroke_width(2)))?
-            .label(if i == 0 { "first process".to_owned() } else { format!("process {} (after restart)", i + 1) })
+            .label(if i == 0 {
+                "first process".to_owned()
+            } else {
+                format!("process {} (after restart)", i + 1)
+            })
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
     for (t, label) in marks {

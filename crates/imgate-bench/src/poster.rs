@@ -38,7 +38,12 @@ impl Poster {
     }
 
     /// POST `body` to `path`; the whole answer.
-    pub async fn send(&mut self, path: &str, content_type: &'static str, body: Bytes) -> Result<Answer, Error> {
+    pub async fn send(
+        &mut self,
+        path: &str,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<Answer, Error> {
         self.sender.ready().await?;
         let req = hyper::Request::post(path)
             .header(hyper::header::HOST, &self.authority)

@@ -177,7 +177,9 @@ impl Server {
                 && let Some(status) = c.try_wait()?
             {
                 self.child = None;
-                return Err(format!("the server exited at start ({status}); see {}", self.log.display()).into());
+                return Err(
+                    format!("the server exited at start ({status}); see {}", self.log.display()).into()
+                );
             }
             if healthy(self.addr).await {
                 self.pid.store(pid, Ordering::Release);
@@ -438,7 +440,9 @@ async fn user(s: Arc<Soak>, u: usize, gate: Arc<Semaphore>, mut end: Stop) {
             let t = match m {
                 Some(Ok(Message::Text(t))) => t,
                 Some(Ok(Message::Close(f))) => {
-                    break Some(f.map_or("close without code".into(), |f| format!("close {}", u16::from(f.code))));
+                    break Some(
+                        f.map_or("close without code".into(), |f| format!("close {}", u16::from(f.code))),
+                    );
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => break Some(ws_error_kind(&e)),
@@ -514,7 +518,8 @@ async fn post_until_answered(
         }
         let p = poster.as_mut().expect("connected above");
         let answer =
-            tokio::time::timeout(Duration::from_secs(30), p.send(path, "application/json", body.clone())).await;
+            tokio::time::timeout(Duration::from_secs(30), p.send(path, "application/json", body.clone()))
+                .await;
         match answer {
             Ok(Ok(a)) if a.status == 200 && acknowledged(&a) => return true,
             Ok(Ok(Answer { status: 429, retry_after, .. })) => {
@@ -630,7 +635,11 @@ async fn staller_poster(s: Arc<Soak>, a: Args, t0: Instant, mut stop: Stop) {
         if !stop.sleep((t0 + every * n).saturating_duration_since(Instant::now())).await {
             break;
         }
-        let content = if a.large_every > 0 && u64::from(n) % a.large_every == a.large_every - 1 { &large } else { &small };
+        let content = if a.large_every > 0 && u64::from(n) % a.large_every == a.large_every - 1 {
+            &large
+        } else {
+            &small
+        };
         let body = json!({"data": {"msg_type": "text", "contact_id": format!("s{}st{}", s.tag, n as usize % a.stallers),
             "msg": {"content": content}}});
         if conn.is_none() {
@@ -644,8 +653,11 @@ async fn staller_poster(s: Arc<Soak>, a: Args, t0: Instant, mut stop: Stop) {
         }
         let p = conn.as_mut().expect("connected above");
         let path = format!("/send?userid=s{}bulk", s.tag);
-        match tokio::time::timeout(Duration::from_secs(30), p.send(&path, "application/json", Bytes::from(body.to_string())))
-            .await
+        match tokio::time::timeout(
+            Duration::from_secs(30),
+            p.send(&path, "application/json", Bytes::from(body.to_string())),
+        )
+        .await
         {
             Ok(Ok(a)) if a.status == 200 && acknowledged(&a) => s.stats.staller_posts.add("acked"),
             Ok(Ok(a)) => s.stats.staller_posts.add(format!("http {}", a.status)),
@@ -667,21 +679,22 @@ async fn slowloris(s: Arc<Soak>, addr: SocketAddr, interval: Duration, mut stop:
     // Spread the first bytes over one interval.
     stop.sleep(interval.mul_f64(rand::random_range(0.0..1.0))).await;
     while !stop.is_set() {
-        let mut tcp = match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                s.stats.slow_connect_failures.add(io_kind(&e));
-                failures += 1;
-                stop.sleep(backoff(failures)).await;
-                continue;
-            }
-            Err(_) => {
-                s.stats.slow_connect_failures.add("timeout");
-                failures += 1;
-                stop.sleep(backoff(failures)).await;
-                continue;
-            }
-        };
+        let mut tcp =
+            match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    s.stats.slow_connect_failures.add(io_kind(&e));
+                    failures += 1;
+                    stop.sleep(backoff(failures)).await;
+                    continue;
+                }
+                Err(_) => {
+                    s.stats.slow_connect_failures.add("timeout");
+                    failures += 1;
+                    stop.sleep(backoff(failures)).await;
+                    continue;
+                }
+            };
         failures = 0;
         let opened = Instant::now();
         s.stats.slow_opened.fetch_add(1, Ordering::Relaxed);
@@ -824,7 +837,11 @@ pub async fn run(a: Args) -> Result<(), Error> {
                 }
                 let p = pid.load(Ordering::Acquire);
                 if let Some(rss_kib) = (p != 0).then(|| proc::rss_kib(p)).flatten() {
-                    samples.lock().expect("samples").push(Sample { t: base.elapsed().as_secs_f64(), pid: p, rss_kib });
+                    samples.lock().expect("samples").push(Sample {
+                        t: base.elapsed().as_secs_f64(),
+                        pid: p,
+                        rss_kib,
+                    });
                 }
             }
         })
@@ -840,7 +857,12 @@ pub async fn run(a: Args) -> Result<(), Error> {
     while s.stats.connected.load(Ordering::Acquire) < a.users && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("soak: {} of {} users connected; load for {:?}", s.stats.connected.load(Ordering::Acquire), a.users, a.duration);
+    eprintln!(
+        "soak: {} of {} users connected; load for {:?}",
+        s.stats.connected.load(Ordering::Acquire),
+        a.users,
+        a.duration
+    );
 
     // Then the load, all at once.
     let t0 = Instant::now();
@@ -887,7 +909,10 @@ pub async fn run(a: Args) -> Result<(), Error> {
         }
         let back = (s.stats.connected.load(Ordering::Acquire) >= a.users).then(Instant::now);
         match back {
-            Some(b) => eprintln!("soak: every user reconnected {:.2}s after the kill", b.duration_since(killed).as_secs_f64()),
+            Some(b) => eprintln!(
+                "soak: every user reconnected {:.2}s after the kill",
+                b.duration_since(killed).as_secs_f64()
+            ),
             None => eprintln!("soak: users still away 60 s after the restart"),
         }
         restart = Some((killed, ready, back));
