@@ -119,10 +119,12 @@ pub fn rss_svg(
             })
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
-    for (t, label) in marks {
+    for (i, (t, label)) in marks.iter().enumerate() {
         let top = max_mib * 1.2;
         chart.draw_series(DashedLineSeries::new([(*t, 0.0), (*t, top)], 5, 4, BLACK.stroke_width(1)))?;
-        chart.draw_series(std::iter::once(Text::new(label.clone(), (*t, top), ("sans-serif", 13))))?;
+        // Marks close in time (a kill, its restart) would print over each other: step down.
+        let at = (*t, top * (1.0 - 0.07 * i as f64));
+        chart.draw_series(std::iter::once(Text::new(format!(" {label}"), at, ("sans-serif", 13))))?;
     }
     chart
         .configure_series_labels()

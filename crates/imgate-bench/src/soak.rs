@@ -315,6 +315,10 @@ struct Stats {
 
 struct Soak {
     base: Instant,
+    /// The running server's PID, 0 while there is none.
+    pid: Arc<AtomicU32>,
+    /// Which server process a connection was made to: 1 for the first, 2 after the restart.
+    epoch: AtomicU32,
     tag: String,
     http: String,
     ws: String,
@@ -331,6 +335,20 @@ impl Soak {
     }
     fn msg_id(&self, i: usize) -> String {
         format!("s{}m{i}", self.tag)
+    }
+    /// How a connection that ended without a close frame is counted: as the work of the
+    /// kill -9 when its server is gone, apart from what the server did on purpose.
+    fn unclean_end(&self, epoch: u32, kind: String) -> String {
+        if self.pid.load(Ordering::Acquire) == 0 || self.epoch.load(Ordering::Acquire) != epoch {
+            "ended by the kill -9".to_owned()
+        } else {
+            kind
+        }
+    }
+    /// A failure to connect, marked when it happened while the server was down.
+    fn connect_failure(&self, kind: impl Into<String>) -> String {
+        let kind = kind.into();
+        if self.pid.load(Ordering::Acquire) == 0 { format!("{kind} (server down)") } else { kind }
     }
     /// The index in one of our message ids.
     fn msg_index(&self, id: &str) -> Option<usize> {
@@ -375,6 +393,9 @@ fn ws_error_kind(e: &tungstenite::Error) -> String {
     match e {
         tungstenite::Error::Http(resp) => format!("http {}", resp.status().as_u16()),
         tungstenite::Error::Io(io) => io_kind(io),
+        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            "reset without a close frame".into()
+        }
         tungstenite::Error::Protocol(p) => format!("protocol: {p}"),
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "closed".into(),
         other => format!("{other}"),
@@ -421,7 +442,7 @@ async fn user(s: Arc<Soak>, u: usize, gate: Arc<Semaphore>, mut end: Stop) {
             r = connect_ws(url, &gate) => match r {
                 Ok(ws) => ws,
                 Err(kind) => {
-                    s.stats.user_connect_failures.add(kind);
+                    s.stats.user_connect_failures.add(s.connect_failure(kind));
                     failures += 1;
                     end.sleep(backoff(failures)).await;
                     continue;
@@ -430,6 +451,7 @@ async fn user(s: Arc<Soak>, u: usize, gate: Arc<Semaphore>, mut end: Stop) {
             _ = end.wait() => break,
         };
         failures = 0;
+        let epoch = s.epoch.load(Ordering::Acquire);
         s.stats.user_connects.fetch_add(1, Ordering::Relaxed);
         s.stats.connected.fetch_add(1, Ordering::AcqRel);
         let ended = loop {
@@ -445,8 +467,8 @@ async fn user(s: Arc<Soak>, u: usize, gate: Arc<Semaphore>, mut end: Stop) {
                     );
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => break Some(ws_error_kind(&e)),
-                None => break Some("eof".into()),
+                Some(Err(e)) => break Some(s.unclean_end(epoch, ws_error_kind(&e))),
+                None => break Some(s.unclean_end(epoch, "eof".into())),
             };
             let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else { continue };
             if v["result"]["code"] == 101 {
@@ -509,7 +531,7 @@ async fn post_until_answered(
             match Poster::connect(&s.http).await {
                 Ok(p) => *poster = Some(p),
                 Err(_) => {
-                    tally.add("connect failed");
+                    tally.add(s.connect_failure("connect failed"));
                     failures += 1;
                     give_up.sleep(backoff(failures)).await;
                     continue;
@@ -596,13 +618,14 @@ async fn staller(s: Arc<Soak>, k: usize, a: Args, gate: Arc<Semaphore>, mut stop
         let mut ws = match connect_ws(format!("{}/?userid={name}", s.ws), &gate).await {
             Ok(ws) => ws,
             Err(kind) => {
-                s.stats.staller_connect_failures.add(kind);
+                s.stats.staller_connect_failures.add(s.connect_failure(kind));
                 failures += 1;
                 stop.sleep(backoff(failures)).await;
                 continue;
             }
         };
         failures = 0;
+        let epoch = s.epoch.load(Ordering::Acquire);
         stop.sleep(stall).await;
         stall = a.stall;
         // Read again: whatever the server had buffered, then how it ended the connection.
@@ -615,8 +638,13 @@ async fn staller(s: Arc<Soak>, k: usize, a: Args, gate: Arc<Semaphore>, mut stop
                     break f.map_or("close without code".into(), |f| format!("close {}", u16::from(f.code)));
                 }
                 Ok(Some(Ok(m))) => drained += m.len() as u64,
-                Ok(Some(Err(e))) => break format!("dropped without a close frame ({})", ws_error_kind(&e)),
-                Ok(None) => break "dropped without a close frame (eof)".to_owned(),
+                Ok(Some(Err(e))) => {
+                    break s.unclean_end(
+                        epoch,
+                        format!("dropped without a close frame ({})", ws_error_kind(&e)),
+                    );
+                }
+                Ok(None) => break s.unclean_end(epoch, "dropped without a close frame (eof)".to_owned()),
             }
         };
         s.stats.staller_max_drained.fetch_max(drained, Ordering::Relaxed);
@@ -646,7 +674,7 @@ async fn staller_poster(s: Arc<Soak>, a: Args, t0: Instant, mut stop: Stop) {
             match Poster::connect(&s.http).await {
                 Ok(p) => conn = Some(p),
                 Err(_) => {
-                    s.stats.staller_posts.add("connect failed");
+                    s.stats.staller_posts.add(s.connect_failure("connect failed"));
                     continue;
                 }
             }
@@ -683,7 +711,7 @@ async fn slowloris(s: Arc<Soak>, addr: SocketAddr, interval: Duration, mut stop:
             match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
-                    s.stats.slow_connect_failures.add(io_kind(&e));
+                    s.stats.slow_connect_failures.add(s.connect_failure(io_kind(&e)));
                     failures += 1;
                     stop.sleep(backoff(failures)).await;
                     continue;
@@ -696,6 +724,7 @@ async fn slowloris(s: Arc<Soak>, addr: SocketAddr, interval: Duration, mut stop:
                 }
             };
         failures = 0;
+        let epoch = s.epoch.load(Ordering::Acquire);
         let opened = Instant::now();
         s.stats.slow_opened.fetch_add(1, Ordering::Relaxed);
         let now = s.stats.slow_open_now.fetch_add(1, Ordering::AcqRel) + 1;
@@ -727,8 +756,17 @@ async fn slowloris(s: Arc<Soak>, addr: SocketAddr, interval: Duration, mut stop:
             }
         };
         s.stats.slow_open_now.fetch_sub(1, Ordering::AcqRel);
-        let Some(end) = end else { break };
+        let Some(end) = end else {
+            s.stats.slow_ends.add("still open at the end");
+            break;
+        };
+        let end = if end.starts_with("answered") { end } else { s.unclean_end(epoch, end) };
+        let by_restart = end == "ended by the kill -9";
         s.stats.slow_ends.add(end);
+        if by_restart {
+            stop.sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         s.stats.slow_max_life_ms.fetch_max(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
         stop.sleep(Duration::from_secs(1)).await;
     }
@@ -748,7 +786,7 @@ async fn flood(s: Arc<Soak>, a: Args, mut stop: Stop) {
             match Poster::connect(&s.http).await {
                 Ok(p) => conn = Some(p),
                 Err(_) => {
-                    s.stats.flood.add("connect failed");
+                    s.stats.flood.add(s.connect_failure("connect failed"));
                     stop.sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -801,15 +839,17 @@ pub async fn run(a: Args) -> Result<(), Error> {
         a.listen
     };
     let tag = nonce();
+    let pid = Arc::new(AtomicU32::new(0));
     let s = Arc::new(Soak {
         base: Instant::now(),
+        pid: pid.clone(),
+        epoch: AtomicU32::new(1),
         tag,
         http: format!("http://{addr}"),
         ws: format!("ws://{addr}"),
         msgs: Mutex::new(Vec::new()),
         stats: Stats::default(),
     });
-    let pid = Arc::new(AtomicU32::new(0));
     let mut server = Server {
         cmd: a.server.clone(),
         addr,
@@ -894,6 +934,7 @@ pub async fn run(a: Args) -> Result<(), Error> {
         let old = pid.load(Ordering::Acquire);
         let killed = Instant::now();
         server.kill9()?;
+        s.epoch.fetch_add(1, Ordering::AcqRel);
         tokio::time::sleep(a.restart_delay).await;
         server.start().await?;
         let ready = Instant::now();
@@ -1006,7 +1047,7 @@ pub async fn run(a: Args) -> Result<(), Error> {
     let mut marks = Vec::new();
     if let Some((k, r, _)) = restart {
         marks.push((ms(k), "kill -9".to_owned()));
-        marks.push((ms(r), "  restarted".to_owned()));
+        marks.push((ms(r), "restarted".to_owned()));
     }
     let caption = format!(
         "{} RSS: {} users, {} stallers, {} slowloris, flood ×{}, {:.0} msg/s",
@@ -1144,11 +1185,14 @@ pub async fn run(a: Args) -> Result<(), Error> {
         st.staller_posts.line()
     );
     eprintln!(
-        "- slowloris: {} opened, at most {} open at once; ends: {}; longest before the server ended one {:.1} s; failed connects: {}",
+        "- slowloris: {} opened, at most {} open at once; ends: {}; longest before the server ended one: {}; failed connects: {}",
         st.slow_opened.load(Ordering::Relaxed),
         st.slow_open_max.load(Ordering::Relaxed),
         st.slow_ends.line(),
-        st.slow_max_life_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        match st.slow_max_life_ms.load(Ordering::Relaxed) {
+            0 => "none ended".to_owned(),
+            ms => format!("{:.1} s", ms as f64 / 1000.0),
+        },
         st.slow_connect_failures.line()
     );
     eprintln!(
