@@ -543,7 +543,14 @@ async fn post_until_answered(
             tokio::time::timeout(Duration::from_secs(30), p.send(path, "application/json", body.clone()))
                 .await;
         match answer {
-            Ok(Ok(a)) if a.status == 200 && acknowledged(&a) => return true,
+            Ok(Ok(a)) if a.status == 200 && acknowledged(&a) => {
+                let dup = b"\"duplicate\":true";
+                if a.body.windows(dup.len()).any(|w| w == dup) {
+                    // A retry of a send the server had committed before it went away.
+                    tally.add("acknowledged as a duplicate of an earlier attempt");
+                }
+                return true;
+            }
             Ok(Ok(Answer { status: 429, retry_after, .. })) => {
                 tally.add(if retry_after.is_some() { "http 429 (Retry-After)" } else { "http 429" });
                 give_up.sleep(Duration::from_secs(retry_after.unwrap_or(1).clamp(1, 30))).await;
