@@ -1026,9 +1026,10 @@ pub async fn run(a: Args) -> Result<(), Error> {
     let mut across = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
     for m in msgs.iter().filter(|m| m.first_seen > 0) {
         let us = (m.first_seen.saturating_sub(m.posted) / 1000).max(1);
-        match gap {
-            Some((from, to)) if m.posted <= to && m.first_seen >= from => across.saturating_record(us),
-            _ => steady.saturating_record(us),
+        if overlaps(m.posted, m.first_seen, gap) {
+            across.saturating_record(us);
+        } else {
+            steady.saturating_record(us);
         }
     }
     let samples = std::mem::take(&mut *samples.lock().expect("samples"));
@@ -1216,6 +1217,12 @@ pub async fn run(a: Args) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether a message's way, from its POST (`posted`) to its frame (`seen`), overlaps the
+/// restart (`gap`, from the kill until every user was back).
+fn overlaps(posted: u64, seen: u64, gap: Option<(u64, u64)>) -> bool {
+    gap.is_some_and(|(from, to)| posted <= to && seen >= from)
+}
+
 fn ms_of(us: &Value) -> f64 {
     us.as_f64().unwrap_or(0.0) / 1000.0
 }
@@ -1239,5 +1246,20 @@ mod tests {
         check("ten", None);
         check("10d", None);
         check("", None);
+    }
+
+    #[test]
+    fn the_restart_gap() {
+        let gap = Some((100, 200));
+        let check = |posted: u64, seen: u64, want: bool| {
+            assert_eq!(overlaps(posted, seen, gap), want, "{posted}..{seen}");
+        };
+        check(10, 20, false); // before the kill
+        check(90, 110, true); // posted before, delivered after the kill
+        check(120, 150, true); // within
+        check(190, 250, true); // posted before everyone was back
+        check(50, 250, true); // across the whole gap
+        check(210, 220, false); // after
+        assert!(!overlaps(120, 150, None), "no restart, no gap");
     }
 }
