@@ -616,16 +616,26 @@ async fn poster(s: Arc<Soak>, p: usize, a: Args, t0: Instant, mut stop: Stop, mu
 // ---------------------------------------------------------------------------------------
 // Stallers: connect, stop reading, look later
 
-async fn staller(s: Arc<Soak>, k: usize, a: Args, gate: Arc<Semaphore>, mut stop: Stop) {
+async fn staller(s: Arc<Soak>, k: usize, a: Args, addr: SocketAddr, gate: Arc<Semaphore>, mut stop: Stop) {
     let name = format!("s{}st{k}", s.tag);
     // Stagger the first stall so that the stallers do not all look at once.
     let mut stall = a.stall.mul_f64(rand::random_range(0.5..=1.0));
     let mut failures = 0u32;
     while !stop.is_set() {
-        let mut ws = match connect_ws(format!("{}/?userid={name}", s.ws), &gate).await {
-            Ok(ws) => ws,
-            Err(kind) => {
+        let connected = {
+            let _p = gate.acquire().await;
+            tokio::time::timeout(Duration::from_secs(10), raw_ws_connect(addr, &name)).await
+        };
+        let (mut tcp, mut buf) = match connected {
+            Ok(Ok(c)) => c,
+            Ok(Err(kind)) => {
                 s.stats.staller_connect_failures.add(s.connect_failure(kind));
+                failures += 1;
+                stop.sleep(backoff(failures)).await;
+                continue;
+            }
+            Err(_) => {
+                s.stats.staller_connect_failures.add(s.connect_failure("timeout"));
                 failures += 1;
                 stop.sleep(backoff(failures)).await;
                 continue;
@@ -636,28 +646,94 @@ async fn staller(s: Arc<Soak>, k: usize, a: Args, gate: Arc<Semaphore>, mut stop
         stop.sleep(stall).await;
         stall = a.stall;
         // Read again: whatever the server had buffered, then how it ended the connection.
-        let mut drained = 0u64;
+        let mut drained = buf.len() as u64;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut chunk = vec![0u8; 64 * 1024];
         let end = loop {
-            match tokio::time::timeout_at(deadline, ws.next()).await {
+            if let Some(code) = skip_frames(&mut buf) {
+                break code.map_or("close without code".to_owned(), |c| format!("close {c}"));
+            }
+            match tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await {
                 Err(_) => break "still open after the stall".to_owned(),
-                Ok(Some(Ok(Message::Close(f)))) => {
-                    break f.map_or("close without code".into(), |f| format!("close {}", u16::from(f.code)));
+                Ok(Ok(0)) => break s.unclean_end(epoch, "dropped without a close frame (eof)".to_owned()),
+                Ok(Ok(n)) => {
+                    drained += n as u64;
+                    buf.extend_from_slice(&chunk[..n]);
                 }
-                Ok(Some(Ok(m))) => drained += m.len() as u64,
-                Ok(Some(Err(e))) => {
-                    break s.unclean_end(
-                        epoch,
-                        format!("dropped without a close frame ({})", ws_error_kind(&e)),
-                    );
+                Ok(Err(e)) => {
+                    break s.unclean_end(epoch, format!("dropped without a close frame ({})", io_kind(&e)));
                 }
-                Ok(None) => break s.unclean_end(epoch, "dropped without a close frame (eof)".to_owned()),
             }
         };
         s.stats.staller_max_drained.fetch_max(drained, Ordering::Relaxed);
         s.stats.staller_ends.add(end);
-        drop(ws);
     }
+}
+
+/// A WebSocket opened by hand, for a client that will not read: tungstenite answers pings
+/// on its next read and fails on that write once the server has gone, before handing over
+/// the close frame behind it. The socket, and bytes read past the handshake.
+async fn raw_ws_connect(addr: SocketAddr, user: &str) -> Result<(tokio::net::TcpStream, Vec<u8>), String> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| io_kind(&e))?;
+    let req = format!(
+        "GET /?userid={user} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: c29hay1zdGFsbGVyLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.map_err(|e| io_kind(&e))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if buf.len() > 16 * 1024 {
+            return Err("answer without an end of headers".into());
+        }
+        match tcp.read(&mut chunk).await {
+            Ok(0) => return Err("eof".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(io_kind(&e)),
+        }
+    };
+    match buf.get(9..12) {
+        Some(b"101") => Ok((tcp, buf.split_off(head_end))),
+        Some(code) => Err(format!("http {}", String::from_utf8_lossy(code))),
+        None => Err("not HTTP".into()),
+    }
+}
+
+/// Drop the whole server frames at the front of `buf`. At a close frame: `Some(its code)`.
+fn skip_frames(buf: &mut Vec<u8>) -> Option<Option<u16>> {
+    let mut at = 0;
+    let found = loop {
+        let Some(&[b0, b1]) = buf.get(at..at + 2) else { break None };
+        let (len, head) = match b1 & 0x7f {
+            126 => match buf.get(at + 2..at + 4) {
+                Some(l) => (u64::from(u16::from_be_bytes([l[0], l[1]])), 4),
+                None => break None,
+            },
+            127 => match buf.get(at + 2..at + 10) {
+                Some(l) => (u64::from_be_bytes(l.try_into().expect("8 bytes")), 10),
+                None => break None,
+            },
+            n => (u64::from(n), 2),
+        };
+        // Servers do not mask; a mask would be 4 more bytes of header.
+        let head = head + if b1 & 0x80 != 0 { 4 } else { 0 };
+        let Some(end) = usize::try_from(len).ok().and_then(|l| (at + head).checked_add(l)) else {
+            break None;
+        };
+        if buf.len() < end {
+            break None;
+        }
+        if b0 & 0x0f == 0x8 {
+            let code = buf.get(at + head..at + head + 2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+            break Some(code);
+        }
+        at = end;
+    };
+    buf.drain(..at);
+    found
 }
 
 /// The stallers' messages, some of them large, on one keep-alive connection.
@@ -923,7 +999,7 @@ pub async fn run(a: Args) -> Result<(), Error> {
     }
     if a.stallers > 0 {
         for k in 0..a.stallers {
-            load.push(tokio::spawn(staller(s.clone(), k, a.clone(), gate.clone(), stop.clone())));
+            load.push(tokio::spawn(staller(s.clone(), k, a.clone(), addr, gate.clone(), stop.clone())));
         }
         load.push(tokio::spawn(staller_poster(s.clone(), a.clone(), t0, stop.clone())));
     }
@@ -1246,6 +1322,25 @@ mod tests {
         check("ten", None);
         check("10d", None);
         check("", None);
+    }
+
+    #[test]
+    fn frames_skipped_up_to_the_close() {
+        let check = |bytes: &[u8], want: Option<Option<u16>>, left: usize| {
+            let mut buf = bytes.to_vec();
+            assert_eq!(skip_frames(&mut buf), want, "{bytes:?}");
+            assert_eq!(buf.len(), left, "{bytes:?}");
+        };
+        let mut long = vec![0x81, 126, 0x01, 0x00];
+        long.extend([b'x'; 256]);
+        check(b"", None, 0);
+        check(&[0x81, 2, b'h', b'i'], None, 0);
+        check(&[0x81, 2, b'h'], None, 3); // incomplete: kept
+        check(&[0x81, 2, b'h', b'i', 0x88, 2, 0x0f, 0xa8], Some(Some(4008)), 4);
+        check(&[0x88, 0], Some(None), 2);
+        check(&[&long[..], &[0x88, 4, 0x0f, 0xa0, b'o', b'k']].concat(), Some(Some(4000)), 6);
+        check(&long[..100], None, 100);
+        check(&[0x82, 127, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], None, 10);
     }
 
     #[test]
