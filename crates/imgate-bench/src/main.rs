@@ -15,6 +15,7 @@ mod proc;
 mod push;
 mod reconnect;
 mod report;
+mod soak;
 
 #[derive(Parser)]
 #[command(name = "imgate-bench", about = "Load generator for servers speaking the seed's protocol")]
@@ -35,6 +36,9 @@ enum Command {
     Report(report::Args),
     /// Latency against offered rate (SVG) from result lines.
     Plot(plot::Args),
+    /// Minutes of mixed load (users, stallers, slowloris, a flood) with a kill -9 and a
+    /// restart of the server it starts: RSS over time, acknowledged against delivered.
+    Soak(soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
             Command::Reconnect(a) => reconnect::run(a).await,
             Command::Report(a) => report::run(a),
             Command::Plot(a) => plot::run(a),
+            Command::Soak(a) => soak::run(a).await,
         }
     });
     match result {

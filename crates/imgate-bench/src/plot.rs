@@ -85,3 +85,53 @@ pub fn run(a: Args) -> Result<(), Error> {
     eprintln!("wrote {}", a.output.display());
     Ok(())
 }
+
+/// A process's memory over time, as SVG: one line per process (a restart starts a new
+/// one), with moments worth seeing (a kill, a restart) as labelled vertical lines.
+///
+/// `segments` hold (seconds, MiB) points.
+pub fn rss_svg(
+    output: &std::path::Path,
+    caption: &str,
+    segments: &[Vec<(f64, f64)>],
+    marks: &[(f64, String)],
+) -> Result<(), Error> {
+    let pts = segments.iter().flatten();
+    let max_t = pts.clone().map(|p| p.0).fold(1.0f64, f64::max);
+    let max_mib = pts.map(|p| p.1).fold(1.0f64, f64::max);
+    let root = SVGBackend::new(output, (900, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..max_t * 1.02, 0f64..max_mib * 1.25)?;
+    chart.configure_mesh().x_desc("seconds since the server first started").y_desc("RSS (MiB)").draw()?;
+    for (i, seg) in segments.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(seg.iter().copied(), c.stroke_width(2)))?
+            .label(if i == 0 {
+                "first process".to_owned()
+            } else {
+                format!("process {} (after restart)", i + 1)
+            })
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+    }
+    for (i, (t, label)) in marks.iter().enumerate() {
+        let top = max_mib * 1.2;
+        chart.draw_series(DashedLineSeries::new([(*t, 0.0), (*t, top)], 5, 4, BLACK.stroke_width(1)))?;
+        // Marks close in time (a kill, its restart) would print over each other: step down.
+        let at = (*t, top * (1.0 - 0.07 * i as f64));
+        chart.draw_series(std::iter::once(Text::new(format!(" {label}"), at, ("sans-serif", 13))))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -12,6 +12,13 @@ pub struct Poster {
     authority: String,
 }
 
+/// A whole answer: its status, its `Retry-After` (seconds) when it has one, its body.
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub body: Bytes,
+}
+
 impl Poster {
     /// Connect to `base` (`http://host:port`).
     pub async fn connect(base: &str) -> Result<Poster, Error> {
@@ -27,6 +34,16 @@ impl Poster {
 
     /// POST `body` to `path`; the status, after the whole answer was read.
     pub async fn post(&mut self, path: &str, content_type: &'static str, body: Bytes) -> Result<u16, Error> {
+        Ok(self.send(path, content_type, body).await?.status)
+    }
+
+    /// POST `body` to `path`; the whole answer.
+    pub async fn send(
+        &mut self,
+        path: &str,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<Answer, Error> {
         self.sender.ready().await?;
         let req = hyper::Request::post(path)
             .header(hyper::header::HOST, &self.authority)
@@ -34,7 +51,12 @@ impl Poster {
             .body(Full::new(body))?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();
-        resp.into_body().collect().await?;
-        Ok(status)
+        let retry_after = resp
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Answer { status, retry_after, body })
     }
 }
