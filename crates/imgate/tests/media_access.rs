@@ -18,7 +18,7 @@ const APPID: &str = "wx2c2769f8efd9abc2";
 const SECRET: &str = "the-app-secret";
 const TOKEN: &str = "spamtest";
 const ORIGINAL: &str = "gh_10f6c3c3ac5a";
-const JWT_SECRET: &str = "a jwt secret of some length";
+const JWT_SECRET: &str = "a jwt secret of at least thirty-two bytes";
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
