@@ -11,7 +11,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use imgate::config::{Config, Overrides};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
+use proptest::test_runner::{Config as RunnerConfig, RngSeed, TestCaseError, TestRunner};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -194,8 +194,12 @@ async fn serves(config: Config) -> Result<(), TestCaseError> {
 #[test]
 fn a_config_that_loads_serves() {
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
-    let mut runner =
-        TestRunner::new(RunnerConfig { cases, failure_persistence: None, ..RunnerConfig::default() });
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases,
+        rng_seed: seed(),
+        failure_persistence: None,
+        ..RunnerConfig::default()
+    });
     let rt = tokio::runtime::Runtime::new().unwrap();
     runner
         .run(&toml(), |text| {
@@ -213,4 +217,13 @@ fn a_config_that_loads_serves() {
             }
         })
         .unwrap();
+}
+
+/// The same inputs on every run of scripts/test, unless PROPTEST_RNG_SEED says otherwise
+/// (scripts/fuzz draws one).
+fn seed() -> RngSeed {
+    match std::env::var_os("PROPTEST_RNG_SEED") {
+        Some(_) => RunnerConfig::default().rng_seed,
+        None => RngSeed::Fixed(20_261_130),
+    }
 }

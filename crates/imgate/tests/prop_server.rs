@@ -18,7 +18,7 @@ use imgate_fuzz::mutate::{Edit, TOKENS, apply};
 use imgate_wechat::Cipher;
 use imgate_wechat::callback::{Keys, seal};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
+use proptest::test_runner::{Config as RunnerConfig, RngSeed, TestCaseError, TestRunner};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -33,7 +33,12 @@ const CASES: u32 = 150;
 
 fn runner() -> TestRunner {
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(CASES);
-    TestRunner::new(RunnerConfig { cases, failure_persistence: None, ..RunnerConfig::default() })
+    TestRunner::new(RunnerConfig {
+        cases,
+        rng_seed: seed(),
+        failure_persistence: None,
+        ..RunnerConfig::default()
+    })
 }
 
 fn edits() -> impl Strategy<Value = Vec<Edit>> {
@@ -260,4 +265,13 @@ fn fuzzed_client_frames_are_answered_on_a_socket_that_stays_open() {
         .unwrap();
     let stored = rt.block_on(r.history("fuzzer")).unwrap();
     assert!(!stored.is_empty());
+}
+
+/// The same inputs on every run of scripts/test, unless PROPTEST_RNG_SEED says otherwise
+/// (scripts/fuzz draws one).
+fn seed() -> RngSeed {
+    match std::env::var_os("PROPTEST_RNG_SEED") {
+        Some(_) => RunnerConfig::default().rng_seed,
+        None => RngSeed::Fixed(20_261_130),
+    }
 }
