@@ -41,6 +41,14 @@ fn check_chars(s: &str) -> Result<(), XmlError> {
     }
 }
 
+/// quick-xml takes any run of bytes as a name; one like `A/` (from `<A//>`) would be
+/// written back as XML that does not parse. Only letters, digits and `_-.:` pass.
+fn check_name(name: &str) -> Result<(), XmlError> {
+    let ok = name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_' || c == ':')
+        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok { Ok(()) } else { Err(XmlError::Malformed(format!("{name:?} is not an element name"))) }
+}
+
 /// An element's value: text, or child elements.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum XmlValue {
@@ -73,10 +81,12 @@ impl XmlMessage {
                         return Err(XmlError::TooDeep);
                     }
                     let name = e.name().as_ref().to_owned();
+                    check_name(&name)?;
                     stack.push(Open::new(name));
                 }
                 Event::Empty(e) => {
                     let name = e.name().as_ref().to_owned();
+                    check_name(&name)?;
                     match stack.last_mut() {
                         Some(top) => top.children.push((name, XmlValue::Text(String::new()))),
                         None if root.is_none() => root = Some(Vec::new()),

@@ -590,7 +590,45 @@ impl Config {
                 return bad("wechat.accounts.encoding_aes_key", "must be the 43 characters WeChat shows");
             }
         }
+        self.check_magnitudes()?;
         self.protocol.zone()?;
+        Ok(())
+    }
+
+    /// Past these bounds a value is a typo, and it would fail later rather than now: a
+    /// socket buffer too large to allocate at the first connection, a sum of limits or a
+    /// time in seconds that overflows.
+    fn check_magnitudes(&self) -> Result<(), ConfigError> {
+        const SOCKET_BUFFER_MAX: usize = 16 << 20;
+        const BODY_MAX: usize = 1 << 30;
+        const DURATION_MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
+        for (key, v, max) in [
+            ("hub.read_buffer_size", self.hub.read_buffer_size, SOCKET_BUFFER_MAX),
+            ("hub.write_buffer_size", self.hub.write_buffer_size, SOCKET_BUFFER_MAX),
+            ("limits.http_body_max", self.limits.http_body_max, BODY_MAX),
+            ("limits.ws_frame_max", self.limits.ws_frame_max, BODY_MAX),
+            ("wechat.media_max", self.wechat.media_max, BODY_MAX),
+        ] {
+            if v > max {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("{v} is over the largest allowed, {max}"),
+                });
+            }
+        }
+        for (key, d) in [
+            ("shutdown_grace", self.shutdown_grace),
+            ("store.retention_max_age", self.store.retention_max_age),
+            ("store.dedupe_window", self.store.dedupe_window),
+            ("hub.heartbeat_interval", self.hub.heartbeat_interval),
+            ("hub.idle_timeout", self.hub.idle_timeout),
+            ("wechat.api_timeout", self.wechat.api_timeout),
+            ("wechat.callback_max_age", self.wechat.callback_max_age),
+        ] {
+            if d > DURATION_MAX {
+                return Err(ConfigError::Invalid { key, reason: "must be at most 100 years".into() });
+            }
+        }
         Ok(())
     }
 }

@@ -88,7 +88,7 @@ pub enum WechatError {
     #[error(
         "the callback's timestamp is {0} s from this server's clock (more than wechat.callback_max_age): a replay, or a wrong clock"
     )]
-    Stale(i64),
+    Stale(u64),
     #[error("{0}")]
     BadId(String),
     #[error(
@@ -222,8 +222,9 @@ impl Wechat {
         // callback URL must not be good forever.
         if !self.callback_max_age.is_zero() {
             let ts = q.timestamp.as_deref().and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(0);
-            let off = (now() - ts).abs();
-            if off > self.callback_max_age.as_secs() as i64 {
+            // abs_diff: a signed timestamp of i64::MIN must not overflow the subtraction.
+            let off = now().abs_diff(ts);
+            if off > self.callback_max_age.as_secs() {
                 return Err(WechatError::Stale(off));
             }
         }
