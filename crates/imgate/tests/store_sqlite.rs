@@ -267,10 +267,12 @@ async fn a_read_only_store_is_not_ready_and_says_so_without_flooding_the_log() {
     let line = logged(&lines, |l| l.contains("addr=")).await;
     let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
     let url = |p: &str| format!("http://{addr}{p}");
+    // Not ready before anything was sent: ready means a write would get through now.
+    let status = reqwest::get(url("/readyz")).await.unwrap().status().as_u16();
+    assert_eq!(status, 503);
     let (status, _) = post(&url("/send?userid=agent"), "application/json", text_to("u", "m2")).await;
     assert_eq!(status, 503);
-    // Ready means a write would get through; and it keeps saying no, for two seconds
-    // at least (twenty checkpoint attempts).
+    // And it keeps saying no, for two seconds at least (twenty checkpoint attempts).
     for _ in 0..20 {
         let status = reqwest::get(url("/readyz")).await.unwrap().status().as_u16();
         assert_eq!(status, 503);
