@@ -25,8 +25,10 @@ struct Marks {
     used: AtomicU64,
 }
 
+type Shard = RwLock<HashMap<Box<str>, Marks>>;
+
 pub struct Index {
-    shards: Box<[RwLock<HashMap<Box<str>, Marks>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
     per_shard: usize,
     clock: AtomicU64,
@@ -43,7 +45,7 @@ impl Index {
         }
     }
 
-    fn shard(&self, user: &str) -> &RwLock<HashMap<Box<str>, Marks>> {
+    fn shard(&self, user: &str) -> &Shard {
         &self.shards[self.hasher.hash_one(user) as usize % SHARDS]
     }
 

@@ -440,6 +440,11 @@ impl Store for SqliteStore {
     }
 
     async fn read_after(&self, user: &str, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        // A caught-up connection asks often; the index answers "nothing new" without a
+        // query (what it holds was committed, and nothing newer is unless it says so).
+        if limit == 0 || self.index.get(user).is_some_and(|(last, _)| last <= after) {
+            return Ok(Vec::new());
+        }
         let user = user.to_owned();
         let (after, limit) =
             (i64::try_from(after).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(i64::MAX));
