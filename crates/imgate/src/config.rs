@@ -24,10 +24,13 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   redis_url = \"redis://127.0.0.1:6379\"  the Redis of engine = \"redis\" (one server, not Cluster)
   sync = \"normal\"                    normal: an acknowledged message survives a crash of imgate
                                      (kill -9); full: it also survives power loss (fsync per commit)
-  retention_max_messages = 10000     messages kept per mailbox
+  retention_max_messages = 10000     messages kept per conversation (mailbox and contact): one
+                                     busy sender never removes another's messages
   retention_max_age = \"30d\"          older messages are removed
   dedupe_window = \"24h\"              how long a message id is remembered to drop retries
   max_batch = 512                    most messages in one group commit
+  index_max_mailboxes = 100000       mailboxes whose marks the sqlite engine holds in memory; the
+                                     least recently used leave and are read back from disk
 
   [hub]
   heartbeat_interval = \"25s\"         heartbeat frame (code 101) and WebSocket ping period; the
@@ -258,6 +261,7 @@ pub struct StoreConfig {
     #[serde(with = "humantime_serde")]
     pub dedupe_window: Duration,
     pub max_batch: usize,
+    pub index_max_mailboxes: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -386,6 +390,7 @@ impl Default for StoreConfig {
             retention_max_age: Duration::from_secs(30 * 86_400),
             dedupe_window: Duration::from_secs(86_400),
             max_batch: 512,
+            index_max_mailboxes: 100_000,
         }
     }
 }
@@ -550,6 +555,9 @@ impl Config {
         }
         if h.max_connections == 0 {
             return bad("http.max_connections", "must be above zero");
+        }
+        if self.store.index_max_mailboxes == 0 {
+            return bad("store.index_max_mailboxes", "must be above zero");
         }
         if self.store.max_batch == 0 || self.store.retention_max_messages == 0 {
             return bad("store.max_batch", "max_batch and retention_max_messages must be above zero");

@@ -33,6 +33,8 @@ pub enum RunError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Lock(#[from] store::lock::LockError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -91,6 +93,9 @@ pub async fn run(
     let config = Arc::new(config);
     let metrics = metrics_handle();
     let hub = Hub::new(&config.hub);
+    // Before anything in data_dir is opened: a second process there would hand out the
+    // seqs this one hands out. Held until `run` returns.
+    let _lock = store::lock::DirLock::acquire(&config.data_dir)?;
     let store: DynStore = match config.store.engine {
         Engine::Sqlite => store::sqlite::SqliteStore::open(&config.data_dir, &config.store, hub.clone())?,
         Engine::Redis => store::redis::RedisStore::open(&config.store.redis_url, &config.store, hub.clone())?,

@@ -248,6 +248,51 @@ async fn retention_by_count_keeps_seqs_rising(e: impl Engine) {
     assert_eq!(store.append(vec![msg("u", "6", "x", None)]).await.unwrap(), [stored(6, "6")]);
 }
 
+/// Count retention is per conversation (mailbox and contact): a flood from one sender
+/// removes that sender's oldest messages, never another's.
+async fn retention_by_count_never_lets_one_sender_erase_another(e: impl Engine) {
+    let config = StoreConfig { retention_max_messages: 3, ..StoreConfig::default() };
+    let (store, _) = open_with(&e, config);
+    store
+        .append(vec![msg("agent", "f1", "follower", None), msg("agent", "f2", "follower", None)])
+        .await
+        .unwrap();
+    for i in 1..=20 {
+        store.append(vec![msg("agent", &format!("x{i}"), "flooder", None)]).await.unwrap();
+    }
+    store.trim().await.unwrap();
+    assert_eq!(
+        ids(&store, "agent", 0).await,
+        [(1, "f1".into()), (2, "f2".into()), (20, "x18".into()), (21, "x19".into()), (22, "x20".into())]
+    );
+    let seqs = |v: Vec<imgate::store::Stored>| v.into_iter().map(|s| s.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.history("agent", Some("follower"), None, 10).await.unwrap()), [2, 1]);
+    assert_eq!(seqs(store.history("agent", Some("flooder"), None, 10).await.unwrap()), [22, 21, 20]);
+    // The follower's conversation has its own count.
+    for i in 3..=5 {
+        store.append(vec![msg("agent", &format!("f{i}"), "follower", None)]).await.unwrap();
+    }
+    store.trim().await.unwrap();
+    assert_eq!(seqs(store.history("agent", Some("follower"), None, 10).await.unwrap()), [25, 24, 23]);
+    assert_eq!(seqs(store.history("agent", Some("flooder"), None, 10).await.unwrap()), [22, 21, 20]);
+}
+
+/// A dedupe key lives no longer than its message: once retention removed the message,
+/// the same key is a new message (memory and keys stay bounded by retention).
+async fn a_dedupe_key_goes_with_its_message(e: impl Engine) {
+    let config = StoreConfig { retention_max_messages: 2, ..StoreConfig::default() };
+    let (store, _) = open_with(&e, config);
+    store.append(vec![msg("u", "m1", "x", Some("k1"))]).await.unwrap();
+    store.append(vec![msg("u", "m2", "x", Some("k2")), msg("u", "m3", "x", Some("k3"))]).await.unwrap();
+    store.trim().await.unwrap();
+    assert_eq!(ids(&store, "u", 0).await, [(2, "m2".into()), (3, "m3".into())]);
+    let got = store
+        .append(vec![msg("u", "m1-again", "x", Some("k1")), msg("u", "m3-retry", "x", Some("k3"))])
+        .await
+        .unwrap();
+    assert_eq!(got, [stored(4, "m1-again"), Appended { seq: 3, id: "m3".into(), duplicate: true }]);
+}
+
 async fn retention_by_age_empties_a_mailbox_without_resetting_it(e: impl Engine) {
     let config = StoreConfig { retention_max_age: Duration::ZERO, ..StoreConfig::default() };
     let (store, _) = open_with(&e, config);
@@ -322,6 +367,8 @@ macro_rules! engines {
             #[tokio::test] async fn delivered() { delivered_marks_only_rise($make).await }
             #[tokio::test] async fn reopen() { everything_survives_reopening_and_seqs_are_never_reused($make).await }
             #[tokio::test] async fn retention_count() { retention_by_count_keeps_seqs_rising($make).await }
+            #[tokio::test] async fn retention_per_conversation() { retention_by_count_never_lets_one_sender_erase_another($make).await }
+            #[tokio::test] async fn dedupe_bounded_by_retention() { a_dedupe_key_goes_with_its_message($make).await }
             #[tokio::test] async fn retention_age() { retention_by_age_empties_a_mailbox_without_resetting_it($make).await }
             #[tokio::test] async fn concurrency() { concurrent_appends_get_distinct_contiguous_seqs($make).await }
             #[tokio::test] async fn names() { mailboxes_are_separate_whatever_their_names($make).await }

@@ -6,27 +6,36 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use imgate_protocol::ok_frame;
+use imgate_protocol::{error_frame, ok_frame};
 use serde_json::json;
 
-use super::{AppState, error::ApiError};
+use super::AppState;
+use super::error::ApiError;
 
 pub async fn healthz() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], ok_frame(&json!({"status": "alive"}))).into_response()
 }
 
-pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// Ready when the store takes a real write now (SQLite commits a probe row; Redis
+/// answers and is subscribed), not when the last write happened to succeed.
+pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.conn.shutdown.is_cancelled() {
-        return Err(ApiError::Unavailable("shutting down".into()));
+        return not_ready("shutting down");
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ready()).await {
         Ok(Ok(())) => {
-            Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&json!({"store": "ok"})))
-                .into_response())
+            ([(header::CONTENT_TYPE, "application/json")], ok_frame(&json!({"store": "ok"}))).into_response()
         }
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(ApiError::Unavailable("store did not answer within 2 s".into())),
+        Ok(Err(e)) => not_ready(&format!("not ready: {e}")),
+        Err(_) => not_ready("store did not answer within 2 s"),
     }
+}
+
+/// 503 without a log line: load balancers poll this every few seconds, and the cause is
+/// logged where it happens, in the store, at most once a minute while it lasts.
+fn not_ready(reason: &str) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], error_frame(reason))
+        .into_response()
 }
 
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {

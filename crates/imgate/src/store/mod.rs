@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use imgate_protocol::EncodedMessage;
 
+pub mod lock;
 pub mod redis;
 pub mod sqlite;
 

@@ -4,7 +4,10 @@
 //! user's keys their own whatever the id contains): a counter (`…:seq`) that allocates
 //! seqs atomically and survives retention; a stream (`…:log`) whose entry ids are
 //! `<seq>-1`, so that reading "after seq N" is a range query; dedupe keys (`…:d:<key>`)
-//! that expire after `store.dedupe_window`; the delivered mark (`…:delivered`). One Lua script
+//! that expire after `store.dedupe_window` or when retention removes their message; per
+//! contact, the list of that conversation's seqs (`…:c:<bytes>:<contact>`), which holds
+//! count retention to `store.retention_max_messages` per conversation, so that one busy
+//! sender never pushes out another's messages; the delivered mark (`…:delivered`). One Lua script
 //! commits a whole append — every mailbox of it, dedupe checks included — atomically,
 //! and publishes each stored message on `{p}:fanout` as it goes, so every node sees
 //! commits in commit order. Each node subscribes to that channel and hands what arrives
@@ -47,9 +50,10 @@ local p = ARGV[1]
 local now = ARGV[2]
 local ttl = tonumber(ARGV[3])
 local maxlen = tonumber(ARGV[4])
-local n = tonumber(ARGV[5])
+local keep = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
 local out = {}
-local i = 6
+local i = 7
 for m = 1, n do
   local user, id, contact, key, frame = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
@@ -63,8 +67,34 @@ for m = 1, n do
     out[#out + 1] = '1'
   else
     local seq = redis.call('INCR', u .. ':seq')
-    redis.call('XADD', u .. ':log', 'MAXLEN', maxlen, seq .. '-1', 'f', frame, 'c', contact, 't', now)
+    local log = u .. ':log'
+    redis.call('XADD', log, seq .. '-1', 'f', frame, 'c', contact, 't', now, 'k', key)
     if key ~= '' then redis.call('SET', u .. ':d:' .. key, seq .. ' ' .. id, 'PX', ttl) end
+    -- Count retention per conversation: this contact's seqs in this mailbox, oldest
+    -- first. It outlives its newest message by the age limit, after which age retention
+    -- has removed every message it names.
+    local conv = u .. ':c:' .. string.len(contact) .. ':' .. contact
+    redis.call('RPUSH', conv, seq)
+    redis.call('PEXPIRE', conv, keep)
+    local over = redis.call('LLEN', conv) - maxlen
+    if over > 0 then
+      for _, s in ipairs(redis.call('LPOP', conv, over)) do
+        local id = s .. '-1'
+        local e = redis.call('XRANGE', log, id, id)
+        if e[1] then
+          local f = e[1][2]
+          for j = 1, #f, 2 do
+            if f[j] == 'k' and f[j + 1] ~= '' then
+              -- The key goes with its message (unless a later message holds it now).
+              local dk = u .. ':d:' .. f[j + 1]
+              local v = redis.call('GET', dk)
+              if v and string.sub(v, 1, string.len(s) + 1) == s .. ' ' then redis.call('DEL', dk) end
+            end
+          end
+          redis.call('XDEL', log, id)
+        end
+      end
+    end
     redis.call('SADD', p .. ':users', user)
     redis.call('PUBLISH', p .. ':fanout', user .. '\n' .. seq .. '\n' .. frame)
     out[#out + 1] = tostring(seq)
@@ -266,6 +296,7 @@ impl Store for RedisStore {
             .arg(unix_now())
             .arg(self.config.dedupe_window.as_millis().max(1) as u64)
             .arg(self.config.retention_max_messages)
+            .arg(self.config.retention_max_age.as_millis().clamp(1, i64::MAX as u128) as u64)
             .arg(msgs.len());
         for m in &msgs {
             inv.arg(&m.user)
@@ -334,10 +365,18 @@ impl Store for RedisStore {
             Some(b) => format!("({b}-1"),
             None => "+".to_owned(),
         };
-        // Bounded by retention: a mailbox holds at most retention_max_messages.
-        let rounds = (self.config.retention_max_messages as usize / HISTORY_SCAN) + 2;
+        // Bounded by the mailbox's length (retention bounds each conversation, not the
+        // mailbox: it holds up to retention_max_messages per contact).
+        let rounds = match contact {
+            Some(_) => {
+                let mut c = self.conn.clone();
+                let len: usize = c.xlen(self.key(user, "log")).await.map_err(unavailable)?;
+                len / HISTORY_SCAN + 2
+            }
+            None => 1,
+        };
         for _ in 0..rounds {
-            let count = if contact.is_some() { HISTORY_SCAN } else { limit };
+            let count = if contact.is_some() { HISTORY_SCAN } else { limit.max(1) };
             let rows = self.range(user, "-".into(), end.clone(), true, count).await?;
             let n = rows.len();
             let last = rows.last().map(|r| r.0);
@@ -379,7 +418,7 @@ impl Store for RedisStore {
     }
 
     async fn trim(&self) -> Result<u64, StoreError> {
-        // Count is enforced on every append (XADD MAXLEN); age here.
+        // Count is enforced on every append, per conversation (the APPEND script); age here.
         let oldest = unix_now() - self.config.retention_max_age.as_secs() as i64;
         let mut c = self.conn.clone();
         let users: Vec<String> = c.smembers(format!("{}:users", self.prefix)).await.map_err(unavailable)?;

@@ -10,18 +10,34 @@
 //! per mailbox and cost three times as much per message). Reads find rows through the
 //! index and fetch them on their own connections: WAL lets them run beside the writer.
 
+//! The embedded engine: SQLite in WAL mode as an append-only journal, one writer thread
+//! doing group commit, and an in-memory [`index`] of recently used mailboxes' marks.
+//!
+//! Every append goes through one channel to one thread. The thread takes whatever has
+//! queued while the previous commit ran (up to `store.max_batch` messages), appends it to
+//! the journal in one transaction and commits once — one WAL write, and in
+//! `sync = "full"` one fsync, for many requests; seqs need no lock because only this
+//! thread allocates them. The journal is in commit order; a unique index on
+//! `(user, seq)` finds a mailbox's messages and refuses a seq given twice (a second
+//! process on the same files, which the data dir's lock should already have stopped).
+//! Reads run on their own connections: WAL lets them run beside the writer.
+//!
+//! Memory does not grow with the number of users: the index holds a bounded number of
+//! mailboxes, dedupe keys are looked up in the journal (so they go when retention removes
+//! their message, or when their window ends), and reads go to the database.
+
 mod index;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use imgate_protocol::EncodedMessage;
 use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, Fanout, NewMessage, Store, StoreError, Stored};
@@ -44,6 +60,16 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     last_seq INTEGER NOT NULL DEFAULT 0,
     delivered INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    k TEXT PRIMARY KEY,
+    v
+) WITHOUT ROWID;
+";
+
+/// After [`repair_duplicates`]: a seq is given once per mailbox, whoever writes.
+const INDEXES: &str = "
+CREATE UNIQUE INDEX IF NOT EXISTS journal_mailbox ON journal (user, seq);
+CREATE INDEX IF NOT EXISTS journal_dedupe ON journal (user, dedupe) WHERE dedupe IS NOT NULL;
 ";
 
 /// Reads running at once, each on its own connection, kept for reuse. More would only
@@ -51,21 +77,42 @@ CREATE TABLE IF NOT EXISTS mailboxes (
 const READERS: usize = 4;
 /// Jobs waiting for the writer before senders wait too: backpressure, not a buffer.
 const QUEUE: usize = 4096;
+/// The WAL is cut back to this size when it restarts, and a WAL grown past it (readers
+/// held old snapshots through a burst) is checkpointed with TRUNCATE: disk use returns
+/// after a burst instead of staying at its high-water mark.
+pub const WAL_LIMIT: u64 = 64 << 20;
+/// Mailboxes remembered between retention passes; beyond it the next pass looks at all.
+const TOUCHED_MAX: usize = 65_536;
+/// Journal rows one step of a full retention pass reads, each step its own short read
+/// transaction so that the pass never pins the WAL.
+const FULL_PASS_STEP: usize = 20_000;
+/// A repeated failure is logged once per this, with how many were not.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 
 type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
 
 enum Job {
     Append(Vec<NewMessage>, Reply),
     Delivered(String, u64, oneshot::Sender<bool>),
-    Trim(oneshot::Sender<Result<u64, StoreError>>),
-    Ping(oneshot::Sender<bool>),
+    /// The mailboxes to count for retention; the writer starts a new set.
+    Touched(oneshot::Sender<Touched>),
+    Trim(Vec<i64>, oneshot::Sender<Result<u64, StoreError>>),
+    Ping(oneshot::Sender<Result<(), String>>),
     Close(oneshot::Sender<()>),
+}
+
+/// Mailboxes appended to since the last retention pass.
+enum Touched {
+    Some(HashSet<String>),
+    /// Too many to remember, or the first pass since the start: look at every mailbox.
+    All,
 }
 
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     index: Arc<Index>,
     readers: Arc<Readers>,
+    max_messages: u64,
     closed: AtomicBool,
 }
 
@@ -75,9 +122,47 @@ struct Readers {
     permits: tokio::sync::Semaphore,
 }
 
+/// Logs a failure that may repeat many times a second at most once per [`LOG_EVERY`],
+/// saying how many were not logged.
+pub struct Throttle {
+    last: Option<Instant>,
+    quiet: u64,
+}
+
+impl Throttle {
+    pub fn new() -> Throttle {
+        Throttle { last: None, quiet: 0 }
+    }
+
+    /// `Some(failures not logged since the last one logged)` when this one is to be logged.
+    pub fn check(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(at) if now.duration_since(at) < LOG_EVERY => {
+                self.quiet += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.quiet))
+            }
+        }
+    }
+
+    /// A success: the next failure is logged at once.
+    pub fn reset(&mut self) {
+        self.last = None;
+        self.quiet = 0;
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new()
+    }
+}
+
 impl SqliteStore {
-    /// Open (creating if needed) `dir/imgate.sqlite3`, rebuild the index from the
-    /// journal, and start the writer thread.
+    /// Open (creating if needed) `dir/imgate.sqlite3` and start the writer thread.
     pub fn open(
         dir: &Path,
         config: &StoreConfig,
@@ -86,7 +171,7 @@ impl SqliteStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("imgate.sqlite3");
-        let conn = Connection::open(&path).map_err(|e| unavailable(&path, e))?;
+        let mut conn = Connection::open(&path).map_err(|e| unavailable(&path, e))?;
         // WAL with synchronous=NORMAL writes every commit to the OS before it returns (a
         // crash of the process loses nothing) and fsyncs at checkpoints only, which keeps
         // the database whole through power loss (the last commits may be lost). FULL adds
@@ -99,27 +184,36 @@ impl SqliteStore {
         // WAL back into the database stalled the writer for tens of milliseconds.
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000; \
-             PRAGMA wal_autocheckpoint = 0; {SCHEMA}"
+             PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {WAL_LIMIT}; {SCHEMA}"
         ))
         .map_err(|e| unavailable(&path, e))?;
-        // The checkpointer does the fsyncs NORMAL promises, off the commit path.
+        repair_duplicates(&mut conn).map_err(|e| unavailable(&path, e))?;
+        conn.execute_batch(INDEXES).map_err(|e| unavailable(&path, e))?;
+        // The checkpointer does the fsyncs NORMAL promises, off the commit path. A short
+        // busy timeout: a TRUNCATE checkpoint holds new commits back while it waits for
+        // readers, so it gives up soon and tries again later.
         let checkpointer = Connection::open(&path)
-            .and_then(|c| c.execute_batch(&format!("PRAGMA synchronous = {sync};")).map(|_| c))
+            .and_then(|c| {
+                c.execute_batch(&format!(
+                    "PRAGMA synchronous = {sync}; PRAGMA journal_size_limit = {WAL_LIMIT}; \
+                     PRAGMA busy_timeout = 100;"
+                ))
+                .map(|_| c)
+            })
             .map_err(|e| unavailable(&path, e))?;
-        let index = Arc::new(Index::new());
-        let dedupe = load(&conn, &index, config.dedupe_window).map_err(|e| unavailable(&path, e))?;
+        let index = Arc::new(Index::new(config.index_max_mailboxes));
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = Writer {
             conn,
             index: index.clone(),
             fanout,
-            dedupe,
-            // Every mailbox is a candidate for the first count pass: one that was over its
-            // count before a restart and gets nothing new must still be trimmed.
-            touched: index.users_below(i64::MAX).into_iter().map(|(u, _)| u).collect(),
+            // A mailbox that was over its count before a restart and gets nothing new
+            // must still be trimmed.
+            touched: Touched::All,
             max_batch: config.max_batch,
-            max_messages: config.retention_max_messages,
             max_age: config.retention_max_age,
+            dedupe_window: config.dedupe_window,
+            failures: Throttle::new(),
         };
         let stop = Arc::new(AtomicBool::new(false));
         std::thread::Builder::new()
@@ -132,9 +226,10 @@ impl SqliteStore {
                 }
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store thread: {e}")))?;
+        let wal = dir.join("imgate.sqlite3-wal");
         std::thread::Builder::new()
             .name("imgate-checkpoint".into())
-            .spawn(move || checkpoints(checkpointer, &stop))
+            .spawn(move || checkpoints(checkpointer, &wal, &stop))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Arc::new(SqliteStore {
             jobs: tx,
@@ -144,8 +239,15 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
                 permits: tokio::sync::Semaphore::new(READERS),
             }),
+            max_messages: config.retention_max_messages,
             closed: AtomicBool::new(false),
         }))
+    }
+
+    /// How many mailboxes the in-memory index holds now (at most
+    /// `store.index_max_mailboxes`).
+    pub fn cached_mailboxes(&self) -> usize {
+        self.index.len()
     }
 
     async fn submit(&self, job: Job) -> Result<(), StoreError> {
@@ -155,14 +257,11 @@ impl SqliteStore {
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)
     }
 
-    /// The frames of `rows` (seq, row), in that order; rows retention removed meanwhile
-    /// are skipped.
-    /// The frames of `rows`, in order, stopping before `max_bytes` would be passed (the
-    /// first one always comes).
-    async fn frames(&self, rows: Vec<(u64, i64)>, max_bytes: usize) -> Result<Vec<Stored>, StoreError> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Run `f` on a pooled read-only connection, off the runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
         let _permit = readers.permits.acquire().await.map_err(|_| StoreError::Closed)?;
         let readers = readers.clone();
@@ -176,22 +275,7 @@ impl SqliteStore {
                 .and_then(|c| c.busy_timeout(Duration::from_secs(5)).map(|_| c))
                 .map_err(|e| unavailable(&readers.path, e))?,
             };
-            let out = (|| {
-                let mut get = conn.prepare_cached("SELECT frame FROM journal WHERE id = ?1")?;
-                let mut out = Vec::with_capacity(rows.len());
-                let mut bytes = 0usize;
-                for (seq, row) in rows {
-                    if let Some(frame) = get.query_row([row], |r| r.get::<_, String>(0)).optional()? {
-                        bytes = bytes.saturating_add(frame.len());
-                        if bytes > max_bytes && !out.is_empty() {
-                            break;
-                        }
-                        out.push(Stored { seq, frame: EncodedMessage::from_stored(frame) });
-                    }
-                }
-                Ok(out)
-            })()
-            .map_err(|e| unavailable(&readers.path, e));
+            let out = f(&conn).map_err(|e| unavailable(&readers.path, e));
             let mut idle = readers.idle.lock();
             if idle.len() < READERS {
                 idle.push(conn);
@@ -201,37 +285,146 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("store reader failed: {e}")))?
     }
+
+    /// Which mailboxes' count to check, in a form `over_count` can walk.
+    async fn take_touched(&self) -> Result<Touched, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job::Touched(tx)).await?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
 }
 
 fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("{}: {e}", path.display()))
 }
 
-/// Rebuild the index from the journal and the marks; the dedupe keys still in their
-/// window.
-fn load(conn: &Connection, index: &Index, window: Duration) -> rusqlite::Result<Dedupe> {
-    let mut marks = conn.prepare("SELECT user, last_seq, delivered FROM mailboxes")?;
-    let mut rows = marks.query([])?;
-    while let Some(r) = rows.next()? {
-        index.load_marks(&r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64);
+fn stored(rows: Vec<(u64, String)>) -> Vec<Stored> {
+    rows.into_iter().map(|(seq, frame)| Stored { seq, frame: EncodedMessage::from_stored(frame) }).collect()
+}
+
+/// Before the unique index exists (a journal written by an older imgate), two processes
+/// on one data dir may have given one seq to two messages. Both were acknowledged, so
+/// both are kept: every later copy moves to a new seq at the end of its mailbox, and the
+/// repair is logged. Nothing is dropped.
+fn repair_duplicates(conn: &mut Connection) -> rusqlite::Result<()> {
+    let indexed: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'index' AND name = 'journal_mailbox'",
+        [],
+        |r| r.get(0),
+    )?;
+    if indexed {
+        return Ok(());
     }
-    let mut dedupe = Dedupe::new(window);
-    let since = unix_now() - window.as_secs() as i64;
-    let mut journal =
-        conn.prepare("SELECT id, user, seq, contact, created_at, dedupe, msg_id FROM journal ORDER BY id")?;
-    let mut rows = journal.query([])?;
-    while let Some(r) = rows.next()? {
-        let (row, user, seq, contact) =
-            (r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, String>(3)?);
-        index.push(&user, seq, row, &contact);
-        let at: i64 = r.get(4)?;
-        if let Some(key) = r.get::<_, Option<String>>(5)?
-            && at >= since
-        {
-            dedupe.insert(&user, &key, seq, r.get(6)?, at);
+    let tx = conn.transaction()?;
+    let moved = {
+        let mut later = tx.prepare(
+            "SELECT j.id, j.user FROM journal j JOIN \
+             (SELECT user, seq, min(id) AS first FROM journal GROUP BY user, seq HAVING count(*) > 1) d \
+             ON j.user = d.user AND j.seq = d.seq AND j.id > d.first ORDER BY j.id",
+        )?;
+        let rows: Vec<(i64, String)> =
+            later.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        let mut next: HashMap<String, u64> = HashMap::new();
+        let mut renumber = tx.prepare("UPDATE journal SET seq = ?1 WHERE id = ?2")?;
+        for (id, user) in &rows {
+            let seq = match next.get(user) {
+                Some(s) => s + 1,
+                None => disk_marks(&tx, user)?.0 + 1,
+            };
+            next.insert(user.clone(), seq);
+            renumber.execute(params![seq as i64, id])?;
+        }
+        for (user, seq) in &next {
+            tracing::warn!(
+                %user,
+                last_seq = seq,
+                "this mailbox held messages sharing a seq (two processes wrote this data dir); \
+                 kept them all, the later copies under new seqs at its end"
+            );
+        }
+        rows.len()
+    };
+    tx.commit()?;
+    if moved > 0 {
+        tracing::warn!(messages = moved, "journal repaired: messages moved to new seqs, none dropped");
+    }
+    Ok(())
+}
+
+/// `(last_seq, delivered)` of `user` as the database has them: the highest seq in the
+/// journal, or the one written down before retention removed it.
+fn disk_marks(conn: &Connection, user: &str) -> rusqlite::Result<(u64, u64)> {
+    let top: i64 =
+        conn.query_row("SELECT coalesce(max(seq), 0) FROM journal WHERE user = ?1", [user], |r| r.get(0))?;
+    let (last, delivered): (i64, i64) = conn
+        .query_row("SELECT last_seq, delivered FROM mailboxes WHERE user = ?1", [user], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?
+        .unwrap_or((0, 0));
+    Ok((top.max(last) as u64, delivered as u64))
+}
+
+/// The journal rows over `max` per conversation (mailbox and contact), oldest of each
+/// conversation first to go, in the mailboxes of `touched`.
+fn over_count(conn: &Connection, touched: Touched, max: u64) -> rusqlite::Result<Vec<i64>> {
+    let mut out = Vec::new();
+    // Counts of the mailbox being walked, newest first.
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    let mut count = |counts: &mut HashMap<String, u64>, id: i64, contact: String| {
+        let n = counts.entry(contact).or_default();
+        *n += 1;
+        if *n > max {
+            out.push(id);
+        }
+    };
+    match touched {
+        Touched::Some(users) => {
+            let mut rows =
+                conn.prepare_cached("SELECT id, contact FROM journal WHERE user = ?1 ORDER BY seq DESC")?;
+            for user in users {
+                counts.clear();
+                let mut q = rows.query([&user])?;
+                while let Some(r) = q.next()? {
+                    count(&mut counts, r.get(0)?, r.get(1)?);
+                }
+            }
+        }
+        Touched::All => {
+            // By mailbox, newest first, in steps: each step is its own read transaction.
+            let mut step = conn.prepare_cached(
+                "SELECT id, user, seq, contact FROM journal WHERE (user, seq) < (?1, ?2) \
+                 ORDER BY user DESC, seq DESC LIMIT ?3",
+            )?;
+            // Above every real key: SQLite sorts any BLOB after any TEXT.
+            let mut at: (Option<String>, i64) = (None, i64::MAX);
+            loop {
+                let mut q = match &at.0 {
+                    Some(u) => step.query(params![u, at.1, FULL_PASS_STEP as i64])?,
+                    None => step.query(params![
+                        rusqlite::types::Value::Blob(Vec::new()),
+                        0,
+                        FULL_PASS_STEP as i64
+                    ])?,
+                };
+                let mut n = 0;
+                while let Some(r) = q.next()? {
+                    n += 1;
+                    let (id, user, seq, contact): (i64, String, i64, String) =
+                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                    if at.0.as_deref() != Some(user.as_str()) {
+                        counts.clear();
+                    }
+                    at = (Some(user), seq);
+                    count(&mut counts, id, contact);
+                }
+                if n < FULL_PASS_STEP {
+                    break;
+                }
+            }
         }
     }
-    Ok(dedupe)
+    Ok(out)
 }
 
 #[async_trait]
@@ -253,8 +446,34 @@ impl Store for SqliteStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Stored>, StoreError> {
-        let rows = self.index.rows_after(user, after, limit);
-        self.frames(rows, max_bytes).await
+        // A caught-up connection asks often; the index answers "nothing new" without a
+        // query (what it holds was committed, and nothing newer is unless it says so).
+        if limit == 0 || self.index.get(user).is_some_and(|(last, _)| last <= after) {
+            return Ok(Vec::new());
+        }
+        let user = user.to_owned();
+        let (after, limit) =
+            (i64::try_from(after).unwrap_or(i64::MAX), i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = self
+            .read(move |c| {
+                let mut q = c.prepare_cached(
+                    "SELECT seq, frame FROM journal WHERE user = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )?;
+                // Stop before `max_bytes` would be passed; the first frame always comes.
+                let mut rows = q.query(params![user, after, limit])?;
+                let (mut out, mut bytes) = (Vec::new(), 0usize);
+                while let Some(r) = rows.next()? {
+                    let frame: String = r.get(1)?;
+                    bytes = bytes.saturating_add(frame.len());
+                    if bytes > max_bytes && !out.is_empty() {
+                        break;
+                    }
+                    out.push((r.get::<_, i64>(0)? as u64, frame));
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(stored(rows))
     }
 
     async fn history(
@@ -264,16 +483,38 @@ impl Store for SqliteStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError> {
-        let rows = self.index.rows_before(user, contact, before, limit);
-        self.frames(rows, usize::MAX).await
+        let (user, contact) = (user.to_owned(), contact.map(str::to_owned));
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .read(move |c| {
+                let mut q = c.prepare_cached(
+                    "SELECT seq, frame FROM journal WHERE user = ?1 AND seq < ?2 \
+                     AND (?3 IS NULL OR contact = ?3) ORDER BY seq DESC LIMIT ?4",
+                )?;
+                q.query_map(params![user, before, contact, limit], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(stored(rows))
     }
 
     async fn delivered(&self, user: &str) -> Result<u64, StoreError> {
-        Ok(self.index.delivered(user))
+        if let Some((_, d)) = self.index.get(user) {
+            return Ok(d);
+        }
+        let user = user.to_owned();
+        Ok(self.read(move |c| disk_marks(c, &user)).await?.1)
     }
 
     async fn last_seq(&self, user: &str) -> Result<u64, StoreError> {
-        Ok(self.index.last_seq(user))
+        if let Some((s, _)) = self.index.get(user) {
+            return Ok(s);
+        }
+        let user = user.to_owned();
+        Ok(self.read(move |c| disk_marks(c, &user)).await?.0)
     }
 
     async fn set_delivered(&self, user: &str, seq: u64) -> Result<(), StoreError> {
@@ -286,8 +527,20 @@ impl Store for SqliteStore {
     }
 
     async fn trim(&self) -> Result<u64, StoreError> {
+        // Counting reads whole mailboxes, so it runs on a reader, beside the writer; a
+        // row it picks stays beyond the count, since later appends only add newer ones.
+        let touched = self.take_touched().await?;
+        let max = self.max_messages;
+        let over = match self.read(move |c| over_count(c, touched, max)).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Those mailboxes are not remembered any more: look at all next time.
+                let _ = self.jobs.send(Job::Touched(oneshot::channel().0)).await;
+                return Err(e);
+            }
+        };
         let (tx, rx) = oneshot::channel();
-        self.submit(Job::Trim(tx)).await?;
+        self.submit(Job::Trim(over, tx)).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -295,8 +548,8 @@ impl Store for SqliteStore {
         let (tx, rx) = oneshot::channel();
         self.submit(Job::Ping(tx)).await?;
         match rx.await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(StoreError::Unavailable("the last commit failed".into())),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("cannot write: {e}"))),
             Err(_) => Err(StoreError::Closed),
         }
     }
@@ -312,57 +565,16 @@ impl Store for SqliteStore {
     }
 }
 
-/// Dedupe keys of the last `window`, by mailbox: retries are answered from here.
-struct Dedupe {
-    window: Duration,
-    keys: HashMap<String, (u64, String)>,
-    /// Keys in the order they expire.
-    order: VecDeque<(i64, String)>,
-}
-
-impl Dedupe {
-    fn new(window: Duration) -> Dedupe {
-        Dedupe { window, keys: HashMap::new(), order: VecDeque::new() }
-    }
-
-    fn slot(user: &str, key: &str) -> String {
-        let mut s = String::with_capacity(user.len() + key.len() + 1);
-        s.push_str(user);
-        s.push('\0');
-        s.push_str(key);
-        s
-    }
-
-    fn get(&self, user: &str, key: &str) -> Option<&(u64, String)> {
-        self.keys.get(&Dedupe::slot(user, key))
-    }
-
-    fn insert(&mut self, user: &str, key: &str, seq: u64, id: String, at: i64) {
-        let slot = Dedupe::slot(user, key);
-        self.order.push_back((at, slot.clone()));
-        self.keys.insert(slot, (seq, id));
-    }
-
-    fn expire(&mut self, now: i64) {
-        let oldest = now - self.window.as_secs() as i64;
-        while self.order.front().is_some_and(|(at, _)| *at < oldest) {
-            if let Some((_, slot)) = self.order.pop_front() {
-                self.keys.remove(&slot);
-            }
-        }
-    }
-}
-
 struct Writer {
     conn: Connection,
     index: Arc<Index>,
     fanout: Arc<dyn Fanout>,
-    dedupe: Dedupe,
-    /// Mailboxes appended to since the last retention pass.
-    touched: HashSet<String>,
+    touched: Touched,
     max_batch: usize,
-    max_messages: u64,
     max_age: Duration,
+    dedupe_window: Duration,
+    /// Failed commits, logged at most once a minute when they repeat.
+    failures: Throttle,
 }
 
 /// A stored message of a committed batch.
@@ -370,19 +582,17 @@ struct Placed {
     job: usize,
     msg: usize,
     seq: u64,
-    row: i64,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut healthy = true;
         while let Some(first) = rx.blocking_recv() {
             let mut appends: Vec<(Vec<NewMessage>, Reply)> = Vec::new();
             let mut delivered: HashMap<String, u64> = HashMap::new();
             let mut pings = Vec::new();
             let mut marks = Vec::new();
             let mut close = None;
-            let mut trim = None;
+            let mut trims = Vec::new();
             let mut count = 0;
             let mut next = Some(first);
             while let Some(job) = next.take() {
@@ -396,7 +606,15 @@ impl Writer {
                         *e = (*e).max(s);
                         marks.push(done);
                     }
-                    Job::Trim(t) => trim = Some(t),
+                    Job::Touched(t) => {
+                        let taken = std::mem::replace(&mut self.touched, Touched::Some(HashSet::new()));
+                        if let Err(back) = t.send(taken) {
+                            // Nobody took it (a failed pass): look at everything next time.
+                            drop(back);
+                            self.touched = Touched::All;
+                        }
+                    }
+                    Job::Trim(rows, t) => trims.push((rows, t)),
                     Job::Ping(p) => pings.push(p),
                     Job::Close(c) => {
                         close = Some(c);
@@ -407,14 +625,30 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
+            let mut healthy = true;
             if !appends.is_empty() || !delivered.is_empty() {
                 healthy = self.commit(appends, delivered);
             }
-            if let Some(t) = trim {
-                let _ = t.send(self.trim().map_err(|e| unavailable(Path::new("retention"), e)));
+            for (rows, t) in trims {
+                let _ = t.send(self.trim(&rows).map_err(|e| unavailable(Path::new("retention"), e)));
             }
-            for p in pings.into_iter().chain(marks) {
-                let _ = p.send(healthy);
+            if !pings.is_empty() {
+                // Ready means a write reaches the disk now, not that the last one did.
+                let probe = self.probe().map_err(|e| e.to_string());
+                match &probe {
+                    Ok(()) => self.failures.reset(),
+                    Err(e) => {
+                        if let Some(quiet) = self.failures.check(Instant::now()) {
+                            tracing::error!(error = %e, not_logged = quiet, "the store cannot write; not ready");
+                        }
+                    }
+                }
+                for p in pings {
+                    let _ = p.send(probe.clone());
+                }
+            }
+            for m in marks {
+                let _ = m.send(healthy);
             }
             if let Some(c) = close {
                 // Answer anything that queued behind the close.
@@ -431,14 +665,42 @@ impl Writer {
         }
     }
 
+    /// A committed write of one small row: what a send needs, without a message.
+    fn probe(&mut self) -> rusqlite::Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (k, v) VALUES ('probe', ?1) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                [unix_now()],
+            )
+            .map(|_| ())
+    }
+
+    /// The marks of `user`: held, or read in `tx` (and then remembered in `loaded`).
+    fn marks(
+        index: &Index,
+        tx: &Transaction<'_>,
+        loaded: &mut HashMap<String, (u64, u64)>,
+        user: &str,
+    ) -> rusqlite::Result<(u64, u64)> {
+        if let Some(m) = index.get(user).or_else(|| loaded.get(user).copied()) {
+            return Ok(m);
+        }
+        let m = disk_marks(tx, user)?;
+        loaded.insert(user.to_owned(), m);
+        Ok(m)
+    }
+
     /// One transaction for everything queued. Returns whether it committed.
     fn commit(&mut self, appends: Vec<(Vec<NewMessage>, Reply)>, delivered: HashMap<String, u64>) -> bool {
         let now = unix_now();
+        let since = now.saturating_sub(self.dedupe_window.as_secs() as i64);
         let mut results: Vec<Vec<Appended>> = Vec::with_capacity(appends.len());
         let mut placed: Vec<Placed> = Vec::new();
         // Seqs and keys of this batch, until it commits.
         let mut allocated: HashMap<&str, u64> = HashMap::new();
-        let mut new_keys: HashMap<String, (u64, String)> = HashMap::new();
+        let mut loaded: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut new_keys: HashMap<(&str, &str), (u64, String)> = HashMap::new();
+        let index = self.index.clone();
         let outcome = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction()?;
             {
@@ -446,23 +708,32 @@ impl Writer {
                     "INSERT INTO journal (user, seq, contact, created_at, dedupe, msg_id, frame) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?;
+                // The key's newest message still in the journal and within the window.
+                let mut seen = tx.prepare_cached(
+                    "SELECT seq, msg_id FROM journal WHERE user = ?1 AND dedupe = ?2 AND created_at >= ?3 \
+                     ORDER BY id DESC LIMIT 1",
+                )?;
                 for (j, (msgs, _)) in appends.iter().enumerate() {
                     let mut res = Vec::with_capacity(msgs.len());
                     for (i, m) in msgs.iter().enumerate() {
                         if let Some(key) = &m.dedupe_key {
-                            let slot = Dedupe::slot(&m.user, key);
-                            if let Some((seq, id)) =
-                                new_keys.get(&slot).or_else(|| self.dedupe.get(&m.user, key))
-                            {
-                                res.push(Appended { seq: *seq, id: id.clone(), duplicate: true });
+                            let before = match new_keys.get(&(m.user.as_str(), key.as_str())) {
+                                Some(hit) => Some(hit.clone()),
+                                None => seen
+                                    .query_row(params![m.user, key, since], |r| {
+                                        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+                                    })
+                                    .optional()?,
+                            };
+                            if let Some((seq, id)) = before {
+                                res.push(Appended { seq, id, duplicate: true });
                                 continue;
                             }
                         }
-                        let seq = allocated
-                            .get(m.user.as_str())
-                            .copied()
-                            .unwrap_or_else(|| self.index.last_seq(&m.user))
-                            + 1;
+                        let seq = match allocated.get(m.user.as_str()) {
+                            Some(s) => *s,
+                            None => Writer::marks(&index, &tx, &mut loaded, &m.user)?.0,
+                        } + 1;
                         allocated.insert(&m.user, seq);
                         insert.execute(params![
                             m.user,
@@ -473,12 +744,11 @@ impl Writer {
                             m.id,
                             m.frame.as_stored()
                         ])?;
-                        let row = tx.last_insert_rowid();
                         if let Some(key) = &m.dedupe_key {
-                            new_keys.insert(Dedupe::slot(&m.user, key), (seq, m.id.clone()));
+                            new_keys.insert((&m.user, key), (seq, m.id.clone()));
                         }
                         res.push(Appended { seq, id: m.id.clone(), duplicate: false });
-                        placed.push(Placed { job: j, msg: i, seq, row });
+                        placed.push(Placed { job: j, msg: i, seq });
                     }
                     results.push(res);
                 }
@@ -494,50 +764,52 @@ impl Writer {
         })();
         if let Err(e) = outcome {
             // The transaction rolled back; dropping the replies tells every waiting
-            // request that nothing was stored.
-            tracing::error!(error = %e, "commit failed; the requests in it were refused");
+            // request that nothing was stored. What the index holds for these mailboxes
+            // may be what made it fail (a seq another process took): read it again.
+            for user in allocated.keys() {
+                self.index.forget(user);
+            }
+            if let Some(quiet) = self.failures.check(Instant::now()) {
+                tracing::error!(error = %e, not_logged = quiet, "commit failed; the requests in it were refused");
+            }
             return false;
         }
+        self.failures.reset();
         // Committed: make it findable, then announce it, then answer.
-        for p in &placed {
-            let m = &appends[p.job].0[p.msg];
-            self.index.push(&m.user, p.seq, p.row, &m.contact);
+        for (user, seq) in &allocated {
+            let delivered = self.index.get(user).or_else(|| loaded.get(*user).copied()).map_or(0, |m| m.1);
+            self.index.put(user, *seq, delivered);
         }
-        for (user, seq) in delivered {
-            self.index.raise_delivered(&user, seq);
-        }
-        for (slot, (seq, id)) in new_keys {
-            self.dedupe.order.push_back((now, slot.clone()));
-            self.dedupe.keys.insert(slot, (seq, id));
+        for (user, seq) in &delivered {
+            self.index.raise_delivered(user, *seq);
         }
         for p in &placed {
             let m = &appends[p.job].0[p.msg];
             self.fanout.committed(&m.user, p.seq, &m.frame);
         }
-        for user in allocated.into_keys() {
-            if !self.touched.contains(user) {
-                self.touched.insert(user.to_owned());
+        if let Touched::Some(set) = &mut self.touched {
+            for user in allocated.keys() {
+                if !set.contains(*user) {
+                    set.insert((*user).to_owned());
+                }
+            }
+            if set.len() > TOUCHED_MAX {
+                self.touched = Touched::All;
             }
         }
+        drop(new_keys);
+        drop(allocated);
         for ((_, reply), res) in appends.into_iter().zip(results) {
             let _ = reply.send(Ok(res));
         }
         true
     }
 
-    /// Retention: by count for the mailboxes appended to since the last pass, by age for
-    /// all. A mailbox's last seq is written down before its rows go, so seqs are never
-    /// reused. Returns how many messages went.
-    fn trim(&mut self) -> rusqlite::Result<u64> {
-        let now = unix_now();
-        self.dedupe.expire(now);
-        let by_count: Vec<(String, Vec<i64>)> = self
-            .touched
-            .iter()
-            .map(|u| (u.clone(), self.index.over_count(u, self.max_messages)))
-            .filter(|(_, rows)| !rows.is_empty())
-            .collect();
-        let oldest = now - self.max_age.as_secs() as i64;
+    /// Retention: `over` (rows beyond the count of their conversation), and by age every
+    /// row older than `store.retention_max_age`. A mailbox's last seq is written down
+    /// before its rows go, so seqs are never reused. Returns how many messages went.
+    fn trim(&mut self, over: &[i64]) -> rusqlite::Result<u64> {
+        let oldest = unix_now() - self.max_age.as_secs() as i64;
         let cutoff: Option<i64> = self
             .conn
             .query_row("SELECT id FROM journal WHERE created_at >= ?1 ORDER BY id LIMIT 1", [oldest], |r| {
@@ -548,32 +820,26 @@ impl Writer {
             Some(c) => c,
             None => self.conn.query_row("SELECT coalesce(max(id), 0) + 1 FROM journal", [], |r| r.get(0))?,
         };
-        let aging = self.index.users_below(cutoff);
         let tx = self.conn.transaction()?;
         let mut removed = 0u64;
         {
-            let mut keep_last = tx.prepare_cached(
-                "INSERT INTO mailboxes (user, last_seq) VALUES (?1, ?2) \
-                 ON CONFLICT (user) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            // Count retention keeps each conversation's newest message, so a mailbox's
+            // highest seq stays in the journal; age retention may take it, so it is
+            // written down first. (WHERE before ON CONFLICT: SQLite's upsert-from-select.)
+            tx.execute(
+                "INSERT INTO mailboxes (user, last_seq) SELECT user, max(seq) FROM journal WHERE id < ?1 \
+                 GROUP BY user ON CONFLICT (user) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+                [cutoff],
             )?;
             let mut delete = tx.prepare_cached("DELETE FROM journal WHERE id = ?1")?;
-            for (user, rows) in &by_count {
-                keep_last.execute(params![user, self.index.last_seq(user) as i64])?;
-                for row in rows {
+            for row in over {
+                if *row >= cutoff {
                     removed += delete.execute([row])? as u64;
                 }
-            }
-            for (user, last) in &aging {
-                keep_last.execute(params![user, *last as i64])?;
             }
             removed += tx.execute("DELETE FROM journal WHERE id < ?1", [cutoff])? as u64;
         }
         tx.commit()?;
-        for (user, rows) in &by_count {
-            self.index.drop_oldest(user, rows.len());
-        }
-        self.index.drop_below(cutoff);
-        self.touched.clear();
         Ok(removed)
     }
 }
@@ -582,16 +848,43 @@ impl Writer {
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Copy the WAL into the database now and then, beside the writer (PASSIVE: it never
-/// blocks a commit), until the writer stops.
-fn checkpoints(conn: Connection, stop: &AtomicBool) {
+/// blocks a commit), until the writer stops. A WAL that grew past [`WAL_LIMIT`] is
+/// checkpointed with TRUNCATE, which waits briefly for readers and empties the file.
+fn checkpoints(conn: Connection, wal: &Path, stop: &AtomicBool) {
+    let mut failures = Throttle::new();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "checkpoint failed; will retry");
+        let big = std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_LIMIT);
+        let mode = if big { "TRUNCATE" } else { "PASSIVE" };
+        match conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
+            Ok(()) => failures.reset(),
+            Err(e) => {
+                if let Some(quiet) = failures.check(Instant::now()) {
+                    tracing::warn!(error = %e, not_logged = quiet, "checkpoint failed; will retry");
+                }
+            }
         }
     }
 }
 
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_failure_is_logged_once_a_minute_with_the_count() {
+        let mut t = Throttle::new();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // Ten a second for two minutes.
+        let logged: Vec<(u64, u64)> =
+            (0..=1200).filter_map(|i| t.check(at(i * 100)).map(|quiet| (i * 100, quiet))).collect();
+        assert_eq!(logged, [(0, 0), (60_000, 599), (120_000, 599)]);
+        t.reset();
+        assert_eq!(t.check(at(120_100)), Some(0));
+    }
 }
