@@ -17,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod rate;
 pub mod store;
 pub mod tail;
 pub mod wechat;
@@ -125,7 +126,9 @@ pub async fn run(
     ));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let senders = Arc::new(rate::Senders::new(config.limits.sender_rate, config.limits.sender_burst));
     let conn = Arc::new(ConnContext {
+        senders: senders.clone(),
         hub: hub.clone(),
         store: store.clone(),
         ingest: ingest.clone(),
@@ -144,7 +147,7 @@ pub async fn run(
         tasks: tasks.clone(),
         metrics,
         wechat,
-        senders: http::rate::Senders::new(config.limits.sender_rate, config.limits.sender_burst),
+        senders: senders.clone(),
     });
     let addr = listener.local_addr()?;
     // The listener may not be `config.listen` (tests, embedding programs): check it too.

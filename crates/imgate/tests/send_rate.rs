@@ -78,3 +78,47 @@ async fn a_flooding_sender_gets_429_and_others_are_served() {
     s.post("/send?userid=calm", "application/json", text_to("x", "sentinel")).await;
     assert_eq!(content(&x.frame().await), "sentinel");
 }
+
+#[tokio::test]
+async fn a_websocket_sender_shares_its_bucket_and_is_refused_with_an_error_frame() {
+    let s = Server::start_with(|c| {
+        c.limits.sender_rate = 1;
+        c.limits.sender_burst = 5;
+    })
+    .await;
+    let mut ws = s.connect("/?userid=flood").await;
+    // Sends on the socket, one answer each, until one is refused.
+    let mut acked = Vec::new();
+    let refusal = loop {
+        assert!(acked.len() < 100, "100 sends in a row were accepted at 1 a second with bursts of 5");
+        let i = acked.len();
+        ws.send(&text_to("r", &format!("ws-{i}"))).await;
+        // The sender's own copy of what it sent (direction "out") may come before the ack.
+        let f = loop {
+            let f = ws.frame().await;
+            if f["data"]["direction"] != "out" {
+                break f;
+            }
+        };
+        if f["result"]["code"] == -1 {
+            break f;
+        }
+        assert_eq!(f["result"]["code"], 0, "{f}");
+        acked.push(i);
+    };
+    assert!(acked.len() >= 5, "{acked:?}");
+    let reason = refusal["result"]["message"].as_str().unwrap();
+    assert!(reason.contains("\"flood\"") && reason.contains("rate limit"), "{reason}");
+    // The same bucket over HTTP: refused there too, while another sender is served.
+    let (status, _) = s.post("/send?userid=flood", "application/json", text_to("r", "over http")).await;
+    assert_eq!(status, 429);
+    let (status, _) = s.post("/send?userid=calm", "application/json", text_to("r", "calm")).await;
+    assert_eq!(status, 200);
+    // Nothing refused was stored: the recipient holds the accepted ones, then calm's.
+    let (_, page) = s.get("/im_component/wx_official_account/history?userid=r&limit=200").await;
+    let got: Vec<String> =
+        page["data"]["messages"].as_array().unwrap().iter().map(|m| content(m).to_owned()).collect();
+    let mut want: Vec<String> = acked.iter().map(|i| format!("ws-{i}")).collect();
+    want.push("calm".into());
+    assert_eq!(got, want);
+}

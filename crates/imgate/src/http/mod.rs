@@ -28,7 +28,6 @@ pub mod error;
 mod history;
 mod media;
 mod ops;
-pub mod rate;
 mod send;
 pub mod server;
 mod ws;
@@ -51,7 +50,7 @@ pub struct App {
     /// The WeChat channel, when an account is configured.
     pub wechat: Option<Arc<Wechat>>,
     /// Per-sender token buckets for sends (`limits.sender_rate`).
-    pub senders: rate::Senders,
+    pub senders: Arc<crate::rate::Senders>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -150,14 +150,8 @@ fn sender<'a>(caller: &'a Caller, body: &'a Body) -> Option<&'a str> {
 fn limit(state: &AppState, sender: Option<&str>) -> Result<(), ApiError> {
     let Some(sender) = sender else { return Ok(()) };
     state.senders.take(sender).map_err(|wait| {
-        let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        ApiError::RateLimited {
-            reason: format!(
-                "sender {sender:?} is over its rate limit ({} messages a second, bursts of {}): nothing was stored; retry after {retry_after} s",
-                state.config.limits.sender_rate, state.config.limits.sender_burst
-            ),
-            retry_after: retry_after.max(1),
-        }
+        let (reason, retry_after) = state.senders.refusal(sender, wait);
+        ApiError::RateLimited { reason, retry_after }
     })
 }
 

@@ -44,6 +44,8 @@ pub struct ConnContext {
     pub shutdown: CancellationToken,
     /// Tasks shutdown waits for (within its grace): sends begun by clients among them.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Per-sender rate limits, shared with HTTP sends.
+    pub senders: Arc<crate::rate::Senders>,
 }
 
 /// Why the connection ends.
@@ -439,6 +441,11 @@ fn on_text(ctx: &Arc<ConnContext>, user: &str, text: Utf8Bytes) -> Option<Pendin
         Ok(r) => r,
         Err(e) => return Some(Box::pin(std::future::ready(Some(error_frame(&e.to_string()))))),
     };
+    // The same bucket as the user's HTTP sends: refused, nothing is stored.
+    if let Err(wait) = ctx.senders.take(user) {
+        let (reason, _) = ctx.senders.refusal(user, wait);
+        return Some(Box::pin(std::future::ready(Some(error_frame(&reason)))));
+    }
     let ingest: Arc<Ingest> = ctx.ingest.clone();
     let user = user.to_owned();
     // A task of its own: a send that has begun finishes (a reply to WeChat is sent and its

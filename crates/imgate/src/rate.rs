@@ -1,5 +1,7 @@
 //! Per-sender rate limits (`limits.sender_rate`, `limits.sender_burst`): a token bucket
 //! per sender, in a map of bounded size, sharded so that senders do not queue on one lock.
+//! One table for every way in: HTTP sends (`http/send.rs`, 429) and sends on a WebSocket
+//! (`hub/conn.rs`, an error frame), so a sender cannot double its rate by switching.
 //!
 //! A bucket that has filled up again says nothing a new bucket would not, so it is
 //! dropped when room is needed; only senders that sent in the last `burst / rate`
@@ -23,6 +25,8 @@ pub struct Senders {
     hasher: RandomState,
     rate: f64,
     burst: f64,
+    /// As configured, for the refusal's words.
+    limits: (u32, u32),
 }
 
 #[derive(Default)]
@@ -45,12 +49,26 @@ impl Senders {
             hasher: RandomState::new(),
             rate: f64::from(rate.max(1)),
             burst: f64::from(burst.max(1)),
+            limits: (rate, burst),
         }
     }
 
     /// Take one message's token for `sender`; when there is none, how long until there is.
     pub fn take(&self, sender: &str) -> Result<(), Duration> {
         self.take_at(sender, Instant::now())
+    }
+
+    /// What to tell `sender`, refused with `wait` to go: the reason, and whole seconds to
+    /// wait (at least 1).
+    pub fn refusal(&self, sender: &str, wait: Duration) -> (String, u64) {
+        let retry_after = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        let (rate, burst) = self.limits;
+        (
+            format!(
+                "sender {sender:?} is over its rate limit ({rate} messages a second, bursts of {burst}): nothing was stored; retry after {retry_after} s"
+            ),
+            retry_after,
+        )
     }
 
     fn take_at(&self, sender: &str, now: Instant) -> Result<(), Duration> {
