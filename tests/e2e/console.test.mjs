@@ -206,8 +206,11 @@ try {
   await page.locator('#text').fill('查到了：包裹已到达上海转运中心，预计明天下午送达。');
   await page.keyboard.press('Enter');
   await page.locator('.msg.out', { hasText: '预计明天' }).locator('.when', { hasText: 'sent' }).waitFor();
-  await page.screenshot({ path: SHOT });
-  check(fs.statSync(SHOT).size > 10_000, `screenshot written to ${path.relative(process.cwd(), SHOT)}`);
+  // The README's screenshot is tracked: rewritten only when asked (UPDATE_SCREENSHOTS=1);
+  // otherwise taken to a temporary file, so that the step still runs.
+  const shot = process.env.UPDATE_SCREENSHOTS === '1' ? SHOT : path.join(dir, 'console.png');
+  await page.screenshot({ path: shot });
+  check(fs.statSync(shot).size > 10_000, `screenshot written to ${shot}`);
 
   // 4. Kill -9 and restart mid-conversation: nothing lost, nothing twice.
   await postText('bob', 'agent1', 'b1');

@@ -459,6 +459,12 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+impl From<crate::wechat::StateUnavailable> for IngestError {
+    fn from(e: crate::wechat::StateUnavailable) -> IngestError {
+        IngestError::Store(StoreError::Unavailable(e.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,11 +482,5 @@ mod tests {
         let distinct: std::collections::HashSet<&String> = keys.iter().collect();
         assert_eq!(distinct.len(), keys.len(), "{keys:?}");
         assert_eq!(keys[1], "user|1:a|2:id|3:b:c");
-    }
-}
-
-impl From<crate::wechat::StateUnavailable> for IngestError {
-    fn from(e: crate::wechat::StateUnavailable) -> IngestError {
-        IngestError::Store(StoreError::Unavailable(e.0))
     }
 }
