@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use imgate_protocol::EncodedMessage;
 use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, Fanout, NewMessage, Store, StoreError, Stored};
@@ -702,7 +702,10 @@ impl Writer {
         let mut new_keys: HashMap<(&str, &str), (u64, String)> = HashMap::new();
         let index = self.index.clone();
         let outcome = (|| -> rusqlite::Result<()> {
-            let tx = self.conn.transaction()?;
+            // IMMEDIATE: the commit reads (dedupe keys, seqs) before it writes, and a
+            // deferred transaction upgraded after a checkpoint reset the WAL fails at once
+            // with "database is locked" instead of waiting its busy timeout.
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO journal (user, seq, contact, created_at, dedupe, msg_id, frame) \
@@ -820,7 +823,7 @@ impl Writer {
             Some(c) => c,
             None => self.conn.query_row("SELECT coalesce(max(id), 0) + 1 FROM journal", [], |r| r.get(0))?,
         };
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut removed = 0u64;
         {
             // Count retention keeps each conversation's newest message, so a mailbox's
