@@ -77,7 +77,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub large_every: u64,
     /// Bytes of text in a large message.
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, default_value_t = 48 * 1024)]
     pub large_size: usize,
     /// How long a staller stops reading before it looks at how its connection ended.
     #[arg(long, default_value = "45s", value_parser = parse_duration)]

@@ -46,7 +46,7 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
                                      (256 MiB); an offer past it closes its connection with 4008,
                                      a replay waits (up to idle_timeout). With the defaults,
                                      10,000 stalled readers pin at most 256 MiB of frames plus
-                                     ~12 KiB each of socket state: under 400 MB
+                                     ~137 KiB each of socket buffers: under 1.7 GB
   max_connections_per_user = 32      more connections for one user are refused (429)
   write_buffer_size = 4096           bytes a socket buffers before writing (tungstenite's
                                      default, 128 KiB, costs memory on every connection)
@@ -54,7 +54,8 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
                                      frame); clients send little, and idle connections are many
 
   [limits]
-  http_body_max = 1048576            largest HTTP body (1 MiB; WeChat messages are small)
+  http_body_max = 65536              largest HTTP body (64 KiB; WeChat messages are small), and
+                                     about the largest frame a message may become
   ws_frame_max = 65536               largest frame a client may send (64 KiB)
   history_page_max = 200             most messages one history page returns
   sender_rate = 200                  messages a second one sender may send (POST /send, send_xml),
@@ -416,7 +417,7 @@ impl Default for HubConfig {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            http_body_max: 1 << 20,
+            http_body_max: 64 << 10,
             ws_frame_max: 64 << 10,
             history_page_max: 200,
             sender_rate: 200,
@@ -462,6 +463,28 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The most a WebSocket's write buffer may hold: one whole frame must fit. tungstenite keeps the buffer's capacity
+    /// once grown, so this is also what a socket that was sent one large frame keeps
+    /// while it lives: the figure a stalled reader costs beside its queue.
+    pub fn socket_write_buffer_max(&self) -> usize {
+        self.hub.write_buffer_size + self.frame_max()
+    }
+
+    /// The largest frame a message may become: a body's worth, plus its envelope. A
+    /// message that would be larger (escaping for JSON can double XML text) is refused.
+    pub fn frame_max(&self) -> usize {
+        self.limits.http_body_max + 4096
+    }
+
+    /// What `n` readers that stopped reading can pin at most, in bytes: every queued frame
+    /// (`hub.total_queue_max_bytes`) plus, per socket, its write and read buffers grown
+    /// to their largest.
+    pub fn stalled_readers_bound(&self, n: usize) -> usize {
+        let per_socket =
+            self.socket_write_buffer_max() + self.hub.read_buffer_size + self.limits.ws_frame_max;
+        self.hub.total_queue_max_bytes + n * per_socket
+    }
+
     /// Merge the layers. `file` given explicitly must exist; the default `imgate.toml` is
     /// read only if present.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
@@ -747,6 +770,15 @@ mod tests {
                 KEYS_HELP.contains(&format!("  {k} = ")) || KEYS_HELP.contains(&format!("[[wechat.{k}]]"));
             assert!(documented, "key {k} missing from KEYS_HELP");
         }
+    }
+
+    /// The hardening issue's bound: with the defaults, 10,000 readers that stop reading
+    /// cannot exhaust a 2 GB host. (With a 1 MiB `http_body_max`, each socket could keep a
+    /// 2 MiB write buffer: 20 GB.) Uploads have their own limit, `wechat.media_max`.
+    #[test]
+    fn ten_thousand_stalled_readers_fit_in_two_gigabytes() {
+        let bound = Config::default().stalled_readers_bound(10_000);
+        assert!(bound < 2_000_000_000, "10,000 stalled readers may pin {bound} bytes");
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Unsendable(String),
+    #[error(
+        "the message is {size} bytes once encoded as a frame, over the {max} a frame may hold (limits.http_body_max plus 4 KiB): send less"
+    )]
+    FrameTooLarge { size: usize, max: usize },
     #[error("{0} is not an agent of the WeChat account this follower writes to (wechat.accounts.agents)")]
     NotAnAgent(String),
     #[error("{0}")]
@@ -84,6 +88,9 @@ pub struct Ingest {
     zone: UtcOffset,
     company_id: String,
     wechat: Option<Arc<Wechat>>,
+    /// The largest frame a message may become (`Config::frame_max`): what every socket's
+    /// write buffer is sized for.
+    frame_max: usize,
 }
 
 /// Who a message is from.
@@ -97,7 +104,23 @@ pub enum Sender<'a> {
 
 impl Ingest {
     pub fn new(store: DynStore, zone: UtcOffset, company_id: String, wechat: Option<Arc<Wechat>>) -> Ingest {
-        Ingest { store, zone, company_id, wechat }
+        Ingest { store, zone, company_id, wechat, frame_max: usize::MAX }
+    }
+
+    /// Refuse messages whose frame would be over `max` bytes.
+    pub fn with_frame_max(mut self, max: usize) -> Ingest {
+        self.frame_max = max;
+        self
+    }
+
+    /// Encode a message's frame, refusing one a socket's write buffer could not hold
+    /// (escaping for JSON can make an XML body's text up to twice as long).
+    fn encode(&self, data: &MessageData, code: Code) -> Result<EncodedMessage, IngestError> {
+        let frame = EncodedMessage::encode(data, code);
+        match frame.as_stored().len() {
+            size if size > self.frame_max => Err(IngestError::FrameTooLarge { size, max: self.frame_max }),
+            _ => Ok(frame),
+        }
     }
 
     /// A send request (seed §2.1) from `from`. To a WeChat follower, it goes out through
@@ -173,7 +196,7 @@ impl Ingest {
             status: None,
             window: inbound.window,
         };
-        let frame = EncodedMessage::encode(&data, code);
+        let frame = self.encode(&data, code)?;
         let dedupe = dedupe_key_for_xml(x).map(|k| dedupe_key("wechat", &[&k]));
         let msgs: Vec<NewMessage> = inbound
             .agents
@@ -254,7 +277,7 @@ impl Ingest {
             status: Some("sending".into()),
             window: w.window(&to).await,
         };
-        let frame = EncodedMessage::encode(&copy, req.content.code);
+        let frame = self.encode(&copy, req.content.code)?;
         let copies = readers
             .iter()
             .map(|r| NewMessage {
@@ -357,7 +380,7 @@ impl Ingest {
             id: id.clone(),
             contact: data.contact_id.clone(),
             dedupe_key: l.dedupe.clone(),
-            frame: EncodedMessage::encode(&data, code),
+            frame: self.encode(&data, code)?,
         }];
         if let Sender::User(user) = l.from
             && !system
@@ -370,7 +393,7 @@ impl Ingest {
                 id: id.clone(),
                 contact: l.to.clone(),
                 dedupe_key: l.dedupe,
-                frame: EncodedMessage::encode(&data, code),
+                frame: self.encode(&data, code)?,
             });
         }
         let appended = self.store.append(msgs).await?;

@@ -118,12 +118,15 @@ pub async fn run(
     };
     let wechat =
         wechat::Wechat::new(&config.wechat, &config.data_dir, wechat_redis, config.store.retention_max_age)?;
-    let ingest = Arc::new(Ingest::new(
-        store.clone(),
-        config.protocol.zone()?,
-        config.protocol.company_id.clone(),
-        wechat.clone(),
-    ));
+    let ingest = Arc::new(
+        Ingest::new(
+            store.clone(),
+            config.protocol.zone()?,
+            config.protocol.company_id.clone(),
+            wechat.clone(),
+        )
+        .with_frame_max(config.frame_max()),
+    );
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let senders = Arc::new(rate::Senders::new(config.limits.sender_rate, config.limits.sender_burst));

@@ -9,9 +9,9 @@ use futures_util::StreamExt;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A message of about 100 kB.
+/// A message of about 60 kB (under `limits.http_body_max`).
 fn big(i: u64) -> String {
-    format!("{i} {}", "x".repeat(100_000))
+    format!("{i} {}", "x".repeat(60_000))
 }
 
 /// Connect as `user` with a small receive buffer, so that a client that never reads fills
@@ -92,7 +92,7 @@ async fn a_socket_that_never_reads_is_closed_past_its_bytes_and_resumes_without_
     let before = kicks(&h, &s, "bytes").await;
     let mut sent = 0u64;
     while kicks(&h, &s, "bytes").await == before {
-        assert!(sent < 300, "not closed after 30 MB offered to a socket that never reads");
+        assert!(sent < 300, "not closed after 18 MB offered to a socket that never reads");
         sent += 1;
         send(&h, &s, "slow", &big(sent)).await;
     }
@@ -117,7 +117,7 @@ async fn the_process_wide_bound_closes_the_connection_offered_to_while_others_ke
     let before = kicks(&h, &s, "total").await;
     let mut sent = 0u64;
     while kicks(&h, &s, "total").await == before {
-        assert!(sent < 300, "not closed after 30 MB offered to a socket that never reads");
+        assert!(sent < 300, "not closed after 18 MB offered to a socket that never reads");
         sent += 1;
         send(&h, &s, "slow", &big(sent)).await;
         // The reader that keeps up gets each of its messages while the other is stuck.

@@ -22,6 +22,9 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("body is larger than the limit of {0} bytes")]
     TooLarge(usize),
+    /// A message under the body limit that would still make too large a frame.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMedia(String),
     #[error("{0}")]
@@ -47,7 +50,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooMany(_) | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -94,6 +97,7 @@ impl From<IngestError> for ApiError {
             IngestError::NotAnAgent(_) | IngestError::Forbidden(_) | IngestError::MediaForbidden(_) => {
                 ApiError::Forbidden(e.to_string())
             }
+            IngestError::FrameTooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
             IngestError::Delivery { ref errcode, .. } => {
                 ApiError::Delivery { refused: errcode.is_some(), reason: e.to_string(), details: e.details() }
             }

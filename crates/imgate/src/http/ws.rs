@@ -69,7 +69,7 @@ async fn upgrade(
         .read_buffer_size(hub_cfg.read_buffer_size)
         .write_buffer_size(hub_cfg.write_buffer_size)
         // One frame must always fit, however large a message the HTTP limit let in.
-        .max_write_buffer_size(hub_cfg.write_buffer_size + 2 * state.config.limits.http_body_max + 4096)
+        .max_write_buffer_size(state.config.socket_write_buffer_max())
         .max_message_size(frame_max)
         .max_frame_size(frame_max);
     // Browsers drop a connection whose answer names none of the sub-protocols they
