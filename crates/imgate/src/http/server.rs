@@ -123,34 +123,11 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(cap));
     let reserve = Arc::new(Semaphore::new(RESERVE));
     let connections = TaskTracker::new();
-    let mut backoff = Duration::from_millis(5);
+    let mut backoff = Backoff::default();
     // When the cap was last reported: once a minute at most while it is being hit.
     let mut reported: Option<Instant> = None;
     loop {
-        let tcp = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
-                    backoff = Duration::from_millis(5);
-                    tcp
-                }
-                // The peer gave up before we took it: nothing to back off from.
-                Err(e) if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
-                ) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, pause = ?backoff, "accept failed; pausing before the next");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    continue;
-                }
-            },
-        };
+        let Some(tcp) = accept(|| listener.accept(), &mut backoff, &stop).await else { break };
         let (permit, overflow) = match permits.clone().try_acquire_owned() {
             Ok(p) => (p, false),
             Err(_) => {
@@ -175,6 +152,56 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// The pause before the next `accept` after one that failed: 5 ms, doubling up to
+/// [`ACCEPT_BACKOFF_MAX`], back to 5 ms after a success.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(5))
+    }
+}
+
+/// The next connection, or `None` once `stop` is cancelled. An `accept` that fails for
+/// the server's own reasons (out of descriptors, of memory) is followed by a pause, so
+/// that the loop does not spin at 100% CPU while nothing can be accepted; one the peer
+/// gave up on is not.
+async fn accept<S, F, Fut>(mut next: F, backoff: &mut Backoff, stop: &CancellationToken) -> Option<S>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = io::Result<(S, std::net::SocketAddr)>>,
+{
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return None,
+            accepted = next() => accepted,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                *backoff = Backoff::default();
+                return Some(tcp);
+            }
+            // The peer gave up before we took it: nothing to back off from.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(e) => {
+                tracing::error!(error = %e, pause = ?backoff.0, "accept failed; pausing before the next");
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff.0) => {}
+                }
+                backoff.0 = (backoff.0 * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
 }
 
 async fn connection(
@@ -517,6 +544,77 @@ mod tests {
         check(50_000, 300, 150);
         check(10, 20_000, 10);
         check(50_000, 0, 1);
+    }
+
+    /// Out of descriptors, `accept` fails at once every time: the loop must pause, not
+    /// spin. In paused time, 10 s of failures take 5+10+…+640 ms, then 1 s pauses: 17
+    /// attempts, where a loop without pauses makes millions.
+    #[tokio::test(start_paused = true)]
+    async fn failed_accepts_back_off_instead_of_spinning_and_recover() {
+        let attempts = std::cell::Cell::new(0u32);
+        let stop = CancellationToken::new();
+        let mut backoff = Backoff::default();
+        let failing = || {
+            attempts.set(attempts.get() + 1);
+            // Without pauses the loop would never yield to the clock: fail instead of hanging.
+            assert!(attempts.get() < 1000, "accept retried without pausing");
+            async { Err::<((), std::net::SocketAddr), _>(io::Error::from_raw_os_error(24)) } // EMFILE
+        };
+        let got = tokio::time::timeout(Duration::from_secs(10), accept(failing, &mut backoff, &stop)).await;
+        assert!(got.is_err(), "no connection can come from a failing accept");
+        assert_eq!(attempts.get(), 17);
+        assert_eq!(backoff.0, ACCEPT_BACKOFF_MAX);
+        // A peer that gave up costs no pause, and a success resets the pause.
+        let mut answers = vec![
+            Ok(((), "127.0.0.1:1".parse().unwrap())),
+            Err(io::Error::from(io::ErrorKind::ConnectionAborted)),
+        ];
+        let start = Instant::now();
+        let next = || std::future::ready(answers.pop().unwrap());
+        assert_eq!(accept(next, &mut backoff, &stop).await, Some(()));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(backoff.0, Duration::from_millis(5));
+        // Stopping ends a pause at once.
+        stop.cancel();
+        let failing = || async { Err::<((), std::net::SocketAddr), _>(io::Error::from_raw_os_error(24)) };
+        assert_eq!(accept(failing, &mut backoff, &stop).await, None);
+    }
+
+    /// An upgrade whose handler does not answer (a store that hangs while the connection's
+    /// start is decided) is answered 503 after `handshake_timeout`, and the server serves on.
+    #[tokio::test]
+    async fn an_upgrade_whose_handler_hangs_gets_503_after_the_handshake_timeout() {
+        use axum::routing::get;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let router = Router::new()
+            .route("/hang", get(|| std::future::pending::<&'static str>()))
+            .route("/healthz", get(|| async { "ok" }));
+        let config = HttpConfig { handshake_timeout: Duration::from_millis(200), ..HttpConfig::default() };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, router, config, stop.clone()));
+        let ask = |path: &'static str, upgrade: bool| async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let extra = if upgrade {
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            } else {
+                "Connection: close\r\n"
+            };
+            let req = format!("GET {path} HTTP/1.1\r\nHost: imgate\r\n{extra}\r\n");
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let mut head = vec![0; 4096];
+            let n = tcp.read(&mut head).await.unwrap();
+            String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or_default().to_owned()
+        };
+        let deadline = Duration::from_secs(20);
+        let hung =
+            tokio::time::timeout(deadline, ask("/hang", true)).await.expect("answered, not left hanging");
+        assert_eq!(hung, "HTTP/1.1 503 Service Unavailable");
+        let fine = tokio::time::timeout(deadline, ask("/healthz", false)).await.unwrap();
+        assert_eq!(fine, "HTTP/1.1 200 OK");
+        stop.cancel();
+        tokio::time::timeout(deadline, server).await.unwrap().unwrap().unwrap();
     }
 
     #[test]
