@@ -587,7 +587,7 @@ mod tests {
         use axum::routing::get;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let router = Router::new()
-            .route("/hang", get(|| std::future::pending::<&'static str>()))
+            .route("/hang", get(std::future::pending::<&'static str>))
             .route("/healthz", get(|| async { "ok" }));
         let config = HttpConfig { handshake_timeout: Duration::from_millis(200), ..HttpConfig::default() };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
