@@ -122,11 +122,52 @@ try {
   });
   check(r.status === 200, 'a backend sends with its key in a header');
   await page.waitForFunction(() => t.r.messages.includes('after renewal'));
-  check(true, 'the renewed connection receives live messages');
+  check(await page.evaluate(() => t.r.messages.filter((m) => m === 'after renewal').length === 1), 'the renewed connection receives live messages, once');
 
   // Without getToken: stopped, not retrying with the dead token.
   const stuck = await page.evaluate(() => ({ state: t.stuck.state, closed: t.stuck.closed, closes: t.s.closes.length }));
   check(stuck.state === 'offline' && stuck.closed === true && stuck.closes === 1, `a client without getToken stops on 4001 (${JSON.stringify(stuck)})`);
+
+  // The console with `?token_url=`: the token leaves the address bar, and when it expires
+  // the page asks the same-origin URL (here an auth proxy's endpoint, played by the
+  // browser's router) for a fresh one. A token_url of another origin is never asked: the
+  // page refuses it, and the console's CSP (connect-src 'self') would block it anyway.
+  const consolePage = await browser.newPage();
+  consolePage.setDefaultTimeout(WAIT);
+  consolePage.on('pageerror', (e) => errors.push(String(e)));
+  let asked = 0;
+  let foreign = 0;
+  await consolePage.route(`${BASE}/auth/token`, (route) => {
+    asked += 1;
+    return route.fulfill({ status: 200, contentType: 'text/plain', body: jwt('agent3', 600) });
+  });
+  await consolePage.route('http://elsewhere.invalid/**', (route) => {
+    foreign += 1;
+    return route.abort();
+  });
+  await consolePage.goto(`${BASE}/?token=${jwt('agent3', 4)}&token_url=/auth/token`);
+  await until('the token to leave the address bar', async () => !consolePage.url().includes('token='));
+  check(!/[?&]token=/.test(consolePage.url()), `the address bar holds no token (${consolePage.url()})`);
+  await until('a token asked of token_url after the first expired', async () => asked >= 1);
+  const viaProxy = await fetch(`${BASE}/send?userid=bob`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-api-key': KEY },
+    body: JSON.stringify({ data: { msg_type: 'text', contact_id: 'agent3', msg: { content: 'via token_url' } }, result: { code: 1001, message: 'common' } }),
+  });
+  check(viaProxy.status === 200, 'a message to the console user is accepted');
+  await consolePage.getByText('via token_url').first().waitFor();
+  check(asked >= 1, `the console renewed its token from token_url (${asked} times) and shows live messages`);
+  const other = await browser.newPage();
+  other.on('pageerror', (e) => errors.push(String(e)));
+  await other.route('http://elsewhere.invalid/**', (route) => {
+    foreign += 1;
+    return route.abort();
+  });
+  await other.goto(`${BASE}/?token=${jwt('agent4', 3)}&token_url=${encodeURIComponent('http://elsewhere.invalid/t')}`);
+  // The token lives 3 s; a page that would follow the link asks within a second or two of
+  // the 4001 close. (A negative check: it waits, then looks.)
+  await sleep(8000);
+  check(foreign === 0, 'a token_url of another origin is never fetched');
   check(errors.length === 0, `no page errors${errors.length ? `: ${errors.join(' | ')}` : ''}`);
 } catch (e) {
   failed = true;
