@@ -120,6 +120,9 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   [protocol]
   create_time_zone = \"+08:00\"        zone of a CreateTime written as YYYY-MM-DD HH:MM:SS
   company_id = \"\"                    company_id of messages whose sender names none
+  default_sender = \"system01\"        sender of a JSON send request that names none (open mode
+                                     without ?userid=, an API key without one), as the seed's
+                                     §2.1 request is written
 ";
 
 /// The top-level keys of [`Config`].
@@ -360,6 +363,9 @@ impl std::fmt::Debug for AuthConfig {
 pub struct ProtocolConfig {
     pub create_time_zone: String,
     pub company_id: String,
+    /// Who sends a JSON send request that names nobody (open mode without `?userid=`, an
+    /// API key without one): the seed's §2.1 request as written.
+    pub default_sender: String,
 }
 
 impl Default for Config {
@@ -441,7 +447,11 @@ impl Default for AuthConfig {
 
 impl Default for ProtocolConfig {
     fn default() -> Self {
-        ProtocolConfig { create_time_zone: "+08:00".into(), company_id: String::new() }
+        ProtocolConfig {
+            create_time_zone: "+08:00".into(),
+            company_id: String::new(),
+            default_sender: imgate_protocol::SYSTEM_CONTACT.into(),
+        }
     }
 }
 
@@ -539,6 +549,12 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_owned() });
+        if self.protocol.default_sender.trim().is_empty() {
+            return bad("protocol.default_sender", "must name a sender");
+        }
+        if let Err(e) = imgate_protocol::check_id("protocol.default_sender", &self.protocol.default_sender) {
+            return bad("protocol.default_sender", &e.to_string());
+        }
         if self.hub.heartbeat_interval.is_zero() {
             return bad("hub.heartbeat_interval", "must be above zero");
         }

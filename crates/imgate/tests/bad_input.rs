@@ -31,7 +31,6 @@ async fn bad_http_bodies_are_refused_and_nothing_is_stored() {
         ("/send?userid=a", "application/json", b"{\"data\":".to_vec(), 400, "not a send request"),
         ("/send?userid=a", "application/json", b"{\"data\":{\"msg_type\":\"text\",\"msg\":{\"content\":\"x\"}}}".to_vec(), 400, "contact_id"),
         ("/send?userid=a", "application/json", b"{\"data\":{\"msg_type\":\"text\",\"contact_id\":\"1\",\"msg\":\"x\"}}".to_vec(), 400, "data.msg"),
-        ("/send", "application/json", text_to("1", "no sender").into_bytes(), 400, "userid"),
         ("/send?userid=", "application/json", text_to("1", "empty sender").into_bytes(), 400, "userid"),
         ("/send", "application/xml", b"<xml><ToUserName>1</ToUserName>".to_vec(), 400, "XML"),
         ("/send", "application/xml", b"<xml><ToUserName>1</ToUserName><FromUserName>a</FromUserName></xml>".to_vec(), 400, "MsgType"),

@@ -112,6 +112,12 @@ impl Params {
         self.0.get(key).map(String::as_str)
     }
 
+    /// `userid` was given, but blank: a client's bug (an unset variable), not a request
+    /// to send as `protocol.default_sender`.
+    pub fn userid_blank(&self) -> bool {
+        self.get("userid").or_else(|| self.get("userId")).is_some_and(|u| u.trim().is_empty())
+    }
+
     pub fn userid(&self) -> Option<&str> {
         self.get("userid").or_else(|| self.get("userId")).map(str::trim).filter(|u| !u.is_empty())
     }

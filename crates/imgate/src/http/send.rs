@@ -30,7 +30,7 @@ pub async fn send(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (caller, body) = read(&state, &headers, query, body, false)?;
-    limit(&state, sender(&caller, &body))?;
+    limit(&state, sender(&caller, &body, &state.config.protocol.default_sender))?;
     let accepted = match body {
         Body::Json(req) => send_json(&state, &caller, req).await?,
         Body::Xml(xml) => send_xml_body(&state, &caller, &xml).await?,
@@ -48,7 +48,8 @@ pub async fn send_xml(
     let Body::Xml(xml) = body else {
         return Err(ApiError::UnsupportedMedia("send_xml takes WeChat XML".into()));
     };
-    limit(&state, caller.user().or_else(|| xml.non_empty("FromUserName")))?;
+    let default_sender = state.config.protocol.default_sender.as_str();
+    limit(&state, Some(caller.user().or_else(|| xml.non_empty("FromUserName")).unwrap_or(default_sender)))?;
     Ok(answer(&send_xml_body(&state, &caller, &xml).await?))
 }
 
@@ -104,6 +105,11 @@ fn read(
         },
     })?;
     let params = Params::from(query)?;
+    if params.userid_blank() {
+        return Err(ApiError::BadRequest(
+            "userid is empty: name the sender, or leave userid out to send as protocol.default_sender".into(),
+        ));
+    }
     let caller = state.caller(headers, &params)?;
     let ct =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
@@ -136,12 +142,14 @@ fn read(
 
 /// Who sends, as ingest takes it: the caller's user (a token's subject, the `?userid=`
 /// of open mode or of an API key), else XML's `FromUserName`, else `system01` for a
-/// backend's system message. None when ingest will refuse the send for want of one.
-fn sender<'a>(caller: &'a Caller, body: &'a Body) -> Option<&'a str> {
+/// backend's system message, else `protocol.default_sender` for JSON. None when ingest
+/// will refuse the send for want of one.
+fn sender<'a>(caller: &'a Caller, body: &'a Body, default_sender: &'a str) -> Option<&'a str> {
     match (caller.user(), body) {
         (Some(u), _) => Some(u),
-        (None, Body::Xml(xml)) => xml.non_empty("FromUserName"),
-        (None, Body::Json(req)) => (req.content.msg_type == "system").then_some(SYSTEM_CONTACT),
+        (None, Body::Xml(xml)) => xml.non_empty("FromUserName").or(Some(default_sender)),
+        (None, Body::Json(req)) if req.content.msg_type == "system" => Some(SYSTEM_CONTACT),
+        (None, Body::Json(_)) => Some(default_sender),
     }
 }
 
@@ -161,11 +169,8 @@ async fn send_json(state: &AppState, caller: &Caller, req: SendRequest) -> Resul
         Caller::Named(u) => Sender::Outside(u),
         // A system message needs no sender: its frame says it comes from system01.
         Caller::Backend if req.content.msg_type == "system" => Sender::Outside(SYSTEM_CONTACT),
-        Caller::Backend => {
-            return Err(ApiError::BadRequest(
-                "who sends this message? Give ?userid=YOUR_ID (or use WeChat XML with FromUserName)".into(),
-            ));
-        }
+        // The seed's §2.1 request names no sender: it is the system's.
+        Caller::Backend => Sender::Outside(&state.config.protocol.default_sender),
     };
     Ok(state.ingest.send(from, req).await?)
 }
@@ -174,7 +179,10 @@ async fn send_xml_body(state: &AppState, caller: &Caller, xml: &XmlMessage) -> R
     let from = match caller {
         Caller::User(u) => Some(Sender::User(u)),
         Caller::Named(u) => Some(Sender::Outside(u)),
-        Caller::Backend => None,
+        // The seed's §2.2 XML names no FromUserName: then it is the system's.
+        Caller::Backend => Some(Sender::Outside(
+            xml.non_empty("FromUserName").unwrap_or(&state.config.protocol.default_sender),
+        )),
     };
     Ok(state.ingest.send_xml(from, xml).await?)
 }
