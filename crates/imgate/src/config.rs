@@ -16,6 +16,8 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   listen = \"127.0.0.1:1234\"          address to listen on (the seed's port)
   data_dir = \"./data\"                where the embedded store keeps its files
   log = \"imgate=info\"                tracing filter (RUST_LOG syntax)
+  log_format = \"text\"                text: lines for people; json: one JSON object per line, with
+                                     the request_id that HTTP answers carry in X-Request-Id
   shutdown_grace = \"10s\"             how long SIGTERM/SIGINT waits for sockets and commits
 
   [store]
@@ -130,6 +132,7 @@ const TOP_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "log",
+    "log_format",
     "shutdown_grace",
     "store",
     "hub",
@@ -147,6 +150,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub log: String,
+    pub log_format: LogFormat,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub store: StoreConfig,
@@ -157,6 +161,14 @@ pub struct Config {
     pub bench: BenchConfig,
     pub wechat: WechatConfig,
     pub protocol: ProtocolConfig,
+}
+
+/// How log lines are written (`log_format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,6 +386,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 1234)),
             data_dir: PathBuf::from("./data"),
             log: "imgate=info".into(),
+            log_format: LogFormat::Text,
             shutdown_grace: Duration::from_secs(10),
             store: StoreConfig::default(),
             hub: HubConfig::default(),

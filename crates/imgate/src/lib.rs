@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod auth;
 pub mod config;
+pub mod config_file;
 pub mod http;
 pub mod hub;
 pub mod ingest;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use imgate::config::{Config, Overrides};
+use imgate::config::{Config, LogFormat, Overrides};
 
 #[derive(Parser)]
 #[command(
@@ -34,11 +34,31 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Write a commented configuration file, or check one.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print the frames a user receives, one per line, as they arrive.
     Tail(imgate::tail::TailArgs),
     /// Try the WeChat channel without WeChat.
     #[command(subcommand)]
     Wechat(WechatCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a commented imgate.toml with every key and its default (or write it to --out).
+    Init {
+        /// Write here instead of standard output (never over an existing file)
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check the configuration `serve` would run with (the file, then IMGATE_* variables)
+    /// and print it, secrets masked. Exit 0, or 64 with the problem.
+    Check {
+        /// Configuration file [default: ./imgate.toml when present]
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -74,14 +94,58 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_tracing(&config.log);
+            init_tracing(&config.log, config.log_format);
             runtime.block_on(serve(config))
+        }
+        Command::Config(ConfigCommand::Init { out }) => init_config(out),
+        Command::Config(ConfigCommand::Check { config }) => {
+            match Config::load(config.as_deref(), &Overrides::default()) {
+                Ok(c) => match imgate::config_file::effective(&c) {
+                    Ok(text) => {
+                        print!("{text}");
+                        eprintln!("imgate: the configuration is valid");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("imgate: cannot print the configuration: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => {
+                    eprintln!("imgate: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
         }
         Command::Tail(args) => runtime.block_on(imgate::tail::run(args)),
         Command::Wechat(WechatCommand::Simulate(args)) => {
             runtime.block_on(imgate::wechat::cli::simulate(args))
         }
         Command::Wechat(WechatCommand::Standin(args)) => runtime.block_on(imgate::wechat::cli::standin(args)),
+    }
+}
+
+fn init_config(out: Option<PathBuf>) -> ExitCode {
+    let text = imgate::config_file::example();
+    let Some(path) = out else {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    };
+    // create_new: an operator's file is never overwritten by an example.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    match written {
+        Ok(()) => {
+            eprintln!("imgate: wrote {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("imgate: cannot write {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -138,12 +202,15 @@ async fn signal() {
     }
 }
 
-fn init_tracing(default: &str) {
+fn init_tracing(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        // One object per line, the current span's fields (request_id…) flattened in.
+        LogFormat::Json => {
+            fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).init()
+        }
+    }
 }

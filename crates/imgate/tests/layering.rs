@@ -19,6 +19,8 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("hub", &["http", "auth", "wechat"]),
     // Configuration is read first and passed down: it depends on nothing.
     ("config", &["http", "hub", "store", "ingest", "auth", "wechat"]),
+    // The file an operator reads and writes is made from the configuration alone.
+    ("config_file", &["http", "hub", "store", "ingest", "auth", "wechat"]),
 ];
 
 /// Files that may speak axum: the router and responses (`http/`), the WebSocket the

@@ -28,6 +28,7 @@ pub mod error;
 mod history;
 mod media;
 mod ops;
+pub mod request_id;
 mod send;
 pub mod server;
 mod ws;
@@ -87,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
+        .layer(axum::middleware::from_fn(request_id::tag))
         .with_state(state)
 }
 
