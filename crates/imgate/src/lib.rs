@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod config_file;
 pub mod http;

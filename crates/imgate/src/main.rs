@@ -34,6 +34,19 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Copy the embedded store (and media) consistently while the server runs. The copy
+    /// is a data dir: restore by serving from it (docs/operations.md).
+    Backup {
+        /// A new or empty directory to write the copy to
+        #[arg(long)]
+        out: PathBuf,
+        /// Configuration file, for data_dir and wechat.media_dir [default: ./imgate.toml when present]
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The data dir to copy [default: the configuration's]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Write a commented configuration file, or check one.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -98,6 +111,32 @@ fn main() -> ExitCode {
             runtime.block_on(serve(config))
         }
         Command::Config(ConfigCommand::Init { out }) => init_config(out),
+        Command::Backup { out, config, data_dir } => {
+            let config = match Config::load(config.as_deref(), &Overrides { listen: None, data_dir }) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("imgate: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match imgate::backup::run(&config, &out) {
+                Ok(copied) => {
+                    for f in &copied.files {
+                        eprintln!("imgate: backed up {}", f.display());
+                    }
+                    eprintln!(
+                        "imgate: {} media files; restore by serving with data_dir = {}",
+                        copied.media,
+                        out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("imgate: backup failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Config(ConfigCommand::Check { config }) => {
             match Config::load(config.as_deref(), &Overrides::default()) {
                 Ok(c) => match imgate::config_file::effective(&c) {

@@ -21,6 +21,8 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("config", &["http", "hub", "store", "ingest", "auth", "wechat"]),
     // The file an operator reads and writes is made from the configuration alone.
     ("config_file", &["http", "hub", "store", "ingest", "auth", "wechat"]),
+    // A backup copies files: it needs to know where they are, nothing of what runs on them.
+    ("backup", &["http", "hub", "store", "ingest", "auth", "wechat"]),
 ];
 
 /// Files that may speak axum: the router and responses (`http/`), the WebSocket the
