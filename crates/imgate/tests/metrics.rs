@@ -1,0 +1,49 @@
+//! What `/metrics` exports for a dashboard: durations as Prometheus histograms
+//! (`_seconds`, with buckets), labelled by route pattern rather than by path.
+
+mod common;
+
+use common::*;
+
+async fn scrape(s: &Server) -> String {
+    reqwest::get(s.http("/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// The value of the sample `name{labels}` (labels as Prometheus prints them, in order).
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let head = format!("{name}{{{labels}}} ");
+    text.lines().find_map(|l| l.strip_prefix(&head)).map(|v| v.parse().unwrap())
+}
+
+#[tokio::test]
+async fn http_requests_are_timed_by_route_method_and_status() {
+    let s = Server::start().await;
+    let before = scrape(&s).await;
+    let count = |t: &str, labels: &str| {
+        sample(t, "imgate_http_request_duration_seconds_count", labels).unwrap_or(0.0)
+    };
+    let ok = r#"route="/send",method="POST",status="200""#;
+    let bad = r#"route="/send",method="POST",status="400""#;
+    let history = r#"route="/im_component/wx_official_account/history",method="GET",status="200""#;
+    for i in 0..3 {
+        assert_eq!(s.post("/send?userid=a", "application/json", text_to("b", &i.to_string())).await.0, 200);
+    }
+    assert_eq!(s.post("/send?userid=a", "application/json", "{}").await.0, 400);
+    assert_eq!(s.get("/im_component/wx_official_account/history?userid=b").await.0, 200);
+    assert_eq!(s.get("/no/such/path/12345").await.0, 404);
+    let after = scrape(&s).await;
+    // The recorder is shared by the servers of this test binary: compare with before.
+    assert_eq!(count(&after, ok) - count(&before, ok), 3.0, "{after}");
+    assert_eq!(count(&after, bad) - count(&before, bad), 1.0);
+    assert_eq!(count(&after, history) - count(&before, history), 1.0);
+    // A histogram, with buckets from 100 µs, whose +Inf bucket is the count.
+    let inf = sample(&after, "imgate_http_request_duration_seconds_bucket", &format!("{ok},le=\"+Inf\""));
+    assert_eq!(inf, Some(count(&after, ok)));
+    assert!(
+        sample(&after, "imgate_http_request_duration_seconds_bucket", &format!("{ok},le=\"0.0001\""))
+            .is_some()
+    );
+    // Unknown paths share one label, so a scanner cannot grow the series.
+    assert!(!after.contains("12345"), "a path became a label");
+    assert!(after.contains(r#"route="unmatched""#));
+}
