@@ -97,6 +97,31 @@ struct Answer {
     video_url: Option<String>,
 }
 
+/// Times one API call in `imgate_wechat_api_duration_seconds`, by `api` and `outcome`:
+/// `ok`, WeChat's errcode, or `unreachable`, `bad_answer`, `too_large`. Token fetches are
+/// also counted in `imgate_wechat_token_refreshes_total` by outcome (`ok`, `failed`).
+async fn observed<T>(
+    api: &'static str,
+    call: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(ApiError::WeChat { errcode, .. }) => errcode.to_string(),
+        Err(ApiError::Unreachable(_)) => "unreachable".to_owned(),
+        Err(ApiError::BadAnswer(_)) => "bad_answer".to_owned(),
+        Err(ApiError::TooLarge { .. }) => "too_large".to_owned(),
+    };
+    if matches!(api, "token" | "stable_token") {
+        let refreshed = if result.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("imgate_wechat_token_refreshes_total", "outcome" => refreshed).increment(1);
+    }
+    metrics::histogram!("imgate_wechat_api_duration_seconds", "api" => api, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
 fn unreachable(e: reqwest::Error) -> ApiError {
     ApiError::Unreachable(e.without_url().to_string())
 }
@@ -193,44 +218,53 @@ impl Api {
         secret: &str,
         force_refresh: bool,
     ) -> Result<Token, ApiError> {
-        let body = serde_json::json!({"grant_type": "client_credential", "appid": appid, "secret": secret,
-            "force_refresh": force_refresh});
-        let resp = self
-            .http
-            .post(self.url("/cgi-bin/stable_token"))
-            .json(&body)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        Self::token_of(Self::token_answer(resp).await?)
+        observed("stable_token", async {
+            let body = serde_json::json!({"grant_type": "client_credential", "appid": appid, "secret": secret,
+                "force_refresh": force_refresh});
+            let resp = self
+                .http
+                .post(self.url("/cgi-bin/stable_token"))
+                .json(&body)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            Self::token_of(Self::token_answer(resp).await?)
+        })
+        .await
     }
 
     /// `GET cgi-bin/token`: every call invalidates the previous token.
     pub async fn token(&self, appid: &str, secret: &str) -> Result<Token, ApiError> {
-        let resp = self
-            .http
-            .get(self.url("/cgi-bin/token"))
-            .query(&[("grant_type", "client_credential"), ("appid", appid), ("secret", secret)])
-            .send()
-            .await
-            .map_err(unreachable)?;
-        Self::token_of(Self::token_answer(resp).await?)
+        observed("token", async {
+            let resp = self
+                .http
+                .get(self.url("/cgi-bin/token"))
+                .query(&[("grant_type", "client_credential"), ("appid", appid), ("secret", secret)])
+                .send()
+                .await
+                .map_err(unreachable)?;
+            Self::token_of(Self::token_answer(resp).await?)
+        })
+        .await
     }
 
     /// `POST cgi-bin/message/custom/send`. The body goes as UTF-8 as it is: `\u` escapes
     /// were shown literally to followers.
     pub async fn custom_send(&self, token: &str, body: &Value) -> Result<(), ApiError> {
-        let json = serde_json::to_vec(body).map_err(|e| ApiError::BadAnswer(e.to_string()))?;
-        let resp = self
-            .http
-            .post(self.url("/cgi-bin/message/custom/send"))
-            .query(&[("access_token", token)])
-            .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
-            .body(json)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        Self::answer(resp).await.map(|_| ())
+        observed("message/custom/send", async {
+            let json = serde_json::to_vec(body).map_err(|e| ApiError::BadAnswer(e.to_string()))?;
+            let resp = self
+                .http
+                .post(self.url("/cgi-bin/message/custom/send"))
+                .query(&[("access_token", token)])
+                .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
+                .body(json)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            Self::answer(resp).await.map(|_| ())
+        })
+        .await
     }
 
     /// `POST cgi-bin/media/upload?type=image|voice|video|thumb`: the `media_id`.
@@ -242,88 +276,97 @@ impl Api {
         content_type: &str,
         bytes: Bytes,
     ) -> Result<String, ApiError> {
-        let part = reqwest::multipart::Part::stream(bytes)
-            .file_name(filename.to_owned())
-            .mime_str(content_type)
-            .map_err(|e| ApiError::BadAnswer(e.without_url().to_string()))?;
-        let form = reqwest::multipart::Form::new().part("media", part);
-        let resp = self
-            .http
-            .post(self.url("/cgi-bin/media/upload"))
-            .query(&[("access_token", token), ("type", kind)])
-            .multipart(form)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        Self::answer(resp)
-            .await?
-            .media_id
-            .ok_or_else(|| ApiError::BadAnswer("no media_id in the answer".into()))
+        observed("media/upload", async {
+            let part = reqwest::multipart::Part::stream(bytes)
+                .file_name(filename.to_owned())
+                .mime_str(content_type)
+                .map_err(|e| ApiError::BadAnswer(e.without_url().to_string()))?;
+            let form = reqwest::multipart::Form::new().part("media", part);
+            let resp = self
+                .http
+                .post(self.url("/cgi-bin/media/upload"))
+                .query(&[("access_token", token), ("type", kind)])
+                .multipart(form)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            Self::answer(resp)
+                .await?
+                .media_id
+                .ok_or_else(|| ApiError::BadAnswer("no media_id in the answer".into()))
+        })
+        .await
     }
 
     /// `GET cgi-bin/media/get`: the bytes, or for video the URL to fetch. An error comes
     /// as JSON with HTTP 200, so the answer is sniffed before it is trusted as media. At
     /// most `max` bytes are read ([`ApiError::TooLarge`]).
     pub async fn media_get(&self, token: &str, media_id: &str, max: usize) -> Result<Media, ApiError> {
-        let resp = self
-            .http
-            .get(self.url("/cgi-bin/media/get"))
-            .query(&[("access_token", token), ("media_id", media_id)])
-            .timeout(MEDIA_DEADLINE.max(self.timeout))
-            .send()
-            .await
-            .map_err(|e| self.download_error(e))?;
-        let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        let status = resp.status();
-        let bytes = self.read_capped(resp, max).await?;
-        let looks_json = content_type.contains("json")
-            || content_type.starts_with("text/")
-            || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        if looks_json {
-            let a: Answer = serde_json::from_slice(&bytes).map_err(|_| {
-                ApiError::BadAnswer(format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
-                ))
-            })?;
-            if a.errcode != 0 {
-                return Err(ApiError::WeChat { errcode: a.errcode, errmsg: a.errmsg });
+        observed("media/get", async {
+            let resp = self
+                .http
+                .get(self.url("/cgi-bin/media/get"))
+                .query(&[("access_token", token), ("media_id", media_id)])
+                .timeout(MEDIA_DEADLINE.max(self.timeout))
+                .send()
+                .await
+                .map_err(|e| self.download_error(e))?;
+            let content_type = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            let status = resp.status();
+            let bytes = self.read_capped(resp, max).await?;
+            let looks_json = content_type.contains("json")
+                || content_type.starts_with("text/")
+                || bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+            if looks_json {
+                let a: Answer = serde_json::from_slice(&bytes).map_err(|_| {
+                    ApiError::BadAnswer(format!(
+                        "HTTP {status}: {}",
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                    ))
+                })?;
+                if a.errcode != 0 {
+                    return Err(ApiError::WeChat { errcode: a.errcode, errmsg: a.errmsg });
+                }
+                return a
+                    .video_url
+                    .map(Media::VideoUrl)
+                    .ok_or_else(|| ApiError::BadAnswer("JSON without media".into()));
             }
-            return a
-                .video_url
-                .map(Media::VideoUrl)
-                .ok_or_else(|| ApiError::BadAnswer("JSON without media".into()));
-        }
-        if !status.is_success() {
-            return Err(ApiError::BadAnswer(format!("HTTP {status}")));
-        }
-        Ok(Media::Bytes { bytes, content_type })
+            if !status.is_success() {
+                return Err(ApiError::BadAnswer(format!("HTTP {status}")));
+            }
+            Ok(Media::Bytes { bytes, content_type })
+        })
+        .await
     }
 
     /// Fetch a URL WeChat gave (a video's), at most `max` bytes of it.
     pub async fn fetch(&self, url: &str, max: usize) -> Result<Media, ApiError> {
-        let resp = self
-            .http
-            .get(url)
-            .timeout(MEDIA_DEADLINE.max(self.timeout))
-            .send()
-            .await
-            .map_err(|e| self.download_error(e))?;
-        if !resp.status().is_success() {
-            return Err(ApiError::BadAnswer(format!("HTTP {}", resp.status())));
-        }
-        let content_type = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("video/mp4")
-            .to_owned();
-        let bytes = self.read_capped(resp, max).await?;
-        Ok(Media::Bytes { bytes, content_type })
+        observed("video_url", async {
+            let resp = self
+                .http
+                .get(url)
+                .timeout(MEDIA_DEADLINE.max(self.timeout))
+                .send()
+                .await
+                .map_err(|e| self.download_error(e))?;
+            if !resp.status().is_success() {
+                return Err(ApiError::BadAnswer(format!("HTTP {}", resp.status())));
+            }
+            let content_type = resp
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("video/mp4")
+                .to_owned();
+            let bytes = self.read_capped(resp, max).await?;
+            Ok(Media::Bytes { bytes, content_type })
+        })
+        .await
     }
 }

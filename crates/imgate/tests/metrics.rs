@@ -47,3 +47,14 @@ async fn http_requests_are_timed_by_route_method_and_status() {
     assert!(!after.contains("12345"), "a path became a label");
     assert!(after.contains(r#"route="unmatched""#));
 }
+
+#[tokio::test]
+async fn commits_and_socket_bytes_are_exported() {
+    let s = Server::start().await;
+    assert_eq!(s.post("/send?userid=a", "application/json", text_to("b", "x")).await.0, 200);
+    let text = scrape(&s).await;
+    let commits = sample(&text, "imgate_store_commit_duration_seconds_count", r#"engine="sqlite""#);
+    assert!(commits.is_some_and(|n| n >= 1.0), "{text}");
+    assert!(sample(&text, "imgate_store_commits_total", r#"engine="sqlite",outcome="committed""#).is_some());
+    assert!(text.lines().any(|l| l.starts_with("imgate_socket_queued_bytes ")), "{text}");
+}

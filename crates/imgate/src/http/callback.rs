@@ -93,12 +93,36 @@ fn verify_as(state: AppState, appid: Option<String>, query: Q) -> Result<Respons
     Ok(([(header::CONTENT_TYPE, "text/plain")], echo.to_owned()).into_response())
 }
 
+/// One callback, counted by outcome in `imgate_wechat_callbacks_total`: `stored`,
+/// `duplicate` (WeChat's retry of one already stored), `refused` (4xx: signature, content,
+/// account), `unavailable` (503: WeChat sends it again later) or `failed`.
 async fn receive_as(
     state: AppState,
     appid: Option<String>,
     query: Q,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let result = receive_once(state, appid, query, body).await;
+    let outcome = match &result {
+        Ok(false) => "stored",
+        Ok(true) => "duplicate",
+        Err(ApiError::Unavailable(_)) => "unavailable",
+        Err(e) if e.status().is_client_error() => "refused",
+        Err(_) => "failed",
+    };
+    metrics::counter!("imgate_wechat_callbacks_total", "outcome" => outcome).increment(1);
+    result?;
+    // "success" stops WeChat's retries and shows the follower nothing.
+    Ok(([(header::CONTENT_TYPE, "text/plain")], "success").into_response())
+}
+
+/// Whether the callback was a duplicate, or why it was refused.
+async fn receive_once(
+    state: AppState,
+    appid: Option<String>,
+    query: Q,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<bool, ApiError> {
     let w = channel(&state)?;
     let acct = account(w, appid.as_deref())?;
     let q = callback_query(query)?;
@@ -111,7 +135,5 @@ async fn receive_as(
     let xml = w.open(acct, &q, text).map_err(refused)?;
     w.check_nonce(acct, &q, &xml).await.map_err(refused)?;
     let inbound = w.inbound(acct, &xml).await.map_err(refused)?;
-    state.ingest.wechat_inbound(inbound, &xml).await?;
-    // "success" stops WeChat's retries and shows the follower nothing.
-    Ok(([(header::CONTENT_TYPE, "text/plain")], "success").into_response())
+    Ok(state.ingest.wechat_inbound(inbound, &xml).await?.duplicate)
 }

@@ -40,6 +40,8 @@ fn not_ready(reason: &str) -> Response {
 
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.auth.operator(&headers)?;
+    // Read when scraped: the hub keeps it in an atomic for its own bound.
+    metrics::gauge!("imgate_socket_queued_bytes").set(state.hub.budget().used() as f64);
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
         .into_response())
 }

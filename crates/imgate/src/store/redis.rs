@@ -306,7 +306,19 @@ impl Store for RedisStore {
                 .arg(m.frame.as_stored());
         }
         let mut c = self.conn.clone();
-        let out: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        let started = std::time::Instant::now();
+        let out: Vec<String> = match inv.invoke_async(&mut c).await {
+            Ok(out) => out,
+            Err(e) => {
+                metrics::counter!("imgate_store_commits_total", "engine" => "redis", "outcome" => "failed")
+                    .increment(1);
+                return Err(unavailable(e));
+            }
+        };
+        metrics::histogram!("imgate_store_commit_duration_seconds", "engine" => "redis")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("imgate_store_commits_total", "engine" => "redis", "outcome" => "committed")
+            .increment(1);
         if out.len() != 3 * msgs.len() {
             return Err(StoreError::Unavailable(format!(
                 "redis: {} values for {} messages",

@@ -692,6 +692,7 @@ impl Writer {
 
     /// One transaction for everything queued. Returns whether it committed.
     fn commit(&mut self, appends: Vec<(Vec<NewMessage>, Reply)>, delivered: HashMap<String, u64>) -> bool {
+        let started = Instant::now();
         let now = unix_now();
         let since = now.saturating_sub(self.dedupe_window.as_secs() as i64);
         let mut results: Vec<Vec<Appended>> = Vec::with_capacity(appends.len());
@@ -775,9 +776,15 @@ impl Writer {
             if let Some(quiet) = self.failures.check(Instant::now()) {
                 tracing::error!(error = %e, not_logged = quiet, "commit failed; the requests in it were refused");
             }
+            metrics::counter!("imgate_store_commits_total", "engine" => "sqlite", "outcome" => "failed")
+                .increment(1);
             return false;
         }
         self.failures.reset();
+        metrics::histogram!("imgate_store_commit_duration_seconds", "engine" => "sqlite")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("imgate_store_commits_total", "engine" => "sqlite", "outcome" => "committed")
+            .increment(1);
         // Committed: make it findable, then announce it, then answer.
         for (user, seq) in &allocated {
             let delivered = self.index.get(user).or_else(|| loaded.get(*user).copied()).map_or(0, |m| m.1);
