@@ -42,6 +42,10 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Resul
     state.auth.operator(&headers)?;
     // Read when scraped: the hub keeps it in an atomic for its own bound.
     metrics::gauge!("imgate_socket_queued_bytes").set(state.hub.budget().used() as f64);
+    // What /readyz answers, as a series an alert can watch (a real write, as there).
+    let ready = !state.conn.shutdown.is_cancelled()
+        && matches!(tokio::time::timeout(Duration::from_secs(2), state.store.ready()).await, Ok(Ok(())));
+    metrics::gauge!("imgate_store_ready").set(if ready { 1.0 } else { 0.0 });
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
         .into_response())
 }
