@@ -14,6 +14,7 @@ use imgate_protocol::{
 use serde_json::{Value, json};
 use time::UtcOffset;
 
+use crate::inbox::{Inbox, InboxError};
 use crate::store::{DynStore, NewMessage, StoreError};
 use crate::wechat::{Account, Inbound, Wechat, WechatError};
 
@@ -47,6 +48,9 @@ pub enum IngestError {
     NotAnAgent(String),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The team inbox refused: another agent owns the conversation (403).
+    #[error("{0}")]
+    NotAssignee(String),
     /// The message carries media of this gateway its sender may not see.
     #[error("{0}")]
     MediaForbidden(String),
@@ -84,6 +88,7 @@ pub struct Ingest {
     zone: UtcOffset,
     company_id: String,
     wechat: Option<Arc<Wechat>>,
+    inbox: Option<Arc<Inbox>>,
 }
 
 /// Who a message is from.
@@ -96,8 +101,14 @@ pub enum Sender<'a> {
 }
 
 impl Ingest {
-    pub fn new(store: DynStore, zone: UtcOffset, company_id: String, wechat: Option<Arc<Wechat>>) -> Ingest {
-        Ingest { store, zone, company_id, wechat }
+    pub fn new(
+        store: DynStore,
+        zone: UtcOffset,
+        company_id: String,
+        wechat: Option<Arc<Wechat>>,
+        inbox: Option<Arc<Inbox>>,
+    ) -> Ingest {
+        Ingest { store, zone, company_id, wechat, inbox }
     }
 
     /// A send request (seed §2.1) from `from`. To a WeChat follower, it goes out through
@@ -190,6 +201,15 @@ impl Ingest {
         let duplicate = appended.iter().all(|a| a.duplicate);
         metrics::counter!("imgate_wechat_inbound_total").increment(u64::from(!duplicate));
         let first = appended.first().ok_or(IngestError::MissingRecipient)?;
+        if let Some(inbox) = &self.inbox
+            && !duplicate
+            && data.msg_type != "event"
+        {
+            let seqs: Vec<(String, u64)> =
+                inbound.agents.iter().cloned().zip(appended.iter().map(|a| a.seq)).collect();
+            let m = crate::inbox::Message { id: &id, msg_type: &data.msg_type, msg: &data.msg };
+            inbox.inbound(&inbound.appid, &data.company_id, &inbound.openid, &seqs, m).await?;
+        }
         let to = inbound.agents.first().cloned().unwrap_or_default();
         Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate })
     }
@@ -213,6 +233,11 @@ impl Ingest {
         }
         check_id("the sender id", sender)?;
         check_id("the message id", req.client_id.as_deref().unwrap_or(""))?;
+        // Under claim and round_robin only the assignee replies: refused before anything
+        // is kept or sent.
+        if let Some(inbox) = &self.inbox {
+            inbox.may_reply(&acct.config.appid, sender, &req.to).await?;
+        }
         self.share_media(sender, &req.content, &[]).await?;
         let to = req.to.clone();
         // What WeChat cannot carry is refused before anything is kept or sent.
@@ -308,6 +333,15 @@ impl Ingest {
         match outcome {
             Ok(_) => {
                 metrics::counter!("imgate_wechat_sent_total").increment(1);
+                // The follower is answered only when WeChat took the reply.
+                if let Some(inbox) = &self.inbox {
+                    let m = crate::inbox::Message {
+                        id: &id,
+                        msg_type: &req.content.msg_type,
+                        msg: &req.content.msg,
+                    };
+                    inbox.replied(&acct.config.appid, sender, &to, first.seq, m).await?;
+                }
                 Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate: false })
             }
             Err(e) => {
@@ -457,6 +491,15 @@ fn new_id() -> String {
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl From<InboxError> for IngestError {
+    fn from(e: InboxError) -> IngestError {
+        match e {
+            InboxError::Store(s) => IngestError::Store(s),
+            other => IngestError::NotAssignee(other.to_string()),
+        }
+    }
 }
 
 impl From<crate::wechat::StateUnavailable> for IngestError {

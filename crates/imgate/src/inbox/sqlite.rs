@@ -1,0 +1,181 @@
+//! The embedded engine: conversations and canned replies in `inbox.sqlite3` in the data
+//! dir (apart from the mailboxes, whose writer thread it never slows), presence in memory
+//! (one node holds every socket).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use super::model::Conversation;
+use super::{Conversations, Edit, InboxError, Presence};
+use crate::store::StoreError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS conversations (
+    appid TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (appid, contact)
+);
+CREATE TABLE IF NOT EXISTS canned (appid TEXT PRIMARY KEY, data TEXT NOT NULL);
+";
+
+pub struct SqliteConversations {
+    db: Arc<Mutex<Connection>>,
+    presence: Mutex<HashMap<String, Presence>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("inbox.sqlite3: {e}"))
+}
+
+impl SqliteConversations {
+    pub fn open(dir: &Path) -> Result<Arc<SqliteConversations>, StoreError> {
+        let conn = Connection::open(dir.join("inbox.sqlite3")).map_err(unavailable)?;
+        // WAL with synchronous NORMAL: a change survives a crash of imgate; the mailboxes
+        // hold the messages themselves, this file only who owns them.
+        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {SCHEMA}"))
+            .map_err(unavailable)?;
+        Ok(Arc::new(SqliteConversations {
+            db: Arc::new(Mutex::new(conn)),
+            presence: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Run `f` on the connection on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, InboxError> + Send + 'static,
+    ) -> Result<T, InboxError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&mut db.lock()))
+            .await
+            .map_err(|e| InboxError::Store(unavailable(e)))?
+    }
+}
+
+fn read(conn: &Connection, appid: &str, contact: &str) -> Result<Option<Conversation>, InboxError> {
+    let data: Option<String> = conn
+        .query_row(
+            "SELECT data FROM conversations WHERE appid = ?1 AND contact = ?2",
+            params![appid, contact],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    data.map(|d| serde_json::from_str(&d).map_err(unavailable)).transpose().map_err(InboxError::Store)
+}
+
+fn store_err(e: InboxError) -> StoreError {
+    match e {
+        InboxError::Store(s) => s,
+        other => unavailable(other),
+    }
+}
+
+#[async_trait]
+impl Conversations for SqliteConversations {
+    async fn get(&self, appid: &str, contact: &str) -> Result<Option<Conversation>, StoreError> {
+        let (a, c) = (appid.to_owned(), contact.to_owned());
+        self.with(move |conn| read(conn, &a, &c)).await.map_err(store_err)
+    }
+
+    async fn update(
+        &self,
+        appid: &str,
+        contact: &str,
+        edit: Edit,
+    ) -> Result<(Option<Conversation>, Option<Conversation>), InboxError> {
+        let (a, c) = (appid.to_owned(), contact.to_owned());
+        // The connection's lock spans the read and the write: updates are serialised.
+        self.with(move |conn| {
+            let before = read(conn, &a, &c)?;
+            let Some(after) = edit(before.clone())? else { return Ok((before, None)) };
+            let data = serde_json::to_string(&after).map_err(unavailable)?;
+            conn.execute(
+                "INSERT INTO conversations (appid, contact, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (appid, contact) DO UPDATE SET data = excluded.data",
+                params![a, c, data],
+            )
+            .map_err(unavailable)?;
+            Ok((before, Some(after)))
+        })
+        .await
+    }
+
+    async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError> {
+        let a = appid.to_owned();
+        self.with(move |conn| {
+            let mut s = conn
+                .prepare_cached("SELECT data FROM conversations WHERE appid = ?1")
+                .map_err(unavailable)?;
+            let rows = s.query_map([&a], |r| r.get::<_, String>(0)).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(unavailable)?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(store_err)
+    }
+
+    async fn canned(&self, appid: &str) -> Result<Value, StoreError> {
+        let a = appid.to_owned();
+        self.with(move |conn| {
+            let data: Option<String> = conn
+                .query_row("SELECT data FROM canned WHERE appid = ?1", [&a], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            Ok(data.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or(Value::Array(Vec::new())))
+        })
+        .await
+        .map_err(store_err)
+    }
+
+    async fn set_canned(&self, appid: &str, canned: Value) -> Result<(), StoreError> {
+        let (a, d) = (appid.to_owned(), canned.to_string());
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO canned (appid, data) VALUES (?1, ?2) ON CONFLICT (appid) DO UPDATE SET data = excluded.data",
+                params![a, d],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+        .map_err(store_err)
+    }
+
+    async fn connected(&self, agent: &str) -> Result<bool, StoreError> {
+        let mut all = self.presence.lock();
+        let p = all.entry(agent.to_owned()).or_default();
+        p.connections += 1;
+        Ok(p.connections == 1)
+    }
+
+    async fn disconnected(&self, agent: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let mut all = self.presence.lock();
+        let p = all.entry(agent.to_owned()).or_default();
+        p.connections = p.connections.saturating_sub(1);
+        if p.connections == 0 {
+            p.offline_since = Some(now_ms);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn set_away(&self, agent: &str, away: bool) -> Result<(), StoreError> {
+        self.presence.lock().entry(agent.to_owned()).or_default().away = away;
+        Ok(())
+    }
+
+    async fn presence(&self, agent: &str) -> Result<Presence, StoreError> {
+        Ok(self.presence.lock().get(agent).cloned().unwrap_or_default())
+    }
+}
