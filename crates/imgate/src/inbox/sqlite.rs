@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
 use super::model::Conversation;
@@ -41,6 +41,7 @@ impl SqliteConversations {
         // hold the messages themselves, this file only who owns them.
         conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {SCHEMA}"))
             .map_err(unavailable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
         Ok(Arc::new(SqliteConversations {
             db: Arc::new(Mutex::new(conn)),
             presence: Mutex::new(HashMap::new()),
@@ -92,17 +93,20 @@ impl Conversations for SqliteConversations {
         edit: Edit,
     ) -> Result<(Option<Conversation>, Option<Conversation>), InboxError> {
         let (a, c) = (appid.to_owned(), contact.to_owned());
-        // The connection's lock spans the read and the write: updates are serialised.
+        // One IMMEDIATE transaction spans the read and the write: updates are serialised,
+        // even from another connection to the file.
         self.with(move |conn| {
-            let before = read(conn, &a, &c)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+            let before = read(&tx, &a, &c)?;
             let Some(after) = edit(before.clone())? else { return Ok((before, None)) };
             let data = serde_json::to_string(&after).map_err(unavailable)?;
-            conn.execute(
+            tx.execute(
                 "INSERT INTO conversations (appid, contact, data) VALUES (?1, ?2, ?3)
                  ON CONFLICT (appid, contact) DO UPDATE SET data = excluded.data",
                 params![a, c, data],
             )
             .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
             Ok((before, Some(after)))
         })
         .await
