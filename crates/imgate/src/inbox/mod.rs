@@ -187,10 +187,14 @@ impl Inbox {
         company_id: &str,
         contact: &str,
         code: Code,
-        msg_type: &str,
         name: &str,
         msg: Value,
     ) -> Result<(), StoreError> {
+        let msg_type = match code {
+            Code::CONVERSATION => "conversation",
+            Code::NOTE => "note",
+            _ => "presence",
+        };
         let data = MessageData {
             id: uuid::Uuid::now_v7().simple().to_string(),
             name: name.to_owned(),
@@ -230,16 +234,8 @@ impl Inbox {
     ) -> Result<(), StoreError> {
         let msg = json!({"action": action, "by": by, "to": to, "note": note, "state": c.state.as_str(),
             "assignee": c.assignee});
-        self.tell(
-            &acct.agents(),
-            &c.company_id,
-            &c.contact_id,
-            Code::CONVERSATION,
-            "conversation",
-            by.unwrap_or(""),
-            msg,
-        )
-        .await
+        self.tell(&acct.agents(), &c.company_id, &c.contact_id, Code::CONVERSATION, by.unwrap_or(""), msg)
+            .await
     }
 
     // --- from ingest -----------------------------------------------------------------
@@ -502,8 +498,7 @@ impl Inbox {
             return Err(InboxError::BadRequest(format!("a note needs a text of 1 to {TEXT_MAX} characters")));
         }
         let (acct, c) = self.find(agent, contact).await?;
-        self.tell(&acct.agents(), &c.company_id, contact, Code::NOTE, "note", agent, json!({"text": text}))
-            .await?;
+        self.tell(&acct.agents(), &c.company_id, contact, Code::NOTE, agent, json!({"text": text})).await?;
         Ok(c.view(agent))
     }
 
@@ -591,8 +586,7 @@ impl Inbox {
 
     async fn tell_presence(&self, agent: &str, status: &str) -> Result<(), StoreError> {
         let to = self.colleagues(agent);
-        self.tell(&to, "", "", Code::PRESENCE, "presence", agent, json!({"agent": agent, "status": status}))
-            .await
+        self.tell(&to, "", "", Code::PRESENCE, agent, json!({"agent": agent, "status": status})).await
     }
 
     /// A socket of `user` opened. Failures only delay presence: they are logged.
