@@ -208,7 +208,12 @@ impl Ingest {
             let seqs: Vec<(String, u64)> =
                 inbound.agents.iter().cloned().zip(appended.iter().map(|a| a.seq)).collect();
             let m = crate::inbox::Message { id: &id, msg_type: &data.msg_type, msg: &data.msg };
-            inbox.inbound(&inbound.appid, &data.company_id, &inbound.openid, &seqs, m).await?;
+            // The message is committed: a failure here leaves the conversation's index behind,
+            // not the message lost, so it is logged rather than refused (a refusal would
+            // make WeChat retry a message the dedupe then drops).
+            if let Err(e) = inbox.inbound(&inbound.appid, &data.company_id, &inbound.openid, &seqs, m).await {
+                tracing::warn!(contact = %inbound.openid, error = %e, "conversation not updated");
+            }
         }
         let to = inbound.agents.first().cloned().unwrap_or_default();
         Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate })
@@ -340,7 +345,11 @@ impl Ingest {
                         msg_type: &req.content.msg_type,
                         msg: &req.content.msg,
                     };
-                    inbox.replied(&acct.config.appid, sender, &to, first.seq, m).await?;
+                    let seqs: Vec<(String, u64)> =
+                        readers.iter().cloned().zip(stored.iter().map(|a| a.seq)).collect();
+                    if let Err(e) = inbox.replied(&acct.config.appid, sender, &to, &seqs, m).await {
+                        tracing::warn!(contact = %to, error = %e, "conversation not updated");
+                    }
                 }
                 Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate: false })
             }

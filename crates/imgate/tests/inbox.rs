@@ -312,6 +312,10 @@ async fn a_non_assignee_reply_is_refused_and_the_standin_receives_nothing() {
 async fn after_a_transfer_the_new_assignee_replies_and_the_old_one_cannot() {
     let (s, w) = gateway(Routing::Claim, &["a", "b"]).await;
     let base = s.http("");
+    // A message to b from a colleague: b's mailbox numbers its copies one ahead of a's.
+    let (status, _) =
+        post(&format!("{base}/send?userid=boss"), "application/json", text_to("b", "hi b")).await;
+    assert_eq!(status, 200);
     let mut b = s.connect("/?userid=b").await;
     say(&base, "oT", "help", 1).await;
     next_code(&mut b, 1001).await;
@@ -335,8 +339,13 @@ async fn after_a_transfer_the_new_assignee_replies_and_the_old_one_cannot() {
         json!({"action": "transfer", "by": "a", "to": "b", "note": "VIP, be kind", "state": "open", "assignee": "b"})
     );
     assert_eq!(reply(&base, "a", "oT", "old owner").await.0, 403);
-    assert_eq!(reply(&base, "b", "oT", "new owner").await.0, 200);
+    let (status, ack) = reply(&base, "b", "oT", "new owner").await;
+    assert_eq!(status, 200, "{ack}");
     assert_eq!(sent_texts(&w), vec!["new owner"]);
+    // Each agent's last_message.seq is its own mailbox's.
+    let b_seq = ack["data"]["seq"].as_u64().unwrap();
+    assert_eq!(conversation(&base, "b", "oT").await["last_message"]["seq"], b_seq);
+    assert_eq!(conversation(&base, "a", "oT").await["last_message"]["seq"], b_seq - 1);
     // Transfer to someone who is no agent is refused.
     let (status, _) =
         call(&base, "POST", "/conversations/oT/transfer?userid=b", Some(json!({"to": "mallory"}))).await;
@@ -625,4 +634,25 @@ async fn canned_replies_are_kept_per_account() {
     let (_, got) = call(&base, "GET", "/canned?userid=b", None).await;
     assert_eq!(got["data"], canned);
     assert_eq!(call(&base, "GET", "/canned?userid=eve", None).await.0, 403);
+}
+
+#[tokio::test]
+async fn above_max_open_per_agent_a_conversation_waits_unassigned() {
+    let (_w, api) = standin().await;
+    let acct = AccountConfig { max_open_per_agent: 1, ..account(Routing::RoundRobin, &["a", "b"]) };
+    let s = Server::start_with(move |c| configure(c, &api, acct)).await;
+    let base = s.http("");
+    // Nobody online: a new conversation waits.
+    say(&base, "o1", "first", 1).await;
+    assert_eq!(conversation(&base, "a", "o1").await["assignee"], Value::Null);
+    // a comes online: the waiting one is a's at once.
+    let _a = online(&base, &s, "a").await;
+    until(&base, "a", "o1", "assigned to a", |c| c["assignee"] == "a").await;
+    say(&base, "o2", "second", 2).await;
+    let (_, page) = call(&base, "GET", "/conversations?userid=a&view=unassigned", None).await;
+    assert_eq!(page["data"]["conversations"][0]["contact_id"], "o2", "a holds its one: {page}");
+    assert_eq!(page["data"]["counts"]["mine"], 1);
+    // a resolves its one: the waiting one comes to a.
+    assert_eq!(call(&base, "POST", "/conversations/o1/resolve?userid=a", None).await.0, 200);
+    until(&base, "a", "o2", "assigned to a", |c| c["assignee"] == "a").await;
 }

@@ -120,9 +120,9 @@ impl Message<'_> {
         }
     }
 
-    fn last(&self, seq: u64, direction: &str) -> Value {
+    fn last(&self, direction: &str) -> Value {
         let preview: String = self.text().chars().take(60).collect();
-        json!({"seq": seq, "id": self.id, "msg_type": self.msg_type, "direction": direction, "preview": preview})
+        json!({"seq": 0, "id": self.id, "msg_type": self.msg_type, "direction": direction, "preview": preview})
     }
 }
 
@@ -253,7 +253,7 @@ impl Inbox {
     ) -> Result<(), InboxError> {
         let Some(acct) = self.account(appid) else { return Ok(()) };
         let at = now();
-        let last = m.last(seqs.first().map_or(0, |s| s.1), "in");
+        let last = m.last("in");
         let text = m.text();
         let (appid_, contact_, company) = (appid.to_owned(), contact.to_owned(), company_id.to_owned());
         let seqs = seqs.to_vec();
@@ -271,6 +271,7 @@ impl Inbox {
                     for (agent, seq) in &seqs {
                         *c.unread.entry(agent.clone()).or_default() += 1;
                         c.last_in.insert(agent.clone(), *seq);
+                        c.last_seq.insert(agent.clone(), *seq);
                     }
                     c.remember_text(&text);
                     Ok(Some(c))
@@ -306,18 +307,20 @@ impl Inbox {
         }
     }
 
-    /// An agent's reply was committed (`seq` in its mailbox): the follower is answered.
+    /// An agent's reply was committed (`seqs`: each reader's seq) and WeChat took it: the
+    /// follower is answered.
     pub async fn replied(
         &self,
         appid: &str,
         agent: &str,
         contact: &str,
-        seq: u64,
+        seqs: &[(String, u64)],
         m: Message<'_>,
     ) -> Result<(), InboxError> {
         let Some(acct) = self.account(appid) else { return Ok(()) };
         let at = now();
-        let last = m.last(seq, "out");
+        let last = m.last("out");
+        let seqs = seqs.to_vec();
         let text = m.text();
         let (appid_, contact_, company, agent_) =
             (appid.to_owned(), contact.to_owned(), acct.company_id.clone(), agent.to_owned());
@@ -331,6 +334,7 @@ impl Inbox {
                     c.last_at = c.last_at.max(at);
                     c.last_message = Some(last.clone());
                     c.unread.insert(agent_.clone(), 0);
+                    c.last_seq.extend(seqs.iter().cloned());
                     c.remember_text(&text);
                     Ok(Some(c))
                 }),
@@ -377,8 +381,10 @@ impl Inbox {
             return Ok(c.view(agent));
         };
         self.told(acct, &after, action, Some(agent), to, note).await?;
-        if acct.routing == Routing::RoundRobin && after.assignee.is_none() && after.state == ConvState::Open {
-            self.route(acct, contact, &mut HashMap::new()).await?;
+        // A change may free an agent (resolve, transfer) or a conversation (reopen): under
+        // round_robin, what waits is routed now rather than at the next sweep.
+        if acct.routing == Routing::RoundRobin {
+            self.route_unassigned(acct).await?;
         }
         Ok(after.view(agent))
     }
@@ -590,7 +596,7 @@ impl Inbox {
     }
 
     /// A socket of `user` opened. Failures only delay presence: they are logged.
-    pub async fn connected(&self, user: &str) {
+    pub async fn connected(self: &Arc<Self>, user: &str) {
         if !self.routed_agent(user) {
             return;
         }
@@ -598,12 +604,43 @@ impl Inbox {
             if self.convs.connected(user).await? {
                 let p = self.convs.presence(user).await?;
                 self.tell_presence(user, p.status()).await?;
+                if p.status() == "online" {
+                    self.clone().route_waiting(user);
+                }
             }
             Ok::<_, StoreError>(())
         };
         if let Err(e) = r.await {
             tracing::warn!(agent = %user, error = %e, "presence not recorded");
         }
+    }
+
+    /// `agent` became available: under round_robin, conversations waiting unassigned in
+    /// its accounts find an agent now rather than at the next sweep.
+    fn route_waiting(self: Arc<Self>, agent: &str) {
+        let accounts: Vec<AccountConfig> =
+            self.accounts_of(agent).filter(|a| a.routing == Routing::RoundRobin).cloned().collect();
+        if accounts.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for acct in &accounts {
+                if let Err(e) = self.route_unassigned(acct).await {
+                    tracing::warn!(error = %e, "routing waiting conversations failed; the sweep retries");
+                }
+            }
+        });
+    }
+
+    /// Route every open, unassigned conversation of a round_robin `acct`.
+    async fn route_unassigned(&self, acct: &AccountConfig) -> Result<(), InboxError> {
+        let mut seen = HashMap::new();
+        for c in self.convs.list(&acct.appid).await? {
+            if c.assignee.is_none() && c.state == ConvState::Open {
+                self.route(acct, &c.contact_id, &mut seen).await?;
+            }
+        }
+        Ok(())
     }
 
     /// A socket of `user` closed.
@@ -622,7 +659,7 @@ impl Inbox {
         }
     }
 
-    pub async fn set_presence(&self, agent: &str, status: &str) -> Result<Value, InboxError> {
+    pub async fn set_presence(self: &Arc<Self>, agent: &str, status: &str) -> Result<Value, InboxError> {
         let away = match status {
             "away" => true,
             "online" => false,
@@ -636,6 +673,9 @@ impl Inbox {
         let after = Presence { away, ..before.clone() };
         if after.status() != before.status() && self.routed_agent(agent) {
             self.tell_presence(agent, after.status()).await?;
+            if after.status() == "online" {
+                self.clone().route_waiting(agent);
+            }
         }
         Ok(json!({"agent": agent, "status": after.status()}))
     }

@@ -49,6 +49,9 @@ pub struct Conversation {
     /// The seq, in each agent's mailbox, of the follower's latest message: a read up to
     /// it clears that agent's unread count.
     pub last_in: BTreeMap<String, u64>,
+    /// The seq of the last message, either way, in each agent's mailbox: each mailbox
+    /// numbers its own copy.
+    pub last_seq: BTreeMap<String, u64>,
     /// The latest message text, for `q`.
     pub text: String,
 }
@@ -95,7 +98,12 @@ impl Conversation {
             "unread": self.unread.get(viewer).copied().unwrap_or(0),
             "waiting_since": if self.state == ConvState::Open { self.waiting_since } else { None },
             "last_at": self.last_at,
-            "last_message": self.last_message,
+            "last_message": self.last_message.clone().map(|mut m| {
+                if let Some(seq) = self.last_seq.get(viewer) {
+                    m["seq"] = json!(seq);
+                }
+                m
+            }),
             "profile": {"name": self.profile_name, "avatar": self.profile_avatar},
         })
     }
