@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use imgate::inbox::model::Conversation;
+use imgate::inbox::model::{ConvState, Conversation};
 use imgate::inbox::{DynConversations, Edit, InboxError};
 use serde_json::json;
 use tempfile::TempDir;
@@ -184,6 +184,41 @@ async fn conversations_are_separate_whatever_their_names(e: impl Engine) {
     assert_eq!(c.list("a:b").await.unwrap().len(), 1);
 }
 
+fn set(assignee: Option<&'static str>, state: ConvState) -> Edit {
+    edit(move |cur| {
+        let mut c = cur.unwrap();
+        c.assignee = assignee.map(str::to_owned);
+        c.state = state;
+        Ok(Some(c))
+    })
+}
+
+async fn open_load_follows_assignees_and_states(e: impl Engine) {
+    let c = e.open();
+    let load = |c: &DynConversations| {
+        let c = c.clone();
+        async move {
+            c.open_load("wxA").await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect::<BTreeMap<_, _>>()
+        }
+    };
+    for f in ["o1", "o2", "o3"] {
+        c.update("wxA", f, create("wxA", f)).await.unwrap();
+    }
+    assert_eq!(load(&c).await, BTreeMap::new());
+    c.update("wxA", "o1", set(Some("a"), ConvState::Open)).await.unwrap();
+    c.update("wxA", "o2", set(Some("a"), ConvState::Open)).await.unwrap();
+    c.update("wxA", "o3", set(Some("b"), ConvState::Open)).await.unwrap();
+    assert_eq!(load(&c).await, BTreeMap::from([("a".to_owned(), 2), ("b".to_owned(), 1)]));
+    // A transfer moves one; a resolve frees one; a reopen takes it back.
+    c.update("wxA", "o2", set(Some("b"), ConvState::Open)).await.unwrap();
+    c.update("wxA", "o1", set(Some("a"), ConvState::Resolved)).await.unwrap();
+    assert_eq!(load(&c).await, BTreeMap::from([("b".to_owned(), 2)]));
+    c.update("wxA", "o1", set(Some("a"), ConvState::Open)).await.unwrap();
+    c.update("wxA", "o3", set(None, ConvState::Open)).await.unwrap();
+    assert_eq!(load(&c).await, BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]));
+    assert_eq!(c.open_load("wxB").await.unwrap().len(), 0, "accounts are separate");
+}
+
 macro_rules! engines {
     ($($engine:ident => $make:expr),* $(,)?) => {$(
         mod $engine {
@@ -193,6 +228,7 @@ macro_rules! engines {
             #[tokio::test] async fn reopen() { everything_survives_reopening($make).await }
             #[tokio::test] async fn canned() { canned_replies_are_per_account($make).await }
             #[tokio::test] async fn presence() { presence_counts_sockets_and_remembers_away($make).await }
+            #[tokio::test] async fn open_load() { open_load_follows_assignees_and_states($make).await }
             #[tokio::test] async fn names() { conversations_are_separate_whatever_their_names($make).await }
         }
     )*};

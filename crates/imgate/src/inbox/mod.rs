@@ -89,6 +89,9 @@ pub trait Conversations: Send + Sync + 'static {
     ) -> Result<(Option<Conversation>, Option<Conversation>), InboxError>;
     /// Every conversation of an account (the index, not the mailboxes).
     async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError>;
+    /// How many open conversations each agent of an account holds (agents holding none
+    /// may be missing). Kept with every update, so routing does not read every record.
+    async fn open_load(&self, appid: &str) -> Result<HashMap<String, usize>, StoreError>;
     async fn canned(&self, appid: &str) -> Result<Value, StoreError>;
     async fn set_canned(&self, appid: &str, canned: Value) -> Result<(), StoreError>;
     /// A socket of `agent` opened; true when it is the first, on every node.
@@ -705,12 +708,7 @@ impl Inbox {
         contact: &str,
         seen: &mut HashMap<String, Presence>,
     ) -> Result<(), InboxError> {
-        let mut load: HashMap<String, usize> = HashMap::new();
-        for c in self.convs.list(&acct.appid).await? {
-            if let (Some(a), ConvState::Open) = (c.assignee, c.state) {
-                *load.entry(a).or_default() += 1;
-            }
-        }
+        let load = self.convs.open_load(&acct.appid).await?;
         let mut best: Option<(usize, String)> = None;
         for agent in acct.agents() {
             let p = match seen.get(&agent) {

@@ -66,6 +66,11 @@ impl Conversation {
         }
     }
 
+    /// The agent this conversation counts against: its assignee while open.
+    pub fn load_of(&self) -> Option<&str> {
+        if self.state == ConvState::Open { self.assignee.as_deref() } else { None }
+    }
+
     /// Open and a follower message not answered.
     pub fn waiting(&self) -> bool {
         self.state == ConvState::Open && self.waiting_since.is_some()

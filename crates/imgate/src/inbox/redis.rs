@@ -7,6 +7,7 @@
 //! Presence counts each node's sockets per agent; a node's counts hold while its own
 //! key, renewed by its sweeper, lives: a node that died stops counting.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,13 +27,18 @@ const NODE_TTL_SECS: u64 = 30;
 /// this many tries the update gives up (503) rather than spin.
 const CAS_TRIES: usize = 64;
 
-/// KEYS[1] conversation, KEYS[2] the account's index; ARGV: version read, new version,
-/// data, contact.
+/// KEYS[1] conversation, KEYS[2] the account's index, KEYS[3] the account's open load
+/// per agent; ARGV: version read, new version, data, contact, the agent it counted
+/// against before and after ('' for none).
 const CAS: &str = r"
 local v = redis.call('HGET', KEYS[1], 'v') or '0'
 if v ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'data', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[4])
+if ARGV[5] ~= ARGV[6] then
+  if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[5], -1) end
+  if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[6], 1) end
+end
 return 1
 ";
 
@@ -46,7 +52,12 @@ end
 local t = 0
 local h = redis.call('HGETALL', KEYS[1])
 for i = 1, #h, 2 do
-  if redis.call('EXISTS', ARGV[1] .. h[i]) == 1 then t = t + tonumber(h[i + 1]) end
+  if redis.call('EXISTS', ARGV[1] .. h[i]) == 1 then
+    t = t + tonumber(h[i + 1])
+  else
+    -- a node that died: its sockets are gone
+    redis.call('HDEL', KEYS[1], h[i])
+  end
 end
 return t
 ";
@@ -148,10 +159,13 @@ impl Conversations for RedisConversations {
                 .cas
                 .key(conv_key(appid, contact))
                 .key(index_key(appid))
+                .key(format!("{P}:load:{appid}"))
                 .arg(&v)
                 .arg(next)
                 .arg(data)
                 .arg(contact)
+                .arg(before.as_ref().and_then(Conversation::load_of).unwrap_or(""))
+                .arg(after.load_of().unwrap_or(""))
                 .invoke_async(&mut c)
                 .await
                 .map_err(unavailable)?;
@@ -180,6 +194,12 @@ impl Conversations for RedisConversations {
             }
         }
         Ok(out)
+    }
+
+    async fn open_load(&self, appid: &str) -> Result<HashMap<String, usize>, StoreError> {
+        let mut c = self.conn.clone();
+        let all: HashMap<String, i64> = c.hgetall(format!("{P}:load:{appid}")).await.map_err(unavailable)?;
+        Ok(all.into_iter().filter(|(_, n)| *n > 0).map(|(a, n)| (a, n as usize)).collect())
     }
 
     async fn canned(&self, appid: &str) -> Result<Value, StoreError> {

@@ -20,8 +20,11 @@ CREATE TABLE IF NOT EXISTS conversations (
     appid TEXT NOT NULL,
     contact TEXT NOT NULL,
     data TEXT NOT NULL,
+    -- the assignee while open (Conversation::load_of), for open_load
+    load_of TEXT,
     PRIMARY KEY (appid, contact)
 );
+CREATE INDEX IF NOT EXISTS conversations_load ON conversations (appid, load_of) WHERE load_of IS NOT NULL;
 CREATE TABLE IF NOT EXISTS canned (appid TEXT PRIMARY KEY, data TEXT NOT NULL);
 ";
 
@@ -101,9 +104,9 @@ impl Conversations for SqliteConversations {
             let Some(after) = edit(before.clone())? else { return Ok((before, None)) };
             let data = serde_json::to_string(&after).map_err(unavailable)?;
             tx.execute(
-                "INSERT INTO conversations (appid, contact, data) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (appid, contact) DO UPDATE SET data = excluded.data",
-                params![a, c, data],
+                "INSERT INTO conversations (appid, contact, data, load_of) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (appid, contact) DO UPDATE SET data = excluded.data, load_of = excluded.load_of",
+                params![a, c, data, after.load_of()],
             )
             .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
@@ -122,6 +125,26 @@ impl Conversations for SqliteConversations {
             let mut out = Vec::new();
             for r in rows {
                 out.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(unavailable)?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(store_err)
+    }
+
+    async fn open_load(&self, appid: &str) -> Result<HashMap<String, usize>, StoreError> {
+        let a = appid.to_owned();
+        self.with(move |conn| {
+            let mut s = conn
+                .prepare_cached(
+                    "SELECT load_of, count(*) FROM conversations WHERE appid = ?1 AND load_of IS NOT NULL GROUP BY load_of",
+                )
+                .map_err(unavailable)?;
+            let rows = s.query_map([&a], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(unavailable)?;
+            let mut out = HashMap::new();
+            for r in rows {
+                let (agent, n) = r.map_err(unavailable)?;
+                out.insert(agent, n.max(0) as usize);
             }
             Ok(out)
         })
