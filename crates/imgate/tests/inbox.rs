@@ -656,3 +656,78 @@ async fn above_max_open_per_agent_a_conversation_waits_unassigned() {
     assert_eq!(call(&base, "POST", "/conversations/o1/resolve?userid=a", None).await.0, 200);
     until(&base, "a", "o2", "assigned to a", |c| c["assignee"] == "a").await;
 }
+
+#[tokio::test]
+async fn in_token_mode_agents_act_as_their_token_and_a_crm_with_an_api_key() {
+    const SECRET: &str = "a-test-secret-of-32-bytes-or-more";
+    const KEY: &str = "backend-key-1-of-32-characters-or-more";
+    let jwt = |sub: &str| {
+        let claims = json!({"sub": sub, "exp": time::OffsetDateTime::now_utc().unix_timestamp() + 600});
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let (_w, api) = standin().await;
+    let acct = account(Routing::Claim, &["a", "b"]);
+    let s = Server::start_with(move |c| {
+        c.auth.mode = imgate::config::AuthMode::Token;
+        c.auth.jwt_secret = SECRET.into();
+        c.auth.api_keys = vec![KEY.into()];
+        configure(c, &api, acct);
+    })
+    .await;
+    let base = s.http("");
+    say(&base, "oK", "hi", 1).await;
+    let http = reqwest::Client::new();
+    let claim = |auth: Option<String>, query: &str| {
+        let mut r = http.post(format!("{base}{P}/conversations/oK/claim{query}"));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = claim(None, "?userid=a").await;
+    assert_eq!((status, &body["result"]["code"]), (401, &json!(-1)), "{body}");
+    let (status, _) = claim(Some(format!("Bearer {}", jwt("a"))), "?userid=b").await;
+    assert_eq!(status, 403, "a's token does not act as b");
+    let (status, body) = claim(Some(format!("Bearer {}", jwt("b"))), "").await;
+    assert_eq!((status, &body["data"]["assignee"]), (200, &json!("b")), "{body}");
+    // A CRM holding an API key acts as the agent it names.
+    let (status, body) = claim(Some(format!("Bearer {KEY}")), "?userid=a").await;
+    assert_eq!((status, &body["data"]["assignee"]), (409, &json!("b")), "{body}");
+}
+
+#[tokio::test]
+async fn round_robin_counts_agents_online_on_either_node() {
+    let redis = Redis::start();
+    let (_w, api) = standin().await;
+    let media = tempfile::tempdir().unwrap();
+    let node = || {
+        let (api, url, media) = (api.clone(), redis.url(), media.path().to_owned());
+        let acct = account(Routing::RoundRobin, &["a", "b", "c"]);
+        Server::start_with(move |c| {
+            c.store.engine = Engine::Redis;
+            c.store.redis_url = url;
+            c.wechat.media_dir = media;
+            configure(c, &api, acct);
+        })
+    };
+    let (n1, n2) = (node().await, node().await);
+    let (b1, b2) = (n1.http(""), n2.http(""));
+    // a on node 1, b on node 2; c nowhere.
+    let _a = online(&b2, &n1, "a").await;
+    let _b = online(&b1, &n2, "b").await;
+    for (i, f) in ["o1", "o2", "o3", "o4"].iter().enumerate() {
+        let base = if i % 2 == 0 { &b1 } else { &b2 };
+        say(base, f, "hi", i as u64 + 1).await;
+    }
+    let mut load: BTreeMap<String, usize> = BTreeMap::new();
+    for f in ["o1", "o2", "o3", "o4"] {
+        let c = until(&b1, "c", f, "assigned", |c| c["assignee"].is_string()).await;
+        *load.entry(c["assignee"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(load, BTreeMap::from([("a".to_owned(), 2), ("b".to_owned(), 2)]));
+}
