@@ -731,3 +731,38 @@ async fn round_robin_counts_agents_online_on_either_node() {
     }
     assert_eq!(load, BTreeMap::from([("a".to_owned(), 2), ("b".to_owned(), 2)]));
 }
+
+#[test]
+fn routing_keys_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imgate.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[[wechat.accounts]]\noriginal_id = \"{ORIGINAL}\"\nappid = \"{APPID}\"\ntoken = \"t\"\n\
+                 agents = [\"a\"]\n{extra}"
+            ),
+        )
+        .unwrap();
+        Config::load(Some(&file), &Default::default())
+    };
+    let c = write("").unwrap();
+    let a = &c.wechat.accounts[0];
+    assert_eq!(
+        (a.routing, a.max_open_per_agent, a.reassign_after),
+        (Routing::All, 20, Duration::from_secs(300))
+    );
+    let c = write("routing = \"round_robin\"\nmax_open_per_agent = 3\nreassign_after = \"90s\"\n").unwrap();
+    let a = &c.wechat.accounts[0];
+    assert_eq!(
+        (a.routing, a.max_open_per_agent, a.reassign_after),
+        (Routing::RoundRobin, 3, Duration::from_secs(90))
+    );
+    c.validate().unwrap();
+    assert!(write("routing = \"first_come\"\n").is_err(), "an unknown routing is refused");
+    for bad in ["max_open_per_agent = 0\n", "reassign_after = \"0s\"\n"] {
+        let err = write(bad).unwrap_err().to_string();
+        assert!(err.contains("max_open_per_agent"), "{bad}: {err}");
+    }
+}
