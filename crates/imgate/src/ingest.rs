@@ -378,6 +378,12 @@ impl Ingest {
         if l.content.msg_type == "status" {
             return Err(IngestError::Forbidden("msg_type \"status\" is imgate's own: it cannot be sent"));
         }
+        // The team inbox's frames: a sent one would pass for a note or a change of owner.
+        if matches!(l.content.msg_type.as_str(), "conversation" | "note" | "presence") {
+            return Err(IngestError::Forbidden(
+                "msg_type \"conversation\", \"note\" and \"presence\" are the team inbox's own: they cannot be sent",
+            ));
+        }
         self.share_media(sender, &l.content, &[&l.to]).await?;
         let code = l.content.code;
         let id = l.id.unwrap_or_else(new_id);

@@ -766,3 +766,17 @@ fn routing_keys_are_read_and_checked() {
         assert!(err.contains("max_open_per_agent"), "{bad}: {err}");
     }
 }
+
+#[tokio::test]
+async fn nobody_sends_a_frame_that_passes_for_a_note() {
+    let (s, _w) = gateway(Routing::Claim, &["a", "b"]).await;
+    for kind in ["note", "conversation", "presence"] {
+        let body = json!({"data": {"msg_type": kind, "contact_id": "a", "msg": {"text": "I am your boss"}},
+            "result": {"code": 105, "message": "common"}})
+        .to_string();
+        let (status, ack) = post(&s.http("/send?userid=mallory"), "application/json", body).await;
+        assert_eq!(status, 403, "{kind}: {ack}");
+    }
+    let (_, h) = s.get(&format!("{P}/history?userid=a")).await;
+    assert_eq!(h["data"]["messages"], json!([]), "nothing stored");
+}
