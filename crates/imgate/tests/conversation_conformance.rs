@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use imgate::inbox::model::{ConvState, Conversation};
+use imgate::inbox::model::{ConvState, Conversation, ListQuery, Page, Rank, View, page};
 use imgate::inbox::{DynConversations, Edit, InboxError};
 use serde_json::json;
 use tempfile::TempDir;
@@ -219,6 +219,53 @@ async fn open_load_follows_assignees_and_states(e: impl Engine) {
     assert_eq!(c.open_load("wxB").await.unwrap().len(), 0, "accounts are separate");
 }
 
+/// Every page an engine gives is the reference's (`model::page` over `list`), in every
+/// view, state and search, paged by every cursor.
+async fn pages_are_the_references(e: impl Engine) {
+    let c = e.open();
+    for i in 0..30i64 {
+        let contact: &'static str = Box::leak(format!("o{i:02}").into_boxed_str());
+        c.update(
+            if i % 5 == 0 { "wxB" } else { "wxA" },
+            contact,
+            edit(move |_| {
+                let mut v = Conversation::new("wxA", contact, "acme");
+                v.assignee = [None, Some("a".to_owned()), Some("b".to_owned())][(i % 3) as usize].clone();
+                v.state = if i % 4 == 0 { ConvState::Resolved } else { ConvState::Open };
+                v.waiting_since = (i % 2 == 0).then_some(1_000 + (i * 7) % 11);
+                v.last_at = 2_000 + (i * 13) % 17;
+                v.remember_text(if i % 3 == 0 { "where is my PARCEL" } else { "hello" });
+                Ok(Some(v))
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    let appids = vec!["wxA".to_owned(), "wxB".to_owned()];
+    let mut all = c.list("wxA").await.unwrap();
+    all.extend(c.list("wxB").await.unwrap());
+    for view in [View::Mine, View::Unassigned, View::All, View::Waiting] {
+        for state in [None, Some(ConvState::Open), Some(ConvState::Resolved)] {
+            for q in [None, Some("parcel".to_owned())] {
+                for limit in [1, 7, 50] {
+                    let mut cursor = None;
+                    loop {
+                        let query = ListQuery { view, state, q: q.clone(), limit, cursor: cursor.clone() };
+                        let got = c.page(&appids, "a", &query).await.unwrap();
+                        let want = page(all.clone(), "a", &query);
+                        let ids = |p: &Page| p.0.iter().map(|c| c.contact_id.clone()).collect::<Vec<_>>();
+                        assert_eq!((ids(&got), &got.1, &got.2), (ids(&want), &want.1, &want.2), "{query:?}");
+                        match got.1 {
+                            Some(n) => cursor = Rank::parse(&n),
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 macro_rules! engines {
     ($($engine:ident => $make:expr),* $(,)?) => {$(
         mod $engine {
@@ -229,6 +276,7 @@ macro_rules! engines {
             #[tokio::test] async fn canned() { canned_replies_are_per_account($make).await }
             #[tokio::test] async fn presence() { presence_counts_sockets_and_remembers_away($make).await }
             #[tokio::test] async fn open_load() { open_load_follows_assignees_and_states($make).await }
+            #[tokio::test] async fn pages() { pages_are_the_references($make).await }
             #[tokio::test] async fn names() { conversations_are_separate_whatever_their_names($make).await }
         }
     )*};

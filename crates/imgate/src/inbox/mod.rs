@@ -89,6 +89,21 @@ pub trait Conversations: Send + Sync + 'static {
     ) -> Result<(Option<Conversation>, Option<Conversation>), InboxError>;
     /// Every conversation of an account (the index, not the mailboxes).
     async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError>;
+    /// One page of the conversations of `appids` as `viewer` asks for it (see
+    /// [`model::page`], whose result every engine must give). By default, in this process
+    /// over [`list`](Self::list); an engine may answer from its own index.
+    async fn page(
+        &self,
+        appids: &[String],
+        viewer: &str,
+        query: &ListQuery,
+    ) -> Result<model::Page, StoreError> {
+        let mut all = Vec::new();
+        for appid in appids {
+            all.extend(self.list(appid).await?);
+        }
+        Ok(model::page(all, viewer, query))
+    }
     /// How many open conversations each agent of an account holds (agents holding none
     /// may be missing). Kept with every update, so routing does not read every record.
     async fn open_load(&self, appid: &str) -> Result<HashMap<String, usize>, StoreError>;
@@ -353,16 +368,11 @@ impl Inbox {
     }
 
     pub async fn list(&self, agent: &str, query: &ListQuery) -> Result<Value, InboxError> {
-        let mut all = Vec::new();
-        let mut member = false;
-        for acct in self.accounts_of(agent) {
-            member = true;
-            all.extend(self.convs.list(&acct.appid).await?);
-        }
-        if !member {
+        let appids: Vec<String> = self.accounts_of(agent).map(|a| a.appid.clone()).collect();
+        if appids.is_empty() {
             return Err(InboxError::NotAgent(agent.to_owned()));
         }
-        let (rows, next, counts) = model::page(all, agent, query);
+        let (rows, next, counts) = self.convs.page(&appids, agent, query).await?;
         let conversations: Vec<Value> = rows.iter().map(|c| c.view(agent)).collect();
         Ok(json!({"conversations": conversations, "next": next, "counts": counts}))
     }

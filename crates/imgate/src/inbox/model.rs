@@ -168,6 +168,7 @@ impl View {
     }
 }
 
+#[derive(Clone, Debug)]
 pub struct ListQuery {
     pub view: View,
     pub state: Option<ConvState>,
@@ -177,9 +178,40 @@ pub struct ListQuery {
 }
 
 fn matches(c: &Conversation, q: &str) -> bool {
-    let q = q.to_lowercase();
-    [&c.text, &c.profile_name, &c.contact_id].iter().any(|s| s.to_lowercase().contains(&q))
+    c.search().contains(&q.to_lowercase())
 }
+
+impl Conversation {
+    /// What `q` searches, lowercased: the kept text, the name, the openid.
+    pub fn search(&self) -> String {
+        format!("{}\n{}\n{}", self.text, self.profile_name, self.contact_id).to_lowercase()
+    }
+}
+
+impl Rank {
+    /// The parts, for an engine that orders in its own query.
+    pub fn parts(&self) -> (u8, i64, &str) {
+        (self.0, self.1, &self.2)
+    }
+
+    pub fn parts_owned(self) -> (u8, i64, String) {
+        (self.0, self.1, self.2)
+    }
+}
+
+impl View {
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Mine => "mine",
+            View::Unassigned => "unassigned",
+            View::All => "all",
+            View::Waiting => "waiting",
+        }
+    }
+}
+
+/// A page: the conversations, the next cursor, the counts of each view.
+pub type Page = (Vec<Conversation>, Option<String>, Value);
 
 /// One page of `all` (every conversation of the viewer's accounts) as `viewer` asks for it,
 /// the cursor of the next page, and the counts of each view (under the same `state` and

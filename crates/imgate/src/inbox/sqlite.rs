@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde_json::Value;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
+use serde_json::{Value, json};
 
-use super::model::Conversation;
+use super::model::{Conversation, ListQuery, Page, View};
 use super::{Conversations, Edit, InboxError, Presence};
 use crate::store::StoreError;
 
@@ -22,8 +23,15 @@ CREATE TABLE IF NOT EXISTS conversations (
     data TEXT NOT NULL,
     -- the assignee while open (Conversation::load_of), for open_load
     load_of TEXT,
+    -- for the list: Conversation::rank, state, assignee, search
+    rank_w INTEGER NOT NULL DEFAULT 1,
+    rank_k INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'open',
+    assignee TEXT,
+    search TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (appid, contact)
 );
+CREATE INDEX IF NOT EXISTS conversations_rank ON conversations (appid, rank_w, rank_k, contact);
 CREATE INDEX IF NOT EXISTS conversations_load ON conversations (appid, load_of) WHERE load_of IS NOT NULL;
 CREATE TABLE IF NOT EXISTS canned (appid TEXT PRIMARY KEY, data TEXT NOT NULL);
 ";
@@ -103,10 +111,14 @@ impl Conversations for SqliteConversations {
             let before = read(&tx, &a, &c)?;
             let Some(after) = edit(before.clone())? else { return Ok((before, None)) };
             let data = serde_json::to_string(&after).map_err(unavailable)?;
+            let (w, k, _) = after.rank().parts_owned();
             tx.execute(
-                "INSERT INTO conversations (appid, contact, data, load_of) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (appid, contact) DO UPDATE SET data = excluded.data, load_of = excluded.load_of",
-                params![a, c, data, after.load_of()],
+                "INSERT INTO conversations (appid, contact, data, load_of, rank_w, rank_k, state, assignee, search)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (appid, contact) DO UPDATE SET data = excluded.data, load_of = excluded.load_of,
+                   rank_w = excluded.rank_w, rank_k = excluded.rank_k, state = excluded.state,
+                   assignee = excluded.assignee, search = excluded.search",
+                params![a, c, data, after.load_of(), w, k, after.state.as_str(), after.assignee, after.search()],
             )
             .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
@@ -127,6 +139,71 @@ impl Conversations for SqliteConversations {
                 out.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(unavailable)?);
             }
             Ok(out)
+        })
+        .await
+        .map_err(store_err)
+    }
+
+    /// The list from the table's own columns and index: only the page's records are read.
+    async fn page(&self, appids: &[String], viewer: &str, query: &ListQuery) -> Result<Page, StoreError> {
+        let (appids, viewer, query) = (appids.to_vec(), viewer.to_owned(), query.clone());
+        self.with(move |conn| {
+            let mut filter = format!("appid IN ({})", vec!["?"; appids.len()].join(","));
+            let mut args: Vec<SqlValue> = appids.iter().map(|a| SqlValue::Text(a.clone())).collect();
+            if let Some(state) = query.state {
+                filter.push_str(" AND state = ?");
+                args.push(SqlValue::Text(state.as_str().into()));
+            }
+            if let Some(q) = &query.q {
+                filter.push_str(" AND instr(search, ?) > 0");
+                args.push(SqlValue::Text(q.to_lowercase()));
+            }
+            let mut count_args = vec![SqlValue::Text(viewer.clone())];
+            count_args.extend(args.iter().cloned());
+            let (all, mine, unassigned, waiting): (i64, i64, i64, i64) = conn
+                .query_row(
+                    &format!(
+                        "SELECT count(*), coalesce(sum(assignee = ?), 0),
+                           coalesce(sum(assignee IS NULL AND state = 'open'), 0), coalesce(sum(rank_w = 0), 0)
+                         FROM conversations WHERE {filter}"
+                    ),
+                    params_from_iter(count_args),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .map_err(unavailable)?;
+            match query.view {
+                View::Mine => {
+                    filter.push_str(" AND assignee = ?");
+                    args.push(SqlValue::Text(viewer.clone()));
+                }
+                View::Unassigned => filter.push_str(" AND assignee IS NULL AND state = 'open'"),
+                View::Waiting => filter.push_str(" AND rank_w = 0"),
+                View::All => {}
+            }
+            if let Some(after) = &query.cursor {
+                let (w, k, contact) = after.parts();
+                filter.push_str(" AND (rank_w, rank_k, contact) > (?, ?, ?)");
+                args.extend([
+                    SqlValue::Integer(w.into()),
+                    SqlValue::Integer(k),
+                    SqlValue::Text(contact.into()),
+                ]);
+            }
+            args.push(SqlValue::Integer(query.limit as i64 + 1));
+            let mut s = conn
+                .prepare(&format!(
+                    "SELECT data FROM conversations WHERE {filter} ORDER BY rank_w, rank_k, contact LIMIT ?"
+                ))
+                .map_err(unavailable)?;
+            let mut rows: Vec<Conversation> = Vec::new();
+            for r in s.query_map(params_from_iter(args), |r| r.get::<_, String>(0)).map_err(unavailable)? {
+                rows.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(unavailable)?);
+            }
+            let more = rows.len() > query.limit;
+            rows.truncate(query.limit);
+            let next = if more { rows.last().map(|c| c.rank().cursor()) } else { None };
+            let counts = json!({"mine": mine, "unassigned": unassigned, "all": all, "waiting": waiting});
+            Ok((rows, next, counts))
         })
         .await
         .map_err(store_err)
