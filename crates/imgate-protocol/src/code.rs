@@ -14,6 +14,12 @@ impl Code {
     pub const SYSTEM: Code = Code(102);
     /// The outcome of a message sent to a WeChat follower (`msg.ref` is its id).
     pub const STATUS: Code = Code(103);
+    /// A change to a team-inbox conversation: claim, transfer, resolve, reopen, assign.
+    pub const CONVERSATION: Code = Code(104);
+    /// An internal note in a conversation: for the account's agents, never for WeChat.
+    pub const NOTE: Code = Code(105);
+    /// An agent came online, went away or offline.
+    pub const PRESENCE: Code = Code(106);
     pub const TEXT: Code = Code(1001);
     pub const IMAGE: Code = Code(1002);
     pub const VOICE: Code = Code(1003);

@@ -118,6 +118,14 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   company_id = \"...\"                company_id of this account's messages
   agents = [\"...\"]                  users who receive the account's messages; empty = the user
                                      named by ToUserName (the original id)
+  routing = \"all\"                   who answers a follower (docs/inbox.md): all: every agent
+                                     (no owner); claim: the first agent to claim it; round_robin:
+                                     the online agent with the fewest open conversations
+  max_open_per_agent = 20            round_robin: open conversations one agent is given at most;
+                                     past it, a new conversation waits unassigned
+  reassign_after = \"5m\"              claim/round_robin: an assignee offline this long while the
+                                     follower waits loses the conversation (unassigned, or the next
+                                     agent under round_robin)
 
   [protocol]
   create_time_zone = \"+08:00\"        zone of a CreateTime written as YYYY-MM-DD HH:MM:SS
@@ -208,7 +216,7 @@ impl Default for WechatConfig {
     }
 }
 
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccountConfig {
     pub original_id: String,
@@ -218,6 +226,41 @@ pub struct AccountConfig {
     pub encoding_aes_key: String,
     pub company_id: String,
     pub agents: Vec<String>,
+    /// Who answers a follower: see [`Routing`].
+    pub routing: Routing,
+    pub max_open_per_agent: usize,
+    #[serde(with = "humantime_serde")]
+    pub reassign_after: Duration,
+}
+
+impl Default for AccountConfig {
+    fn default() -> Self {
+        AccountConfig {
+            original_id: String::new(),
+            appid: String::new(),
+            secret: String::new(),
+            token: String::new(),
+            encoding_aes_key: String::new(),
+            company_id: String::new(),
+            agents: Vec::new(),
+            routing: Routing::All,
+            max_open_per_agent: 20,
+            reassign_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How an account's conversations find their agent (docs/inbox.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// Every agent receives and may answer every follower (imgate before the team inbox).
+    #[default]
+    All,
+    /// A new conversation is unassigned until one agent claims it; only it replies.
+    Claim,
+    /// A new conversation goes to the online agent with the fewest open ones.
+    RoundRobin,
 }
 
 /// Secrets stay out of logs.
@@ -232,6 +275,9 @@ impl std::fmt::Debug for AccountConfig {
             .field("encoding_aes_key", &set(&self.encoding_aes_key))
             .field("company_id", &self.company_id)
             .field("agents", &self.agents)
+            .field("routing", &self.routing)
+            .field("max_open_per_agent", &self.max_open_per_agent)
+            .field("reassign_after", &self.reassign_after)
             .finish()
     }
 }
@@ -648,6 +694,12 @@ impl Config {
             }
             if !a.encoding_aes_key.is_empty() && imgate_wechat::Cipher::new(&a.encoding_aes_key).is_err() {
                 return bad("wechat.accounts.encoding_aes_key", "must be the 43 characters WeChat shows");
+            }
+            if a.max_open_per_agent == 0 || a.reassign_after.is_zero() {
+                return bad(
+                    "wechat.accounts.max_open_per_agent",
+                    "max_open_per_agent and reassign_after must be above zero",
+                );
             }
         }
         self.check_magnitudes()?;

@@ -14,6 +14,7 @@ use imgate_protocol::{
 use serde_json::{Value, json};
 use time::UtcOffset;
 
+use crate::inbox::{Inbox, InboxError};
 use crate::store::{DynStore, NewMessage, StoreError};
 use crate::wechat::{Account, Inbound, Wechat, WechatError};
 
@@ -51,6 +52,9 @@ pub enum IngestError {
     NotAnAgent(String),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The team inbox refused: another agent owns the conversation (403).
+    #[error("{0}")]
+    NotAssignee(String),
     /// The message carries media of this gateway its sender may not see.
     #[error("{0}")]
     MediaForbidden(String),
@@ -88,6 +92,7 @@ pub struct Ingest {
     zone: UtcOffset,
     company_id: String,
     wechat: Option<Arc<Wechat>>,
+    inbox: Option<Arc<Inbox>>,
     /// The largest frame a message may become (`Config::frame_max`): what every socket's
     /// write buffer is sized for.
     frame_max: usize,
@@ -103,8 +108,14 @@ pub enum Sender<'a> {
 }
 
 impl Ingest {
-    pub fn new(store: DynStore, zone: UtcOffset, company_id: String, wechat: Option<Arc<Wechat>>) -> Ingest {
-        Ingest { store, zone, company_id, wechat, frame_max: usize::MAX }
+    pub fn new(
+        store: DynStore,
+        zone: UtcOffset,
+        company_id: String,
+        wechat: Option<Arc<Wechat>>,
+        inbox: Option<Arc<Inbox>>,
+    ) -> Ingest {
+        Ingest { store, zone, company_id, wechat, inbox, frame_max: usize::MAX }
     }
 
     /// Refuse messages whose frame would be over `max` bytes.
@@ -213,6 +224,20 @@ impl Ingest {
         let duplicate = appended.iter().all(|a| a.duplicate);
         metrics::counter!("imgate_wechat_inbound_total").increment(u64::from(!duplicate));
         let first = appended.first().ok_or(IngestError::MissingRecipient)?;
+        if let Some(inbox) = &self.inbox
+            && !duplicate
+            && data.msg_type != "event"
+        {
+            let seqs: Vec<(String, u64)> =
+                inbound.agents.iter().cloned().zip(appended.iter().map(|a| a.seq)).collect();
+            let m = crate::inbox::Message { id: &id, msg_type: &data.msg_type, msg: &data.msg };
+            // The message is committed: a failure here leaves the conversation's index behind,
+            // not the message lost, so it is logged rather than refused (a refusal would
+            // make WeChat retry a message the dedupe then drops).
+            if let Err(e) = inbox.inbound(&inbound.appid, &data.company_id, &inbound.openid, &seqs, m).await {
+                tracing::warn!(contact = %inbound.openid, error = %e, "conversation not updated");
+            }
+        }
         let to = inbound.agents.first().cloned().unwrap_or_default();
         Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate })
     }
@@ -236,6 +261,11 @@ impl Ingest {
         }
         check_id("the sender id", sender)?;
         check_id("the message id", req.client_id.as_deref().unwrap_or(""))?;
+        // Under claim and round_robin only the assignee replies: refused before anything
+        // is kept or sent.
+        if let Some(inbox) = &self.inbox {
+            inbox.may_reply(&acct.config.appid, sender, &req.to).await?;
+        }
         self.share_media(sender, &req.content, &[]).await?;
         let to = req.to.clone();
         // What WeChat cannot carry is refused before anything is kept or sent.
@@ -331,6 +361,19 @@ impl Ingest {
         match outcome {
             Ok(_) => {
                 metrics::counter!("imgate_wechat_sent_total").increment(1);
+                // The follower is answered only when WeChat took the reply.
+                if let Some(inbox) = &self.inbox {
+                    let m = crate::inbox::Message {
+                        id: &id,
+                        msg_type: &req.content.msg_type,
+                        msg: &req.content.msg,
+                    };
+                    let seqs: Vec<(String, u64)> =
+                        readers.iter().cloned().zip(stored.iter().map(|a| a.seq)).collect();
+                    if let Err(e) = inbox.replied(&acct.config.appid, sender, &to, &seqs, m).await {
+                        tracing::warn!(contact = %to, error = %e, "conversation not updated");
+                    }
+                }
                 Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate: false })
             }
             Err(e) => {
@@ -357,6 +400,12 @@ impl Ingest {
         }
         if l.content.msg_type == "status" {
             return Err(IngestError::Forbidden("msg_type \"status\" is imgate's own: it cannot be sent"));
+        }
+        // The team inbox's frames: a sent one would pass for a note or a change of owner.
+        if matches!(l.content.msg_type.as_str(), "conversation" | "note" | "presence") {
+            return Err(IngestError::Forbidden(
+                "msg_type \"conversation\", \"note\" and \"presence\" are the team inbox's own: they cannot be sent",
+            ));
         }
         self.share_media(sender, &l.content, &[&l.to]).await?;
         let code = l.content.code;
@@ -480,6 +529,15 @@ fn new_id() -> String {
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl From<InboxError> for IngestError {
+    fn from(e: InboxError) -> IngestError {
+        match e {
+            InboxError::Store(s) => IngestError::Store(s),
+            other => IngestError::NotAssignee(other.to_string()),
+        }
+    }
 }
 
 impl From<crate::wechat::StateUnavailable> for IngestError {

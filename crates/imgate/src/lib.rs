@@ -18,6 +18,7 @@ pub mod config;
 pub mod config_file;
 pub mod http;
 pub mod hub;
+pub mod inbox;
 pub mod ingest;
 pub mod rate;
 pub mod store;
@@ -132,16 +133,29 @@ pub async fn run(
     };
     let wechat =
         wechat::Wechat::new(&config.wechat, &config.data_dir, wechat_redis, config.store.retention_max_age)?;
-    let ingest = Arc::new(
-        Ingest::new(
-            store.clone(),
-            config.protocol.zone()?,
-            config.protocol.company_id.clone(),
-            wechat.clone(),
-        )
-        .with_frame_max(config.frame_max()),
-    );
     let cancel = CancellationToken::new();
+    // The team inbox, with the WeChat channel (docs/inbox.md).
+    let inbox = match (&wechat, config.store.engine) {
+        (None, _) => None,
+        (Some(_), Engine::Sqlite) => {
+            Some(inbox::sqlite::SqliteConversations::open(&config.data_dir)? as inbox::DynConversations)
+        }
+        (Some(_), Engine::Redis) => {
+            Some(inbox::redis::RedisConversations::open(&config.store.redis_url)? as inbox::DynConversations)
+        }
+    }
+    .map(|convs| inbox::Inbox::new(config.wechat.accounts.clone(), store.clone(), convs));
+    if let Some(i) = &inbox {
+        i.clone().spawn_sweeper(cancel.clone());
+    }
+    let ingest = Arc::new(Ingest::new(
+        store.clone(),
+        config.protocol.zone()?,
+        config.protocol.company_id.clone(),
+        wechat.clone(),
+        inbox.clone(),
+    )
+    .with_frame_max(config.frame_max()));
     let tasks = TaskTracker::new();
     let senders = Arc::new(rate::Senders::new(config.limits.sender_rate, config.limits.sender_burst));
     let conn = Arc::new(ConnContext {
@@ -165,6 +179,7 @@ pub async fn run(
         metrics,
         wechat,
         senders: senders.clone(),
+        inbox,
     });
     let addr = listener.local_addr()?;
     // The listener may not be `config.listen` (tests, embedding programs): check it too.

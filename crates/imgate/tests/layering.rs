@@ -17,6 +17,9 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("auth", &["http", "hub", "store", "ingest", "wechat"]),
     // The hub delivers frames; it knows nothing of routes, credentials or WeChat.
     ("hub", &["http", "auth", "wechat"]),
+    // The team inbox owns conversations; it commits frames through the store and knows
+    // nothing of routes, sockets, credentials or WeChat's API.
+    ("inbox", &["http", "hub", "auth", "wechat", "ingest"]),
     // Configuration is read first and passed down: it depends on nothing.
     ("config", &["http", "hub", "store", "ingest", "auth", "wechat"]),
     // The file an operator reads and writes is made from the configuration alone.

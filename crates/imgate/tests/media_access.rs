@@ -50,6 +50,7 @@ async fn rig(token_mode: bool, tune: impl FnOnce(&mut imgate::config::Config)) -
             encoding_aes_key: String::new(),
             company_id: "acme".into(),
             agents: vec!["agent1".into(), "agent2".into()],
+            ..Default::default()
         });
         if token_mode {
             c.auth.mode = AuthMode::Token;

@@ -84,6 +84,7 @@ async fn rig() -> Rig {
             encoding_aes_key: AES_KEY.into(),
             company_id: "acme".into(),
             agents: vec!["agent1".into()],
+            ..Default::default()
         });
     })
     .await;

@@ -50,6 +50,7 @@ async fn rig_with(safe_mode: bool, tune: impl FnOnce(&mut imgate::config::Config
             encoding_aes_key: if safe_mode { AES_KEY.into() } else { String::new() },
             company_id: "acme".into(),
             agents: vec!["agent1".into()],
+            ..Default::default()
         });
         tune(c);
     })

@@ -18,6 +18,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("no such endpoint: {0}")]
     NotFound(String),
+    /// A thing the path names does not exist (a conversation): 404.
+    #[error("{0}")]
+    NoSuch(String),
     #[error("{0} does not take this method")]
     MethodNotAllowed(String),
     #[error("body is larger than the limit of {0} bytes")]
@@ -40,6 +43,9 @@ pub enum ApiError {
     /// 502 when it could not be reached.
     #[error("{reason}")]
     Delivery { refused: bool, reason: String, details: serde_json::Value },
+    /// The state forbids it now (a conversation someone else claimed): 409, with details.
+    #[error("{reason}")]
+    Conflict { reason: String, details: serde_json::Value },
 }
 
 impl ApiError {
@@ -48,7 +54,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NoSuch(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) | ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -57,6 +63,7 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Delivery { refused: true, .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Delivery { refused: false, .. } => StatusCode::BAD_GATEWAY,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
         }
     }
 }
@@ -71,7 +78,9 @@ impl IntoResponse for ApiError {
         }
         metrics::counter!("imgate_http_errors_total", "status" => status.as_str().to_owned()).increment(1);
         let body = match &self {
-            ApiError::Delivery { details, .. } => error_frame_with(details, &self.to_string()),
+            ApiError::Delivery { details, .. } | ApiError::Conflict { details, .. } => {
+                error_frame_with(details, &self.to_string())
+            }
             _ => error_frame(&self.to_string()),
         };
         let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
@@ -94,9 +103,10 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::Store(s) => s.into(),
-            IngestError::NotAnAgent(_) | IngestError::Forbidden(_) | IngestError::MediaForbidden(_) => {
-                ApiError::Forbidden(e.to_string())
-            }
+            IngestError::NotAnAgent(_)
+            | IngestError::Forbidden(_)
+            | IngestError::MediaForbidden(_)
+            | IngestError::NotAssignee(_) => ApiError::Forbidden(e.to_string()),
             IngestError::FrameTooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
             IngestError::Delivery { ref errcode, .. } => {
                 ApiError::Delivery { refused: errcode.is_some(), reason: e.to_string(), details: e.details() }
@@ -118,5 +128,21 @@ impl From<crate::auth::AuthError> for ApiError {
 impl From<crate::wechat::StateUnavailable> for ApiError {
     fn from(e: crate::wechat::StateUnavailable) -> ApiError {
         ApiError::from(crate::store::StoreError::Unavailable(e.0))
+    }
+}
+
+impl From<crate::inbox::InboxError> for ApiError {
+    fn from(e: crate::inbox::InboxError) -> ApiError {
+        use crate::inbox::InboxError;
+        match e {
+            InboxError::Store(s) => s.into(),
+            InboxError::NotAgent(_) | InboxError::NotAssignee(_) => ApiError::Forbidden(e.to_string()),
+            InboxError::NotFound(_) => ApiError::NoSuch(e.to_string()),
+            InboxError::BadRequest(m) => ApiError::BadRequest(m),
+            InboxError::Taken { ref assignee } => ApiError::Conflict {
+                details: serde_json::json!({ "assignee": assignee }),
+                reason: e.to_string(),
+            },
+        }
     }
 }

@@ -24,6 +24,7 @@ use error::ApiError;
 
 mod callback;
 mod console;
+mod conversations;
 pub mod error;
 mod history;
 mod media;
@@ -52,6 +53,8 @@ pub struct App {
     pub wechat: Option<Arc<Wechat>>,
     /// Per-sender token buckets for sends (`limits.sender_rate`).
     pub senders: Arc<crate::rate::Senders>,
+    /// The team inbox, when a WeChat account is configured.
+    pub inbox: Option<Arc<crate::inbox::Inbox>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -74,6 +77,11 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{PREFIX}/send"), post(send::send))
         .route(&format!("{PREFIX}/send_xml"), post(send::send_xml))
         .route(&format!("{PREFIX}/history"), get(history::history))
+        .route(&format!("{PREFIX}/conversations"), get(conversations::list))
+        .route(&format!("{PREFIX}/conversations/{{contact}}"), get(conversations::one))
+        .route(&format!("{PREFIX}/conversations/{{contact}}/{{action}}"), post(conversations::act))
+        .route(&format!("{PREFIX}/canned"), get(conversations::canned).put(conversations::set_canned))
+        .route(&format!("{PREFIX}/presence"), get(conversations::presence).put(conversations::set_presence))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

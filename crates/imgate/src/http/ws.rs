@@ -91,9 +91,17 @@ async fn upgrade(
         tokio::time::Instant::now().checked_add(left)
     });
     let token = state.tasks.token();
+    let inbox = state.inbox.clone();
     Ok(ws.on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed")).on_upgrade(
         move |socket| async move {
-            conn::serve(ctx, socket, user, start).await;
+            // An agent is online while any of its sockets is open (the team inbox).
+            if let Some(i) = &inbox {
+                i.connected(&user).await;
+            }
+            conn::serve(ctx, socket, user.clone(), start).await;
+            if let Some(i) = &inbox {
+                i.disconnected(&user).await;
+            }
             drop(token);
         },
     ))

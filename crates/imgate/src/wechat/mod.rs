@@ -116,6 +116,8 @@ pub enum WechatError {
 /// An inbound message, ready for the agents' mailboxes.
 pub struct Inbound {
     pub openid: String,
+    /// The account the follower wrote to.
+    pub appid: String,
     pub agents: Vec<String>,
     pub company_id: String,
     pub content: Content,
@@ -312,6 +314,7 @@ impl Wechat {
                 }
                 return Ok(Inbound {
                     openid,
+                    appid: acct.config.appid.clone(),
                     agents: acct.config.agents(),
                     company_id: acct.config.company_id.clone(),
                     content,
@@ -337,6 +340,7 @@ impl Wechat {
         }
         Ok(Inbound {
             openid,
+            appid: acct.config.appid.clone(),
             agents: acct.config.agents(),
             company_id: acct.config.company_id.clone(),
             content,

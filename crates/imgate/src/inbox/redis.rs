@@ -1,0 +1,249 @@
+//! The shared engine: every node reads and writes the same conversations in Redis.
+//!
+//! A conversation is a hash `{v, data}`. An update reads it, applies the edit here, and
+//! writes it back with a script that checks `v` is still what was read (compare and set);
+//! when another node wrote in between, the edit runs again on the new record. So two
+//! nodes' claims of one conversation have exactly one winner, and the loser sees whom.
+//! Presence counts each node's sockets per agent; a node's counts hold while its own
+//! key, renewed by its sweeper, lives: a node that died stops counting.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use serde_json::Value;
+
+use super::model::Conversation;
+use super::{Conversations, Edit, InboxError, Presence};
+use crate::store::StoreError;
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node's sockets count without the node saying it is alive (it renews every
+/// sweep, at most every 10 s).
+const NODE_TTL_SECS: u64 = 30;
+/// A busy conversation may be written by another node between our read and write; after
+/// this many tries the update gives up (503) rather than spin.
+const CAS_TRIES: usize = 64;
+
+/// KEYS[1] conversation, KEYS[2] the account's index, KEYS[3] the account's open load
+/// per agent; ARGV: version read, new version, data, contact, the agent it counted
+/// against before and after ('' for none).
+const CAS: &str = r"
+local v = redis.call('HGET', KEYS[1], 'v') or '0'
+if v ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'data', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[4])
+if ARGV[5] ~= ARGV[6] then
+  if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[5], -1) end
+  if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[6], 1) end
+end
+return 1
+";
+
+/// The live connections of an agent: KEYS[1] its per-node counts; ARGV[1] the node-key
+/// prefix, ARGV[2] this node, ARGV[3] the change (+1, -1 or 0).
+const COUNT: &str = r"
+if ARGV[3] ~= '0' then
+  local n = redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
+  if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[2]) end
+end
+local t = 0
+local h = redis.call('HGETALL', KEYS[1])
+for i = 1, #h, 2 do
+  if redis.call('EXISTS', ARGV[1] .. h[i]) == 1 then
+    t = t + tonumber(h[i + 1])
+  else
+    -- a node that died: its sockets are gone
+    redis.call('HDEL', KEYS[1], h[i])
+  end
+end
+return t
+";
+
+pub struct RedisConversations {
+    conn: ConnectionManager,
+    node: String,
+    cas: Script,
+    count: Script,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn damaged(e: serde_json::Error) -> StoreError {
+    StoreError::Unavailable(format!("redis: a stored conversation is damaged: {e}"))
+}
+
+const P: &str = "imgate:inbox";
+
+fn conv_key(appid: &str, contact: &str) -> String {
+    // The appid's length first: no appid and contact pair reads as another.
+    format!("{P}:c:{}:{appid}:{contact}", appid.len())
+}
+
+fn index_key(appid: &str) -> String {
+    format!("{P}:idx:{appid}")
+}
+
+impl RedisConversations {
+    pub fn open(url: &str) -> Result<std::sync::Arc<RedisConversations>, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let cm = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, cm).map_err(unavailable)?;
+        Ok(std::sync::Arc::new(RedisConversations {
+            conn,
+            node: uuid::Uuid::now_v7().simple().to_string(),
+            cas: Script::new(CAS),
+            count: Script::new(COUNT),
+        }))
+    }
+
+    async fn read(&self, appid: &str, contact: &str) -> Result<(String, Option<Conversation>), StoreError> {
+        let mut c = self.conn.clone();
+        let (v, data): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(conv_key(appid, contact))
+            .arg("v")
+            .arg("data")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let conv = data.map(|d| serde_json::from_str(&d)).transpose().map_err(damaged)?;
+        Ok((v.unwrap_or_else(|| "0".into()), conv))
+    }
+
+    async fn connections(&self, agent: &str, change: i64) -> Result<u64, StoreError> {
+        let mut c = self.conn.clone();
+        // Say this node is alive before counting on it.
+        if change > 0 {
+            self.heartbeat().await?;
+        }
+        let n: i64 = self
+            .count
+            .key(format!("{P}:conns:{agent}"))
+            .arg(format!("{P}:node:"))
+            .arg(&self.node)
+            .arg(change)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(n.max(0) as u64)
+    }
+}
+
+#[async_trait]
+impl Conversations for RedisConversations {
+    async fn get(&self, appid: &str, contact: &str) -> Result<Option<Conversation>, StoreError> {
+        Ok(self.read(appid, contact).await?.1)
+    }
+
+    async fn update(
+        &self,
+        appid: &str,
+        contact: &str,
+        edit: Edit,
+    ) -> Result<(Option<Conversation>, Option<Conversation>), InboxError> {
+        for _ in 0..CAS_TRIES {
+            let (v, before) = self.read(appid, contact).await?;
+            let Some(after) = edit(before.clone())? else { return Ok((before, None)) };
+            let next = v.parse::<u64>().unwrap_or(0) + 1;
+            let data = serde_json::to_string(&after).map_err(damaged)?;
+            let mut c = self.conn.clone();
+            let done: i64 = self
+                .cas
+                .key(conv_key(appid, contact))
+                .key(index_key(appid))
+                .key(format!("{P}:load:{appid}"))
+                .arg(&v)
+                .arg(next)
+                .arg(data)
+                .arg(contact)
+                .arg(before.as_ref().and_then(Conversation::load_of).unwrap_or(""))
+                .arg(after.load_of().unwrap_or(""))
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if done == 1 {
+                return Ok((before, Some(after)));
+            }
+        }
+        Err(InboxError::Store(StoreError::Unavailable(
+            "redis: the conversation kept changing under this update; try again".into(),
+        )))
+    }
+
+    async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError> {
+        let mut c = self.conn.clone();
+        let contacts: Vec<String> = c.smembers(index_key(appid)).await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(contacts.len());
+        // In pipelines of 500: one round trip per 500 conversations, bounded replies.
+        for chunk in contacts.chunks(500) {
+            let mut pipe = redis::pipe();
+            for contact in chunk {
+                pipe.hget(conv_key(appid, contact), "data");
+            }
+            let rows: Vec<Option<String>> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+            for d in rows.into_iter().flatten() {
+                out.push(serde_json::from_str(&d).map_err(damaged)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn open_load(&self, appid: &str) -> Result<HashMap<String, usize>, StoreError> {
+        let mut c = self.conn.clone();
+        let all: HashMap<String, i64> = c.hgetall(format!("{P}:load:{appid}")).await.map_err(unavailable)?;
+        Ok(all.into_iter().filter(|(_, n)| *n > 0).map(|(a, n)| (a, n as usize)).collect())
+    }
+
+    async fn canned(&self, appid: &str) -> Result<Value, StoreError> {
+        let mut c = self.conn.clone();
+        let d: Option<String> = c.get(format!("{P}:canned:{appid}")).await.map_err(unavailable)?;
+        Ok(d.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or(Value::Array(Vec::new())))
+    }
+
+    async fn set_canned(&self, appid: &str, canned: Value) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        c.set::<_, _, ()>(format!("{P}:canned:{appid}"), canned.to_string()).await.map_err(unavailable)
+    }
+
+    async fn connected(&self, agent: &str) -> Result<bool, StoreError> {
+        Ok(self.connections(agent, 1).await? == 1)
+    }
+
+    async fn disconnected(&self, agent: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let left = self.connections(agent, -1).await?;
+        if left == 0 {
+            let mut c = self.conn.clone();
+            c.set::<_, _, ()>(format!("{P}:offline:{agent}"), now_ms).await.map_err(unavailable)?;
+        }
+        Ok(left == 0)
+    }
+
+    async fn set_away(&self, agent: &str, away: bool) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let key = format!("{P}:away:{agent}");
+        if away { c.set::<_, _, ()>(key, 1).await } else { c.del::<_, ()>(key).await }.map_err(unavailable)
+    }
+
+    async fn presence(&self, agent: &str) -> Result<Presence, StoreError> {
+        let connections = self.connections(agent, 0).await?;
+        let mut c = self.conn.clone();
+        let (away, offline): (Option<i64>, Option<i64>) = c
+            .mget(&[format!("{P}:away:{agent}"), format!("{P}:offline:{agent}")])
+            .await
+            .map_err(unavailable)?;
+        Ok(Presence { connections, away: away.is_some(), offline_since: offline })
+    }
+
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        c.set_ex::<_, _, ()>(format!("{P}:node:{}", self.node), 1, NODE_TTL_SECS).await.map_err(unavailable)
+    }
+}
