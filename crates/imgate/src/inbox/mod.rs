@@ -177,11 +177,6 @@ impl Inbox {
         self.accounts.iter().filter(|a| a.agents().iter().any(|g| g == agent)).collect::<Vec<_>>().into_iter()
     }
 
-    /// Whether `agent` takes part in presence: an agent of an account that routes.
-    fn routed_agent(&self, agent: &str) -> bool {
-        self.accounts_of(agent).any(|a| a.routing != Routing::All)
-    }
-
     /// The conversation with `contact` in one of `agent`'s accounts.
     async fn find(&self, agent: &str, contact: &str) -> Result<(&AccountConfig, Conversation), InboxError> {
         let mut member = false;
@@ -603,14 +598,19 @@ impl Inbox {
         all
     }
 
+    /// Presence is kept for every agent (`GET P/presence`), but told (106) only to the
+    /// agents of accounts that route: under `all`, consoles see no new frame.
     async fn tell_presence(&self, agent: &str, status: &str) -> Result<(), StoreError> {
         let to = self.colleagues(agent);
+        if to.is_empty() {
+            return Ok(());
+        }
         self.tell(&to, "", "", Code::PRESENCE, agent, json!({"agent": agent, "status": status})).await
     }
 
     /// A socket of `user` opened. Failures only delay presence: they are logged.
     pub async fn connected(self: &Arc<Self>, user: &str) {
-        if !self.routed_agent(user) {
+        if self.accounts_of(user).next().is_none() {
             return;
         }
         let r = async {
@@ -658,7 +658,7 @@ impl Inbox {
 
     /// A socket of `user` closed.
     pub async fn disconnected(&self, user: &str) {
-        if !self.routed_agent(user) {
+        if self.accounts_of(user).next().is_none() {
             return;
         }
         let r = async {
@@ -684,7 +684,7 @@ impl Inbox {
         let before = self.convs.presence(agent).await?;
         self.convs.set_away(agent, away).await?;
         let after = Presence { away, ..before.clone() };
-        if after.status() != before.status() && self.routed_agent(agent) {
+        if after.status() != before.status() {
             self.tell_presence(agent, after.status()).await?;
             if after.status() == "online" {
                 self.clone().route_waiting(agent);
@@ -828,11 +828,14 @@ impl Inbox {
 
     /// Run the sweep every `every` until `stop`, and keep this node's sockets counted.
     pub fn spawn_sweeper(self: Arc<Self>, stop: CancellationToken) {
-        let Some(shortest) =
-            self.accounts.iter().filter(|a| a.routing != Routing::All).map(|a| a.reassign_after).min()
-        else {
-            return;
-        };
+        // With no account that routes, the sweep only renews this node's presence key.
+        let shortest = self
+            .accounts
+            .iter()
+            .filter(|a| a.routing != Routing::All)
+            .map(|a| a.reassign_after)
+            .min()
+            .unwrap_or(Duration::from_secs(40));
         // A quarter of the shortest reassign_after: a conversation is handed on at most
         // 25 % late; between 100 ms and 10 s so a sweep neither spins nor sleeps through.
         let every = (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
