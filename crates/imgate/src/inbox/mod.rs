@@ -245,6 +245,7 @@ impl Inbox {
         to: Option<&str>,
         note: Option<&str>,
     ) -> Result<(), StoreError> {
+        metrics::counter!("imgate_inbox_changes_total", "action" => action.to_owned()).increment(1);
         let msg = json!({"action": action, "by": by, "to": to, "note": note, "state": c.state.as_str(),
             "assignee": c.assignee});
         self.tell(&acct.agents(), &c.company_id, &c.contact_id, Code::CONVERSATION, by.unwrap_or(""), msg)
