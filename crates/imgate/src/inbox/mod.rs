@@ -158,6 +158,14 @@ fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// An edit finds no record only when it went between `find` and the update: name it.
+fn named(e: InboxError, contact: &str) -> InboxError {
+    match e {
+        InboxError::NotFound(s) if s.is_empty() => InboxError::NotFound(contact.to_owned()),
+        e => e,
+    }
+}
+
 fn edit(
     f: impl Fn(Option<Conversation>) -> Result<Option<Conversation>, InboxError> + Send + Sync + 'static,
 ) -> Edit {
@@ -384,7 +392,8 @@ impl Inbox {
         e: Edit,
     ) -> Result<Value, InboxError> {
         let (acct, _) = self.find(agent, contact).await?;
-        let (before, after) = self.convs.update(&acct.appid, contact, e).await?;
+        let (before, after) =
+            self.convs.update(&acct.appid, contact, e).await.map_err(|e| named(e, contact))?;
         let Some(after) = after else {
             let c = before.ok_or_else(|| InboxError::NotFound(contact.to_owned()))?;
             return Ok(c.view(agent));
@@ -537,7 +546,8 @@ impl Inbox {
                     Ok(Some(c))
                 }),
             )
-            .await?;
+            .await
+            .map_err(|e| named(e, contact))?;
         let c = after.or(before).ok_or_else(|| InboxError::NotFound(contact.to_owned()))?;
         Ok(c.view(agent))
     }
