@@ -601,7 +601,10 @@ async fn a_reconnect_with_since_gets_every_inbox_frame_it_missed() {
 async fn routing_all_keeps_todays_behaviour_and_bad_requests_get_error_frames() {
     let (s, w) = gateway(Routing::All, &["a", "b"]).await;
     let base = s.http("");
+    // Presence is kept, but no presence frame is sent: consoles see nothing new.
+    let mut a = online(&base, &s, "a").await;
     say(&base, "oA", "hi", 1).await;
+    assert_eq!(a.frame().await["result"]["code"], 1001);
     assert_eq!(reply(&base, "b", "oA", "anyone answers").await.0, 200);
     assert_eq!(sent_texts(&w), vec!["anyone answers"]);
     for (method, path, body, want) in [

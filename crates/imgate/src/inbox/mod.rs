@@ -158,6 +158,14 @@ fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// An edit finds no record only when it went between `find` and the update: name it.
+fn named(e: InboxError, contact: &str) -> InboxError {
+    match e {
+        InboxError::NotFound(s) if s.is_empty() => InboxError::NotFound(contact.to_owned()),
+        e => e,
+    }
+}
+
 fn edit(
     f: impl Fn(Option<Conversation>) -> Result<Option<Conversation>, InboxError> + Send + Sync + 'static,
 ) -> Edit {
@@ -175,11 +183,6 @@ impl Inbox {
 
     fn accounts_of(&self, agent: &str) -> std::vec::IntoIter<&AccountConfig> {
         self.accounts.iter().filter(|a| a.agents().iter().any(|g| g == agent)).collect::<Vec<_>>().into_iter()
-    }
-
-    /// Whether `agent` takes part in presence: an agent of an account that routes.
-    fn routed_agent(&self, agent: &str) -> bool {
-        self.accounts_of(agent).any(|a| a.routing != Routing::All)
     }
 
     /// The conversation with `contact` in one of `agent`'s accounts.
@@ -250,6 +253,7 @@ impl Inbox {
         to: Option<&str>,
         note: Option<&str>,
     ) -> Result<(), StoreError> {
+        metrics::counter!("imgate_inbox_changes_total", "action" => action.to_owned()).increment(1);
         let msg = json!({"action": action, "by": by, "to": to, "note": note, "state": c.state.as_str(),
             "assignee": c.assignee});
         self.tell(&acct.agents(), &c.company_id, &c.contact_id, Code::CONVERSATION, by.unwrap_or(""), msg)
@@ -388,7 +392,8 @@ impl Inbox {
         e: Edit,
     ) -> Result<Value, InboxError> {
         let (acct, _) = self.find(agent, contact).await?;
-        let (before, after) = self.convs.update(&acct.appid, contact, e).await?;
+        let (before, after) =
+            self.convs.update(&acct.appid, contact, e).await.map_err(|e| named(e, contact))?;
         let Some(after) = after else {
             let c = before.ok_or_else(|| InboxError::NotFound(contact.to_owned()))?;
             return Ok(c.view(agent));
@@ -541,7 +546,8 @@ impl Inbox {
                     Ok(Some(c))
                 }),
             )
-            .await?;
+            .await
+            .map_err(|e| named(e, contact))?;
         let c = after.or(before).ok_or_else(|| InboxError::NotFound(contact.to_owned()))?;
         Ok(c.view(agent))
     }
@@ -603,14 +609,19 @@ impl Inbox {
         all
     }
 
+    /// Presence is kept for every agent (`GET P/presence`), but told (106) only to the
+    /// agents of accounts that route: under `all`, consoles see no new frame.
     async fn tell_presence(&self, agent: &str, status: &str) -> Result<(), StoreError> {
         let to = self.colleagues(agent);
+        if to.is_empty() {
+            return Ok(());
+        }
         self.tell(&to, "", "", Code::PRESENCE, agent, json!({"agent": agent, "status": status})).await
     }
 
     /// A socket of `user` opened. Failures only delay presence: they are logged.
     pub async fn connected(self: &Arc<Self>, user: &str) {
-        if !self.routed_agent(user) {
+        if self.accounts_of(user).next().is_none() {
             return;
         }
         let r = async {
@@ -658,7 +669,7 @@ impl Inbox {
 
     /// A socket of `user` closed.
     pub async fn disconnected(&self, user: &str) {
-        if !self.routed_agent(user) {
+        if self.accounts_of(user).next().is_none() {
             return;
         }
         let r = async {
@@ -684,7 +695,7 @@ impl Inbox {
         let before = self.convs.presence(agent).await?;
         self.convs.set_away(agent, away).await?;
         let after = Presence { away, ..before.clone() };
-        if after.status() != before.status() && self.routed_agent(agent) {
+        if after.status() != before.status() {
             self.tell_presence(agent, after.status()).await?;
             if after.status() == "online" {
                 self.clone().route_waiting(agent);
@@ -828,11 +839,14 @@ impl Inbox {
 
     /// Run the sweep every `every` until `stop`, and keep this node's sockets counted.
     pub fn spawn_sweeper(self: Arc<Self>, stop: CancellationToken) {
-        let Some(shortest) =
-            self.accounts.iter().filter(|a| a.routing != Routing::All).map(|a| a.reassign_after).min()
-        else {
-            return;
-        };
+        // With no account that routes, the sweep only renews this node's presence key.
+        let shortest = self
+            .accounts
+            .iter()
+            .filter(|a| a.routing != Routing::All)
+            .map(|a| a.reassign_after)
+            .min()
+            .unwrap_or(Duration::from_secs(40));
         // A quarter of the shortest reassign_after: a conversation is handed on at most
         // 25 % late; between 100 ms and 10 s so a sweep neither spins nor sleeps through.
         let every = (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
