@@ -46,6 +46,10 @@ export class Composer {
       if ([...(e.dataTransfer?.types || [])].includes('Files')) e.preventDefault();
     });
     area.addEventListener('drop', (e) => this.#files(e, e.dataTransfer));
+    // A file dropped anywhere else is not opened by the browser in place of the console.
+    for (const type of ['dragover', 'drop']) {
+      addEventListener(type, (e) => [...(e.dataTransfer?.types || [])].includes('Files') && e.preventDefault());
+    }
     client.addEventListener('state', (e) => e.detail === 'connected' && this.#flush());
   }
 
@@ -96,7 +100,7 @@ export class Composer {
   /** A new outgoing message: shown at once, sent now or when the connection is back. */
   send(th, msg_type, msg, extra = {}) {
     const id = newId();
-    const m = { id, out: true, state: 'sending', local: extra.local, file: extra.file, data: { id, msg_type, msg, contact_id: th.contact, send_time: Math.floor(Date.now() / 1000), direction: 'out', name: this.client.userid } };
+    const m = { id, out: true, mine: true, state: 'sending', local: extra.local, file: extra.file, data: { id, msg_type, msg, contact_id: th.contact, send_time: Math.floor(Date.now() / 1000), direction: 'out', name: this.client.userid } };
     th.messages.set(id, m);
     this.list.sending(th.contact, m.data);
     if (msg_type === 'image' && !msg.media_path) return this.#upload(th, m);

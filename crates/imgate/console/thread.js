@@ -212,7 +212,8 @@ export class ThreadView {
       }
     }
     this.inner.insertBefore(node, after);
-    if (m.out && m.local) this.toBottom();
+    // The agent's own new reply: to the bottom, wherever the view was.
+    if (m.mine) this.toBottom();
     else this.#keepBottom();
   }
 
