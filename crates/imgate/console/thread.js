@@ -40,8 +40,10 @@ export class ThreadView {
     });
     // At the very top a wheel moves nothing and fires no scroll: ask here too.
     this.box.addEventListener('wheel', (e) => e.deltaY < 0 && this.box.scrollTop < OLDER_PX && this.loadOlder(), { passive: true });
-    // Images, video and late media grow the content: at the bottom, stay there.
-    new ResizeObserver(() => this.#keepBottom()).observe(this.inner);
+    // Images, video and late media grow the content, and the header and reply box (the
+    // window line, the reason it is closed) shrink the view: at the bottom, stay there.
+    const ro = new ResizeObserver(() => this.#keepBottom());
+    for (const n of [this.inner, this.older, this.box]) ro.observe(n);
     this.box.addEventListener('load', () => this.#keepBottom(), true);
     this.below.addEventListener('click', () => this.toBottom());
     this.timer = null;
@@ -181,7 +183,9 @@ export class ThreadView {
     for (const f of j.data.messages) if (this.ingest(f)) added += 1;
     const seqs = j.data.messages.map((f) => Number(f.data?.seq || 0)).filter(Boolean);
     if (seqs.length) th.minSeq = Math.min(th.minSeq, ...seqs);
-    if (anchor?.isConnected) this.box.scrollTop = anchor.offsetTop - top;
+    // At the newest message (all of it fits), stay there; else the top message stays put.
+    if (this.#stuck()) this.#keepBottom();
+    else if (anchor?.isConnected) this.box.scrollTop = anchor.offsetTop - top;
     return { added, next_before: j.data.next_before ?? null };
   }
 
