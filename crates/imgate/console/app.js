@@ -158,6 +158,7 @@ function start() {
     composer.show(th);
     $('text').focus({ preventScroll: true });
     loadContact(th);
+    renderActions();
     await view.loadNewest(th);
   }
 
@@ -319,7 +320,65 @@ function start() {
       }
     } catch { /* the socket will bring what is there */ }
     $('empty-list').hidden = source.size > 0;
+    if (source.server) inbox();
     client.connect();
   })();
+
+  // --- the team inbox: views and actions, only where the gateway has the index -----------------
+  // Prepared for the team-inbox API (docs: the contract); not exercised by the tests yet,
+  // since today's gateway answers its index with 404 and none of this is shown.
+  let inboxShown = false;
+  function inbox() {
+    const views = $('views');
+    const counts = () => {
+      for (const b of views.querySelectorAll('button')) {
+        const n = source.counts[b.dataset.view];
+        b.querySelector('.count').textContent = n === undefined ? '' : String(n);
+        b.setAttribute('aria-pressed', String(b.dataset.view === source.view));
+      }
+    };
+    views.hidden = false;
+    counts();
+    views.addEventListener('click', async (e) => {
+      const b = e.target.closest('button[data-view]');
+      if (!b) return;
+      await source.setView(b.dataset.view);
+      counts();
+    });
+    source.addEventListener('change', (e) => e.detail.contact === state.current && renderActions());
+    $('actions').addEventListener('click', async (e) => {
+      const b = e.target.closest('button[data-act]');
+      if (!b || state.current === null) return;
+      const act = b.dataset.act;
+      let body;
+      if (act === 'transfer') {
+        const to = prompt(t('transfer.prompt'));
+        if (!to) return;
+        body = { to: to.trim() };
+      }
+      try {
+        await source.act(state.current, act, body);
+      } catch (err) {
+        $('assignee').hidden = false;
+        $('assignee').replaceChildren(err.assignee ? t('act.conflict') : t('act.failed'), data(err.assignee || err.message));
+        return;
+      }
+      renderActions();
+    });
+    inboxShown = true;
+  }
+
+  /** The open conversation's assignee and the actions that apply to it. */
+  function renderActions() {
+    if (!inboxShown || state.current === null) return;
+    const c = source.get(state.current) || {};
+    const resolved = c.state === 'resolved';
+    $('actions').hidden = false;
+    for (const b of $('actions').querySelectorAll('button')) {
+      b.hidden = { claim: c.assignee === client.userid, transfer: false, resolve: resolved, reopen: !resolved }[b.dataset.act];
+    }
+    $('assignee').hidden = false;
+    $('assignee').replaceChildren(...(c.assignee ? [t('act.assignee'), data(c.assignee)] : [t('act.nobody')]), ...(resolved ? [' · ', t('act.resolved')] : []));
+  }
   window.imgate = { client, state, conversations: source, list, view, composer, i18n };
 }

@@ -23,6 +23,10 @@ export class Conversations extends EventTarget {
     super();
     this.client = client;
     this.items = new Map();
+    /** The team inbox's view (with the server's index only): waiting|mine|unassigned|all. */
+    this.view = 'all';
+    /** Its counts per view, as the index answered them. */
+    this.counts = {};
   }
 
   get(contact) {
@@ -65,7 +69,7 @@ export class Conversations extends EventTarget {
   async #index() {
     let r;
     try {
-      r = await fetch(this.client.url(`${P}/conversations`, { view: 'all', limit: 200 }), { headers: this.client.headers() });
+      r = await fetch(this.client.url(`${P}/conversations`, { view: this.view, limit: 200 }), { headers: this.client.headers() });
     } catch {
       return false;
     }
@@ -74,8 +78,34 @@ export class Conversations extends EventTarget {
     const list = j?.data?.conversations;
     if (!Array.isArray(list)) return false;
     this.server = true;
+    this.counts = j.data.counts || {};
     for (const o of list) this.#fromServer(o);
     return true;
+  }
+
+  // --- the team inbox (server index only; untested until the gateway has it) ----------------
+
+  /** Another view: the list starts again from the index. */
+  async setView(view) {
+    if (!this.server) return;
+    this.view = view;
+    this.items.clear();
+    this.dispatchEvent(new CustomEvent('reset'));
+    await this.#index();
+  }
+
+  /** claim | transfer | resolve | reopen: the conversation as the server answers it, or an
+   *  Error whose `assignee` names who holds it (409). */
+  async act(contact, action, body) {
+    const r = await fetch(this.client.url(`${P}/conversations/${encodeURIComponent(contact)}/${action}`), {
+      method: 'POST',
+      headers: { ...this.client.headers(), 'content-type': 'application/json' },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const j = await r.json().catch(() => ({}));
+    if (!r.ok) throw Object.assign(new Error(j.result?.message || String(r.status)), { status: r.status, assignee: j.data?.assignee });
+    if (j.data?.contact_id) this.#fromServer(j.data);
+    return j.data;
   }
 
   #fromServer(o) {

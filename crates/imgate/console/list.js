@@ -19,6 +19,13 @@ export class ListView {
     this.hover = false;
     this.dirty = false;
     source.addEventListener('change', (e) => this.update(e.detail.contact));
+    // Another view of the team inbox: the rows start again.
+    source.addEventListener('reset', () => {
+      this.rows.clear();
+      this.order = [];
+      this.ul.replaceChildren();
+      $('empty-list').hidden = false;
+    });
     this.ul.addEventListener('pointerenter', () => (this.hover = true));
     this.ul.addEventListener('pointerleave', () => {
       this.hover = false;
