@@ -404,7 +404,9 @@ test('defect 7: a conversation with images opens at the newest message', async (
 test('defect 7: scrolled up, a new message shows "N 条新消息 ↓"', async () => {
   await openConv('carol');
   await bubble('c260').waitFor();
-  await page.locator('#messages').evaluate((b) => (b.scrollTop = b.scrollHeight - b.clientHeight - 600));
+  await page.mouse.move(800, 300);
+  await page.mouse.wheel(0, -600);
+  await until('the view scrolled up', async () => (await fromBottom()) > 300);
   await postText('carol', 'agent1', 'c261');
   await postText('carol', 'agent1', 'c262');
   await bubble('c262').waitFor();

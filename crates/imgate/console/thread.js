@@ -13,6 +13,8 @@ const P = '/im_component/wx_official_account';
 const STICK_PX = 40;
 /** Start loading older messages this far from the top. */
 const OLDER_PX = 200;
+/** How long a wheel, key or touch counts as the agent moving the view, if no scroll follows. */
+const USER_MS = 300;
 /** Pages fetched for one scroll before giving up on finding older messages. */
 const MAX_EMPTY_PAGES = 20;
 
@@ -29,12 +31,29 @@ export class ThreadView {
     this.nodes = new Map();   // id → node, for the open conversation
     this.stick = true;
     this.media = mediaLoader(client, () => this.#keepBottom());
-    this.pinned = 0;          // scrollTop when last put at the bottom
+    // Whether the agent moved the view (wheel, touch, keys, the scrollbar): only that takes
+    // the view off the bottom. Content that grows or shrinks under it (an image loading,
+    // the header changing) moves scrollTop too, and must not.
+    this.user = false;
+    this.userAt = 0;
+    const intent = () => {
+      this.user = true;
+      this.userAt = performance.now();
+    };
+    this.box.addEventListener('wheel', (e) => e.deltaY < 0 && intent(), { passive: true });
+    this.box.addEventListener('touchmove', intent, { passive: true });
+    this.box.addEventListener('keydown', (e) => ['ArrowUp', 'PageUp', 'Home'].includes(e.key) && intent());
+    this.box.addEventListener('pointerdown', (e) => e.target === this.box && intent());
     this.box.addEventListener('scroll', () => {
-      this.stick = this.#gap() < STICK_PX;
-      if (this.stick) {
-        this.pinned = this.box.scrollTop;
+      if (this.#gap() < STICK_PX) {
+        this.stick = true;
+        this.user = false;
         this.#clearBelow();
+      } else if (this.user) {
+        this.stick = false;
+        this.user = false;
+      } else if (this.stick) {
+        this.box.scrollTop = this.box.scrollHeight;
       }
       if (this.box.scrollTop < OLDER_PX) this.loadOlder();
     });
@@ -273,22 +292,21 @@ export class ThreadView {
     return this.box.scrollHeight - this.box.scrollTop - this.box.clientHeight;
   }
 
-  /** At the newest message: not scrolled up since it was put there. The scroll event that
-   *  says so may not have come yet (it comes with the next frame): scrollTop already moved. */
+  /** At the newest message: the agent has not moved the view since it was put there (the
+   *  wheel that does comes before its scroll event, which comes with the next frame). */
   #stuck() {
-    return this.stick && this.box.scrollTop >= this.pinned - 2;
+    // A wheel that scrolled nothing (at the top, or all of it fits) is soon forgotten.
+    return this.stick && !(this.user && performance.now() - this.userAt < USER_MS);
   }
 
   #keepBottom() {
-    if (!this.#stuck()) return;
-    this.box.scrollTop = this.box.scrollHeight;
-    this.pinned = this.box.scrollTop;
+    if (this.#stuck()) this.box.scrollTop = this.box.scrollHeight;
   }
 
   toBottom() {
     this.stick = true;
+    this.user = false;
     this.box.scrollTop = this.box.scrollHeight;
-    this.pinned = this.box.scrollTop;
     this.#clearBelow();
   }
 
