@@ -44,6 +44,8 @@ export class ThreadView {
     this.box.addEventListener('touchmove', intent, { passive: true });
     this.box.addEventListener('keydown', (e) => ['ArrowUp', 'PageUp', 'Home'].includes(e.key) && intent());
     this.box.addEventListener('pointerdown', (e) => e.target === this.box && intent());
+    // Focus moved to a message (Tab to an image): the browser scrolls it into view for the agent.
+    this.box.addEventListener('focusin', (e) => e.target !== this.box && intent());
     this.box.addEventListener('scroll', () => {
       if (this.#gap() < STICK_PX) {
         this.stick = true;
