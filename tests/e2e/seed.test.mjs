@@ -28,6 +28,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { SEED_XML, seedXml } from './lib.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const IMGATE_BIN = path.resolve(process.env.IMGATE_BIN || path.join(HERE, '../../target/debug/imgate'));
@@ -44,29 +45,9 @@ const WAIT_MS = 30_000; // per wait; only fails a hung test
 const WATCHDOG_MS = 240_000; // the whole run
 const MIN_HEARTBEATS = 21; // 21 x 300 ms heartbeat = 2 idle timeouts of 3 s
 
-// The seed's XML body (seed §3), byte for byte.
-const SEED_XML = `<xml>
-  <ToUserName>1</ToUserName>
-  <FromUserName>魏秀兰</FromUserName>
-  <CreateTime>1976-04-10 12:21:47</CreateTime>
-  <MsgType>enim</MsgType>
-  <Content>occaecat ut in fugiat dolor</Content>
-  <MsgId>19</MsgId>
-  <MsgDataId>27</MsgDataId>
-  <Idx>74</Idx>
-</xml>`;
-
-// A second message: same shape, another MsgId (so it is not a retry of the first).
-const SECOND_XML = `<xml>
-  <ToUserName>1</ToUserName>
-  <FromUserName>魏秀兰</FromUserName>
-  <CreateTime>1976-04-10 12:21:48</CreateTime>
-  <MsgType>enim</MsgType>
-  <Content>second</Content>
-  <MsgId>20</MsgId>
-  <MsgDataId>28</MsgDataId>
-  <Idx>75</Idx>
-</xml>`;
+// The seed's XML body (seed §3), byte for byte, and a second message of the same shape
+// (another MsgId, so it is not a retry of the first): shared with the other tests.
+const SECOND_XML = seedXml(20, 'second');
 
 // ---------------------------------------------------------------------------------------
 // bookkeeping

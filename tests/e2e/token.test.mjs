@@ -9,50 +9,17 @@
 // Tokens live 4 s (auth.leeway = 0s); every wait has a 30 s deadline that fails the test.
 
 import { spawn } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { BIN, CHROMIUM, WAIT, check, freePort, jwt as signed, sleep, until } from './lib.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const BIN = path.resolve(process.env.IMGATE_BIN || path.join(HERE, '../../target/debug/imgate'));
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const WAIT = 30_000;
 const SECRET = 'an-e2e-secret-of-at-least-32-bytes!';
 const KEY = 'an-e2e-backend-key-of-32-characters-or-more';
 
-const freePort = () => new Promise((resolve) => {
-  const s = net.createServer().listen(0, '127.0.0.1', () => {
-    const { port } = s.address();
-    s.close(() => resolve(port));
-  });
-});
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what, f) {
-  const end = Date.now() + WAIT;
-  for (;;) {
-    const v = await f().catch(() => false);
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
-
-const check = (cond, msg) => {
-  if (!cond) throw new Error(msg);
-  console.log(`ok - ${msg}`);
-};
-
 /** An HS256 JWT for `sub`, valid for `ttl` seconds. */
-function jwt(sub, ttl) {
-  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + ttl })}`;
-  return `${body}.${crypto.createHmac('sha256', SECRET).update(body).digest('base64url')}`;
-}
+const jwt = (sub, ttl) => signed(SECRET, sub, ttl);
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'imgate-token-'));
 const port = await freePort();
@@ -122,7 +89,7 @@ try {
   });
   check(r.status === 200, 'a backend sends with its key in a header');
   await page.waitForFunction(() => t.r.messages.includes('after renewal'));
-  check(await page.evaluate(() => t.r.messages.filter((m) => m === 'after renewal').length === 1), 'the renewed connection receives live messages, once');
+  check(await page.evaluate(() => t.r.messages.filter((m) => m === 'after renewal').length) === 1, 'the renewed connection receives live messages, once');
 
   // Without getToken: stopped, not retrying with the dead token.
   const stuck = await page.evaluate(() => ({ state: t.stuck.state, closed: t.stuck.closed, closes: t.s.closes.length }));

@@ -12,6 +12,15 @@ const FILES: &[(&str, &str, &str)] = &[
     ("app.js", "text/javascript; charset=utf-8", include_str!("../../console/app.js")),
     ("client.js", "text/javascript; charset=utf-8", include_str!("../../console/client.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("../../console/style.css")),
+    ("state.js", "text/javascript; charset=utf-8", include_str!("../../console/state.js")),
+    ("conversations.js", "text/javascript; charset=utf-8", include_str!("../../console/conversations.js")),
+    ("list.js", "text/javascript; charset=utf-8", include_str!("../../console/list.js")),
+    ("thread.js", "text/javascript; charset=utf-8", include_str!("../../console/thread.js")),
+    ("composer.js", "text/javascript; charset=utf-8", include_str!("../../console/composer.js")),
+    ("messages.js", "text/javascript; charset=utf-8", include_str!("../../console/messages.js")),
+    ("util.js", "text/javascript; charset=utf-8", include_str!("../../console/util.js")),
+    ("i18n.js", "text/javascript; charset=utf-8", include_str!("../../console/i18n.js")),
+    ("emoji.js", "text/javascript; charset=utf-8", include_str!("../../console/emoji.js")),
 ];
 
 fn serve(name: &str) -> Result<Response, ApiError> {

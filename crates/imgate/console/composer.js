@@ -1,0 +1,203 @@
+// The reply box: one draft per conversation, the byte count WeChat allows, sending (a send
+// made while the gateway is away waits and goes when it is back), Retry in place, and
+// images from the clip, a paste or a drop.
+
+import { newId } from './client.js';
+import { t } from './i18n.js';
+import { state, thread, windowOpen } from './state.js';
+import { $, utf8Bytes } from './util.js';
+
+const P = '/im_component/wx_official_account';
+/** WeChat's limit for a text reply (custom-send), in UTF-8 bytes. */
+export const MAX_TEXT_BYTES = 2048;
+
+export class Composer {
+  constructor(client, { view, list }) {
+    this.client = client;
+    this.view = view;
+    this.list = list;
+    this.queue = [];          // [thread, message] waiting for the connection
+    this.open = true;         // the window allows a reply
+    this.text = $('text');
+    this.counter = $('counter');
+    $('composer').addEventListener('submit', (e) => {
+      e.preventDefault();
+      this.submit();
+    });
+    this.text.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.altKey && !e.isComposing) {
+        e.preventDefault();
+        this.submit();
+      }
+    });
+    this.text.addEventListener('input', () => {
+      if (state.current !== null) thread(state.current).draft = this.text.value;
+      this.count();
+    });
+    $('file').addEventListener('change', () => {
+      const file = $('file').files[0];
+      $('file').value = '';
+      if (file) this.image(file);
+    });
+    // A pasted or dropped image goes as the clip's does.
+    this.text.addEventListener('paste', (e) => this.#files(e, e.clipboardData));
+    const area = $('conversation');
+    area.addEventListener('dragover', (e) => {
+      if ([...(e.dataTransfer?.types || [])].includes('Files')) e.preventDefault();
+    });
+    area.addEventListener('drop', (e) => this.#files(e, e.dataTransfer));
+    // A file dropped anywhere else is not opened by the browser in place of the console.
+    for (const type of ['dragover', 'drop']) {
+      addEventListener(type, (e) => [...(e.dataTransfer?.types || [])].includes('Files') && e.preventDefault());
+    }
+    client.addEventListener('state', (e) => e.detail === 'connected' && this.#flush());
+  }
+
+  #files(e, dt) {
+    const files = [...(dt?.files || [])].filter((f) => f.type.startsWith('image/'));
+    if (!files.length || state.current === null || !this.open) return;
+    e.preventDefault();
+    for (const f of files) this.image(f);
+  }
+
+  /** The open conversation changed: its own draft. */
+  show(th) {
+    this.text.value = th ? th.draft : '';
+    this.count();
+  }
+
+  /** The byte count (WeChat followers: against WeChat's limit). */
+  count() {
+    const th = state.current === null ? null : thread(state.current);
+    const n = utf8Bytes(this.text.value);
+    const limited = Boolean(th?.wechat || th?.window);
+    const over = limited && n > MAX_TEXT_BYTES;
+    this.counter.textContent = limited ? `${n}/${MAX_TEXT_BYTES}` : (n ? String(n) : '');
+    this.counter.classList.toggle('over', over);
+    this.counter.title = t('counter.title', { max: MAX_TEXT_BYTES });
+    this.over = over;
+    $('send').disabled = !this.open || over;
+    return !over;
+  }
+
+  /** The window opened or closed: the box follows. */
+  setOpen(open) {
+    this.open = open;
+    for (const id of ['text', 'file']) $(id).disabled = !open;
+    this.count();
+  }
+
+  submit() {
+    const text = this.text.value;
+    if (!text.trim() || state.current === null || !this.open || !this.count()) return;
+    const th = thread(state.current);
+    this.text.value = '';
+    th.draft = '';
+    this.count();
+    this.send(th, 'text', { content: text });
+  }
+
+  /** A new outgoing message: shown at once, sent now or when the connection is back. */
+  send(th, msg_type, msg, extra = {}) {
+    const id = newId();
+    const m = { id, out: true, mine: true, state: 'sending', local: extra.local, file: extra.file, data: { id, msg_type, msg, contact_id: th.contact, send_time: Math.floor(Date.now() / 1000), direction: 'out', name: this.client.userid } };
+    th.messages.set(id, m);
+    this.list.sending(th.contact, m.data);
+    if (msg_type === 'image' && !msg.media_path) return this.#upload(th, m);
+    this.#go(th, m);
+    return m;
+  }
+
+  image(file) {
+    if (state.current === null) return;
+    const th = thread(state.current);
+    this.send(th, 'image', {}, { local: URL.createObjectURL(file), file });
+  }
+
+  async #upload(th, m) {
+    m.state = 'sending';
+    this.view.render(th, m);
+    try {
+      const r = await fetch(this.client.url(`${P}/media`), { method: 'POST', body: m.file, headers: { ...this.client.headers(), 'content-type': m.file.type || 'application/octet-stream' } });
+      const j = await r.json().catch(() => ({}));
+      if (!r.ok) throw Object.assign(new Error(j.result?.message || `${r.status}`), { upload: true });
+      m.data.msg = { media_path: j.data.media_path };
+    } catch (e) {
+      this.#failed(th, m, e, 'err.upload');
+      return;
+    }
+    this.#go(th, m);
+  }
+
+  #go(th, m) {
+    if (this.client.state !== 'connected') {
+      // Not a failure: the client reconnects by itself, and this goes out then.
+      m.state = 'queued';
+      this.queue.push([th, m]);
+      this.view.render(th, m);
+      return;
+    }
+    m.state = 'sending';
+    this.view.render(th, m);
+    this.client.send({ contact_id: th.contact, msg_type: m.data.msg_type, msg: m.data.msg, id: m.id })
+      .then(() => {
+        if (m.state === 'sending') m.state = 'sent';
+        this.view.render(th, m);
+      })
+      .catch((e) => {
+        if (!e.frame && !e.lost && this.client.state !== 'connected') {
+          // The socket went between the check and the send: wait for it.
+          m.state = 'queued';
+          this.queue.push([th, m]);
+          this.view.render(th, m);
+          return;
+        }
+        this.#failed(th, m, e);
+      });
+  }
+
+  #failed(th, m, e, key) {
+    m.state = 'failed';
+    m.errorKey = key || (e.lost ? (e.message.startsWith('no answer') ? 'err.timeout' : 'err.lost') : '');
+    m.error = e.frame?.result?.message || e.message || '';
+    m.errcode = e.frame?.data?.errcode;
+    m.lost = Boolean(e.lost);
+    // Stored by the gateway and refused by WeChat: the same id would be answered from the
+    // history, not sent again; a retry needs a new one (the bubble stays the same).
+    m.stored = Number(e.frame?.data?.seq || 0) > 0;
+    const w = m.errcode;
+    if (w === 45015 || w === 45047) this.onRefused?.(th);
+    this.view.render(th, m);
+  }
+
+  /** Retry a failed message in its own bubble. */
+  retry(th, m) {
+    if (m.state !== 'failed' || !windowOpen(th.window)) return;
+    m.error = '';
+    m.errorKey = '';
+    m.errcode = undefined;
+    if (m.stored) {
+      const old = m.id;
+      m.id = newId();
+      m.data = { ...m.data, id: m.id };
+      th.messages.delete(old);
+      th.messages.set(m.id, m);
+      this.view.rekey(old, m.id);
+      m.stored = false;
+    }
+    if (m.data.msg_type === 'image' && !m.data.msg?.media_path) return this.#upload(th, m);
+    this.#go(th, m);
+  }
+
+  /** The latest failed message of the open conversation, retried (a shortcut). */
+  retryLatest() {
+    if (state.current === null) return;
+    const th = thread(state.current);
+    const m = [...th.messages.values()].reverse().find((x) => x.state === 'failed');
+    if (m) this.retry(th, m);
+  }
+
+  #flush() {
+    for (const [th, m] of this.queue.splice(0)) this.#go(th, m);
+  }
+}
