@@ -1,7 +1,7 @@
 //! `imgate backup`: a consistent copy of the embedded store while the server runs.
 //!
 //! Each SQLite file of the data dir (the mailboxes, `imgate.sqlite3`; the WeChat state,
-//! `wechat.sqlite3`) is copied with `VACUUM INTO`, which reads one snapshot in a single
+//! `wechat.sqlite3`; the team inbox's conversations, `inbox.sqlite3`) is copied with `VACUUM INTO`, which reads one snapshot in a single
 //! read transaction: every commit before it began is in the copy, none after, and the
 //! server keeps committing meanwhile (WAL readers do not block the writer). Then the media
 //! files are copied; those whose records the snapshot holds were complete before it began.
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{Config, Engine};
 
 /// The SQLite files of a data dir, in the order they are copied.
-const FILES: &[&str] = &["imgate.sqlite3", "wechat.sqlite3"];
+const FILES: &[&str] = &["imgate.sqlite3", "wechat.sqlite3", "inbox.sqlite3"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
