@@ -148,14 +148,16 @@ pub async fn run(
     if let Some(i) = &inbox {
         i.clone().spawn_sweeper(cancel.clone());
     }
-    let ingest = Arc::new(Ingest::new(
-        store.clone(),
-        config.protocol.zone()?,
-        config.protocol.company_id.clone(),
-        wechat.clone(),
-        inbox.clone(),
-    )
-    .with_frame_max(config.frame_max()));
+    let ingest = Arc::new(
+        Ingest::new(
+            store.clone(),
+            config.protocol.zone()?,
+            config.protocol.company_id.clone(),
+            wechat.clone(),
+            inbox.clone(),
+        )
+        .with_frame_max(config.frame_max()),
+    );
     let tasks = TaskTracker::new();
     let senders = Arc::new(rate::Senders::new(config.limits.sender_rate, config.limits.sender_burst));
     let conn = Arc::new(ConnContext {
