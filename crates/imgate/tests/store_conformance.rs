@@ -28,15 +28,28 @@ trait Engine {
     fn open(&self, config: &StoreConfig, fanout: Arc<dyn Fanout>) -> DynStore;
 }
 
-/// Everything fanned out so far, once `n` messages have been (the Redis engine fans out
-/// through pub/sub, a moment after the commit).
-async fn fanned(rec: &Recorder, n: usize) -> Vec<(String, u64, String)> {
+/// The mailbox of the sentinel message [`fanned`] appends.
+const SENTINEL: &str = "~sentinel";
+
+/// Everything fanned out before now, in order. Appends a sentinel message and waits for
+/// it (fan-out is in commit order, on every engine), so a duplicate or stray fan-out of
+/// an earlier commit is in the list, not lost behind a count; fails if the sentinel never
+/// comes (the Redis engine fans out through pub/sub, a moment after the commit).
+async fn fanned(store: &DynStore, rec: &Recorder) -> Vec<(String, u64, String)> {
+    store.append(vec![msg(SENTINEL, "sentinel", "x", None)]).await.unwrap();
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     loop {
-        let got = rec.0.lock().clone();
-        if got.len() >= n || tokio::time::Instant::now() > deadline {
-            return got;
+        {
+            let got = rec.0.lock();
+            if let Some(end) = got.iter().position(|(user, _, _)| user == SENTINEL) {
+                return got[..end].to_vec();
+            }
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sentinel was never fanned out: {:?}",
+            rec.0.lock()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -126,7 +139,7 @@ async fn seqs_start_at_one_per_mailbox_in_slice_order(e: impl Engine) {
     let got = store.append(vec![msg("a", "4", "x", None)]).await.unwrap();
     assert_eq!(got, [stored(3, "4")]);
     assert_eq!(
-        fanned(&rec, 4).await,
+        fanned(&store, &rec).await,
         [
             ("a".into(), 1, "1".into()),
             ("b".into(), 1, "2".into()),
@@ -193,7 +206,10 @@ async fn duplicates_repeat_the_original_and_are_not_fanned_out(e: impl Engine) {
             Appended { seq: 2, id: "m2".into(), duplicate: true },
         ]
     );
-    assert_eq!(fanned(&rec, 3).await.len(), 3);
+    assert_eq!(
+        fanned(&store, &rec).await,
+        [("a".into(), 1, "m1".into()), ("b".into(), 1, "m1".into()), ("a".into(), 2, "m2".into())]
+    );
     assert_eq!(ids(&store, "a", 0).await, [(1, "m1".into()), (2, "m2".into())]);
 }
 
@@ -339,7 +355,7 @@ async fn concurrent_appends_get_distinct_contiguous_seqs(e: impl Engine) {
     all.sort_unstable();
     assert_eq!(all, (1..=400).collect::<Vec<_>>());
     // Fan-out saw them in seq order.
-    let order: Vec<u64> = fanned(&rec, 400).await.iter().map(|(_, s, _)| *s).collect();
+    let order: Vec<u64> = fanned(&store, &rec).await.iter().map(|(_, s, _)| *s).collect();
     assert_eq!(order, (1..=400).collect::<Vec<_>>());
     assert!(store.ready().await.is_ok());
 }

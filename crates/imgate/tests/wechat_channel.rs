@@ -410,6 +410,20 @@ async fn imgate_wechat_simulate_posts_like_wechat() {
     let f = agent.frame().await;
     assert_eq!(f["result"]["code"], 1002);
     assert_eq!(standin.0.lock().media.len(), 1);
+    // The download's error shows in the media's status (the first attempt is at once).
+    let path = f["data"]["msg"]["media_path"].as_str().unwrap_or_else(|| panic!("no media_path in {f}"));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let st = loop {
+        let (status, st) = r.s.get(&format!("{path}/status?userid=agent1")).await;
+        assert_eq!(status, 200, "{st}");
+        if st["data"]["error"].as_str().is_some_and(|e| !e.is_empty()) {
+            break st;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the download error never showed: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(st["data"]["status"], "pending", "retried later: {st}");
+    assert!(st["data"]["error"].as_str().unwrap().contains("media"), "{st}");
 }
 
 #[tokio::test]
