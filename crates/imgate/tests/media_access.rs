@@ -264,11 +264,37 @@ async fn the_upload_quota_refuses_with_a_reason_and_keeps_nothing() {
     let reason = refused["result"]["message"].as_str().unwrap();
     assert!(reason.contains("wechat.upload_quota_bytes"), "{reason}");
     assert!(reason.contains("1000 of 1500"), "{reason}");
+    let r = reqwest::Client::new()
+        .post(s.http(&format!("{P}/media")))
+        .header("content-type", "image/png")
+        .query(&[("userid", "agent1")])
+        .body(png(1000))
+        .send()
+        .await
+        .unwrap();
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&wait), "until the next UTC day: {wait}");
     assert_eq!(media_files(&s), 1, "nothing kept");
     // Another user has a quota of their own; what fits still fits.
     assert_eq!(upload(&s, "agent2", false, png(1000)).await.0, 200);
     assert_eq!(upload(&s, "agent1", false, png(500)).await.0, 200);
     assert_eq!(media_files(&s), 3);
+}
+
+#[tokio::test]
+async fn an_upload_over_media_max_is_refused_with_413_and_nothing_kept() {
+    let (s, _w) = rig(false, |c| c.wechat.media_max = 4096).await;
+    assert_eq!(upload(&s, "agent1", false, png(4096)).await.0, 200, "at the limit");
+    let r = reqwest::Client::new()
+        .post(s.http(&format!("{P}/media")))
+        .header("content-type", "image/png")
+        .query(&[("userid", "agent1")])
+        .body(png(4097))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(media_files(&s), 1, "nothing kept");
 }
 
 /// The server's media URL signature, computed independently.

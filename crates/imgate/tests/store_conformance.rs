@@ -309,6 +309,29 @@ async fn a_dedupe_key_goes_with_its_message(e: impl Engine) {
     assert_eq!(got, [stored(4, "m1-again"), Appended { seq: 3, id: "m3".into(), duplicate: true }]);
 }
 
+/// After `store.dedupe_window`, a retry with the same key is a new message.
+async fn a_dedupe_key_expires_after_the_window(e: impl Engine) {
+    let config = StoreConfig { dedupe_window: Duration::ZERO, ..StoreConfig::default() };
+    let (store, _) = open_with(&e, config);
+    store.append(vec![msg("u", "m1", "x", Some("k"))]).await.unwrap();
+    // Windows are whole seconds in the embedded engine: retry until the key is older.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    let mut retries = 0;
+    loop {
+        store.trim().await.unwrap();
+        let got = store.append(vec![msg("u", "m1-retry", "x", Some("k"))]).await.unwrap();
+        if !got[0].duplicate {
+            assert_eq!(got, [stored(2, "m1-retry")]);
+            break;
+        }
+        assert_eq!(got, [Appended { seq: 1, id: "m1".into(), duplicate: true }]);
+        assert!(tokio::time::Instant::now() < deadline, "the key outlived its window ({retries} retries)");
+        retries += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ids(&store, "u", 0).await, [(1, "m1".into()), (2, "m1-retry".into())]);
+}
+
 async fn retention_by_age_empties_a_mailbox_without_resetting_it(e: impl Engine) {
     let config = StoreConfig { retention_max_age: Duration::ZERO, ..StoreConfig::default() };
     let (store, _) = open_with(&e, config);
@@ -385,6 +408,7 @@ macro_rules! engines {
             #[tokio::test] async fn retention_count() { retention_by_count_keeps_seqs_rising($make).await }
             #[tokio::test] async fn retention_per_conversation() { retention_by_count_never_lets_one_sender_erase_another($make).await }
             #[tokio::test] async fn dedupe_bounded_by_retention() { a_dedupe_key_goes_with_its_message($make).await }
+            #[tokio::test] async fn dedupe_window() { a_dedupe_key_expires_after_the_window($make).await }
             #[tokio::test] async fn retention_age() { retention_by_age_empties_a_mailbox_without_resetting_it($make).await }
             #[tokio::test] async fn concurrency() { concurrent_appends_get_distinct_contiguous_seqs($make).await }
             #[tokio::test] async fn names() { mailboxes_are_separate_whatever_their_names($make).await }

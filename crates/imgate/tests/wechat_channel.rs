@@ -637,6 +637,10 @@ async fn a_stalled_media_download_is_cut_off() {
     let path = image_with_bad_media(&r, stalls).await;
     // The attempt is given up and said so; the download stays pending for its retries.
     media_answer(&r, &path, 503, "cut off").await;
+    // Pending, with when to ask again.
+    let resp = reqwest::get(r.s.http(&format!("{path}?userid=agent1"))).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "2");
     // The gateway is not held up meanwhile.
     let (status, body) = r.callback(&text_from("oPic", "still here", 79)).await;
     assert_eq!((status, body.as_str()), (200, "success"));
@@ -664,4 +668,40 @@ async fn a_callback_with_bad_fields_records_nothing() {
         assert_eq!(c["data"]["wechat"], Value::Null, "{from} was recorded as a follower: {c}");
     }
     assert_eq!(texts(&r.s, "agent1").await.len(), 0);
+}
+
+#[tokio::test]
+async fn legacy_token_mode_fetches_from_cgi_bin_token() {
+    let r = rig_with(false, |c| c.wechat.token_mode = imgate::config::TokenMode::Legacy).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    let (status, body) =
+        post(&r.s.http("/send?userid=agent1"), "application/json", text_to("oF", "hello")).await;
+    assert_eq!(status, 200, "{body}");
+    let w = r.wechat.0.lock();
+    assert_eq!((w.token_fetches, w.legacy_token_fetches, w.sent.len()), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_send_already_begun() {
+    let r = rig(false).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    r.wechat.0.lock().hold_sends = Some(gate.clone());
+    let url = r.s.http("/send?userid=agent1");
+    let send = tokio::spawn(async move { post(&url, "application/json", text_to("oF", "bye")).await });
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while r.wechat.0.lock().held_sends == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the send never reached WeChat");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wechat = r.wechat.clone();
+    let stopping = tokio::spawn(r.s.stop());
+    // Only a server that does not wait could be done by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!stopping.is_finished(), "stopped with a send in flight");
+    gate.add_permits(1);
+    let (status, ack) = tokio::time::timeout(PATIENCE, send).await.expect("the send ends").unwrap();
+    assert_eq!(status, 200, "{ack}");
+    tokio::time::timeout(PATIENCE, stopping).await.expect("the server stops").unwrap().unwrap();
+    assert_eq!(wechat.0.lock().sent.len(), 1);
 }
