@@ -113,3 +113,72 @@ async fn two_nodes_share_followers_tokens_and_media() {
     let (_, c) = a.get("/im_component/wx_official_account/contact?userid=agent&contact_id=oX").await;
     assert_eq!(c["data"]["wechat"]["window"]["remaining"], 2, "both nodes counted the replies: {c}");
 }
+
+/// A token WeChat stopped taking is refreshed once for every node, however many sends on
+/// however many nodes find it refused at once.
+#[tokio::test]
+async fn a_refused_token_is_refreshed_once_for_all_nodes() {
+    let redis = Redis::start();
+    let wechat = StandIn::new(&[(APPID, "secret")]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(wechat.clone().serve(listener));
+    let media = tempfile::tempdir().unwrap();
+    let node = || {
+        let (api, url, media) = (api.clone(), redis.url(), media.path().to_owned());
+        Server::start_with(move |c| {
+            c.store.engine = Engine::Redis;
+            c.store.redis_url = url;
+            c.wechat.api_base = api;
+            c.wechat.media_dir = media;
+            c.wechat.accounts.push(AccountConfig {
+                original_id: ORIGINAL.into(),
+                appid: APPID.into(),
+                secret: "secret".into(),
+                token: "tok".into(),
+                agents: vec!["agent".into()],
+                ..Default::default()
+            });
+        })
+    };
+    let nodes = [node().await, node().await];
+    for n in &nodes {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while n.get("/readyz").await.0 != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "node never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let xml = format!(
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oX</FromUserName><CreateTime>{now}</CreateTime>\
+         <MsgType>text</MsgType><Content>hi</Content><MsgId>1</MsgId></xml>"
+    );
+    let keys = Keys { token: "tok", appid: APPID, cipher: None };
+    let (body, q) = seal(&xml, keys, &now.to_string(), "1320562132");
+    let url = nodes[0].http(&format!("/im_component/wx_official_account/callback/{APPID}"));
+    let r = reqwest::Client::new().post(url).query(&q).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Both nodes hold the token.
+    for n in &nodes {
+        let (status, ack) =
+            post(&n.http("/send?userid=agent"), "application/json", text_to("oX", "warm")).await;
+        assert_eq!(status, 200, "{ack}");
+    }
+    let tokens = |w: &StandIn| {
+        let w = w.0.lock();
+        (w.token_fetches, w.token_requests)
+    };
+    assert_eq!(tokens(&wechat), (1, 1), "one fetch for both");
+    wechat.expire_tokens();
+    let sends = (0..8).map(|i| {
+        let url = nodes[i % 2].http("/send?userid=agent");
+        tokio::spawn(async move { post(&url, "application/json", text_to("oX", &format!("m{i}"))).await })
+    });
+    for s in sends.collect::<Vec<_>>() {
+        let (status, ack) = tokio::time::timeout(PATIENCE, s).await.expect("the send ends").unwrap();
+        assert_eq!(status, 200, "{ack}");
+    }
+    assert_eq!(wechat.0.lock().sent.len(), 10);
+    assert_eq!(tokens(&wechat), (2, 2), "one refresh for both");
+}

@@ -28,6 +28,8 @@ pub struct Inner {
     pub token_fetches: u64,
     /// ...and how many of them through the legacy `cgi-bin/token`.
     pub legacy_token_fetches: u64,
+    /// Token requests of either kind, answered with a new token or not.
+    pub token_requests: u64,
     /// When set, custom/send calls wait for a permit of it before answering (a test
     /// holds a send in flight); `held_sends` counts those that began waiting.
     pub hold_sends: Option<Arc<tokio::sync::Semaphore>>,
@@ -105,6 +107,7 @@ impl StandIn {
     }
 
     fn issue(&self, appid: &str, secret: &str, reuse: bool) -> Response {
+        self.0.lock().token_requests += 1;
         let mut s = self.0.lock();
         match s.apps.get(appid) {
             None => return wechat_error(40013, "invalid appid"),
