@@ -6,51 +6,26 @@ mod common;
 
 use std::time::Duration;
 
+use common::jwt::now;
+use common::wechat::{APPID, ORIGINAL, TOKEN};
 use common::*;
 use hmac::{KeyInit, Mac};
-use imgate::config::{AccountConfig, AuthMode};
+use imgate::config::AuthMode;
 use imgate::wechat::standin::StandIn;
-use jsonwebtoken::{EncodingKey, Header};
 use serde_json::Value;
 
 const P: &str = "/im_component/wx_official_account";
-const APPID: &str = "wx2c2769f8efd9abc2";
-const SECRET: &str = "the-app-secret";
-const TOKEN: &str = "spamtest";
-const ORIGINAL: &str = "gh_10f6c3c3ac5a";
 const JWT_SECRET: &str = "a jwt secret of at least thirty-two bytes";
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 fn jwt(sub: &str) -> String {
-    let claims = serde_json::json!({"sub": sub, "exp": now() + 600});
-    jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    common::jwt::jwt(JWT_SECRET, sub, 600)
 }
 
 /// A gateway with one account (agents: agent1, agent2) aimed at a stand-in for WeChat.
 async fn rig(token_mode: bool, tune: impl FnOnce(&mut imgate::config::Config)) -> (Server, StandIn) {
-    let wechat = StandIn::new(&[(APPID, SECRET)]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(wechat.clone().serve(listener));
+    let (wechat, base) = common::wechat::standin().await;
     let s = Server::start_with(|c| {
-        c.wechat.api_base = base;
-        c.wechat.accounts.push(AccountConfig {
-            original_id: ORIGINAL.into(),
-            appid: APPID.into(),
-            secret: SECRET.into(),
-            token: TOKEN.into(),
-            encoding_aes_key: String::new(),
-            company_id: "acme".into(),
-            agents: vec!["agent1".into(), "agent2".into()],
-        });
+        common::wechat::aim(c, &base, &["agent1", "agent2"]);
         if token_mode {
             c.auth.mode = AuthMode::Token;
             c.auth.jwt_secret = JWT_SECRET.into();
@@ -382,13 +357,8 @@ async fn nodes_on_one_redis_share_readers_quota_and_signatures() {
         })
     };
     let ((a, _wa), (b, _wb)) = (node().await, node().await);
-    for n in [&a, &b] {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while n.get("/readyz").await.0 != 200 {
-            assert!(tokio::time::Instant::now() < deadline, "node never ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    a.ready().await;
+    b.ready().await;
     let (status, up) = upload(&a, "alice", true, png(1000)).await;
     assert_eq!(status, 200, "{up}");
     let path = up["data"]["media_path"].as_str().unwrap().to_owned();
