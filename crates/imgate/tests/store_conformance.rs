@@ -3,12 +3,14 @@
 
 mod common;
 
+use common::store::msg;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use imgate::config::StoreConfig;
-use imgate::store::{Appended, DynStore, Fanout, NewMessage, StoreError};
-use imgate_protocol::{Code, EncodedMessage, MessageData};
+use imgate::store::{Appended, DynStore, Fanout, StoreError};
+use imgate_protocol::EncodedMessage;
 use parking_lot::Mutex;
 use tempfile::TempDir;
 
@@ -80,29 +82,6 @@ impl Redis {
 impl Engine for Redis {
     fn open(&self, config: &StoreConfig, fanout: Arc<dyn Fanout>) -> DynStore {
         imgate::store::redis::RedisStore::open(&self.0.url(), config, fanout).unwrap()
-    }
-}
-
-fn msg(user: &str, id: &str, contact: &str, key: Option<&str>) -> NewMessage {
-    let data = MessageData {
-        id: id.into(),
-        name: String::new(),
-        avatar: String::new(),
-        msg_type: "text".into(),
-        contact_id: contact.into(),
-        company_id: String::new(),
-        send_time: 1,
-        msg: serde_json::json!({"content": id}),
-        direction: None,
-        status: None,
-        window: None,
-    };
-    NewMessage {
-        user: user.into(),
-        id: id.into(),
-        contact: contact.into(),
-        dedupe_key: key.map(str::to_owned),
-        frame: EncodedMessage::encode(&data, Code::TEXT),
     }
 }
 

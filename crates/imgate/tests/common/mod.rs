@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod jwt;
+pub mod store;
 pub mod wechat;
 
 use std::net::SocketAddr;
