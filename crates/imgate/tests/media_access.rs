@@ -383,3 +383,25 @@ async fn nodes_on_one_redis_share_readers_quota_and_signatures() {
     assert_eq!(status, 429, "{refused}");
     assert_eq!(upload(&b, "bob", true, png(1000)).await.0, 200);
 }
+
+/// Retention (`store.retention_max_age`) removes media files older than it from the
+/// media directory, and only those.
+#[tokio::test]
+async fn retention_removes_media_files_older_than_the_max_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = imgate::config::WechatConfig::default();
+    cfg.accounts.push(common::wechat::account(&["agent1"]));
+    let day = Duration::from_secs(86_400);
+    let w =
+        imgate::wechat::Wechat::new(&cfg, dir.path(), None, day).unwrap().expect("an account is configured");
+    let media = dir.path().join("media");
+    let (old, new) = (media.join("old"), media.join("new"));
+    for f in [&old, &new] {
+        std::fs::write(f, b"bytes").unwrap();
+    }
+    let two_days_ago = std::time::SystemTime::now() - 2 * day;
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_days_ago).unwrap();
+    w.trim(day).await;
+    assert!(!old.exists(), "a file older than the max age is removed");
+    assert!(new.exists(), "a newer one stays");
+}
