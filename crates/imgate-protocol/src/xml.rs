@@ -68,62 +68,15 @@ impl XmlMessage {
         check_chars(input)?;
         let mut reader = Reader::from_str(input);
         reader.config_mut().check_end_names = true;
-        let mut stack: Vec<Open> = Vec::new();
-        let mut root: Option<Vec<(String, XmlValue)>> = None;
+        let mut tree = Tree::default();
         loop {
             let event = reader.read_event().map_err(|e| XmlError::Malformed(e.to_string()))?;
             match event {
-                Event::Start(e) => {
-                    if root.is_some() {
-                        return Err(XmlError::TrailingContent);
-                    }
-                    if stack.len() >= MAX_DEPTH {
-                        return Err(XmlError::TooDeep);
-                    }
-                    let name = e.name().as_ref().to_owned();
-                    check_name(&name)?;
-                    stack.push(Open::new(name));
-                }
-                Event::Empty(e) => {
-                    let name = e.name().as_ref().to_owned();
-                    check_name(&name)?;
-                    match stack.last_mut() {
-                        Some(top) => top.children.push((name, XmlValue::Text(String::new()))),
-                        None if root.is_none() => root = Some(Vec::new()),
-                        None => return Err(XmlError::TrailingContent),
-                    }
-                }
-                Event::End(_) => {
-                    let Some(open) = stack.pop() else {
-                        return Err(XmlError::Malformed("unexpected end tag".into()));
-                    };
-                    match stack.last_mut() {
-                        Some(parent) => {
-                            let name = open.name.clone();
-                            parent.children.push((name, open.into_value()));
-                        }
-                        None => root = Some(open.children),
-                    }
-                }
-                Event::Text(t) => {
-                    let s = t.xml10_content();
-                    match stack.last_mut() {
-                        Some(top) => top.text.push_str(&s),
-                        None if s.trim().is_empty() => {}
-                        None => {
-                            return Err(XmlError::Malformed("text outside the root element".into()));
-                        }
-                    }
-                }
-                Event::CData(c) => {
-                    let s = c.into_inner();
-                    match stack.last_mut() {
-                        Some(top) => top.push_verbatim(&s),
-                        None => {
-                            return Err(XmlError::Malformed("CDATA outside the root element".into()));
-                        }
-                    }
-                }
+                Event::Start(e) => tree.start(e.name().as_ref().to_owned())?,
+                Event::Empty(e) => tree.empty(e.name().as_ref().to_owned())?,
+                Event::End(_) => tree.end()?,
+                Event::Text(t) => tree.text(&t.xml10_content())?,
+                Event::CData(c) => tree.verbatim(&c.into_inner(), "CDATA")?,
                 Event::GeneralRef(r) => {
                     let resolved = match r.resolve_char_ref() {
                         Ok(Some(c)) => {
@@ -136,22 +89,13 @@ impl XmlMessage {
                             .to_owned(),
                         Err(e) => return Err(XmlError::Malformed(e.to_string())),
                     };
-                    match stack.last_mut() {
-                        Some(top) => top.push_verbatim(&resolved),
-                        None => {
-                            return Err(XmlError::Malformed("reference outside the root element".into()));
-                        }
-                    }
+                    tree.verbatim(&resolved, "reference")?;
                 }
                 Event::DocType(_) => return Err(XmlError::Doctype),
                 Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
-                Event::Eof => break,
+                Event::Eof => return tree.finish(),
             }
         }
-        if !stack.is_empty() {
-            return Err(XmlError::Malformed("document ends inside an element".into()));
-        }
-        root.map(|fields| XmlMessage { fields }).ok_or(XmlError::Empty)
     }
 
     /// The text of the first top-level element called `name`.
@@ -183,6 +127,80 @@ impl XmlMessage {
         write_fields(&mut out, &self.fields);
         out.push_str("</xml>");
         out
+    }
+}
+
+/// The document as it is read: the elements open now, and the root's fields once it
+/// has closed.
+#[derive(Default)]
+struct Tree {
+    open: Vec<Open>,
+    root: Option<Vec<(String, XmlValue)>>,
+}
+
+impl Tree {
+    fn start(&mut self, name: String) -> Result<(), XmlError> {
+        if self.root.is_some() {
+            return Err(XmlError::TrailingContent);
+        }
+        if self.open.len() >= MAX_DEPTH {
+            return Err(XmlError::TooDeep);
+        }
+        check_name(&name)?;
+        self.open.push(Open::new(name));
+        Ok(())
+    }
+
+    fn empty(&mut self, name: String) -> Result<(), XmlError> {
+        check_name(&name)?;
+        match self.open.last_mut() {
+            Some(top) => top.children.push((name, XmlValue::Text(String::new()))),
+            None if self.root.is_none() => self.root = Some(Vec::new()),
+            None => return Err(XmlError::TrailingContent),
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), XmlError> {
+        let Some(open) = self.open.pop() else {
+            return Err(XmlError::Malformed("unexpected end tag".into()));
+        };
+        match self.open.last_mut() {
+            Some(parent) => {
+                let name = open.name.clone();
+                parent.children.push((name, open.into_value()));
+            }
+            None => self.root = Some(open.children),
+        }
+        Ok(())
+    }
+
+    /// Plain text: layout around the root, part of a value inside it.
+    fn text(&mut self, s: &str) -> Result<(), XmlError> {
+        match self.open.last_mut() {
+            Some(top) => top.text.push_str(s),
+            None if s.trim().is_empty() => {}
+            None => return Err(XmlError::Malformed("text outside the root element".into())),
+        }
+        Ok(())
+    }
+
+    /// CDATA or a resolved reference (`what`): content, kept as it is.
+    fn verbatim(&mut self, s: &str, what: &str) -> Result<(), XmlError> {
+        match self.open.last_mut() {
+            Some(top) => {
+                top.push_verbatim(s);
+                Ok(())
+            }
+            None => Err(XmlError::Malformed(format!("{what} outside the root element"))),
+        }
+    }
+
+    fn finish(self) -> Result<XmlMessage, XmlError> {
+        if !self.open.is_empty() {
+            return Err(XmlError::Malformed("document ends inside an element".into()));
+        }
+        self.root.map(|fields| XmlMessage { fields }).ok_or(XmlError::Empty)
     }
 }
 

@@ -462,6 +462,7 @@ impl Ingest {
         };
         w.share_media(sender, path, to).await.map_err(|e| match e {
             WechatError::MediaForbidden(_) => IngestError::MediaForbidden(e.to_string()),
+            WechatError::State(e) => e.into(),
             _ => IngestError::Unsendable(e.to_string()),
         })
     }

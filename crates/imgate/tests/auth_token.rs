@@ -5,23 +5,19 @@
 mod common;
 
 use common::*;
-use jsonwebtoken::{EncodingKey, Header};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 const SECRET: &str = "a-test-secret-of-32-bytes-or-more";
 const KEY: &str = "backend-key-1-of-32-characters-or-more";
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
+use common::jwt::now;
 
 fn sign(claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes()).unwrap())
-        .unwrap()
+    common::jwt::sign(SECRET, claims)
 }
 
 fn jwt(sub: &str, exp_from_now: i64) -> String {
-    sign(serde_json::json!({"sub": sub, "exp": now() + exp_from_now}))
+    common::jwt::jwt(SECRET, sub, exp_from_now)
 }
 
 async fn token_server_with(tune: impl FnOnce(&mut imgate::config::Config)) -> Server {

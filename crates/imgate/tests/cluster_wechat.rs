@@ -3,50 +3,45 @@
 
 mod common;
 
-use std::time::Duration;
-
+use common::wechat::{APPID, ORIGINAL, TOKEN};
 use common::*;
-use imgate::config::{AccountConfig, Engine};
+use imgate::config::Engine;
 use imgate::wechat::standin::StandIn;
 use imgate_wechat::callback::{Keys, seal};
 
-const APPID: &str = "wx2c2769f8efd9abc2";
-const ORIGINAL: &str = "gh_10f6c3c3ac5a";
+/// Two nodes on one Redis (and one media directory), aimed at one stand-in, both ready.
+struct Cluster {
+    _redis: Redis,
+    _media: tempfile::TempDir,
+    wechat: StandIn,
+    a: Server,
+    b: Server,
+}
 
-#[tokio::test]
-async fn two_nodes_share_followers_tokens_and_media() {
+async fn cluster() -> Cluster {
     let redis = Redis::start();
-    let wechat = StandIn::new(&[(APPID, "secret")]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(wechat.clone().serve(listener));
+    let (wechat, api) = common::wechat::standin().await;
     let media = tempfile::tempdir().unwrap();
     let node = || {
         let (api, url, media) = (api.clone(), redis.url(), media.path().to_owned());
         Server::start_with(move |c| {
             c.store.engine = Engine::Redis;
             c.store.redis_url = url;
-            c.wechat.api_base = api;
             c.wechat.media_dir = media;
-            c.wechat.accounts.push(AccountConfig {
-                original_id: ORIGINAL.into(),
-                appid: APPID.into(),
-                secret: "secret".into(),
-                token: "tok".into(),
-                agents: vec!["agent".into()],
-                ..Default::default()
-            });
+            common::wechat::aim(c, &api, &["agent"]);
         })
     };
     let (a, b) = (node().await, node().await);
-    for n in [&a, &b] {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while n.get("/readyz").await.0 != 200 {
-            assert!(tokio::time::Instant::now() < deadline, "node never ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let keys = Keys { token: "tok", appid: APPID, cipher: None };
+    a.ready().await;
+    b.ready().await;
+    Cluster { _redis: redis, _media: media, wechat, a, b }
+}
+
+#[tokio::test]
+async fn two_nodes_share_followers_tokens_and_media() {
+    // Bound, not `..`: Redis and the media directory live as long as the test.
+    let Cluster { wechat, a, b, _redis, _media } = cluster().await;
+    let keys = Keys { token: TOKEN, appid: APPID, cipher: None };
     let post_to = |server: &Server, body: String, q: Vec<(String, String)>| {
         let url = server.http(&format!("/im_component/wx_official_account/callback/{APPID}"));
         async move {
@@ -91,16 +86,13 @@ async fn two_nodes_share_followers_tokens_and_media() {
     assert_eq!(content(&agent_on_b.frame().await), "sentinel", "nothing between: no forgery, no second copy");
     let path = img["data"]["msg"]["media_path"].as_str().unwrap().to_owned();
     // Node B serves the media node A downloaded.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let r = reqwest::get(b.http(&format!("{path}?userid=agent"))).await.unwrap();
-        if r.status() == 200 {
-            assert_eq!(r.bytes().await.unwrap().to_vec(), b"GIF89a...".to_vec());
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "node B never served the media");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let url = b.http(&format!("{path}?userid=agent"));
+    let bytes = eventually("node B never served the media", || async {
+        let r = reqwest::get(&url).await.unwrap();
+        if r.status() == 200 { Some(r.bytes().await.unwrap().to_vec()) } else { None }
+    })
+    .await;
+    assert_eq!(bytes, b"GIF89a...".to_vec());
     // Replies through both nodes go to WeChat: node B knows the follower node A met, and
     // the token is fetched once for both.
     for (n, text) in [(&b, "from b"), (&a, "from a"), (&b, "from b again")] {
@@ -112,4 +104,45 @@ async fn two_nodes_share_followers_tokens_and_media() {
     assert_eq!(wechat.0.lock().token_fetches, 1, "one token for every node");
     let (_, c) = a.get("/im_component/wx_official_account/contact?userid=agent&contact_id=oX").await;
     assert_eq!(c["data"]["wechat"]["window"]["remaining"], 2, "both nodes counted the replies: {c}");
+}
+
+/// A token WeChat stopped taking is refreshed once for every node, however many sends on
+/// however many nodes find it refused at once.
+#[tokio::test]
+async fn a_refused_token_is_refreshed_once_for_all_nodes() {
+    // Bound, not `..`: Redis and the media directory live as long as the test.
+    let Cluster { wechat, a, b, _redis, _media } = cluster().await;
+    let nodes = [a, b];
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let xml = format!(
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oX</FromUserName><CreateTime>{now}</CreateTime>\
+         <MsgType>text</MsgType><Content>hi</Content><MsgId>1</MsgId></xml>"
+    );
+    let keys = Keys { token: TOKEN, appid: APPID, cipher: None };
+    let (body, q) = seal(&xml, keys, &now.to_string(), "1320562132");
+    let url = nodes[0].http(&format!("/im_component/wx_official_account/callback/{APPID}"));
+    let r = reqwest::Client::new().post(url).query(&q).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Both nodes hold the token.
+    for n in &nodes {
+        let (status, ack) =
+            post(&n.http("/send?userid=agent"), "application/json", text_to("oX", "warm")).await;
+        assert_eq!(status, 200, "{ack}");
+    }
+    let tokens = |w: &StandIn| {
+        let w = w.0.lock();
+        (w.token_fetches, w.token_requests)
+    };
+    assert_eq!(tokens(&wechat), (1, 1), "one fetch for both");
+    wechat.expire_tokens();
+    let sends = (0..8).map(|i| {
+        let url = nodes[i % 2].http("/send?userid=agent");
+        tokio::spawn(async move { post(&url, "application/json", text_to("oX", &format!("m{i}"))).await })
+    });
+    for s in sends.collect::<Vec<_>>() {
+        let (status, ack) = tokio::time::timeout(PATIENCE, s).await.expect("the send ends").unwrap();
+        assert_eq!(status, 200, "{ack}");
+    }
+    assert_eq!(wechat.0.lock().sent.len(), 10);
+    assert_eq!(tokens(&wechat), (2, 2), "one refresh for both");
 }

@@ -48,3 +48,18 @@ async fn history_pages_by_contact_newest_page_first() {
     let (status, _) = page("&before=soon").await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn a_page_is_capped_at_history_page_max() {
+    let s = Server::start_with(|c| c.limits.history_page_max = 3).await;
+    for i in 1..=5 {
+        let (status, _) =
+            s.post("/send?userid=alice", "application/json", text_to("bob", &i.to_string())).await;
+        assert_eq!(status, 200);
+    }
+    let (status, p) = s.get("/im_component/wx_official_account/history?userid=bob&limit=50").await;
+    assert_eq!(status, 200, "{p}");
+    let texts: Vec<&str> = p["data"]["messages"].as_array().unwrap().iter().map(content).collect();
+    assert_eq!(texts, ["3", "4", "5"], "the newest page, of at most history_page_max");
+    assert_eq!(p["data"]["next_before"], 3);
+}

@@ -80,8 +80,19 @@ async fn replay_and_live_traffic_interleave_without_gaps_or_repeats() {
 
 #[tokio::test]
 async fn kill_9_loses_nothing_that_was_acknowledged() {
+    acknowledged_survive_kill_9(&[]).await;
+}
+
+/// `store.sync = "full"` (fsync per commit) keeps the same promise; what it adds, power
+/// loss, no test here can cause.
+#[tokio::test]
+async fn kill_9_loses_nothing_acknowledged_with_sync_full() {
+    acknowledged_survive_kill_9(&[("IMGATE_STORE__SYNC", "full")]).await;
+}
+
+async fn acknowledged_survive_kill_9(env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
-    let bin = Binary::start(dir.path(), &[]).await;
+    let bin = Binary::start(dir.path(), env).await;
     // Concurrent posters, then kill -9 while they are still posting.
     let mut acked = Vec::new();
     let mut posters = Vec::new();
@@ -118,7 +129,7 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
     assert!(acked.len() >= 300, "posters got {} acks", acked.len());
     acked.sort_unstable();
 
-    let bin = Binary::start(dir.path(), &[]).await;
+    let bin = Binary::start(dir.path(), env).await;
     let mut c = Client::connect(&bin.ws("/?userid=victim&since=0")).await;
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < acked.len() || seen.last() < acked.last() {

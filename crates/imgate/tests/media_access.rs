@@ -6,52 +6,26 @@ mod common;
 
 use std::time::Duration;
 
+use common::jwt::now;
+use common::wechat::{APPID, ORIGINAL, TOKEN};
 use common::*;
 use hmac::{KeyInit, Mac};
-use imgate::config::{AccountConfig, AuthMode};
+use imgate::config::AuthMode;
 use imgate::wechat::standin::StandIn;
-use jsonwebtoken::{EncodingKey, Header};
 use serde_json::Value;
 
 const P: &str = "/im_component/wx_official_account";
-const APPID: &str = "wx2c2769f8efd9abc2";
-const SECRET: &str = "the-app-secret";
-const TOKEN: &str = "spamtest";
-const ORIGINAL: &str = "gh_10f6c3c3ac5a";
 const JWT_SECRET: &str = "a jwt secret of at least thirty-two bytes";
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 fn jwt(sub: &str) -> String {
-    let claims = serde_json::json!({"sub": sub, "exp": now() + 600});
-    jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    common::jwt::jwt(JWT_SECRET, sub, 600)
 }
 
 /// A gateway with one account (agents: agent1, agent2) aimed at a stand-in for WeChat.
 async fn rig(token_mode: bool, tune: impl FnOnce(&mut imgate::config::Config)) -> (Server, StandIn) {
-    let wechat = StandIn::new(&[(APPID, SECRET)]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(wechat.clone().serve(listener));
+    let (wechat, base) = common::wechat::standin().await;
     let s = Server::start_with(|c| {
-        c.wechat.api_base = base;
-        c.wechat.accounts.push(AccountConfig {
-            original_id: ORIGINAL.into(),
-            appid: APPID.into(),
-            secret: SECRET.into(),
-            token: TOKEN.into(),
-            encoding_aes_key: String::new(),
-            company_id: "acme".into(),
-            agents: vec!["agent1".into(), "agent2".into()],
-            ..Default::default()
-        });
+        common::wechat::aim(c, &base, &["agent1", "agent2"]);
         if token_mode {
             c.auth.mode = AuthMode::Token;
             c.auth.jwt_secret = JWT_SECRET.into();
@@ -265,11 +239,37 @@ async fn the_upload_quota_refuses_with_a_reason_and_keeps_nothing() {
     let reason = refused["result"]["message"].as_str().unwrap();
     assert!(reason.contains("wechat.upload_quota_bytes"), "{reason}");
     assert!(reason.contains("1000 of 1500"), "{reason}");
+    let r = reqwest::Client::new()
+        .post(s.http(&format!("{P}/media")))
+        .header("content-type", "image/png")
+        .query(&[("userid", "agent1")])
+        .body(png(1000))
+        .send()
+        .await
+        .unwrap();
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&wait), "until the next UTC day: {wait}");
     assert_eq!(media_files(&s), 1, "nothing kept");
     // Another user has a quota of their own; what fits still fits.
     assert_eq!(upload(&s, "agent2", false, png(1000)).await.0, 200);
     assert_eq!(upload(&s, "agent1", false, png(500)).await.0, 200);
     assert_eq!(media_files(&s), 3);
+}
+
+#[tokio::test]
+async fn an_upload_over_media_max_is_refused_with_413_and_nothing_kept() {
+    let (s, _w) = rig(false, |c| c.wechat.media_max = 4096).await;
+    assert_eq!(upload(&s, "agent1", false, png(4096)).await.0, 200, "at the limit");
+    let r = reqwest::Client::new()
+        .post(s.http(&format!("{P}/media")))
+        .header("content-type", "image/png")
+        .query(&[("userid", "agent1")])
+        .body(png(4097))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(media_files(&s), 1, "nothing kept");
 }
 
 /// The server's media URL signature, computed independently.
@@ -357,13 +357,8 @@ async fn nodes_on_one_redis_share_readers_quota_and_signatures() {
         })
     };
     let ((a, _wa), (b, _wb)) = (node().await, node().await);
-    for n in [&a, &b] {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while n.get("/readyz").await.0 != 200 {
-            assert!(tokio::time::Instant::now() < deadline, "node never ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    a.ready().await;
+    b.ready().await;
     let (status, up) = upload(&a, "alice", true, png(1000)).await;
     assert_eq!(status, 200, "{up}");
     let path = up["data"]["media_path"].as_str().unwrap().to_owned();
@@ -387,4 +382,26 @@ async fn nodes_on_one_redis_share_readers_quota_and_signatures() {
     let (status, refused) = upload(&b, "alice", true, png(1000)).await;
     assert_eq!(status, 429, "{refused}");
     assert_eq!(upload(&b, "bob", true, png(1000)).await.0, 200);
+}
+
+/// Retention (`store.retention_max_age`) removes media files older than it from the
+/// media directory, and only those.
+#[tokio::test]
+async fn retention_removes_media_files_older_than_the_max_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = imgate::config::WechatConfig::default();
+    cfg.accounts.push(common::wechat::account(&["agent1"]));
+    let day = Duration::from_secs(86_400);
+    let w =
+        imgate::wechat::Wechat::new(&cfg, dir.path(), None, day).unwrap().expect("an account is configured");
+    let media = dir.path().join("media");
+    let (old, new) = (media.join("old"), media.join("new"));
+    for f in [&old, &new] {
+        std::fs::write(f, b"bytes").unwrap();
+    }
+    let two_days_ago = std::time::SystemTime::now() - 2 * day;
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_days_ago).unwrap();
+    w.trim(day).await;
+    assert!(!old.exists(), "a file older than the max age is removed");
+    assert!(new.exists(), "a newer one stays");
 }

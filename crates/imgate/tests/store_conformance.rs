@@ -3,12 +3,14 @@
 
 mod common;
 
+use common::store::msg;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use imgate::config::StoreConfig;
-use imgate::store::{Appended, DynStore, Fanout, NewMessage, StoreError};
-use imgate_protocol::{Code, EncodedMessage, MessageData};
+use imgate::store::{Appended, DynStore, Fanout, StoreError};
+use imgate_protocol::EncodedMessage;
 use parking_lot::Mutex;
 use tempfile::TempDir;
 
@@ -28,15 +30,28 @@ trait Engine {
     fn open(&self, config: &StoreConfig, fanout: Arc<dyn Fanout>) -> DynStore;
 }
 
-/// Everything fanned out so far, once `n` messages have been (the Redis engine fans out
-/// through pub/sub, a moment after the commit).
-async fn fanned(rec: &Recorder, n: usize) -> Vec<(String, u64, String)> {
+/// The mailbox of the sentinel message [`fanned`] appends.
+const SENTINEL: &str = "~sentinel";
+
+/// Everything fanned out before now, in order. Appends a sentinel message and waits for
+/// it (fan-out is in commit order, on every engine), so a duplicate or stray fan-out of
+/// an earlier commit is in the list, not lost behind a count; fails if the sentinel never
+/// comes (the Redis engine fans out through pub/sub, a moment after the commit).
+async fn fanned(store: &DynStore, rec: &Recorder) -> Vec<(String, u64, String)> {
+    store.append(vec![msg(SENTINEL, "sentinel", "x", None)]).await.unwrap();
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     loop {
-        let got = rec.0.lock().clone();
-        if got.len() >= n || tokio::time::Instant::now() > deadline {
-            return got;
+        {
+            let got = rec.0.lock();
+            if let Some(end) = got.iter().position(|(user, _, _)| user == SENTINEL) {
+                return got[..end].to_vec();
+            }
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sentinel was never fanned out: {:?}",
+            rec.0.lock()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -67,29 +82,6 @@ impl Redis {
 impl Engine for Redis {
     fn open(&self, config: &StoreConfig, fanout: Arc<dyn Fanout>) -> DynStore {
         imgate::store::redis::RedisStore::open(&self.0.url(), config, fanout).unwrap()
-    }
-}
-
-fn msg(user: &str, id: &str, contact: &str, key: Option<&str>) -> NewMessage {
-    let data = MessageData {
-        id: id.into(),
-        name: String::new(),
-        avatar: String::new(),
-        msg_type: "text".into(),
-        contact_id: contact.into(),
-        company_id: String::new(),
-        send_time: 1,
-        msg: serde_json::json!({"content": id}),
-        direction: None,
-        status: None,
-        window: None,
-    };
-    NewMessage {
-        user: user.into(),
-        id: id.into(),
-        contact: contact.into(),
-        dedupe_key: key.map(str::to_owned),
-        frame: EncodedMessage::encode(&data, Code::TEXT),
     }
 }
 
@@ -126,7 +118,7 @@ async fn seqs_start_at_one_per_mailbox_in_slice_order(e: impl Engine) {
     let got = store.append(vec![msg("a", "4", "x", None)]).await.unwrap();
     assert_eq!(got, [stored(3, "4")]);
     assert_eq!(
-        fanned(&rec, 4).await,
+        fanned(&store, &rec).await,
         [
             ("a".into(), 1, "1".into()),
             ("b".into(), 1, "2".into()),
@@ -193,7 +185,10 @@ async fn duplicates_repeat_the_original_and_are_not_fanned_out(e: impl Engine) {
             Appended { seq: 2, id: "m2".into(), duplicate: true },
         ]
     );
-    assert_eq!(fanned(&rec, 3).await.len(), 3);
+    assert_eq!(
+        fanned(&store, &rec).await,
+        [("a".into(), 1, "m1".into()), ("b".into(), 1, "m1".into()), ("a".into(), 2, "m2".into())]
+    );
     assert_eq!(ids(&store, "a", 0).await, [(1, "m1".into()), (2, "m2".into())]);
 }
 
@@ -293,6 +288,29 @@ async fn a_dedupe_key_goes_with_its_message(e: impl Engine) {
     assert_eq!(got, [stored(4, "m1-again"), Appended { seq: 3, id: "m3".into(), duplicate: true }]);
 }
 
+/// After `store.dedupe_window`, a retry with the same key is a new message.
+async fn a_dedupe_key_expires_after_the_window(e: impl Engine) {
+    let config = StoreConfig { dedupe_window: Duration::ZERO, ..StoreConfig::default() };
+    let (store, _) = open_with(&e, config);
+    store.append(vec![msg("u", "m1", "x", Some("k"))]).await.unwrap();
+    // Windows are whole seconds in the embedded engine: retry until the key is older.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    let mut retries = 0;
+    loop {
+        store.trim().await.unwrap();
+        let got = store.append(vec![msg("u", "m1-retry", "x", Some("k"))]).await.unwrap();
+        if !got[0].duplicate {
+            assert_eq!(got, [stored(2, "m1-retry")]);
+            break;
+        }
+        assert_eq!(got, [Appended { seq: 1, id: "m1".into(), duplicate: true }]);
+        assert!(tokio::time::Instant::now() < deadline, "the key outlived its window ({retries} retries)");
+        retries += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ids(&store, "u", 0).await, [(1, "m1".into()), (2, "m1-retry".into())]);
+}
+
 async fn retention_by_age_empties_a_mailbox_without_resetting_it(e: impl Engine) {
     let config = StoreConfig { retention_max_age: Duration::ZERO, ..StoreConfig::default() };
     let (store, _) = open_with(&e, config);
@@ -339,7 +357,7 @@ async fn concurrent_appends_get_distinct_contiguous_seqs(e: impl Engine) {
     all.sort_unstable();
     assert_eq!(all, (1..=400).collect::<Vec<_>>());
     // Fan-out saw them in seq order.
-    let order: Vec<u64> = fanned(&rec, 400).await.iter().map(|(_, s, _)| *s).collect();
+    let order: Vec<u64> = fanned(&store, &rec).await.iter().map(|(_, s, _)| *s).collect();
     assert_eq!(order, (1..=400).collect::<Vec<_>>());
     assert!(store.ready().await.is_ok());
 }
@@ -369,6 +387,7 @@ macro_rules! engines {
             #[tokio::test] async fn retention_count() { retention_by_count_keeps_seqs_rising($make).await }
             #[tokio::test] async fn retention_per_conversation() { retention_by_count_never_lets_one_sender_erase_another($make).await }
             #[tokio::test] async fn dedupe_bounded_by_retention() { a_dedupe_key_goes_with_its_message($make).await }
+            #[tokio::test] async fn dedupe_window() { a_dedupe_key_expires_after_the_window($make).await }
             #[tokio::test] async fn retention_age() { retention_by_age_empties_a_mailbox_without_resetting_it($make).await }
             #[tokio::test] async fn concurrency() { concurrent_appends_get_distinct_contiguous_seqs($make).await }
             #[tokio::test] async fn names() { mailboxes_are_separate_whatever_their_names($make).await }

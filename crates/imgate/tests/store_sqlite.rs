@@ -9,43 +9,17 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::store::{msg, msg_sized};
 use common::*;
 use imgate::config::StoreConfig;
 use imgate::store::sqlite::SqliteStore;
-use imgate::store::{Appended, DynStore, Fanout, NewMessage, Store};
-use imgate_protocol::{Code, EncodedMessage, MessageData};
+use imgate::store::{Appended, DynStore, Fanout, Store};
+use imgate_protocol::EncodedMessage;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 struct Nobody;
 impl Fanout for Nobody {
     fn committed(&self, _: &str, _: u64, _: &EncodedMessage) {}
-}
-
-fn msg_sized(user: &str, id: &str, contact: &str, key: Option<&str>, content: &str) -> NewMessage {
-    let data = MessageData {
-        id: id.into(),
-        name: String::new(),
-        avatar: String::new(),
-        msg_type: "text".into(),
-        contact_id: contact.into(),
-        company_id: String::new(),
-        send_time: 1,
-        msg: serde_json::json!({"content": content}),
-        direction: None,
-        status: None,
-        window: None,
-    };
-    NewMessage {
-        user: user.into(),
-        id: id.into(),
-        contact: contact.into(),
-        dedupe_key: key.map(str::to_owned),
-        frame: EncodedMessage::encode(&data, Code::TEXT),
-    }
-}
-
-fn msg(user: &str, id: &str, contact: &str, key: Option<&str>) -> NewMessage {
-    msg_sized(user, id, contact, key, id)
 }
 
 fn open(dir: &std::path::Path, config: &StoreConfig) -> Arc<SqliteStore> {

@@ -7,18 +7,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use imgate::config::AccountConfig;
 use imgate::wechat::standin::{Misbehave, StandIn};
 use imgate_protocol::XmlMessage;
 use imgate_wechat::Cipher;
 use imgate_wechat::callback::{Keys, seal};
 use serde_json::Value;
 
-const APPID: &str = "wx2c2769f8efd9abc2";
-const SECRET: &str = "the-app-secret";
-const TOKEN: &str = "spamtest";
-const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
-const ORIGINAL: &str = "gh_10f6c3c3ac5a";
+use common::wechat::{AES_KEY, APPID, ORIGINAL, SECRET, TOKEN};
 
 /// WeChat stamps each callback with the time it sent it; imgate refuses stale ones.
 fn now_ts() -> String {
@@ -36,22 +31,12 @@ async fn rig(safe_mode: bool) -> Rig {
 }
 
 async fn rig_with(safe_mode: bool, tune: impl FnOnce(&mut imgate::config::Config)) -> Rig {
-    let wechat = StandIn::new(&[(APPID, SECRET)]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(wechat.clone().serve(listener));
+    let (wechat, base) = common::wechat::standin().await;
     let s = Server::start_with(|c| {
-        c.wechat.api_base = base;
-        c.wechat.accounts.push(AccountConfig {
-            original_id: ORIGINAL.into(),
-            appid: APPID.into(),
-            secret: SECRET.into(),
-            token: TOKEN.into(),
-            encoding_aes_key: if safe_mode { AES_KEY.into() } else { String::new() },
-            company_id: "acme".into(),
-            agents: vec!["agent1".into()],
-            ..Default::default()
-        });
+        common::wechat::aim(c, &base, &["agent1"]);
+        if safe_mode {
+            c.wechat.accounts[0].encoding_aes_key = AES_KEY.into();
+        }
         tune(c);
     })
     .await;
@@ -363,10 +348,7 @@ async fn compatible_mode_trusts_only_the_encrypted_copy() {
 #[tokio::test]
 async fn imgate_wechat_simulate_posts_like_wechat() {
     let r = rig(true).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let standin_url = format!("http://{}", listener.local_addr().unwrap());
-    let standin = StandIn::new(&[(APPID, SECRET)]);
-    tokio::spawn(standin.clone().serve(listener));
+    let (standin, standin_url) = common::wechat::standin().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("imgate.toml");
     std::fs::write(
@@ -411,6 +393,16 @@ async fn imgate_wechat_simulate_posts_like_wechat() {
     let f = agent.frame().await;
     assert_eq!(f["result"]["code"], 1002);
     assert_eq!(standin.0.lock().media.len(), 1);
+    // The download's error shows in the media's status (the first attempt is at once).
+    let path = f["data"]["msg"]["media_path"].as_str().unwrap_or_else(|| panic!("no media_path in {f}"));
+    let st = eventually("the download error never showed", || async {
+        let (status, st) = r.s.get(&format!("{path}/status?userid=agent1")).await;
+        assert_eq!(status, 200, "{st}");
+        st["data"]["error"].as_str().is_some_and(|e| !e.is_empty()).then_some(st)
+    })
+    .await;
+    assert_eq!(st["data"]["status"], "pending", "retried later: {st}");
+    assert!(st["data"]["error"].as_str().unwrap().contains("media"), "{st}");
 }
 
 #[tokio::test]
@@ -441,22 +433,8 @@ async fn what_wechat_cannot_carry_is_refused_before_anything_is_kept() {
 
 #[tokio::test]
 async fn the_accounts_other_agents_see_a_colleagues_reply() {
-    let wechat = StandIn::new(&[(APPID, SECRET)]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(wechat.clone().serve(listener));
-    let s = Server::start_with(|c| {
-        c.wechat.api_base = base;
-        c.wechat.accounts.push(AccountConfig {
-            original_id: ORIGINAL.into(),
-            appid: APPID.into(),
-            secret: SECRET.into(),
-            token: TOKEN.into(),
-            agents: vec!["amy".into(), "ben".into()],
-            ..Default::default()
-        });
-    })
-    .await;
+    let (wechat, base) = common::wechat::standin().await;
+    let s = Server::start_with(|c| common::wechat::aim(c, &base, &["amy", "ben"])).await;
     let r = Rig { s, wechat, cipher: None };
     r.callback(&text_from("oF", "hello team", 1)).await;
     let mut ben = r.s.connect("/?userid=ben").await;
@@ -624,6 +602,10 @@ async fn a_stalled_media_download_is_cut_off() {
     let path = image_with_bad_media(&r, stalls).await;
     // The attempt is given up and said so; the download stays pending for its retries.
     media_answer(&r, &path, 503, "cut off").await;
+    // Pending, with when to ask again.
+    let resp = reqwest::get(r.s.http(&format!("{path}?userid=agent1"))).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "2");
     // The gateway is not held up meanwhile.
     let (status, body) = r.callback(&text_from("oPic", "still here", 79)).await;
     assert_eq!((status, body.as_str()), (200, "success"));
@@ -651,4 +633,39 @@ async fn a_callback_with_bad_fields_records_nothing() {
         assert_eq!(c["data"]["wechat"], Value::Null, "{from} was recorded as a follower: {c}");
     }
     assert_eq!(texts(&r.s, "agent1").await.len(), 0);
+}
+
+#[tokio::test]
+async fn legacy_token_mode_fetches_from_cgi_bin_token() {
+    let r = rig_with(false, |c| c.wechat.token_mode = imgate::config::TokenMode::Legacy).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    let (status, body) =
+        post(&r.s.http("/send?userid=agent1"), "application/json", text_to("oF", "hello")).await;
+    assert_eq!(status, 200, "{body}");
+    let w = r.wechat.0.lock();
+    assert_eq!((w.token_fetches, w.legacy_token_fetches, w.sent.len()), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_send_already_begun() {
+    let r = rig(false).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    r.wechat.0.lock().hold_sends = Some(gate.clone());
+    let url = r.s.http("/send?userid=agent1");
+    let send = tokio::spawn(async move { post(&url, "application/json", text_to("oF", "bye")).await });
+    eventually("the send never reached WeChat", || async {
+        (r.wechat.0.lock().held_sends > 0).then_some(())
+    })
+    .await;
+    let wechat = r.wechat.clone();
+    let stopping = tokio::spawn(r.s.stop());
+    // Only a server that does not wait could be done by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!stopping.is_finished(), "stopped with a send in flight");
+    gate.add_permits(1);
+    let (status, ack) = tokio::time::timeout(PATIENCE, send).await.expect("the send ends").unwrap();
+    assert_eq!(status, 200, "{ack}");
+    tokio::time::timeout(PATIENCE, stopping).await.expect("the server stops").unwrap().unwrap();
+    assert_eq!(wechat.0.lock().sent.len(), 1);
 }

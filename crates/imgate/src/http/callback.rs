@@ -80,7 +80,7 @@ fn refused(e: WechatError) -> ApiError {
     match e {
         WechatError::Callback(CallbackError::BadSignature) => ApiError::Unauthorized(e.to_string()),
         // Not the caller's fault: WeChat sends it again later.
-        WechatError::NonceUnknown(_) => ApiError::Unavailable(e.to_string()),
+        WechatError::NonceUnknown(_) | WechatError::State(_) => ApiError::Unavailable(e.to_string()),
         other => ApiError::BadRequest(other.to_string()),
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED, Charge, Hub, Next, Outbound, Queue};
 use crate::config::HubConfig;
 use crate::ingest::{Ingest, Sender};
-use crate::store::{DynStore, StoreError};
+use crate::store::{DynStore, Store, StoreError};
 
 /// Messages read from the mailbox per query while replaying (and at most
 /// `hub.queue_max_bytes` of them).
@@ -81,21 +81,31 @@ pub struct Start {
 impl Start {
     /// Decided before the handshake completes, so that whatever is committed once the
     /// client sees itself connected is after it. Without `since`, the connection starts
-    /// after the user's delivered mark: what its other connections showed or the store
-    /// recorded, whichever is later.
+    /// after the user's delivered mark (see [`delivered_mark`]).
     pub async fn decide(ctx: &ConnContext, user: &str, since: Option<u64>) -> Result<Start, StoreError> {
         let after = match since {
             // A client ahead of the mailbox (its data dir was replaced, or its since came
             // from elsewhere) would skip new messages until they pass it: start it at the
             // mailbox's end instead.
             Some(since) => since.min(ctx.store.last_seq(user).await?),
-            None => {
-                let stored = ctx.store.delivered(user).await?;
-                stored.max(ctx.hub.delivered(user).unwrap_or(0))
-            }
+            None => delivered_mark(&ctx.hub, ctx.store.as_ref(), user).await?,
         };
         Ok(Start { after, expires: None })
     }
+}
+
+/// The user's delivered mark: what its open connections showed or the store recorded,
+/// whichever is later.
+///
+/// The hub first, then the store. A closing connection does the reverse — saves its mark
+/// to the store, then leaves the hub (see [`serve`]) — so wherever this falls between
+/// those two steps, one of the reads sees the mark. Read the other way round, the store
+/// could be read before the save and the hub after the leave: both miss the mark, and
+/// the new connection replays what was already shown.
+async fn delivered_mark(hub: &Hub, store: &dyn Store, user: &str) -> Result<u64, StoreError> {
+    let live = hub.delivered(user).unwrap_or(0);
+    let stored = store.delivered(user).await?;
+    Ok(stored.max(live))
 }
 
 type Pending = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
@@ -125,7 +135,8 @@ pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start
                 c.queue = Some(reg.queue.clone());
                 let stop = c.run().await;
                 // Persist the mark before leaving the hub: a connection starting
-                // meanwhile reads the hub's mark, one starting after reads the store's.
+                // meanwhile reads the hub's mark, one starting after reads the store's
+                // (the reads go in the other order: see `delivered_mark`).
                 c.persist().await;
                 drop(reg);
                 stop
@@ -480,5 +491,87 @@ fn close_for(e: axum::Error) -> Option<(u16, &'static str)> {
         tungstenite::Error::Capacity(_) => Some((1009, "frame is larger than the limit")),
         tungstenite::Error::Protocol(_) => Some((1002, "WebSocket protocol error")),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use async_trait::async_trait;
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::store::{Appended, NewMessage, Stored};
+
+    /// A store whose `delivered` reads the mark, says so, and returns it only when let
+    /// go: a connection's start can be held between its two reads.
+    #[derive(Default)]
+    struct Held {
+        mark: AtomicU64,
+        read: Notify,
+        go: Notify,
+    }
+
+    #[async_trait]
+    impl Store for Held {
+        async fn delivered(&self, _: &str) -> Result<u64, StoreError> {
+            let mark = self.mark.load(Ordering::Acquire);
+            self.read.notify_one();
+            self.go.notified().await;
+            Ok(mark)
+        }
+        async fn set_delivered(&self, _: &str, seq: u64) -> Result<(), StoreError> {
+            self.mark.fetch_max(seq, Ordering::AcqRel);
+            Ok(())
+        }
+        async fn append(&self, _: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+            Err(StoreError::Closed)
+        }
+        async fn read_after(&self, _: &str, _: u64, _: usize, _: usize) -> Result<Vec<Stored>, StoreError> {
+            Err(StoreError::Closed)
+        }
+        async fn history(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: Option<u64>,
+            _: usize,
+        ) -> Result<Vec<Stored>, StoreError> {
+            Err(StoreError::Closed)
+        }
+        async fn last_seq(&self, _: &str) -> Result<u64, StoreError> {
+            Err(StoreError::Closed)
+        }
+        async fn trim(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn ready(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn close(&self) {}
+    }
+
+    /// A connection starts while the user's only other one closes, the close's two steps
+    /// (save the mark, leave the hub) falling between the start's reads: it still starts
+    /// after what the closing one showed.
+    #[tokio::test(start_paused = true)]
+    async fn a_start_during_a_close_does_not_replay_what_was_shown() {
+        let hub = Hub::new(&HubConfig::default());
+        let store = Arc::new(Held::default());
+        let closing = hub.register(&"u".into()).unwrap();
+        closing.delivered.store(5, Ordering::Release);
+        let start = tokio::spawn({
+            let (hub, store) = (hub.clone(), store.clone());
+            async move { delivered_mark(&hub, store.as_ref(), "u").await.unwrap() }
+        });
+        let patience = Duration::from_secs(10);
+        tokio::time::timeout(patience, store.read.notified()).await.expect("the start reads the store");
+        // The closing connection, as `serve` ends it.
+        store.set_delivered("u", 5).await.unwrap();
+        drop(closing);
+        assert_eq!(hub.delivered("u"), None);
+        store.go.notify_one();
+        assert_eq!(tokio::time::timeout(patience, start).await.expect("the start ends").unwrap(), 5);
     }
 }

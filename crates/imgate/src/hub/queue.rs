@@ -306,6 +306,12 @@ mod tests {
         Queue::new(Bounds { frames, bytes }, budget.clone())
     }
 
+    /// `fut`, or a failure: in paused time a wait that nothing can end times out at once
+    /// instead of hanging the test.
+    async fn soon<T>(fut: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(10), fut).await.expect("woken")
+    }
+
     fn frame(n: Option<Next>) -> u64 {
         match n {
             Some(Next::Frame(o)) => o.seq,
@@ -313,28 +319,28 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn frames_in_order_until_full_then_kicked() {
         let budget = Arc::new(Budget::new(usize::MAX));
         let q = queue(2, usize::MAX, &budget);
         assert_eq!(q.offer(out(1, 1)), Offer::Taken);
         assert_eq!(q.offer(out(2, 1)), Offer::Taken);
-        assert!(matches!(q.next().await, Next::Frame(o) if o.seq == 1));
+        assert!(matches!(soon(q.next()).await, Next::Frame(o) if o.seq == 1));
         assert_eq!(q.offer(out(3, 1)), Offer::Taken);
         assert_eq!(q.offer(out(4, 1)), Offer::Kicked(Some(Over::Frames)));
         assert_eq!(q.offer(out(5, 1)), Offer::Kicked(None));
-        assert!(matches!(q.next().await, Next::Kicked));
-        q.kicked().await;
+        assert!(matches!(soon(q.next()).await, Next::Kicked));
+        soon(q.kicked()).await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_waiting_reader_is_woken() {
         let q = Arc::new(queue(4, usize::MAX, &Arc::new(Budget::new(usize::MAX))));
         let r = q.clone();
         let t = tokio::spawn(async move { matches!(r.next().await, Next::Frame(o) if o.seq == 7) });
         tokio::task::yield_now().await;
         q.offer(out(7, 1));
-        assert!(t.await.unwrap());
+        assert!(soon(t).await.unwrap());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use imgate_protocol::XmlMessage;
 use imgate_wechat::callback::{Keys, seal};
 use imgate_wechat::{Api, Cipher};
 
-use crate::config::{Config, Overrides};
+use crate::config::{AccountConfig, Config, Overrides};
 
 #[derive(clap::Args, Debug)]
 pub struct SimulateArgs {
@@ -60,55 +60,14 @@ pub async fn simulate(a: SimulateArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let acct = match &a.account {
-        Some(id) => config.wechat.accounts.iter().find(|x| &x.appid == id),
-        None if config.wechat.accounts.len() == 1 => config.wechat.accounts.first(),
-        None => None,
-    };
-    let Some(acct) = acct else {
+    let Some(acct) = account(&config, a.account.as_deref()) else {
         return fail("no such account: configure [[wechat.accounts]] and pick one with --account APPID");
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut x = XmlMessage::default();
-    x.set("ToUserName", acct.original_id.clone());
-    x.set("FromUserName", a.from.clone());
-    x.set("CreateTime", now.to_string());
-    let msg_id = || format!("{}", rand::random::<u64>() >> 1);
-    if let Some(text) = &a.text {
-        x.set("MsgType", "text");
-        x.set("Content", text.clone());
-        x.set("MsgId", msg_id());
-    } else if let Some(file) = &a.image {
-        let bytes = match std::fs::read(file) {
-            Ok(b) => b,
-            Err(e) => return fail(format!("{}: {e}", file.display())),
-        };
-        let api = Api::new(&config.wechat.api_base, config.wechat.api_timeout);
-        let ct = if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
-            "image/png"
-        } else {
-            "image/jpeg"
-        };
-        let media_id = match api.stable_token(&acct.appid, &acct.secret, false).await {
-            Ok(t) => match api.media_upload(&t.value, "image", "image", ct, bytes.into()).await {
-                Ok(id) => id,
-                Err(e) => return fail(format!("uploading the image to {}: {e}", config.wechat.api_base)),
-            },
-            Err(e) => return fail(format!("access token from {}: {e}", config.wechat.api_base)),
-        };
-        x.set("MsgType", "image");
-        x.set("PicUrl", String::new());
-        x.set("MediaId", media_id);
-        x.set("MsgId", msg_id());
-    } else if let Some(event) = &a.event {
-        x.set("MsgType", "event");
-        x.set("Event", event.clone());
-        if let Some(k) = &a.event_key {
-            x.set("EventKey", k.clone());
-        }
-    } else {
-        return fail("say what the follower sends: --text, --image or --event");
-    }
+    let x = match message(&a, &config, acct, now).await {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
     let cipher = if acct.encoding_aes_key.is_empty() {
         None
     } else {
@@ -123,8 +82,7 @@ pub async fn simulate(a: SimulateArgs) -> ExitCode {
     let base = a.url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
     let url =
         format!("{}/im_component/wx_official_account/callback/{}", base.trim_end_matches('/'), acct.appid);
-    let resp = reqwest_post(&url, &query, body).await;
-    match resp {
+    match reqwest_post(&url, &query, body).await {
         Ok((200, answer)) => {
             println!("{answer}");
             ExitCode::SUCCESS
@@ -138,6 +96,71 @@ pub async fn simulate(a: SimulateArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The account `--account` names, or the only one.
+fn account<'c>(config: &'c Config, appid: Option<&str>) -> Option<&'c AccountConfig> {
+    match appid {
+        Some(id) => config.wechat.accounts.iter().find(|x| x.appid == id),
+        None if config.wechat.accounts.len() == 1 => config.wechat.accounts.first(),
+        None => None,
+    }
+}
+
+/// The message the follower sends, as WeChat's callback carries it (in clear).
+async fn message(
+    a: &SimulateArgs,
+    config: &Config,
+    acct: &AccountConfig,
+    now: i64,
+) -> Result<XmlMessage, String> {
+    let mut x = XmlMessage::default();
+    x.set("ToUserName", acct.original_id.clone());
+    x.set("FromUserName", a.from.clone());
+    x.set("CreateTime", now.to_string());
+    let msg_id = || format!("{}", rand::random::<u64>() >> 1);
+    if let Some(text) = &a.text {
+        x.set("MsgType", "text");
+        x.set("Content", text.clone());
+        x.set("MsgId", msg_id());
+    } else if let Some(file) = &a.image {
+        x.set("MsgType", "image");
+        x.set("PicUrl", String::new());
+        x.set("MediaId", upload_image(config, acct, file).await?);
+        x.set("MsgId", msg_id());
+    } else if let Some(event) = &a.event {
+        x.set("MsgType", "event");
+        x.set("Event", event.clone());
+        if let Some(k) = &a.event_key {
+            x.set("EventKey", k.clone());
+        }
+    } else {
+        return Err("say what the follower sends: --text, --image or --event".into());
+    }
+    Ok(x)
+}
+
+/// Upload `file` to WeChat's API (`wechat.api_base`) as the follower's picture: its media id.
+async fn upload_image(
+    config: &Config,
+    acct: &AccountConfig,
+    file: &std::path::Path,
+) -> Result<String, String> {
+    let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let api = Api::new(&config.wechat.api_base, config.wechat.api_timeout);
+    let ct = if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        "image/png"
+    } else {
+        "image/jpeg"
+    };
+    let base = &config.wechat.api_base;
+    let token = api
+        .stable_token(&acct.appid, &acct.secret, false)
+        .await
+        .map_err(|e| format!("access token from {base}: {e}"))?;
+    api.media_upload(&token.value, "image", "image", ct, bytes.into())
+        .await
+        .map_err(|e| format!("uploading the image to {base}: {e}"))
 }
 
 async fn reqwest_post(url: &str, query: &[(String, String)], body: String) -> Result<(u16, String), String> {

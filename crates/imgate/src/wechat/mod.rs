@@ -51,6 +51,8 @@ pub enum UploadError {
     Unavailable(String),
     #[error("cannot save media: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot record the upload ({0}); nothing was kept, try again")]
+    NotRecorded(StateUnavailable),
 }
 
 /// Download attempts for inbound media, and the waits between them.
@@ -111,6 +113,8 @@ pub enum WechatError {
     MediaForbidden(String),
     #[error("{}", .0.explain())]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    State(#[from] StateUnavailable),
 }
 
 /// An inbound message, ready for the agents' mailboxes.
@@ -300,7 +304,7 @@ impl Wechat {
         // of one message do not reopen it: only a later message does.
         let sent_at = xml.non_empty("CreateTime").and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(now);
         let opens = Window::opened_by(&content.msg_type, xml.get("Event"), sent_at.min(now));
-        let window = self.state.inbound(&acct.config.appid, &openid, opens).await;
+        let window = self.state.inbound(&acct.config.appid, &openid, opens).await?;
         if let Some(media_id) = xml.non_empty("MediaId")
             && matches!(content.msg_type.as_str(), "image" | "voice" | "video" | "shortvideo")
         {
@@ -332,7 +336,7 @@ impl Wechat {
                 created_at: now,
                 owner: String::new(),
             };
-            self.state.put_media(rec.clone()).await;
+            self.state.put_media(rec.clone()).await?;
             if let Some(m) = content.msg.as_object_mut() {
                 m.insert("media_path".into(), Value::String(format!("{MEDIA_PATH}{id}")));
             }
@@ -445,7 +449,9 @@ impl Wechat {
                 async move { self.api.media_upload(&token, kind, &filename, &ct, bytes).await }
             })
             .await?;
-        self.state
+        // Only a cache of WeChat's id: unrecorded, the next send uploads again.
+        let _ = self
+            .state
             .put_media(MediaRecord { media_id: media_id.clone(), appid: acct.config.appid.clone(), ..rec })
             .await;
         Ok(media_id)
@@ -491,7 +497,11 @@ impl Wechat {
             created_at: now(),
             owner: owner.to_owned(),
         };
-        self.state.put_media(rec.clone()).await;
+        if let Err(e) = self.state.put_media(rec.clone()).await {
+            let _ = tokio::fs::remove_file(self.media_dir.join(&rec.id)).await;
+            self.state.release_upload(owner, day, size).await;
+            return Err(UploadError::NotRecorded(e));
+        }
         Ok(rec)
     }
 
@@ -525,7 +535,7 @@ impl Wechat {
             return Err(WechatError::MediaForbidden(path.to_owned()));
         }
         for user in to {
-            self.state.grant(&rec.id, user).await;
+            self.state.grant(&rec.id, user).await?;
         }
         Ok(())
     }
@@ -576,7 +586,10 @@ impl Wechat {
                 }
                 match self.download(&rec).await {
                     Ok(content_type) => {
-                        self.state
+                        // A failure is logged by the writer; the record says pending, and
+                        // the next start downloads it again.
+                        let _ = self
+                            .state
                             .put_media(MediaRecord {
                                 content_type,
                                 status: "ready".into(),
@@ -596,7 +609,8 @@ impl Wechat {
                         last = e.to_string();
                         metrics::counter!("imgate_media_download_errors_total").increment(1);
                         tracing::warn!(media = %rec.id, error = %last, "media download failed; will retry");
-                        self.state.put_media(MediaRecord { error: last.clone(), ..rec.clone() }).await;
+                        let _ =
+                            self.state.put_media(MediaRecord { error: last.clone(), ..rec.clone() }).await;
                     }
                 }
             }
@@ -604,7 +618,7 @@ impl Wechat {
                 return;
             }
             tracing::error!(media = %rec.id, error = %last, "media download failed for good");
-            self.state.put_media(MediaRecord { status: "failed".into(), error: last, ..rec }).await;
+            let _ = self.state.put_media(MediaRecord { status: "failed".into(), error: last, ..rec }).await;
         });
     }
 

@@ -24,8 +24,16 @@ pub struct Inner {
     pub apps: HashMap<String, String>,
     /// Tokens still valid.
     pub tokens: Vec<String>,
-    /// How many tokens were handed out.
+    /// How many tokens were handed out...
     pub token_fetches: u64,
+    /// ...and how many of them through the legacy `cgi-bin/token`.
+    pub legacy_token_fetches: u64,
+    /// Token requests of either kind, answered with a new token or not.
+    pub token_requests: u64,
+    /// When set, custom/send calls wait for a permit of it before answering (a test
+    /// holds a send in flight); `held_sends` counts those that began waiting.
+    pub hold_sends: Option<Arc<tokio::sync::Semaphore>>,
+    pub held_sends: u64,
     /// Errors the next custom/send calls answer, in order.
     pub send_errors: VecDeque<(i64, String)>,
     /// Followers whose window is closed (custom/send answers 45015).
@@ -99,6 +107,7 @@ impl StandIn {
     }
 
     fn issue(&self, appid: &str, secret: &str, reuse: bool) -> Response {
+        self.0.lock().token_requests += 1;
         let mut s = self.0.lock();
         match s.apps.get(appid) {
             None => return wechat_error(40013, "invalid appid"),
@@ -133,6 +142,7 @@ async fn token(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>
     if q.get("grant_type").map(String::as_str) != Some("client_credential") {
         return wechat_error(40002, "invalid grant_type");
     }
+    s.0.lock().legacy_token_fetches += 1;
     s.issue(q.get("appid").map_or("", String::as_str), q.get("secret").map_or("", String::as_str), false)
 }
 
@@ -161,6 +171,14 @@ async fn custom_send(
     let touser = v["touser"].as_str().unwrap_or_default().to_owned();
     if touser.is_empty() {
         return wechat_error(40003, "invalid openid");
+    }
+    let hold = {
+        let mut st = s.0.lock();
+        st.held_sends += u64::from(st.hold_sends.is_some());
+        st.hold_sends.clone()
+    };
+    if let Some(gate) = hold {
+        let _ = gate.acquire().await;
     }
     let mut st = s.0.lock();
     if let Some((code, msg)) = st.send_errors.pop_front() {

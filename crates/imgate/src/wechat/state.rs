@@ -2,16 +2,22 @@
 //! customer-service window, and the media it downloaded or was given.
 //!
 //! A small SQLite file beside the mailboxes (`wechat.sqlite3`), mirrored in memory; writes
-//! are rare (one per WeChat message) and go to disk before they are relied on.
+//! are rare (one per WeChat message) and go to disk before they are relied on: one writer
+//! thread takes them in the order the memory changed (two updates of one follower reach
+//! the file in that order), and a caller that relies on a write gets its error, with the
+//! memory put back as it was so that a retry writes it again.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::mpsc;
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::StateUnavailable;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS followers (
@@ -104,9 +110,17 @@ pub struct MediaRecord {
     pub owner: String,
 }
 
+/// A write to the file, and where its outcome goes.
+type Job = (Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>, oneshot::Sender<Result<(), String>>);
+
+/// A write submitted to the writer; await it with [`written`].
+type Pending = oneshot::Receiver<Result<(), String>>;
+
 /// The embedded backend: a SQLite file, mirrored in memory.
 pub struct Local {
-    db: Arc<Mutex<Connection>>,
+    /// The writer thread's queue. Submitted while the memory's lock is held, so the file
+    /// changes in the memory's order; the thread ends (and closes the file) when this goes.
+    writer: mpsc::Sender<Job>,
     followers: Mutex<HashMap<String, Follower>>,
     media: Mutex<HashMap<String, MediaRecord>>,
     /// Users a media file was sent to, by media id.
@@ -173,7 +187,9 @@ impl Nonces {
 impl Local {
     pub fn open(dir: &Path) -> rusqlite::Result<Local> {
         let conn = Connection::open(dir.join("wechat.sqlite3"))?;
-        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; {SCHEMA}"))?;
+        // NORMAL: in WAL mode a commit survives the process dying, and costs no fsync
+        // (a power cut may lose the last ones).
+        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {SCHEMA}"))?;
         // Files written before uploads had owners.
         let has_owner =
             conn.prepare("SELECT 1 FROM pragma_table_info('media') WHERE name = 'owner'")?.exists([])?;
@@ -229,8 +245,21 @@ impl Local {
                     .insert((r.get::<_, String>(0)?, r.get::<_, i64>(1)?), r.get::<_, i64>(2)?.max(0) as u64);
             }
         }
+        let (writer, jobs) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("wechat-state".into())
+            .spawn(move || {
+                for (job, reply) in jobs {
+                    let r = job(&conn).map_err(|e| e.to_string());
+                    if let Err(e) = &r {
+                        tracing::error!(error = %e, "cannot record WeChat state");
+                    }
+                    let _ = reply.send(r);
+                }
+            })
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         Ok(Local {
-            db: Arc::new(Mutex::new(conn)),
+            writer,
             followers: Mutex::new(followers),
             media: Mutex::new(media),
             readers: Mutex::new(readers),
@@ -239,12 +268,13 @@ impl Local {
         })
     }
 
-    async fn write(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static) {
-        let db = self.db.clone();
-        let r = tokio::task::spawn_blocking(move || f(&db.lock())).await;
-        if let Ok(Err(e)) | Err(e) = r.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e))) {
-            tracing::error!(error = %e, "cannot record WeChat state");
-        }
+    /// Queue a write behind those submitted before it. Call it with the memory's lock
+    /// held, so that the file changes in the order the memory did.
+    fn submit(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static) -> Pending {
+        let (reply, pending) = oneshot::channel();
+        // A writer that is gone drops the reply: `written` says so.
+        let _ = self.writer.send((Box::new(f), reply));
+        pending
     }
 
     pub fn follower(&self, openid: &str) -> Option<Follower> {
@@ -253,9 +283,15 @@ impl Local {
 
     /// A follower of `appid` wrote (or sent an event): remember them, and open a window
     /// if this opens one that lasts longer than the current.
-    pub async fn inbound(&self, appid: &str, openid: &str, opens: Option<Window>) -> Window {
-        let (window, changed) = {
+    pub async fn inbound(
+        &self,
+        appid: &str,
+        openid: &str,
+        opens: Option<Window>,
+    ) -> Result<Window, StateUnavailable> {
+        let (before, now, pending) = {
             let mut f = self.followers.lock();
+            let before = f.get(openid).cloned();
             let entry = f
                 .entry(openid.to_owned())
                 .or_insert_with(|| Follower { appid: appid.to_owned(), window: Window::default() });
@@ -268,29 +304,43 @@ impl Local {
             {
                 entry.window = w;
             }
-            (entry.window, changed)
+            let now = entry.clone();
+            let pending = changed.then(|| self.save_follower(appid, openid, now.window));
+            (before, now, pending)
         };
-        if changed {
-            self.save_follower(appid, openid, window).await;
+        if let Some(pending) = pending
+            && let Err(e) = written(pending).await
+        {
+            // Not in the file: not in memory either, so that WeChat's retry writes it.
+            let mut f = self.followers.lock();
+            if f.get(openid) == Some(&now) {
+                match before {
+                    Some(b) => f.insert(openid.to_owned(), b),
+                    None => f.remove(openid),
+                };
+            }
+            return Err(e);
         }
-        window
+        Ok(now.window)
     }
 
     /// A message went out to `openid`.
     pub async fn sent(&self, openid: &str) -> Option<Window> {
-        let (appid, window) = {
+        let (window, pending) = {
             let mut f = self.followers.lock();
             let entry = f.get_mut(openid)?;
             entry.window.sent = entry.window.sent.saturating_add(1);
-            (entry.appid.clone(), entry.window)
+            let (appid, window) = (entry.appid.clone(), entry.window);
+            (window, self.save_follower(&appid, openid, window))
         };
-        self.save_follower(&appid, openid, window).await;
+        // The message went out whatever the file says: the writer logged a failure.
+        let _ = written(pending).await;
         Some(window)
     }
 
     /// WeChat said the window is over (45015: closed; 45047: no replies left): believe it.
     pub async fn refused(&self, openid: &str, errcode: i64, now: i64) {
-        let (appid, window) = {
+        let pending = {
             let mut f = self.followers.lock();
             let Some(entry) = f.get_mut(openid) else { return };
             match errcode {
@@ -298,39 +348,41 @@ impl Local {
                 45047 => entry.window.sent = entry.window.quota,
                 _ => return,
             }
-            (entry.appid.clone(), entry.window)
+            let (appid, window) = (entry.appid.clone(), entry.window);
+            self.save_follower(&appid, openid, window)
         };
-        self.save_follower(&appid, openid, window).await;
+        // WeChat holds the truth here; the writer logged a failure.
+        let _ = written(pending).await;
     }
 
     async fn trim(&self, cutoff: i64) {
-        let media: Vec<String> = {
+        let pending = {
             let mut m = self.media.lock();
             let old: Vec<String> =
                 m.values().filter(|r| r.created_at < cutoff).map(|r| r.id.clone()).collect();
+            if old.is_empty() {
+                return;
+            }
             let mut readers = self.readers.lock();
             for id in &old {
                 m.remove(id);
                 readers.remove(id);
             }
-            old
+            self.submit(move |c| {
+                for id in &old {
+                    c.execute("DELETE FROM media WHERE id = ?1", [id])?;
+                    c.execute("DELETE FROM media_readers WHERE id = ?1", [id])?;
+                }
+                Ok(())
+            })
         };
-        if media.is_empty() {
-            return;
-        }
-        self.write(move |c| {
-            for id in &media {
-                c.execute("DELETE FROM media WHERE id = ?1", [id])?;
-                c.execute("DELETE FROM media_readers WHERE id = ?1", [id])?;
-            }
-            Ok(())
-        })
-        .await;
+        // The next pass tries again (the writer logged a failure).
+        let _ = written(pending).await;
     }
 
-    async fn save_follower(&self, appid: &str, openid: &str, w: Window) {
+    fn save_follower(&self, appid: &str, openid: &str, w: Window) -> Pending {
         let (appid, openid) = (appid.to_owned(), openid.to_owned());
-        self.write(move |c| {
+        self.submit(move |c| {
             c.execute(
                 "INSERT INTO followers (openid, appid, opened_at, closes_at, quota, sent) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (openid) DO UPDATE SET appid = excluded.appid, opened_at = excluded.opened_at, \
@@ -339,7 +391,6 @@ impl Local {
             )
             .map(|_| ())
         })
-        .await;
     }
 
     pub fn media(&self, id: &str) -> Option<MediaRecord> {
@@ -351,29 +402,63 @@ impl Local {
         self.media.lock().values().filter(|m| m.status == "pending").cloned().collect()
     }
 
-    pub async fn put_media(&self, m: MediaRecord) {
-        self.media.lock().insert(m.id.clone(), m.clone());
-        self.write(move |c| {
-            c.execute(
-                "INSERT OR REPLACE INTO media (id, appid, media_id, kind, content_type, status, error, created_at, owner) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![m.id, m.appid, m.media_id, m.kind, m.content_type, m.status, m.error, m.created_at, m.owner],
-            )
-            .map(|_| ())
-        })
-        .await;
+    pub async fn put_media(&self, m: MediaRecord) -> Result<(), StateUnavailable> {
+        let (before, pending) = {
+            let mut media = self.media.lock();
+            let before = media.insert(m.id.clone(), m.clone());
+            let rec = m.clone();
+            let pending = self.submit(move |c| {
+                c.execute(
+                    "INSERT OR REPLACE INTO media (id, appid, media_id, kind, content_type, status, error, created_at, owner) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        rec.id,
+                        rec.appid,
+                        rec.media_id,
+                        rec.kind,
+                        rec.content_type,
+                        rec.status,
+                        rec.error,
+                        rec.created_at,
+                        rec.owner
+                    ],
+                )
+                .map(|_| ())
+            });
+            (before, pending)
+        };
+        if let Err(e) = written(pending).await {
+            let mut media = self.media.lock();
+            if media.get(&m.id) == Some(&m) {
+                match before {
+                    Some(b) => media.insert(m.id.clone(), b),
+                    None => media.remove(&m.id),
+                };
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
-    async fn grant(&self, id: &str, user: &str) {
-        if !self.readers.lock().entry(id.to_owned()).or_default().insert(user.to_owned()) {
-            return;
+    async fn grant(&self, id: &str, user: &str) -> Result<(), StateUnavailable> {
+        let pending = {
+            let mut readers = self.readers.lock();
+            if !readers.entry(id.to_owned()).or_default().insert(user.to_owned()) {
+                return Ok(());
+            }
+            let (id, user) = (id.to_owned(), user.to_owned());
+            self.submit(move |c| {
+                c.execute("INSERT OR IGNORE INTO media_readers (id, user) VALUES (?1, ?2)", [id, user])
+                    .map(|_| ())
+            })
+        };
+        if let Err(e) = written(pending).await {
+            if let Some(r) = self.readers.lock().get_mut(id) {
+                r.remove(user);
+            }
+            return Err(e);
         }
-        let (id, user) = (id.to_owned(), user.to_owned());
-        self.write(move |c| {
-            c.execute("INSERT OR IGNORE INTO media_readers (id, user) VALUES (?1, ?2)", [id, user])
-                .map(|_| ())
-        })
-        .await;
+        Ok(())
     }
 
     fn is_reader(&self, id: &str, user: &str) -> bool {
@@ -381,7 +466,7 @@ impl Local {
     }
 
     async fn reserve_upload(&self, user: &str, day: i64, bytes: u64, quota: u64) -> Result<Quota, String> {
-        let used = {
+        let pending = {
             let mut u = self.usage.lock();
             // Yesterday's counts are of no use any more.
             u.retain(|(_, d), _| *d >= day);
@@ -390,36 +475,49 @@ impl Local {
                 return Ok(Quota::Over { used: *used });
             }
             *used += bytes;
-            *used
+            let (user, used) = (user.to_owned(), *used);
+            self.submit(move |c| {
+                c.execute(
+                    "INSERT OR REPLACE INTO upload_usage (user, day, bytes) VALUES (?1, ?2, ?3)",
+                    params![user, day, used as i64],
+                )?;
+                c.execute("DELETE FROM upload_usage WHERE day < ?1", [day]).map(|_| ())
+            })
         };
-        let user = user.to_owned();
-        self.write(move |c| {
-            c.execute(
-                "INSERT OR REPLACE INTO upload_usage (user, day, bytes) VALUES (?1, ?2, ?3)",
-                params![user, day, used as i64],
-            )?;
-            c.execute("DELETE FROM upload_usage WHERE day < ?1", [day]).map(|_| ())
-        })
-        .await;
+        if let Err(e) = written(pending).await {
+            // Not counted after all.
+            if let Some(u) = self.usage.lock().get_mut(&(user.to_owned(), day)) {
+                *u = u.saturating_sub(bytes);
+            }
+            return Err(e.0);
+        }
         Ok(Quota::Granted)
     }
 
     async fn release_upload(&self, user: &str, day: i64, bytes: u64) {
-        let used = {
+        let pending = {
             let mut u = self.usage.lock();
             let Some(used) = u.get_mut(&(user.to_owned(), day)) else { return };
             *used = used.saturating_sub(bytes);
-            *used
+            let (user, used) = (user.to_owned(), *used);
+            self.submit(move |c| {
+                c.execute(
+                    "UPDATE upload_usage SET bytes = ?3 WHERE user = ?1 AND day = ?2",
+                    params![user, day, used as i64],
+                )
+                .map(|_| ())
+            })
         };
-        let user = user.to_owned();
-        self.write(move |c| {
-            c.execute(
-                "UPDATE upload_usage SET bytes = ?3 WHERE user = ?1 AND day = ?2",
-                params![user, day, used as i64],
-            )
-            .map(|_| ())
-        })
-        .await;
+        // At worst the quota counts a little high until midnight (the writer logged it).
+        let _ = written(pending).await;
+    }
+}
+
+/// The outcome of a submitted write.
+async fn written(pending: Pending) -> Result<(), StateUnavailable> {
+    match pending.await {
+        Ok(r) => r.map_err(|e| StateUnavailable(format!("cannot record WeChat state: {e}"))),
+        Err(_) => Err(StateUnavailable("the WeChat state writer has stopped".into())),
     }
 }
 
@@ -450,10 +548,16 @@ impl State {
         }
     }
 
-    pub async fn inbound(&self, appid: &str, openid: &str, opens: Option<Window>) -> Window {
+    /// The follower wrote: their window afterwards, once it is recorded.
+    pub async fn inbound(
+        &self,
+        appid: &str,
+        openid: &str,
+        opens: Option<Window>,
+    ) -> Result<Window, StateUnavailable> {
         match self {
             State::Local(l) => l.inbound(appid, openid, opens).await,
-            State::Redis(r) => r.inbound(appid, openid, opens).await,
+            State::Redis(r) => Ok(r.inbound(appid, openid, opens).await),
         }
     }
 
@@ -485,18 +589,26 @@ impl State {
         }
     }
 
-    pub async fn put_media(&self, m: MediaRecord) {
+    /// Record `m`; an error when the embedded file did not take it (Redis errors are
+    /// only logged, as before: see [`Shared`]).
+    pub async fn put_media(&self, m: MediaRecord) -> Result<(), StateUnavailable> {
         match self {
             State::Local(l) => l.put_media(m).await,
-            State::Redis(r) => r.put_media(m).await,
+            State::Redis(r) => {
+                r.put_media(m).await;
+                Ok(())
+            }
         }
     }
 
     /// `user` was sent media `id` in a message: they may read it.
-    pub async fn grant(&self, id: &str, user: &str) {
+    pub async fn grant(&self, id: &str, user: &str) -> Result<(), StateUnavailable> {
         match self {
             State::Local(l) => l.grant(id, user).await,
-            State::Redis(r) => r.grant(id, user).await,
+            State::Redis(r) => {
+                r.grant(id, user).await;
+                Ok(())
+            }
         }
     }
 
@@ -857,7 +969,7 @@ mod tests {
         let s = State::Local(Local::open(dir.path()).unwrap());
         let m = s.media("m0").await.unwrap();
         assert_eq!((m.appid.as_str(), m.owner.as_str()), ("wx1", ""));
-        s.grant("m0", "bob").await;
+        s.grant("m0", "bob").await.unwrap();
         assert!(s.is_reader("m0", "bob").await);
         assert!(!s.is_reader("m0", "eve").await);
         assert_eq!(s.reserve_upload("bob", 7, 60, 100).await, Ok(Quota::Granted));
@@ -878,10 +990,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = State::Local(Local::open(dir.path()).unwrap());
-            let w = s.inbound("wx1", "o1", Window::opened_by("text", None, 1000)).await;
+            let w = s.inbound("wx1", "o1", Window::opened_by("text", None, 1000)).await.unwrap();
             assert_eq!(w.quota, 5);
             // A click inside a message window does not shorten it.
-            let w2 = s.inbound("wx1", "o1", Window::opened_by("event", Some("CLICK"), 1010)).await;
+            let w2 = s.inbound("wx1", "o1", Window::opened_by("event", Some("CLICK"), 1010)).await.unwrap();
             assert_eq!(w2, w);
             assert_eq!(s.sent("o1").await.unwrap().sent, 1);
             s.put_media(MediaRecord {
@@ -895,7 +1007,8 @@ mod tests {
                 created_at: 1,
                 owner: String::new(),
             })
-            .await;
+            .await
+            .unwrap();
         }
         let s = State::Local(Local::open(dir.path()).unwrap());
         let f = s.follower("o1").await.unwrap().unwrap();
@@ -908,5 +1021,70 @@ mod tests {
         drop(s);
         let s = State::Local(Local::open(dir.path()).unwrap());
         assert!(s.media("m1").await.is_none(), "gone from the file too");
+    }
+
+    /// Many updates of one follower at once: the file ends with the last.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_file_takes_a_followers_updates_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = std::sync::Arc::new(State::Local(Local::open(dir.path()).unwrap()));
+            s.inbound("wx1", "o1", Window::opened_by("text", None, 1000)).await.unwrap();
+            let sends: Vec<_> = (0..200)
+                .map(|_| {
+                    let s = s.clone();
+                    tokio::spawn(async move { s.sent("o1").await })
+                })
+                .collect();
+            for t in sends {
+                t.await.unwrap();
+            }
+            assert_eq!(s.follower("o1").await.unwrap().unwrap().window.sent, 200);
+        }
+        let s = State::Local(Local::open(dir.path()).unwrap());
+        assert_eq!(s.follower("o1").await.unwrap().unwrap().window.sent, 200, "the file has the last update");
+    }
+
+    fn media(id: &str) -> MediaRecord {
+        MediaRecord {
+            id: id.into(),
+            appid: "wx1".into(),
+            media_id: "MID".into(),
+            kind: "image".into(),
+            content_type: String::new(),
+            status: "pending".into(),
+            error: String::new(),
+            created_at: 1,
+            owner: String::new(),
+        }
+    }
+
+    /// A write the file refuses reaches the caller that relies on it, and is not kept in
+    /// memory either: the retry writes it.
+    #[tokio::test]
+    async fn a_refused_write_is_the_callers_error_and_a_retry_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Local::open(dir.path()).unwrap();
+        written(l.submit(|c| c.execute_batch("PRAGMA query_only = ON"))).await.unwrap();
+        let opens = Window::opened_by("text", None, 1000);
+        let e = l.inbound("wx1", "o1", opens).await.unwrap_err();
+        assert!(e.to_string().contains("cannot record WeChat state"), "{e}");
+        assert_eq!(l.follower("o1"), None);
+        assert!(l.put_media(media("m1")).await.is_err());
+        assert_eq!(l.media("m1"), None);
+        assert!(l.grant("m1", "bob").await.is_err());
+        assert!(!l.is_reader("m1", "bob"));
+        assert!(l.reserve_upload("bob", 7, 10, 100).await.is_err());
+        assert_eq!(l.reserve_upload("bob", 7, 100, 100).await, Err(e.0.clone()), "nothing was counted");
+        // The file takes writes again: WeChat's retry records the follower.
+        written(l.submit(|c| c.execute_batch("PRAGMA query_only = OFF"))).await.unwrap();
+        assert_eq!(l.inbound("wx1", "o1", opens).await.unwrap(), opens.unwrap());
+        l.put_media(media("m1")).await.unwrap();
+        l.grant("m1", "bob").await.unwrap();
+        drop(l);
+        let l = Local::open(dir.path()).unwrap();
+        assert_eq!(l.follower("o1").map(|f| f.window), opens);
+        assert_eq!(l.media("m1"), Some(media("m1")));
+        assert!(l.is_reader("m1", "bob"));
     }
 }

@@ -2,6 +2,10 @@
 //! the real binary as a child process), real WebSocket and HTTP clients.
 #![allow(dead_code)]
 
+pub mod jwt;
+pub mod store;
+pub mod wechat;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -23,6 +27,22 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for something that should happen before it calls it a failure.
 /// Not a performance bound: a hung test must end.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Ask `check` every 20 ms until it answers `Some`; fail, saying `what` did not happen,
+/// after [`PATIENCE`].
+pub async fn eventually<T, F>(what: &str, mut check: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 pub const SEED_XML: &str = "<xml>
   <ToUserName>1</ToUserName>
@@ -88,6 +108,14 @@ impl Server {
 
     pub async fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
         post(&self.http(path), content_type, body).await
+    }
+
+    /// Wait until `/readyz` answers 200 (a node on Redis is ready once subscribed).
+    pub async fn ready(&self) {
+        eventually("the server never became ready", || async {
+            (self.get("/readyz").await.0 == 200).then_some(())
+        })
+        .await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {

@@ -1,0 +1,39 @@
+//! A stand-in for WeChat's API on 127.0.0.1:0, and an account aimed at it.
+
+use imgate::config::{AccountConfig, Config};
+use imgate::wechat::standin::StandIn;
+
+pub const APPID: &str = "wx2c2769f8efd9abc2";
+pub const SECRET: &str = "the-app-secret";
+pub const TOKEN: &str = "spamtest";
+pub const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+pub const ORIGINAL: &str = "gh_10f6c3c3ac5a";
+
+/// The stand-in, serving until the test ends, and its base URL (for `wechat.api_base`).
+pub async fn standin() -> (StandIn, String) {
+    let wechat = StandIn::new(&[(APPID, SECRET)]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(wechat.clone().serve(listener));
+    (wechat, base)
+}
+
+/// The test account (plaintext callbacks, company "acme") with these agents.
+pub fn account(agents: &[&str]) -> AccountConfig {
+    AccountConfig {
+        original_id: ORIGINAL.into(),
+        appid: APPID.into(),
+        secret: SECRET.into(),
+        token: TOKEN.into(),
+        encoding_aes_key: String::new(),
+        company_id: "acme".into(),
+        agents: agents.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Aim `c` at the stand-in at `base` with the test account.
+pub fn aim(c: &mut Config, base: &str, agents: &[&str]) {
+    c.wechat.api_base = base.to_owned();
+    c.wechat.accounts.push(account(agents));
+}
