@@ -29,6 +29,7 @@ pub mod error;
 mod history;
 mod media;
 mod ops;
+pub mod openapi;
 mod send;
 pub mod server;
 mod ws;
@@ -84,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::description))
         // A declared length over the limit is refused before a byte of the body is read.
         .route_layer(server::DeclaredLength(body_max))
         .route(
