@@ -200,9 +200,9 @@ const WITH_EXAMPLES: &[&str] = &[
     "set_presence",
 ];
 
-#[tokio::test]
-async fn every_example_body_is_accepted_and_every_operation_is_routed() {
-    let (_wechat, api) = standin().await;
+/// imgate with one WeChat account (on the stand-in) of two agents.
+async fn gateway() -> (Server, StandIn) {
+    let (wechat, api) = standin().await;
     let server = Server::start_with(move |c| {
         c.wechat.api_base = api;
         c.wechat.accounts.push(AccountConfig {
@@ -217,6 +217,12 @@ async fn every_example_body_is_accepted_and_every_operation_is_routed() {
         });
     })
     .await;
+    (server, wechat)
+}
+
+#[tokio::test]
+async fn every_example_body_is_accepted_and_every_operation_is_routed() {
+    let (server, _wechat) = gateway().await;
     let d = description();
     let http = reqwest::Client::new();
 
@@ -283,6 +289,38 @@ async fn every_example_body_is_accepted_and_every_operation_is_routed() {
         let text = r.text().await.unwrap();
         assert_ne!(status, 405, "{method} {path}: {text}");
         assert!(!text.contains("no such endpoint"), "{method} {path} is not routed: {status} {text}");
+    }
+    server.stop().await.unwrap();
+}
+
+/// Found by scripts/api-check: `read` took any body that was not `{"seq":N}` (`42`,
+/// `[[null]]`, `"x"`) as "all of it". It is refused, and nothing is marked read.
+#[tokio::test]
+async fn a_read_body_that_names_no_seq_is_refused() {
+    let (server, _wechat) = gateway().await;
+    let http = reqwest::Client::new();
+    let d = description();
+    let example = d["paths"][format!("{P}/callback/{{appid}}")]["post"]["requestBody"]["content"]["application/xml"]
+        ["example"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+    let (sealed, q) = seal(&example, Keys { token: "tok", appid: APPID, cipher: None }, &now, "n1");
+    let r = http.post(server.http(&format!("{P}/callback/{APPID}"))).query(&q).body(sealed).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let read = format!("{P}/conversations/oFollower1/read?userid=agent1");
+    for body in ["42", "[[null, null]]", "\"x\"", "[1]", "{\"seq\":\"1\"}", "{\"seq\":-1}"] {
+        let (status, answer) = server.post(&read, "application/json", body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["result"]["code"], -1, "{body}: {answer}");
+    }
+    let (status, c) = server.get(&format!("{P}/conversations/oFollower1?userid=agent1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(c["data"]["unread"], 1, "nothing was marked read: {c}");
+    for body in ["", "{}", "[]", "{\"seq\":null}", "[{\"seq\":1}]"] {
+        let (status, answer) = server.post(&read, "application/json", body).await;
+        assert_eq!(status, 200, "{body}: {answer}");
     }
     server.stop().await.unwrap();
 }

@@ -122,10 +122,20 @@ pub async fn act(
                 Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
                 other => other.clone(),
             };
-            let seq = match item.get("seq") {
-                None | Some(Value::Null) => None,
-                Some(v) => {
-                    Some(v.as_u64().ok_or_else(|| ApiError::BadRequest("seq must be a number".into()))?)
+            // Anything else (`42`, `[[…]]`) is refused: read as "all of it", a malformed
+            // body would clear unread counts it never named.
+            let seq = match &item {
+                Value::Null => None,
+                Value::Object(o) => match o.get("seq") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => {
+                        Some(v.as_u64().ok_or_else(|| ApiError::BadRequest("seq must be a number".into()))?)
+                    }
+                },
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "read: give {\"seq\":N}, [{\"seq\":N}] or no body".into(),
+                    ));
                 }
             };
             inbox.read(&user, &contact, seq).await?
