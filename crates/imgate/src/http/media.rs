@@ -140,7 +140,8 @@ pub async fn get(
         Some(reader(&state, &headers, &params)?)
     };
     let w = state.wechat.as_ref().ok_or_else(|| ApiError::NoSuch(format!("no such media: {id}")))?;
-    let (rec, path) = w.media_file(&id).await.ok_or_else(|| ApiError::NoSuch(format!("no such media: {id}")))?;
+    let (rec, path) =
+        w.media_file(&id).await.ok_or_else(|| ApiError::NoSuch(format!("no such media: {id}")))?;
     if let Some(who) = &who
         && !may_read(w, who, &rec).await
     {
