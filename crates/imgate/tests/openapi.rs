@@ -214,8 +214,13 @@ const WITH_EXAMPLES: &[&str] = &[
 
 /// imgate with one WeChat account (on the stand-in) of two agents.
 async fn gateway() -> (Server, StandIn) {
+    gateway_with(|_| {}).await
+}
+
+async fn gateway_with(tune: impl FnOnce(&mut imgate::config::Config)) -> (Server, StandIn) {
     let (wechat, api) = standin().await;
     let server = Server::start_with(move |c| {
+        tune(c);
         c.wechat.api_base = api;
         c.wechat.accounts.push(AccountConfig {
             original_id: ORIGINAL.into(),
@@ -356,7 +361,7 @@ async fn a_read_body_that_names_no_seq_is_refused() {
 #[tokio::test]
 async fn an_inbox_body_over_the_limit_gets_the_error_frame() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = Server::start_with(|c| c.limits.http_body_max = 1024).await;
+    let (server, _wechat) = gateway_with(|c| c.limits.http_body_max = 1024).await;
     for (method, path) in [
         ("POST", format!("{P}/conversations/oFollower1/notes")),
         ("PUT", format!("{P}/canned")),
@@ -375,7 +380,10 @@ async fn an_inbox_body_over_the_limit_gets_the_error_frame() {
         let answer = String::from_utf8_lossy(&answer).to_string();
         let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
         assert!(head.starts_with("HTTP/1.1 413"), "{method} {path}: {answer}");
-        assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{method} {path}: {answer}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-type: application/json"),
+            "{method} {path}: {answer}"
+        );
         assert!(body.contains("\"code\":-1"), "{method} {path}: {answer}");
     }
     server.stop().await.unwrap();
