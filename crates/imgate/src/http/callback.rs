@@ -51,13 +51,13 @@ fn channel(state: &AppState) -> Result<&std::sync::Arc<Wechat>, ApiError> {
     state
         .wechat
         .as_ref()
-        .ok_or_else(|| ApiError::NotFound("no WeChat account is configured (wechat.accounts)".into()))
+        .ok_or_else(|| ApiError::NoSuch("no WeChat account is configured (wechat.accounts)".into()))
 }
 
 fn account<'a>(w: &'a Wechat, appid: Option<&str>) -> Result<&'a Account, ApiError> {
     w.account(appid).ok_or_else(|| match appid {
-        Some(id) => ApiError::NotFound(format!("no WeChat account with appid {id:?} is configured")),
-        None => ApiError::NotFound("several WeChat accounts are configured: use /callback/APPID".into()),
+        Some(id) => ApiError::NoSuch(format!("no WeChat account with appid {id:?} is configured")),
+        None => ApiError::NoSuch("several WeChat accounts are configured: use /callback/APPID".into()),
     })
 }
 

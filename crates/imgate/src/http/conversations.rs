@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use imgate_protocol::ok_frame;
 use serde_json::Value;
 
+use super::server::BodyTimeout;
 use super::{AppState, Params, error::ApiError};
 use crate::inbox::Inbox;
 use crate::inbox::model::{ConvState, ListQuery, Rank, View};
@@ -40,11 +41,20 @@ fn agent(state: &AppState, headers: &HeaderMap, query: Q) -> Result<(Arc<Inbox>,
     Ok((inbox, params, user))
 }
 
-fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+/// The body as JSON (null when blank). Taken as a `Result` so that a body over the limit or
+/// too slow is answered with the error frame, not axum's text/plain rejection.
+fn json_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config.limits.http_body_max),
+        _ => match BodyTimeout::caused(&e) {
+            Some(t) => ApiError::Timeout(t.to_string()),
+            None => ApiError::BadRequest(format!("cannot read the body: {e}")),
+        },
+    })?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("body: not JSON ({e})")))
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: not JSON ({e})")))
 }
 
 fn text_field<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>, ApiError> {
@@ -96,10 +106,10 @@ pub async fn act(
     headers: HeaderMap,
     Path((contact, action)): Path<(String, String)>,
     query: Q,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (inbox, _, user) = agent(&state, &headers, query)?;
-    let body = json_body(&body)?;
+    let body = json_body(&state, body)?;
     let data = match action.as_str() {
         "claim" => inbox.claim(&user, &contact).await?,
         "transfer" => {
@@ -122,10 +132,20 @@ pub async fn act(
                 Value::Array(a) => a.first().cloned().unwrap_or(Value::Null),
                 other => other.clone(),
             };
-            let seq = match item.get("seq") {
-                None | Some(Value::Null) => None,
-                Some(v) => {
-                    Some(v.as_u64().ok_or_else(|| ApiError::BadRequest("seq must be a number".into()))?)
+            // Anything else (`42`, `[[…]]`) is refused: read as "all of it", a malformed
+            // body would clear unread counts it never named.
+            let seq = match &item {
+                Value::Null => None,
+                Value::Object(o) => match o.get("seq") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => {
+                        Some(v.as_u64().ok_or_else(|| ApiError::BadRequest("seq must be a number".into()))?)
+                    }
+                },
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "read: give {\"seq\":N}, [{\"seq\":N}] or no body".into(),
+                    ));
                 }
             };
             inbox.read(&user, &contact, seq).await?
@@ -148,10 +168,10 @@ pub async fn set_canned(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Q,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (inbox, params, user) = agent(&state, &headers, query)?;
-    let body = json_body(&body)?;
+    let body = json_body(&state, body)?;
     Ok(ok(&inbox.set_canned(&user, params.get("appid"), &body).await?))
 }
 
@@ -168,10 +188,10 @@ pub async fn set_presence(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Q,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (inbox, _, user) = agent(&state, &headers, query)?;
-    let body = json_body(&body)?;
+    let body = json_body(&state, body)?;
     let status = text_field(&body, "status")?.unwrap_or_default();
     Ok(ok(&inbox.set_presence(&user, status).await?))
 }

@@ -139,8 +139,9 @@ pub async fn get(
     } else {
         Some(reader(&state, &headers, &params)?)
     };
-    let w = state.wechat.as_ref().ok_or_else(|| ApiError::NotFound(format!("media {id}")))?;
-    let (rec, path) = w.media_file(&id).await.ok_or_else(|| ApiError::NotFound(format!("media {id}")))?;
+    let w = state.wechat.as_ref().ok_or_else(|| ApiError::NoSuch(format!("no such media: {id}")))?;
+    let (rec, path) =
+        w.media_file(&id).await.ok_or_else(|| ApiError::NoSuch(format!("no such media: {id}")))?;
     if let Some(who) = &who
         && !may_read(w, who, &rec).await
     {
@@ -298,7 +299,7 @@ pub async fn upload(
     let w = state
         .wechat
         .as_ref()
-        .ok_or_else(|| ApiError::NotFound("no WeChat account is configured: nowhere to send media".into()))?;
+        .ok_or_else(|| ApiError::NoSuch("no WeChat account is configured: nowhere to send media".into()))?;
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(w.media_max),
         _ => ApiError::BadRequest(format!("cannot read the body: {e}")),

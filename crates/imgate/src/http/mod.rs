@@ -28,6 +28,7 @@ mod conversations;
 pub mod error;
 mod history;
 mod media;
+pub mod openapi;
 mod ops;
 pub mod request_id;
 mod send;
@@ -85,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::description))
         // A declared length over the limit is refused before a byte of the body is read.
         .route_layer(server::DeclaredLength(body_max))
         .route(
