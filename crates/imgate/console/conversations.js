@@ -30,6 +30,8 @@ const P = '/im_component/wx_official_account';
 const PAGE = 50;
 /** Changes that come together (a burst of messages) ask the server once. */
 const SETTLE_MS = 150;
+/** Contacts of the newest history page asked about at the start (see load). */
+const MAX_ASKED = 50;
 
 export class Conversations extends EventTarget {
   constructor(client) {
@@ -47,7 +49,7 @@ export class Conversations extends EventTarget {
     /** Bumped by each view or search: an answer for an older one is dropped. */
     this.gen = 0;
     this.pending = new Map();   // contact → a refresh in flight (and whether to ask again)
-    this.unlisted = new Map();  // contact → its latest live frame, while the server is asked
+    this.unlisted = new Map();  // contact → [[frame, opts]] not listed, while the server is asked
     this.countsTimer = null;
   }
 
@@ -82,12 +84,37 @@ export class Conversations extends EventTarget {
    *  Returns the history frames it read ([] with the index: each conversation then loads
    *  its messages when opened). */
   async load() {
-    if (await this.#page()) return [];
+    const indexed = await this.#page();
     const r = await fetch(this.client.url(`${P}/history`, { limit: 200 }), { headers: this.client.headers() });
     if (!r.ok) return [];
     const frames = (await r.json()).data.messages;
-    for (const f of frames) this.ingest(f);
+    if (!indexed) {
+      for (const f of frames) this.ingest(f);
+      return frames;
+    }
+    // With the index, the newest page of history only finds conversations between gateway
+    // users (which the index does not keep): each contact not listed is asked about once;
+    // a 404 lists it from its frames.
+    const asked = new Set();
+    for (const f of frames) {
+      const contact = f.data?.contact_id || '';
+      const code = Number(f.result?.code);
+      if (this.items.has(contact) || !(code === 102 || code >= 1000)) continue;
+      if (!asked.has(contact) && asked.size >= MAX_ASKED) continue;
+      asked.add(contact);
+      this.#unlisted(contact, f, {});
+    }
     return frames;
+  }
+
+  #unlisted(contact, frame, opts) {
+    const list = this.unlisted.get(contact);
+    if (list) {
+      list.push([frame, opts]);
+      return;
+    }
+    this.unlisted.set(contact, [[frame, opts]]);
+    this.refresh(contact);
   }
 
   /** One page of `GET P/conversations` (the first, or the one after `this.next`). False
@@ -208,9 +235,9 @@ export class Conversations extends EventTarget {
         const waiting = this.unlisted.get(contact);
         this.unlisted.delete(contact);
         if (r.status === 404) {
-          if (waiting && !this.items.has(contact)) {
+          if (waiting && !this.items.has(contact) && this.holds({ local: true })) {
             this.#ensure(contact).local = true;
-            this.ingest(...waiting);
+            for (const [f, opts] of waiting) this.ingest(f, opts);
           }
         } else if (r.ok) {
           const o = (await r.json()).data;
@@ -276,8 +303,7 @@ export class Conversations extends EventTarget {
     if (this.server && live && !known) {
       // Not listed: the server says whether it belongs (and where); a gateway user's
       // conversation (404) is listed from its frames, as without the index.
-      this.unlisted.set(contact, [frame, { live, open, hidden }]);
-      this.refresh(contact);
+      this.#unlisted(contact, frame, { live, open, hidden });
       this.#recount();
       return;
     }
@@ -344,7 +370,9 @@ export class Conversations extends EventTarget {
       if (wa) return a.waiting_since - b.waiting_since || (a.contact < b.contact ? -1 : 1);
       const ta = a.at ?? a.last?.time ?? 0;
       const tb = b.at ?? b.last?.time ?? 0;
-      return tb - ta || (a.contact < b.contact ? -1 : 1);
+      // Within a second, a gateway user's conversation (not the server's) goes by its seq.
+      const local = (a.local || b.local) && (b.last?.seq || 0) - (a.last?.seq || 0);
+      return tb - ta || local || (a.contact < b.contact ? -1 : 1);
     }
     return (b.last?.time || 0) - (a.last?.time || 0) || (b.last?.seq || Infinity) - (a.last?.seq || Infinity) || (a.contact < b.contact ? -1 : 1);
   }

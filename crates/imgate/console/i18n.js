@@ -147,7 +147,7 @@ export const tables = {
     'conv.other': '会话变更：{action}',
     'conv.note': '（备注：{note}）',
     'search.placeholder': '搜索会话',
-    'search.aria': '搜索会话（消息、名称、openid）',
+    'search.aria': '搜索会话（消息、名称、粉丝 ID）',
     'presence.aria': '客服在线状态',
     'presence.agents': '客服',
     'presence.online': '在线',
