@@ -444,7 +444,10 @@ function start() {
     const resolved = c.state === 'resolved';
     $('actions').hidden = false;
     for (const b of $('actions').querySelectorAll('button')) {
-      b.hidden = { claim: c.assignee === client.userid, transfer: false, resolve: resolved, reopen: !resolved }[b.dataset.act];
+      // What the server allows (docs/inbox.md): claim an unassigned one; transfer and
+      // resolve one's own (or an unassigned one); reopen any resolved one.
+      const free = !c.assignee || c.assignee === client.userid;
+      b.hidden = { claim: Boolean(c.assignee), transfer: !free, resolve: resolved || !free, reopen: !resolved }[b.dataset.act];
     }
     $('assignee').hidden = false;
     $('assignee').dataset.assignee = c.assignee || '';
@@ -551,6 +554,8 @@ function start() {
   client.addEventListener('conversation', (e) => frame(e.detail, { live: true }));
   client.addEventListener('note', (e) => frame(e.detail, { live: true }));
   client.addEventListener('presence', (e) => presence(e.detail));
+  // Asked before the socket opened, the answer had this agent offline: ask again once on.
+  client.addEventListener('state', (e) => e.detail === 'connected' && inboxShown && loadPresence());
 
   window.imgate = { client, state, conversations: source, list, view, composer, i18n };
 }
