@@ -274,6 +274,19 @@ test('views and search: mine, unassigned, all with their counts; q', async () =>
   await view('all');
 });
 
+test('a claim lost to another agent names who holds it (409)', async () => {
+  await openConv(one, 'oF003');
+  await one.locator('#assignee[data-assignee=""]').waitFor();
+  await api('agent2', 'conversations/oF003/claim', { method: 'POST' });
+  // The shortcut asks the server whatever the header shows by now (the 104 frame may be in).
+  await one.keyboard.press('Alt+C');
+  await one.locator('#act-error:not([hidden])').waitFor();
+  const text = await one.locator('#act-error').textContent();
+  check(text === `${tr('zh-CN', 'act.conflict')}agent2`, `the console says who holds it (${text})`);
+  await one.locator('#assignee[data-assignee="agent2"]').waitFor();
+  check(await one.locator('#actions button[data-act="claim"]').isHidden(), 'and no longer offers a claim');
+});
+
 test('two agents: claim, transfer with a note, reply, internal note, resolve, reopen (done-when)', async () => {
   const FAN = 'oWang';
   await follower(FAN, '你好，我的快递显示已签收，但我没有收到。');

@@ -430,7 +430,7 @@ function start() {
     } catch (err) {
       if (contact !== state.current) return;
       $('act-error').hidden = false;
-      const who = err.data?.assignee;
+      const who = err.assignee;
       $('act-error').replaceChildren(...(who ? [t('act.conflict'), data(who)] : [t('act.failed'), data(err.message)]));
       return;
     }
