@@ -362,6 +362,22 @@ test('two agents: claim, transfer with a note, reply, internal note, resolve, re
   check(fs.statSync(zhShot).size > 10_000 && fs.statSync(enShot).size > 10_000, `screenshots written (${zhShot}, ${enShot})`);
 });
 
+test('client.js: frames 104-106 reach the page and move `since` (a reconnect neither misses nor repeats them)', async () => {
+  // agent1's newest mailbox frames are the inbox's own (the reopen above, presence).
+  await follower('oWang', '在吗？');
+  const { assignee } = await api('agent1', 'conversations/oWang');
+  await api(assignee || 'agent1', 'conversations/oWang/resolve', { method: 'POST' });
+  const newest = async () => {
+    const u = `${BASE}${P}/history?userid=agent1&limit=1`;
+    const f = (await (await fetch(u)).json()).data.messages[0];
+    return { seq: Number(f.data.seq), code: Number(f.result.code) };
+  };
+  const last = await newest();
+  check(last.code === 104, `the newest frame of agent1's mailbox is a 104 (${JSON.stringify(last)})`);
+  await until('since to reach it', async () => (await one.evaluate(() => window.imgate.client.since)) >= last.seq);
+  check(await one.evaluate(() => Number(localStorage.getItem('imgate.since.agent1'))) >= last.seq, 'and it is kept for the next connection');
+});
+
 test('canned replies: / offers them by shortcut or text; the panel adds and removes them', async () => {
   await api('agent1', 'canned', { method: 'PUT', body: { canned: [{ shortcut: 'hi', text: '您好，请问有什么可以帮您？' }] } });
   await one.reload();
