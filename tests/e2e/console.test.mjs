@@ -124,7 +124,8 @@ function watch(p, label = '') {
   p.setDefaultTimeout(WAIT);
   // A gateway without the team inbox answers its index with 404: the console's feature check.
   // While the test has the gateway down, the page's requests are refused, as they should be.
-  const expected = (m) => (m.text().includes('404') && m.location()?.url?.includes(`${P}/conversations?`))
+  // With it, a conversation between gateway users is not in its index (404 for it).
+  const expected = (m) => (m.text().includes('404') && m.location()?.url?.includes(`${P}/conversations`))
     || (gatewayDown && /ERR_CONNECTION_REFUSED/.test(m.text()));
   p.on('console', (m) => m.type() === 'error' && !expected(m) && errors.push(`${label}${m.text()}`));
   p.on('pageerror', (e) => errors.push(`${label}${e}`));
@@ -431,7 +432,9 @@ test('defect 9: an incoming message updates the list in place; focus stays', asy
   await row('bob').locator('.preview', { hasText: 'b0' }).waitFor();
   const same = await page.evaluate(() => ({ focus: document.activeElement?.dataset?.contact, marked: document.activeElement?.marked === true }));
   check(same.focus === 'alice' && same.marked, `focus stays on the same row element (${JSON.stringify(same)})`);
-  const top2 = () => page.locator('#conversations button[data-contact]').evaluateAll((l) => l.slice(0, 2).map((b) => b.dataset.contact).join());
+  // The first two of these three: with the team inbox, followers waiting for an answer
+  // come before them (the server's order); among the others, the newest first.
+  const top2 = () => page.locator('#conversations button[data-contact]').evaluateAll((l) => l.map((b) => b.dataset.contact).filter((c) => ['alice', 'bob', 'erin'].includes(c)).slice(0, 2).join());
   await page.mouse.move(800, 300);
   await until('the list in order', async () => (await top2()) === 'bob,erin');
   // Under the mouse, rows keep their places; they move when it leaves.
@@ -637,7 +640,8 @@ test('defect 11: phone width: turns, keyboard, a compact header', async () => {
     await page.locator('#contact-meta', { hasText: 'gh_parcelhub' }).waitFor({ state: 'attached' });
     const head = await page.locator('#conversation > header').evaluate((h) => h.getBoundingClientRect().height);
     const meta = await page.locator('#contact-meta').evaluate((h) => h.getBoundingClientRect().width);
-    check(head <= 110 && meta >= 200, `the header is compact (${head} px high, account line ${meta} px wide)`);
+    // With the team inbox the header holds the assignee line and the actions too.
+    check(head <= 150 && meta >= 200, `the header is compact (${head} px high, account line ${meta} px wide)`);
     await page.keyboard.press('Escape');
     await page.locator('#sidebar').waitFor({ state: 'visible' });
     await row('phil').focus();

@@ -74,6 +74,9 @@ function start() {
   const client = new ImgateClient({ userid, token, getToken: tokenSource() });
   state.userid = client.userid;
   const source = new Conversations(client);
+  /** The gateway has the team inbox (its conversation index answered). */
+  let inboxShown = false;
+  let agents = [];   // [{agent, status}] of the agent's accounts (GET P/presence, frames 106)
   const list = new ListView(source, { onOpen: (c) => open(c), userid: client.userid });
   const view = new ThreadView(client, {
     onRetry: (th, m) => composer.retry(th, m),
@@ -95,7 +98,8 @@ function start() {
     const d = f.data || {};
     const contact = d.contact_id || '';
     const viewing = contact === state.current && !document.hidden;
-    if (live && Number(f.result?.code) !== 103 && d.direction !== 'out' && !viewing && !thread(contact).messages.has(d.id)) notify(contact, d);
+    const code = Number(f.result?.code);
+    if (live && (code === 102 || code >= 1000) && d.direction !== 'out' && !viewing && !thread(contact).messages.has(d.id)) notify(contact, d);
     view.ingest(f, { live });
     // At phone width with the list shown, the open conversation is not in view.
     const inView = contact === state.current && (!narrow() || document.body.classList.contains('show-conv'));
@@ -150,6 +154,8 @@ function start() {
     const th = thread(contact);
     source.markRead(contact);
     list.select(contact);
+    $('act-error').hidden = true;
+    $('compose-error').hidden = true;
     document.body.classList.add('show-conv');
     $('contact-name').textContent = contact;
     renderMeta(th);
@@ -199,12 +205,15 @@ function start() {
 
   // --- the image viewer and the help: dialogs that keep focus and give it back ------------------
   let returnTo = null;
+  const FOCUSABLE = 'select, input, textarea, button';
+  const DIALOGS = ['lightbox', 'help', 'transfer', 'canned'];
+  const anyDialog = () => DIALOGS.some((id) => !$(id).hidden);
   function dialog(id, show) {
     const d = $(id);
     if (show) {
       returnTo = document.activeElement;
       d.hidden = false;
-      d.querySelector('button').focus();
+      d.querySelector(FOCUSABLE).focus();
     } else if (!d.hidden) {
       d.hidden = true;
       if (returnTo?.isConnected) returnTo.focus();
@@ -220,11 +229,12 @@ function start() {
   $('help-close').addEventListener('click', () => dialog('help', false));
   $('help-button').addEventListener('click', () => dialog('help', true));
   $('help').addEventListener('click', (e) => e.target === $('help') && dialog('help', false));
-  for (const id of ['lightbox', 'help']) {
+  for (const id of ['transfer', 'canned']) $(id).addEventListener('click', (e) => e.target === $(id) && dialog(id, false));
+  for (const id of DIALOGS) {
     $(id).addEventListener('keydown', (e) => {
       if (e.key !== 'Tab') return;
       // Focus stays inside the dialog.
-      const f = [...$(id).querySelectorAll('button')];
+      const f = [...$(id).querySelectorAll(FOCUSABLE)].filter((n) => !n.disabled && n.offsetParent !== null);
       const i = f.indexOf(document.activeElement);
       e.preventDefault();
       f[(i + (e.shiftKey ? f.length - 1 : 1)) % f.length].focus();
@@ -238,8 +248,14 @@ function start() {
     ['Shift+Enter', 'sc.newline'], ['Alt+U', 'sc.upload'], ['Alt+End', 'sc.newest'], ['Alt+T', 'sc.retry'],
     ['Alt+S', 'sc.sound'], ['Alt+G', 'sc.lang'], ['Esc', 'sc.back'],
   ];
+  // The team inbox's, where the gateway has it.
+  const INBOX_SHORTCUTS = [
+    ['Alt+1 Alt+2 Alt+3 Alt+4', 'sc.views'], ['Alt+F', 'sc.search'], ['Alt+C', 'sc.claim'], ['Alt+X', 'sc.transfer'],
+    ['Alt+D', 'sc.resolve'], ['Alt+O', 'sc.reopen'], ['Alt+N', 'sc.note'], ['/', 'sc.canned'], ['Alt+K', 'sc.cannedpanel'],
+    ['Alt+A', 'sc.away'],
+  ];
   function renderHelp() {
-    $('help-keys').replaceChildren(...SHORTCUTS.flatMap(([keys, key]) => [
+    $('help-keys').replaceChildren(...[...SHORTCUTS, ...(inboxShown ? INBOX_SHORTCUTS : [])].flatMap(([keys, key]) => [
       el('dt', {}, ...keys.split(' ').flatMap((k, i) => [i ? ' ' : null, el('kbd', { translate: 'no' }, k)])),
       el('dd', {}, t(key)),
     ]));
@@ -250,13 +266,13 @@ function start() {
   addEventListener('keydown', (e) => {
     if (e.key === 'Escape') {
       if (!$('lightbox').hidden) return dialog('lightbox', false);
-      if (!$('help').hidden) return dialog('help', false);
+      for (const id of DIALOGS) if (!$(id).hidden) return dialog(id, false);
       // Only at phone width is there a list to go back to; on a desktop the conversation
       // stays open (and a reply typed next is sent).
       if (narrow() && document.body.classList.contains('show-conv')) back();
       return;
     }
-    if (!$('lightbox').hidden || !$('help').hidden) return;
+    if (anyDialog()) return;
     if (e.key === '?' && !typing(e) && !e.altKey && !e.ctrlKey && !e.metaKey) {
       e.preventDefault();
       return dialog('help', true);
@@ -272,6 +288,20 @@ function start() {
       KeyT: () => composer.retryLatest(),
       KeyS: () => toggleSound(),
       KeyG: () => switchLang(i18n.getLang() === 'en' ? 'zh-CN' : 'en'),
+      ...(inboxShown ? {
+        Digit1: () => setView('waiting'),
+        Digit2: () => setView('mine'),
+        Digit3: () => setView('unassigned'),
+        Digit4: () => setView('all'),
+        KeyF: () => { if (narrow()) back(); $('search').focus(); },
+        KeyC: () => doAct('claim'),
+        KeyX: () => doAct('transfer'),
+        KeyD: () => doAct('resolve'),
+        KeyO: () => doAct('reopen'),
+        KeyN: () => { if (state.current !== null) { composer.setNote(!composer.note); $('text').focus(); } },
+        KeyK: () => dialog('canned', true),
+        KeyA: () => toggleAway(),
+      } : {}),
     }[e.key.startsWith('Arrow') || e.key === 'End' ? e.key : e.code];
     if (act) {
       e.preventDefault();
@@ -288,12 +318,18 @@ function start() {
     renderHelp();
     list.refresh();
     setState(client.state);
+    if (inboxShown) {
+      renderPresence();
+      renderCanned();
+      composer.setNote(composer.note);
+    }
     if (state.current !== null) {
       const th = thread(state.current);
       renderMeta(th);
       view.refresh(th);
       view.renderWindow(th);
       composer.count();
+      renderActions();
     } else {
       $('contact-meta').replaceChildren(t('pick'));
     }
@@ -320,65 +356,206 @@ function start() {
       }
     } catch { /* the socket will bring what is there */ }
     $('empty-list').hidden = source.size > 0;
-    if (source.server) inbox();
+    if (source.server) {
+      inbox();
+      renderHelp();
+    }
     client.connect();
   })();
 
-  // --- the team inbox: views and actions, only where the gateway has the index -----------------
-  // Prepared for the team-inbox API (docs: the contract); not exercised by the tests yet,
-  // since today's gateway answers its index with 404 and none of this is shown.
-  let inboxShown = false;
-  function inbox() {
-    const views = $('views');
-    const counts = () => {
-      for (const b of views.querySelectorAll('button')) {
-        const n = source.counts[b.dataset.view];
-        b.querySelector('.count').textContent = n === undefined ? '' : String(n);
-        b.setAttribute('aria-pressed', String(b.dataset.view === source.view));
-      }
-    };
-    views.hidden = false;
-    counts();
-    views.addEventListener('click', async (e) => {
-      const b = e.target.closest('button[data-view]');
-      if (!b) return;
-      await source.setView(b.dataset.view);
-      counts();
+  // --- the team inbox: views, search, actions, presence, canned replies -----------------------
+  // Shown only where the gateway has the conversation index (docs/inbox.md).
+  const api = async (path, { method = 'GET', body, params } = {}) => {
+    const r = await fetch(client.url(`${P}/${path}`, params), {
+      method,
+      headers: { ...client.headers(), ...(body ? { 'content-type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
     });
-    source.addEventListener('change', (e) => e.detail.contact === state.current && renderActions());
-    $('actions').addEventListener('click', async (e) => {
-      const b = e.target.closest('button[data-act]');
-      if (!b || state.current === null) return;
-      const act = b.dataset.act;
-      let body;
-      if (act === 'transfer') {
-        const to = prompt(t('transfer.prompt'));
-        if (!to) return;
-        body = { to: to.trim() };
-      }
-      try {
-        await source.act(state.current, act, body);
-      } catch (err) {
-        $('assignee').hidden = false;
-        $('assignee').replaceChildren(err.assignee ? t('act.conflict') : t('act.failed'), data(err.assignee || err.message));
-        return;
-      }
-      renderActions();
-    });
-    inboxShown = true;
+    const j = await r.json().catch(() => ({}));
+    if (!r.ok) throw Object.assign(new Error(j.result?.message || String(r.status)), { status: r.status, data: j.data });
+    return j.data;
+  };
+
+  function renderCounts() {
+    for (const b of $('views').querySelectorAll('button')) {
+      const n = source.counts[b.dataset.view];
+      b.querySelector('.count').textContent = n === undefined ? '' : String(n);
+      b.setAttribute('aria-pressed', String(b.dataset.view === source.view));
+    }
   }
 
-  /** The open conversation's assignee and the actions that apply to it. */
+  async function setView(v) {
+    await source.setView(v);
+    renderCounts();
+    list.more();
+  }
+
+  function inbox() {
+    $('views').hidden = false;
+    $('inbox-tools').hidden = false;
+    $('composer').querySelector('.tools').hidden = false;
+    renderCounts();
+    source.addEventListener('counts', renderCounts);
+    $('views').addEventListener('click', (e) => {
+      const b = e.target.closest('button[data-view]');
+      if (b) setView(b.dataset.view);
+    });
+    let searchTimer;
+    $('search').addEventListener('input', () => {
+      clearTimeout(searchTimer);
+      searchTimer = setTimeout(async () => {
+        await source.setQuery($('search').value.trim());
+        list.more();
+      }, 250);
+    });
+    source.addEventListener('change', (e) => e.detail.contact === state.current && renderActions());
+    $('actions').addEventListener('click', (e) => {
+      const b = e.target.closest('button[data-act]');
+      if (b) doAct(b.dataset.act);
+    });
+    inboxShown = true;
+    loadPresence();
+    loadCanned();
+    list.more();
+  }
+
+  /** claim | resolve | reopen at once; transfer through its dialog. */
+  async function doAct(action, body) {
+    if (state.current === null || !inboxShown) return;
+    if (action === 'transfer' && !body) return openTransfer();
+    const contact = state.current;
+    $('act-error').hidden = true;
+    try {
+      await source.act(contact, action, body);
+    } catch (err) {
+      if (contact !== state.current) return;
+      $('act-error').hidden = false;
+      const who = err.assignee;
+      $('act-error').replaceChildren(...(who ? [t('act.conflict'), data(who)] : [t('act.failed'), data(err.message)]));
+      return;
+    }
+    renderActions();
+  }
+
+  /** The open conversation's assignee and state, and the actions that apply to it. */
   function renderActions() {
     if (!inboxShown || state.current === null) return;
     const c = source.get(state.current) || {};
     const resolved = c.state === 'resolved';
     $('actions').hidden = false;
     for (const b of $('actions').querySelectorAll('button')) {
-      b.hidden = { claim: c.assignee === client.userid, transfer: false, resolve: resolved, reopen: !resolved }[b.dataset.act];
+      // What the server allows (docs/inbox.md): claim an unassigned one; transfer and
+      // resolve one's own (or an unassigned one); reopen any resolved one.
+      const free = !c.assignee || c.assignee === client.userid;
+      b.hidden = { claim: Boolean(c.assignee), transfer: !free, resolve: resolved || !free, reopen: !resolved }[b.dataset.act];
     }
     $('assignee').hidden = false;
-    $('assignee').replaceChildren(...(c.assignee ? [t('act.assignee'), data(c.assignee)] : [t('act.nobody')]), ...(resolved ? [' · ', t('act.resolved')] : []));
+    $('assignee').dataset.assignee = c.assignee || '';
+    $('assignee').dataset.state = c.state || '';
+    $('assignee').replaceChildren(
+      ...(c.assignee ? [t('act.assignee'), data(c.assignee)] : [t('act.nobody')]),
+      ' · ', t(resolved ? 'act.resolved' : 'act.open'),
+    );
   }
+
+  // The transfer dialog: the account's agents (from presence), an optional note.
+  function openTransfer() {
+    const sel = $('transfer-to');
+    const others = agents.filter((a) => a.agent !== client.userid);
+    sel.replaceChildren(...others.map((a) => el('option', { value: a.agent, translate: 'no' }, `${a.agent} · ${t(`presence.${a.status}`)}`)));
+    $('transfer-note').value = '';
+    dialog('transfer', true);
+  }
+  $('transfer-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const to = $('transfer-to').value;
+    const note = $('transfer-note').value.trim();
+    dialog('transfer', false);
+    if (to) doAct('transfer', note ? { to, note } : { to });
+  });
+  $('transfer-cancel').addEventListener('click', () => dialog('transfer', false));
+
+  // Presence: who is online, away or offline; the agent sets itself away or back.
+  async function loadPresence() {
+    try {
+      agents = (await api('presence')).agents || [];
+    } catch { agents = []; }
+    renderPresence();
+  }
+  function renderPresence() {
+    const me = agents.find((a) => a.agent === client.userid);
+    const away = me?.status === 'away';
+    $('away').textContent = t(away ? 'presence.back' : 'presence.goaway');
+    $('away').setAttribute('aria-pressed', String(away));
+    $('agents').replaceChildren(...agents.map((a) => el('li', { 'data-agent': a.agent, 'data-status': a.status },
+      el('span', { class: 'dot', 'aria-hidden': 'true' }), el('span', { translate: 'no' }, a.agent), el('span', { class: 'sr' }, ` ${t(`presence.${a.status}`)}`))));
+    for (const li of $('agents').children) li.title = t(`presence.${li.dataset.status}`);
+  }
+  function presence(f) {
+    const m = f.data?.msg || {};
+    if (!m.agent) return;
+    const a = agents.find((x) => x.agent === m.agent);
+    if (a) a.status = m.status;
+    else agents.push({ agent: m.agent, status: m.status });
+    renderPresence();
+  }
+  async function toggleAway() {
+    if (!inboxShown) return;
+    const me = agents.find((a) => a.agent === client.userid);
+    const status = me?.status === 'away' ? 'online' : 'away';
+    try {
+      const r = await api('presence', { method: 'PUT', body: { status } });
+      presence({ data: { msg: r } });
+    } catch { /* shown unchanged */ }
+  }
+  $('away').addEventListener('click', toggleAway);
+
+  // Canned replies: `/` in the reply box offers them; the panel adds and removes them.
+  let canned = [];
+  async function loadCanned() {
+    try {
+      canned = (await api('canned')).canned || [];
+    } catch { canned = []; }
+    composer.setCanned(canned);
+    renderCanned();
+  }
+  function renderCanned() {
+    $('canned-list').replaceChildren(...canned.map((c, i) => el('li', {},
+      el('b', { translate: 'no' }, `/${c.shortcut}`), ' ', el('span', { translate: 'no' }, c.text), ' ',
+      el('button', { type: 'button', 'data-remove': c.shortcut, 'aria-label': t('canned.remove', { shortcut: c.shortcut }), onclick: () => saveCanned(canned.filter((_, j) => j !== i)) }, '×'))));
+  }
+  async function saveCanned(next) {
+    $('canned-error').hidden = true;
+    try {
+      canned = (await api('canned', { method: 'PUT', body: { canned: next } })).canned || next;
+    } catch (err) {
+      $('canned-error').hidden = false;
+      $('canned-error').replaceChildren(t('act.failed'), data(err.message));
+      return false;
+    }
+    composer.setCanned(canned);
+    renderCanned();
+    return true;
+  }
+  $('canned-add').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const shortcut = $('canned-shortcut').value.trim().replace(/^\//, '');
+    const text = $('canned-text').value.trim();
+    if (!shortcut || !text) return;
+    if (await saveCanned([...canned.filter((c) => c.shortcut !== shortcut), { shortcut, text }])) {
+      $('canned-shortcut').value = '';
+      $('canned-text').value = '';
+      $('canned-shortcut').focus();
+    }
+  });
+  $('canned-button').addEventListener('click', () => dialog('canned', true));
+  $('canned-close').addEventListener('click', () => dialog('canned', false));
+
+  client.addEventListener('conversation', (e) => frame(e.detail, { live: true }));
+  client.addEventListener('note', (e) => frame(e.detail, { live: true }));
+  client.addEventListener('presence', (e) => presence(e.detail));
+  // Asked before the socket opened, the answer had this agent offline: ask again once on.
+  client.addEventListener('state', (e) => e.detail === 'connected' && inboxShown && loadPresence());
+
   window.imgate = { client, state, conversations: source, list, view, composer, i18n };
 }

@@ -4,6 +4,7 @@
 //   const c = new ImgateClient({ userid: 'agent1' });          // or { token: JWT, getToken }
 //   c.addEventListener('message', (e) => show(e.detail));     // every message frame, once
 //   c.addEventListener('state', (e) => setBadge(e.detail));   // connecting|connected|reconnecting|offline
+//   c.addEventListener('conversation' | 'note' | 'presence', …) // the team inbox's 104, 105, 106
 //   c.connect();
 //   const ack = await c.send({ contact_id: 'o123', msg_type: 'text', msg: { content: 'hi' } });
 //
@@ -18,7 +19,10 @@
 // returns. Without `getToken`, a 4001 ends the client (state `offline`, a `close` event):
 // its token cannot be renewed.
 
-const MESSAGE_CODES = (code) => code === 102 || code === 103 || code >= 1000;
+const MESSAGE_CODES = (code) => (code >= 102 && code <= 106) || code >= 1000;
+/** The team inbox's frames, each its own event: 104 a conversation's change (claim,
+ *  transfer, resolve…), 105 an internal note, 106 an agent's presence. */
+const INBOX_EVENTS = { 104: 'conversation', 105: 'note', 106: 'presence' };
 /** The gateway's close code for an expired token. */
 export const CLOSE_TOKEN_EXPIRED = 4001;
 
@@ -200,7 +204,7 @@ export class ImgateClient extends EventTarget {
       this.since = seq;
       localStorage.setItem(this.sinceKey, String(seq));
     }
-    this.dispatchEvent(new CustomEvent(code === 103 ? 'status' : 'message', { detail: f }));
+    this.dispatchEvent(new CustomEvent(code === 103 ? 'status' : INBOX_EVENTS[code] || 'message', { detail: f }));
   }
 }
 

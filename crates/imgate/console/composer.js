@@ -5,11 +5,15 @@
 import { newId } from './client.js';
 import { t } from './i18n.js';
 import { state, thread, windowOpen } from './state.js';
-import { $, utf8Bytes } from './util.js';
+import { $, el, utf8Bytes } from './util.js';
 
 const P = '/im_component/wx_official_account';
 /** WeChat's limit for a text reply (custom-send), in UTF-8 bytes. */
 export const MAX_TEXT_BYTES = 2048;
+/** The gateway's limit for an internal note, in characters. */
+export const MAX_NOTE_CHARS = 4000;
+/** Canned replies offered at once after `/`. */
+const CANNED_SHOWN = 8;
 
 export class Composer {
   constructor(client, { view, list }) {
@@ -24,7 +28,13 @@ export class Composer {
       e.preventDefault();
       this.submit();
     });
+    this.note = false;        // note mode: the box writes an internal note, never sent
+    this.canned = [];         // the account's canned replies (GET P/canned)
+    this.menu = $('canned-menu');
+    this.choices = [];
+    this.active = 0;
     this.text.addEventListener('keydown', (e) => {
+      if (this.#menuKey(e)) return;
       if (e.key === 'Enter' && !e.shiftKey && !e.altKey && !e.isComposing) {
         e.preventDefault();
         this.submit();
@@ -33,7 +43,10 @@ export class Composer {
     this.text.addEventListener('input', () => {
       if (state.current !== null) thread(state.current).draft = this.text.value;
       this.count();
+      this.#offer();
     });
+    this.text.addEventListener('blur', () => setTimeout(() => this.#closeMenu(), 150));
+    $('note-mode').addEventListener('click', () => this.setNote(!this.note));
     $('file').addEventListener('change', () => {
       const file = $('file').files[0];
       $('file').value = '';
@@ -69,6 +82,16 @@ export class Composer {
   /** The byte count (WeChat followers: against WeChat's limit). */
   count() {
     const th = state.current === null ? null : thread(state.current);
+    if (this.note) {
+      const chars = [...this.text.value].length;
+      const over = chars > MAX_NOTE_CHARS;
+      this.counter.textContent = `${chars}/${MAX_NOTE_CHARS}`;
+      this.counter.classList.toggle('over', over);
+      this.counter.title = t('note.counter', { max: MAX_NOTE_CHARS });
+      this.over = over;
+      $('send').disabled = over;
+      return !over;
+    }
     const n = utf8Bytes(this.text.value);
     const limited = Boolean(th?.wechat || th?.window);
     const over = limited && n > MAX_TEXT_BYTES;
@@ -83,12 +106,109 @@ export class Composer {
   /** The window opened or closed: the box follows. */
   setOpen(open) {
     this.open = open;
-    for (const id of ['text', 'file']) $(id).disabled = !open;
+    // A note is internal: the WeChat window does not restrict it.
+    $('text').disabled = !open && !this.note;
+    $('file').disabled = !open || this.note;
     this.count();
+  }
+
+  /** Note mode on or off: the box looks different and says so, and its text goes to the
+   *  conversation's notes (`POST …/notes`), never to the follower. */
+  setNote(on) {
+    this.note = on;
+    $('composer').classList.toggle('note', on);
+    $('note-mode').setAttribute('aria-pressed', String(on));
+    this.text.placeholder = t(on ? 'note.placeholder' : 'placeholder');
+    this.text.dataset.i18nPlaceholder = on ? 'note.placeholder' : 'placeholder';
+    $('compose-error').hidden = true;
+    this.setOpen(this.open);
+  }
+
+  async #writeNote(th, text) {
+    const err = $('compose-error');
+    err.hidden = true;
+    try {
+      await this.list.act(th.contact, 'notes', { text });
+    } catch (e) {
+      err.hidden = false;
+      err.replaceChildren(t('note.failed'), e.message);
+      if (state.current === th.contact && !this.text.value) this.text.value = text;
+      return;
+    }
+  }
+
+  // --- canned replies: `/` in the box offers them -------------------------------------------
+
+  setCanned(list) {
+    this.canned = Array.isArray(list) ? list : [];
+  }
+
+  /** The box starts with `/`: the canned replies whose shortcut starts with, or whose text
+   *  holds, what follows. */
+  #offer() {
+    const v = this.text.value;
+    if (!v.startsWith('/') || v.includes('\n') || !this.canned.length || this.note) return this.#closeMenu();
+    const q = v.slice(1).toLowerCase();
+    this.choices = this.canned.filter((c) => c.shortcut.toLowerCase().startsWith(q) || c.text.toLowerCase().includes(q)).slice(0, CANNED_SHOWN);
+    if (!this.choices.length) return this.#closeMenu();
+    this.active = Math.min(this.active, this.choices.length - 1);
+    this.menu.replaceChildren(...this.choices.map((c, i) => el('li', {
+      role: 'option', id: `canned-${i}`, 'aria-selected': String(i === this.active),
+      onmousedown: (e) => { e.preventDefault(); this.#pick(i); },
+    }, el('b', { translate: 'no' }, `/${c.shortcut}`), ' ', el('span', { translate: 'no' }, c.text))));
+    this.menu.hidden = false;
+    this.text.setAttribute('aria-expanded', 'true');
+    this.text.setAttribute('aria-activedescendant', `canned-${this.active}`);
+  }
+
+  #closeMenu() {
+    this.menu.hidden = true;
+    this.choices = [];
+    this.active = 0;
+    this.text.setAttribute('aria-expanded', 'false');
+    this.text.removeAttribute('aria-activedescendant');
+  }
+
+  #pick(i) {
+    const c = this.choices[i];
+    if (!c) return;
+    this.text.value = c.text;
+    if (state.current !== null) thread(state.current).draft = c.text;
+    this.#closeMenu();
+    this.count();
+    this.text.focus();
+  }
+
+  /** Keys while the menu is open: ↑ ↓ choose, Enter or Tab take, Esc closes. */
+  #menuKey(e) {
+    if (this.menu.hidden || e.isComposing) return false;
+    const n = this.choices.length;
+    if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+      this.active = (this.active + (e.key === 'ArrowDown' ? 1 : n - 1)) % n;
+      this.#offer();
+    } else if ((e.key === 'Enter' && !e.shiftKey) || e.key === 'Tab') {
+      this.#pick(this.active);
+    } else if (e.key === 'Escape') {
+      this.#closeMenu();
+      e.stopPropagation();
+    } else {
+      return false;
+    }
+    e.preventDefault();
+    return true;
   }
 
   submit() {
     const text = this.text.value;
+    if (this.note) {
+      if (!text.trim() || state.current === null || !this.count()) return;
+      const th = thread(state.current);
+      this.text.value = '';
+      th.draft = '';
+      this.count();
+      this.#writeNote(th, text);
+      return;
+    }
     if (!text.trim() || state.current === null || !this.open || !this.count()) return;
     const th = thread(state.current);
     this.text.value = '';

@@ -4,7 +4,10 @@
 // updates); they move into order when it leaves. One tab stop: arrow keys move inside.
 
 import { t } from './i18n.js';
-import { $, clock, data, el } from './util.js';
+import { $, clock, data, duration, el } from './util.js';
+
+/** Load the next page of the index this close to the list's end. */
+const MORE_PX = 300;
 import { preview } from './messages.js';
 
 export class ListView {
@@ -26,6 +29,11 @@ export class ListView {
       this.ul.replaceChildren();
       $('empty-list').hidden = false;
     });
+    source.addEventListener('remove', (e) => this.remove(e.detail.contact));
+    // The index comes in pages: the next one as the agent nears the end of the list.
+    this.ul.addEventListener('scroll', () => this.more(), { passive: true });
+    // The waiting clocks move on.
+    setInterval(() => this.refresh(), 30_000);
     this.ul.addEventListener('pointerenter', () => (this.hover = true));
     this.ul.addEventListener('pointerleave', () => {
       this.hover = false;
@@ -40,9 +48,35 @@ export class ListView {
     return [...this.ul.children].map((li) => li.dataset.contact);
   }
 
+  /** The next page of the index while the list's end is in view (or near). */
+  async more() {
+    while (this.source.hasMore && this.ul.scrollHeight - this.ul.scrollTop - this.ul.clientHeight < MORE_PX) {
+      const before = this.source.next;
+      await this.source.more();
+      if (this.source.next === before) break;
+    }
+  }
+
+  remove(contact) {
+    const r = this.rows.get(contact);
+    if (!r) return;
+    const focused = r.li.contains(document.activeElement);
+    this.rows.delete(contact);
+    this.order.splice(this.order.indexOf(contact), 1);
+    r.li.remove();
+    if (focused || !this.ul.querySelector('button[tabindex="0"]')) {
+      const b = this.ul.querySelector('button');
+      if (b) {
+        this.#rove(b);
+        if (focused) b.focus();
+      }
+    }
+    $('empty-list').hidden = this.rows.size > 0;
+  }
+
   update(contact) {
     const c = this.source.get(contact);
-    if (!c?.last) return;
+    if (!c || (!c.last && !this.source.server)) return;
     let r = this.rows.get(contact);
     const fresh = !r;
     if (fresh) r = this.#create(contact);
@@ -106,9 +140,10 @@ export class ListView {
       badge: el('span', { class: 'badge', 'aria-hidden': 'true' }),
       sr: el('span', { class: 'sr' }),
       account: el('span', { class: 'account' }),
+      waiting: el('span', { class: 'waiting', hidden: true }),
     };
     r.button = el('button', { type: 'button', tabindex: '-1', 'aria-current': 'false', 'data-contact': contact, onclick: () => this.onOpen(contact) },
-      r.name, r.time, r.preview, r.badge, r.sr, r.account);
+      r.name, r.time, r.preview, r.badge, r.sr, r.account, r.waiting);
     r.li = el('li', { 'data-contact': contact }, r.button);
     r.name.textContent = contact || t('unknown');
     this.rows.set(contact, r);
@@ -116,19 +151,28 @@ export class ListView {
   }
 
   #fill(r, c) {
+    if (!c) return;
     const last = c.last;
-    const time = clock(last.time, { short: true });
+    const time = last ? clock(last.time, { short: true }) : '';
     if (r.time.textContent !== time) r.time.textContent = time;
-    const by = last.out ? `${last.name && last.name !== this.userid ? last.name : t('you')}: ` : '';
-    const text = by + preview(last);
+    const by = last?.out ? `${last.name && last.name !== this.userid ? last.name : t('you')}: ` : '';
+    const text = last ? by + preview(last) : '';
     if (r.preview.textContent !== text) r.preview.textContent = text;
+    // The team inbox: how long the follower has waited for an answer, and who owns it.
+    const waits = c.state !== 'resolved' && c.waiting_since != null;
+    r.waiting.hidden = !waits;
+    r.waiting.textContent = waits ? t('waiting.for', { d: duration(Date.now() / 1000 - c.waiting_since) }) : '';
+    r.li.dataset.state = c.state || '';
+    r.li.dataset.assignee = c.assignee || '';
     r.badge.textContent = c.unread ? String(c.unread) : '';
     r.badge.hidden = !c.unread;
     r.sr.textContent = c.unread ? t('unread', { n: c.unread }) : '';
-    const key = `${c.wechat}|${c.company}|${c.wechat ? t('account.wechat') : ''}`;
+    const owner = c.state === 'resolved' ? t('act.resolved') : c.assignee ? `→${c.assignee}` : '';
+    const key = `${c.wechat}|${c.company}|${c.wechat ? t('account.wechat') : ''}|${owner}`;
     if (r.accountKey !== key) {
       r.accountKey = key;
-      const parts = [c.wechat ? t('account.wechat') : null, c.company ? data(c.company) : null].filter(Boolean);
+      const who = c.state === 'resolved' ? t('act.resolved') : c.assignee ? el('span', { class: 'owner' }, '→ ', data(c.assignee)) : null;
+      const parts = [c.wechat ? t('account.wechat') : null, c.company ? data(c.company) : null, who].filter(Boolean);
       r.account.replaceChildren(...parts.flatMap((p, i) => (i ? [' · ', p] : [p])));
       r.account.hidden = !parts.length;
     }

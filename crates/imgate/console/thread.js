@@ -6,7 +6,7 @@
 import { t } from './i18n.js';
 import { body, mediaLoader, notice } from './messages.js';
 import { state, thread, windowOpen } from './state.js';
-import { $, clock, data, duration, el } from './util.js';
+import { $, clock, data, duration, el, linkify, tData } from './util.js';
 
 const P = '/im_component/wx_official_account';
 /** Closer than this to the bottom counts as "at the newest message". */
@@ -262,7 +262,14 @@ export class ThreadView {
     const d = m.data;
     const attrs = { 'data-id': m.id, 'data-seq': m.seq || undefined };
     let node;
-    if (d.msg_type === 'event' || d.msg_type === 'system') {
+    if (d.msg_type === 'note') {
+      // An internal note (105): apart from the messages, never sent to the follower.
+      node = el('div', { class: 'note', ...attrs },
+        el('span', { class: 'when' }, t('note.label'), ' · ', data(d.name), ' · ', clock(d.send_time)),
+        el('div', { class: 'bubble', translate: 'no' }, linkify(d.msg?.text || '')));
+    } else if (d.msg_type === 'conversation') {
+      node = el('p', { class: 'notice', 'data-event': `conv.${d.msg?.action}`, ...attrs }, convNotice(d.msg || {}), ' · ', clock(d.send_time));
+    } else if (d.msg_type === 'event' || d.msg_type === 'system') {
       node = el('p', { class: 'notice', 'data-event': d.msg?.event || d.msg_type, ...attrs }, notice(d), ' · ', clock(d.send_time));
     } else {
       const colleague = m.out && d.name && d.name !== this.client.userid ? [data(d.name), ' · '] : null;
@@ -359,6 +366,21 @@ export class ThreadView {
     }
     this.onWindow(open);
   }
+}
+
+/** A conversation's change (104) in words (names as data). */
+export function convNotice(m) {
+  const p = { by: m.by || '', to: m.to || '' };
+  const line = {
+    claim: () => tData('conv.claim', { by: m.to || m.by || '' }),
+    transfer: () => tData('conv.transfer', p),
+    resolve: () => (m.by ? tData('conv.resolve', { by: m.by }) : [t('conv.resolve.auto')]),
+    reopen: () => (m.by ? tData('conv.reopen', { by: m.by }) : [t('conv.reopen.auto')]),
+    assign: () => tData('conv.assign', { to: p.to }),
+    unassign: () => [t('conv.unassign')],
+  }[m.action];
+  const text = line ? line() : tData('conv.other', { action: m.action || '' });
+  return m.note ? [...text, ...tData('conv.note', { note: m.note })] : text;
 }
 
 const bySeq = (a, b) => (a.seq || Infinity) - (b.seq || Infinity) || (a.data.send_time || 0) - (b.data.send_time || 0);

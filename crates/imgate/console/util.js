@@ -66,3 +66,12 @@ export function duration(secs) {
 
 const encoder = new TextEncoder();
 export const utf8Bytes = (s) => encoder.encode(s).length;
+
+/** A translated sentence as nodes, its `{name}` parts filled with `params` as data (names,
+ *  ids: not ours to translate). */
+export function tData(key, params = {}) {
+  return t(key, Object.fromEntries(Object.keys(params).map((k) => [k, `\u0000${k}\u0000`])))
+    .split('\u0000')
+    .map((part, i) => (i % 2 ? data(params[part]) : part))
+    .filter((p) => p !== '');
+}
