@@ -65,3 +65,39 @@ async fn commits_and_socket_bytes_are_exported() {
     assert!(sample(&text, "imgate_store_commits_total", r#"engine="sqlite",outcome="committed""#).is_some());
     assert!(text.lines().any(|l| l.starts_with("imgate_socket_queued_bytes ")), "{text}");
 }
+
+#[tokio::test]
+async fn live_delivery_is_timed_and_replays_are_counted_while_they_run() {
+    let s = Server::start().await;
+    let mut live = s.connect("/?userid=metrics-live").await;
+    let (status, _) = s
+        .post(
+            "/im_component/wx_official_account/send?userid=a",
+            "application/json",
+            text_to("metrics-live", "x"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(content(&live.frame().await), "x");
+    // A replay from the start, run to its end.
+    let mut replayed = s.connect("/?userid=metrics-live&since=0").await;
+    assert_eq!(content(&replayed.frame().await), "x");
+    let text = scrape(&s).await;
+    let delivered = sample(&text, "imgate_delivery_duration_seconds_count", "");
+    assert!(delivered.is_none(), "labelled without labels: {text}");
+    let count = text
+        .lines()
+        .find_map(|l| l.strip_prefix("imgate_delivery_duration_seconds_count "))
+        .map(|v| v.parse::<f64>().unwrap());
+    assert!(count.is_some_and(|n| n >= 1.0), "{text}");
+    // The replay ends after the frame, once a page comes back empty: wait for the gauge
+    // to come back to 0 (it is 1 while the replay runs).
+    let replays = |t: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("imgate_replays_in_progress "))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    assert!(replays(&text).is_some(), "{text}");
+    eventually("every replay ended", || async { (replays(&scrape(&s).await) == Some(0.0)).then_some(()) })
+        .await;
+}

@@ -249,6 +249,8 @@ impl Conn {
     }
 
     /// Write everything after `last_sent` that the mailbox holds.
+    ///
+    /// (Counted in `imgate_replays_in_progress` while it runs.)
     async fn replay(&mut self) -> Result<(), Stop> {
         self.replay_until(u64::MAX).await
     }
@@ -257,6 +259,7 @@ impl Conn {
     /// time. Each page is bounded in bytes and charged to the process's budget until it
     /// is flushed: a client that stops reading mid-replay pins one page, not its mailbox.
     async fn replay_until(&mut self, before: u64) -> Result<(), Stop> {
+        let _replaying = Replaying::start();
         // Never more than the whole budget: a reservation past it would wait for an empty one.
         let max_bytes = self.ctx.config.queue_max_bytes.min(self.ctx.config.total_queue_max_bytes);
         loop {
@@ -305,6 +308,9 @@ impl Conn {
             if out.seq > self.last_sent {
                 self.feed(Message::Text(out.frame)).await?;
                 self.last_sent = out.seq;
+                // From the commit to this socket's write: the fan-out and the queue.
+                metrics::histogram!("imgate_delivery_duration_seconds")
+                    .record(out.committed.elapsed().as_secs_f64());
             }
             n += 1;
             if n < WRITE_BATCH {
@@ -491,6 +497,23 @@ fn close_for(e: axum::Error) -> Option<(u16, &'static str)> {
         tungstenite::Error::Capacity(_) => Some((1009, "frame is larger than the limit")),
         tungstenite::Error::Protocol(_) => Some((1002, "WebSocket protocol error")),
         _ => None,
+    }
+}
+
+/// Counts a replay in `imgate_replays_in_progress` for as long as it lives (a replay may
+/// end in any of its awaits).
+struct Replaying;
+
+impl Replaying {
+    fn start() -> Replaying {
+        metrics::gauge!("imgate_replays_in_progress").increment(1.0);
+        Replaying
+    }
+}
+
+impl Drop for Replaying {
+    fn drop(&mut self) {
+        metrics::gauge!("imgate_replays_in_progress").decrement(1.0);
     }
 }
 

@@ -37,6 +37,8 @@ const SHARDS: usize = 64;
 pub struct Outbound {
     pub seq: u64,
     pub frame: Utf8Bytes,
+    /// When the store handed it over (for `imgate_delivery_duration_seconds`).
+    pub committed: std::time::Instant,
 }
 
 struct Slot {
@@ -197,7 +199,8 @@ impl Fanout for Hub {
     fn committed(&self, user: &str, seq: u64, frame: &EncodedMessage) {
         // Serialise once per message, shared by every connection of the user.
         if self.shard(user).read().contains_key(user) {
-            self.publish(user, Outbound { seq, frame: Utf8Bytes::from(frame.with_seq(seq)) });
+            let committed = std::time::Instant::now();
+            self.publish(user, Outbound { seq, frame: Utf8Bytes::from(frame.with_seq(seq)), committed });
         }
     }
 }
@@ -207,7 +210,7 @@ mod tests {
     use super::*;
 
     fn out(seq: u64) -> Outbound {
-        Outbound { seq, frame: Utf8Bytes::from(format!("{seq}")) }
+        Outbound { seq, frame: Utf8Bytes::from(format!("{seq}")), committed: std::time::Instant::now() }
     }
 
     /// A queue's next item, or a failure: in paused time a wait nothing can end times

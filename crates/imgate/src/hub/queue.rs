@@ -299,7 +299,7 @@ mod tests {
 
     /// A frame of `len` bytes.
     fn out(seq: u64, len: usize) -> Outbound {
-        Outbound { seq, frame: Utf8Bytes::from("x".repeat(len)) }
+        Outbound { seq, frame: Utf8Bytes::from("x".repeat(len)), committed: std::time::Instant::now() }
     }
 
     fn queue(frames: usize, bytes: usize, budget: &Arc<Budget>) -> Queue {
