@@ -8,12 +8,12 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use imgate_protocol::ok_frame;
 use serde_json::Value;
 
-use super::server::BodyTimeout;
+use super::server::read_body;
 use super::{AppState, Params, error::ApiError};
 use crate::inbox::Inbox;
 use crate::inbox::model::{ConvState, ListQuery, Rank, View};
@@ -44,13 +44,7 @@ fn agent(state: &AppState, headers: &HeaderMap, query: Q) -> Result<(Arc<Inbox>,
 /// The body as JSON (null when blank). Taken as a `Result` so that a body over the limit or
 /// too slow is answered with the error frame, not axum's text/plain rejection.
 fn json_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config.limits.http_body_max),
-        _ => match BodyTimeout::caused(&e) {
-            Some(t) => ApiError::Timeout(t.to_string()),
-            None => ApiError::BadRequest(format!("cannot read the body: {e}")),
-        },
-    })?;
+    let body = read_body(body, state.config.limits.http_body_max)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }

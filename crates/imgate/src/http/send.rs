@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use imgate_protocol::{SYSTEM_CONTACT, SendRequest, XmlMessage, ack_frame, parse_send_json};
 
-use super::server::BodyTimeout;
+use super::server::read_body;
 use super::{AppState, Params, error::ApiError};
 use crate::auth::Caller;
 use crate::ingest::{Accepted, Sender};
@@ -97,13 +97,7 @@ fn read(
     body: Result<Bytes, BytesRejection>,
     xml_only: bool,
 ) -> Result<(Caller, Body), ApiError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config.limits.http_body_max),
-        _ => match BodyTimeout::caused(&e) {
-            Some(t) => ApiError::Timeout(t.to_string()),
-            None => ApiError::BadRequest(format!("cannot read the body: {e}")),
-        },
-    })?;
+    let body = read_body(body, state.config.limits.http_body_max)?;
     let params = Params::from(query)?;
     if params.userid_blank() {
         return Err(ApiError::BadRequest(

@@ -457,6 +457,21 @@ impl BodyTimeout {
     }
 }
 
+/// A handler's body, or the error frame for why it could not be read: 413 over `limit`,
+/// 408 past `http.body_timeout`, 400 otherwise (not axum's text/plain rejections).
+pub fn read_body(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(limit),
+        _ => match BodyTimeout::caused(&e) {
+            Some(t) => ApiError::Timeout(t.to_string()),
+            None => ApiError::BadRequest(format!("cannot read the body: {e}")),
+        },
+    })
+}
+
 impl http_body::Body for Deadline {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
