@@ -432,18 +432,29 @@ test('defect 9: an incoming message updates the list in place; focus stays', asy
   await row('bob').locator('.preview', { hasText: 'b0' }).waitFor();
   const same = await page.evaluate(() => ({ focus: document.activeElement?.dataset?.contact, marked: document.activeElement?.marked === true }));
   check(same.focus === 'alice' && same.marked, `focus stays on the same row element (${JSON.stringify(same)})`);
-  // The first two of these three: with the team inbox, followers waiting for an answer
-  // come before them (the server's order); among the others, the newest first.
-  const top2 = () => page.locator('#conversations button[data-contact]').evaluateAll((l) => l.map((b) => b.dataset.contact).filter((c) => ['alice', 'bob', 'erin'].includes(c)).slice(0, 2).join());
+  // The list is the server's (the team inbox's index holds conversations between gateway
+  // users too): waiting first, the longest waiting first, the answered after them.
+  const order = () => page.locator('#conversations button[data-contact]').evaluateAll((l) => l.map((b) => b.dataset.contact).filter((c) => ['alice', 'bob', 'erin'].includes(c)).join());
   await page.mouse.move(800, 300);
-  await until('the list in order', async () => (await top2()) === 'bob,erin');
+  await until('the three listed', async () => (await order()).split(',').length === 3);
+  // The agent answers alice: alice no longer waits and belongs below bob and erin.
+  await openConv('alice');
+  const before = await order();
+  check(!before.endsWith('alice'), `alice waits among the others first (${before})`);
   // Under the mouse, rows keep their places; they move when it leaves.
-  await row('bob').hover();
-  await postText('erin', 'agent1', 'erin again');
-  await row('erin').locator('.preview', { hasText: 'erin again' }).waitFor();
-  check(await top2() === 'bob,erin', 'under the mouse the rows stay put');
+  await row('erin').hover();
+  await page.locator('#text').fill('answer to alice');
+  await page.keyboard.press('Enter');
+  await page.locator('#messages .msg.out .bubble', { hasText: 'answer to alice' }).waitFor();
+  await until('alice answered on the server', async () => {
+    const r = await fetch(`${BASE}${P}/conversations/alice?userid=agent1`);
+    return r.ok && (await r.json()).data.waiting_since === null;
+  });
+  await postText('bob', 'agent1', 'b0 again');
+  await row('bob').locator('.preview', { hasText: 'b0 again' }).waitFor();
+  check(await order() === before, `under the mouse the rows stay put (${await order()} vs ${before})`);
   await page.mouse.move(800, 300);
-  await until('erin on top once the mouse has left', async () => (await top2()) === 'erin,bob');
+  await until('alice below the waiting ones once the mouse has left', async () => (await order()).endsWith('alice'));
 });
 
 test('defect 10: Retry sends the same bubble again, in place', async () => {

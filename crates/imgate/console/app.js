@@ -441,6 +441,13 @@ function start() {
   function renderActions() {
     if (!inboxShown || state.current === null) return;
     const c = source.get(state.current) || {};
+    // Between two gateway users (or a conversation the index does not hold) nobody is
+    // assigned: no owner, state or actions to show.
+    if (c.direct || c.local || !c.state) {
+      $('actions').hidden = true;
+      $('assignee').hidden = true;
+      return;
+    }
     const resolved = c.state === 'resolved';
     $('actions').hidden = false;
     for (const b of $('actions').querySelectorAll('button')) {
@@ -480,6 +487,10 @@ function start() {
     try {
       agents = (await api('presence')).agents || [];
     } catch { agents = []; }
+    // A gateway user who is no account's agent: no colleagues, nothing to claim.
+    const agent = agents.some((a) => a.agent === client.userid);
+    $('presence').hidden = !agent;
+    $('views').querySelector('[data-view="unassigned"]').hidden = !agent;
     renderPresence();
   }
   function renderPresence() {

@@ -389,6 +389,7 @@ function summary(o) {
     contact: o.contact_id || '',
     company: o.company_id || '',
     wechat: Boolean(o.appid),
+    direct: o.kind === 'user',
     unread: Number(o.unread || 0),
     state: o.state,
     assignee: o.assignee ?? null,

@@ -448,6 +448,15 @@ impl Ingest {
         let appended = self.store.append(msgs).await?;
         let first = &appended[0];
         metrics::counter!("imgate_messages_accepted_total").increment(u64::from(!first.duplicate));
+        // The pair's conversation in the index (system notices are not conversations).
+        if let Some(inbox) = &self.inbox
+            && !first.duplicate
+            && !system
+        {
+            let m = crate::inbox::Message { id: &id, msg_type: &data.msg_type, msg: &data.msg };
+            let from_seq = appended.get(1).map(|a| a.seq);
+            inbox.direct(&data.company_id, sender, &l.to, first.seq, from_seq, m).await;
+        }
         Ok(Accepted { id: first.id.clone(), seq: first.seq, to: l.to, duplicate: first.duplicate })
     }
 }

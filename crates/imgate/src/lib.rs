@@ -134,17 +134,17 @@ pub async fn run(
     let wechat =
         wechat::Wechat::new(&config.wechat, &config.data_dir, wechat_redis, config.store.retention_max_age)?;
     let cancel = CancellationToken::new();
-    // The team inbox, with the WeChat channel (docs/inbox.md).
-    let inbox = match (&wechat, config.store.engine) {
-        (None, _) => None,
-        (Some(_), Engine::Sqlite) => {
-            Some(inbox::sqlite::SqliteConversations::open(&config.data_dir)? as inbox::DynConversations)
+    // The team inbox (docs/inbox.md): followers' conversations, and those between two
+    // gateway users.
+    let convs = match config.store.engine {
+        Engine::Sqlite => {
+            inbox::sqlite::SqliteConversations::open(&config.data_dir)? as inbox::DynConversations
         }
-        (Some(_), Engine::Redis) => {
-            Some(inbox::redis::RedisConversations::open(&config.store.redis_url)? as inbox::DynConversations)
+        Engine::Redis => {
+            inbox::redis::RedisConversations::open(&config.store.redis_url)? as inbox::DynConversations
         }
-    }
-    .map(|convs| inbox::Inbox::new(config.wechat.accounts.clone(), store.clone(), convs));
+    };
+    let inbox = Some(inbox::Inbox::new(config.wechat.accounts.clone(), store.clone(), convs));
     if let Some(i) = &inbox {
         i.clone().spawn_sweeper(cancel.clone());
     }

@@ -172,6 +172,12 @@ async fn presence_counts_sockets_and_remembers_away(e: impl Engine) {
     assert!(c.connected("a").await.unwrap());
     assert_eq!(c.presence("a").await.unwrap().status(), "online");
     assert_eq!(c.presence("b").await.unwrap().status(), "offline", "agents are separate");
+    // Away is the agent's choice and survives a restart; sockets do not.
+    c.set_away("b", true).await.unwrap();
+    drop(c);
+    let again = e.open();
+    let b = again.presence("b").await.unwrap();
+    assert_eq!((b.away, b.connections), (true, 0), "away is remembered across reopening");
 }
 
 async fn conversations_are_separate_whatever_their_names(e: impl Engine) {
@@ -223,14 +229,26 @@ async fn open_load_follows_assignees_and_states(e: impl Engine) {
 /// view, state and search, paged by every cursor.
 async fn pages_are_the_references(e: impl Engine) {
     let c = e.open();
-    for i in 0..30i64 {
+    // Followers of two accounts, and the viewer's own conversations with other gateway
+    // users (`~a`: in its view "mine", never "unassigned").
+    for i in 0..36i64 {
         let contact: &'static str = Box::leak(format!("o{i:02}").into_boxed_str());
+        let appid = if i >= 30 {
+            "~a"
+        } else if i % 5 == 0 {
+            "wxB"
+        } else {
+            "wxA"
+        };
         c.update(
-            if i % 5 == 0 { "wxB" } else { "wxA" },
+            appid,
             contact,
             edit(move |_| {
-                let mut v = Conversation::new("wxA", contact, "acme");
-                v.assignee = [None, Some("a".to_owned()), Some("b".to_owned())][(i % 3) as usize].clone();
+                let mut v = Conversation::new(appid, contact, "acme");
+                v.assignee = match i {
+                    30.. => None,
+                    _ => [None, Some("a".to_owned()), Some("b".to_owned())][(i % 3) as usize].clone(),
+                };
                 v.state = if i % 4 == 0 { ConvState::Resolved } else { ConvState::Open };
                 v.waiting_since = (i % 2 == 0).then_some(1_000 + (i * 7) % 11);
                 v.last_at = 2_000 + (i * 13) % 17;
@@ -241,9 +259,12 @@ async fn pages_are_the_references(e: impl Engine) {
         .await
         .unwrap();
     }
-    let appids = vec!["wxA".to_owned(), "wxB".to_owned()];
-    let mut all = c.list("wxA").await.unwrap();
-    all.extend(c.list("wxB").await.unwrap());
+    let appids = vec!["wxA".to_owned(), "wxB".to_owned(), "~a".to_owned()];
+    let mut all = Vec::new();
+    for appid in &appids {
+        all.extend(c.list(appid).await.unwrap());
+    }
+    assert_eq!(all.iter().filter(|c| c.is_direct()).count(), 6);
     for view in [View::Mine, View::Unassigned, View::All, View::Waiting] {
         for state in [None, Some(ConvState::Open), Some(ConvState::Resolved)] {
             for q in [None, Some("parcel".to_owned())] {

@@ -611,7 +611,7 @@ async fn routing_all_keeps_todays_behaviour_and_bad_requests_get_error_frames() 
         ("GET", "/conversations?userid=a&view=nope", None, 400),
         ("GET", "/conversations?userid=a&cursor=garbage", None, 400),
         ("GET", "/conversations?userid=a&state=closed", None, 400),
-        ("GET", "/conversations?userid=eve", None, 403),
+        ("POST", "/conversations/oA/claim?userid=eve", None, 403),
         ("GET", "/conversations", None, 400),
         ("POST", "/conversations/oA/dance?userid=a", None, 404),
         ("POST", "/conversations/oA/transfer?userid=a", Some(json!({"to": 3})), 400),
@@ -636,7 +636,12 @@ async fn canned_replies_are_kept_per_account() {
     assert_eq!(status, 200, "{body}");
     let (_, got) = call(&base, "GET", "/canned?userid=b", None).await;
     assert_eq!(got["data"], canned);
-    assert_eq!(call(&base, "GET", "/canned?userid=eve", None).await.0, 403);
+    // Someone of no account has none, and keeps none.
+    let (status, none) = call(&base, "GET", "/canned?userid=eve", None).await;
+    assert_eq!((status, &none["data"]), (200, &json!({"canned": []})));
+    assert_eq!(call(&base, "PUT", "/canned?userid=eve", Some(canned)).await.0, 403);
+    let (_, list) = call(&base, "GET", "/conversations?userid=eve", None).await;
+    assert_eq!(list["data"]["conversations"], json!([]), "eve's own conversations: none");
 }
 
 #[tokio::test]
@@ -782,4 +787,122 @@ async fn nobody_sends_a_frame_that_passes_for_a_note() {
     }
     let (_, h) = s.get(&format!("{P}/history?userid=a")).await;
     assert_eq!(h["data"]["messages"], json!([]), "nothing stored");
+}
+
+/// Wait until `agent`'s list (all of it, paged) is `want`, or fail: conversations between
+/// gateway users are indexed off the send path, a batch after the send's answer.
+async fn listed_until(base: &str, agent: &str, want: &[&str]) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut rows = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (status, page) =
+                call(base, "GET", &format!("/conversations?userid={agent}&limit=50&cursor={cursor}"), None)
+                    .await;
+            assert_eq!(status, 200, "{page}");
+            rows.extend(page["data"]["conversations"].as_array().unwrap().iter().cloned());
+            match page["data"]["next"].as_str() {
+                Some(n) => cursor = n.to_owned(),
+                None => break,
+            }
+        }
+        let ids: BTreeSet<&str> = rows.iter().map(|c| c["contact_id"].as_str().unwrap()).collect();
+        if ids == want.iter().copied().collect() && rows.len() == want.len() {
+            return rows;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{agent} never listed {want:?}: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A conversation between two gateway users (docs/inbox.md): each side lists it, unread
+/// and 待回复 count for the side that was written to, an answer clears them, nobody can be
+/// assigned, and it survives a restart. No WeChat account is configured: the index serves
+/// plain gateway users too.
+async fn gateway_users_conversations(config: Config, restart: bool) {
+    let s = Server::start_in(tempfile::tempdir().unwrap(), config.clone()).await;
+    let base = s.http("");
+    // 120 users write to bob: every one is listed (the console's list once showed 38).
+    let users: Vec<String> = (0..120).map(|n| format!("u{n:03}")).collect();
+    for u in &users {
+        let (status, r) =
+            post(&format!("{base}/send?userid={u}"), "application/json", text_to("bob", "hi bob")).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    for _ in 0..3 {
+        post(&format!("{base}/send?userid=u007"), "application/json", text_to("bob", "are you there?")).await;
+    }
+    let want: Vec<&str> = users.iter().map(String::as_str).collect();
+    let rows = listed_until(&base, "bob", &want).await;
+    let u7 = rows.iter().find(|c| c["contact_id"] == "u007").unwrap();
+    assert_eq!(
+        (&u7["kind"], &u7["appid"], &u7["assignee"]),
+        (&json!("user"), &json!(""), &Value::Null),
+        "{u7}"
+    );
+    assert_eq!(u7["unread"], 4, "{u7}");
+    assert!(u7["waiting_since"].is_number(), "bob has not answered u007: {u7}");
+    assert_eq!(u7["last_message"]["preview"], "are you there?");
+    // A user's own send over its socket is in its own mailbox too: its side is listed,
+    // answered and read.
+    let mut alice = s.connect("/?userid=alice").await;
+    alice.send(&text_to("bob", "hello from alice")).await;
+    listed_until(&base, "alice", &["bob"]).await;
+    let mine = conversation(&base, "alice", "bob").await;
+    assert_eq!(
+        (&mine["unread"], &mine["waiting_since"]),
+        (&json!(0), &Value::Null),
+        "alice wrote last: {mine}"
+    );
+    assert_eq!(mine["last_message"]["direction"], "out");
+    let mut want = want.clone();
+    want.push("alice");
+    let want = &want;
+    listed_until(&base, "bob", want).await;
+    // The views: a user's own conversations are "mine", never "unassigned".
+    let (_, page) = call(&base, "GET", "/conversations?userid=bob&view=unassigned", None).await;
+    assert_eq!(page["data"]["counts"], json!({"mine": 121, "unassigned": 0, "all": 121, "waiting": 121}));
+    // Bob answers u007: it no longer waits, and u007's side counts one unread.
+    let mut bob = s.connect("/?userid=bob").await;
+    bob.send(&text_to("u007", "here")).await;
+    until(&base, "bob", "u007", "answered", |c| c["waiting_since"].is_null() && c["unread"] == 0).await;
+    until(&base, "u007", "bob", "unread on the other side", |c| {
+        c["unread"] == 1 && c["waiting_since"].is_number()
+    })
+    .await;
+    // Nobody is assigned between gateway users: actions are refused with a reason; reading works.
+    for action in ["claim", "resolve", "reopen"] {
+        let (status, r) =
+            call(&base, "POST", &format!("/conversations/u001/{action}?userid=bob"), None).await;
+        assert_eq!(status, 400, "{action}: {r}");
+        assert!(r["result"]["message"].as_str().unwrap().contains("two gateway users"), "{r}");
+    }
+    let (status, r) = call(&base, "POST", "/conversations/u001/read?userid=bob", None).await;
+    assert_eq!((status, &r["data"]["unread"]), (200, &json!(0)), "{r}");
+    if restart {
+        s.stop().await.unwrap();
+        let s = Server::start_in(tempfile::tempdir().unwrap(), config).await;
+        let base = s.http("");
+        assert_eq!(listed_until(&base, "bob", want).await.len(), 121, "the index survives a restart");
+        assert_eq!(conversation(&base, "bob", "u002").await["unread"], 1);
+        assert_eq!(conversation(&base, "bob", "u001").await["unread"], 0);
+    }
+}
+
+#[tokio::test]
+async fn conversations_between_gateway_users_are_listed_with_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    gateway_users_conversations(config, true).await;
+}
+
+#[tokio::test]
+async fn conversations_between_gateway_users_are_listed_with_redis() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.store.engine = Engine::Redis;
+    config.store.redis_url = redis.url();
+    gateway_users_conversations(config, true).await;
 }

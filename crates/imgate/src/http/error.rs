@@ -139,6 +139,7 @@ impl From<crate::inbox::InboxError> for ApiError {
             InboxError::NotAgent(_) | InboxError::NotAssignee(_) => ApiError::Forbidden(e.to_string()),
             InboxError::NotFound(_) => ApiError::NoSuch(e.to_string()),
             InboxError::BadRequest(m) => ApiError::BadRequest(m),
+            InboxError::Direct(_) => ApiError::BadRequest(e.to_string()),
             InboxError::Taken { ref assignee } => ApiError::Conflict {
                 details: serde_json::json!({ "assignee": assignee }),
                 reason: e.to_string(),

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AccountConfig, Routing};
 use crate::store::{DynStore, NewMessage, StoreError};
 
+pub mod direct;
 pub mod model;
 pub mod redis;
 pub mod sqlite;
@@ -38,6 +39,9 @@ pub enum InboxError {
     Store(#[from] StoreError),
     #[error("{0} is not an agent of any WeChat account with this follower (wechat.accounts.agents)")]
     NotAgent(String),
+    /// Between two gateway users nobody is assigned: only reading applies (400).
+    #[error("the conversation with {0} is between two gateway users: it has no assignee, state or notes")]
+    Direct(String),
     #[error("no conversation with {0}")]
     NotFound(String),
     #[error("{0}")]
@@ -148,6 +152,7 @@ pub struct Inbox {
     accounts: Vec<AccountConfig>,
     mailboxes: DynStore,
     convs: DynConversations,
+    direct: direct::Indexer,
 }
 
 fn now() -> i64 {
@@ -174,7 +179,44 @@ fn edit(
 
 impl Inbox {
     pub fn new(accounts: Vec<AccountConfig>, mailboxes: DynStore, convs: DynConversations) -> Arc<Inbox> {
-        Arc::new(Inbox { accounts, mailboxes, convs })
+        let direct = direct::Indexer::spawn(convs.clone());
+        Arc::new(Inbox { accounts, mailboxes, convs, direct })
+    }
+
+    /// A message between two gateway users was committed (see [`direct`]).
+    pub async fn direct(
+        &self,
+        company_id: &str,
+        from: &str,
+        to: &str,
+        to_seq: u64,
+        from_seq: Option<u64>,
+        m: Message<'_>,
+    ) {
+        self.direct.message(company_id, from, to, to_seq, from_seq, m).await;
+    }
+
+    /// `user`'s own conversation with the gateway user `contact`, if they have one.
+    async fn find_direct(&self, user: &str, contact: &str) -> Result<Option<Conversation>, StoreError> {
+        self.convs.get(&direct::account_of(user), contact).await
+    }
+
+    /// An action that needs an account's conversation: refused on a pair of gateway users
+    /// with its own reason rather than "not found".
+    async fn find_followed(
+        &self,
+        agent: &str,
+        contact: &str,
+    ) -> Result<(&AccountConfig, Conversation), InboxError> {
+        match self.find(agent, contact).await {
+            Err(e @ (InboxError::NotFound(_) | InboxError::NotAgent(_))) => {
+                match self.find_direct(agent, contact).await? {
+                    Some(_) => Err(InboxError::Direct(contact.to_owned())),
+                    None => Err(e),
+                }
+            }
+            r => r,
+        }
     }
 
     fn account(&self, appid: &str) -> Option<&AccountConfig> {
@@ -368,14 +410,19 @@ impl Inbox {
     // --- actions ---------------------------------------------------------------------
 
     pub async fn get(&self, agent: &str, contact: &str) -> Result<Value, InboxError> {
-        Ok(self.find(agent, contact).await?.1.view(agent))
+        match self.find(agent, contact).await {
+            Ok((_, c)) => Ok(c.view(agent)),
+            Err(e @ (InboxError::NotFound(_) | InboxError::NotAgent(_))) => {
+                Ok(self.find_direct(agent, contact).await?.ok_or(e)?.view(agent))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn list(&self, agent: &str, query: &ListQuery) -> Result<Value, InboxError> {
-        let appids: Vec<String> = self.accounts_of(agent).map(|a| a.appid.clone()).collect();
-        if appids.is_empty() {
-            return Err(InboxError::NotAgent(agent.to_owned()));
-        }
+        // The agent's accounts, and its own conversations with other gateway users.
+        let mut appids: Vec<String> = self.accounts_of(agent).map(|a| a.appid.clone()).collect();
+        appids.push(direct::account_of(agent));
         let (rows, next, counts) = self.convs.page(&appids, agent, query).await?;
         let conversations: Vec<Value> = rows.iter().map(|c| c.view(agent)).collect();
         Ok(json!({"conversations": conversations, "next": next, "counts": counts}))
@@ -391,7 +438,7 @@ impl Inbox {
         note: Option<&str>,
         e: Edit,
     ) -> Result<Value, InboxError> {
-        let (acct, _) = self.find(agent, contact).await?;
+        let (acct, _) = self.find_followed(agent, contact).await?;
         let (before, after) =
             self.convs.update(&acct.appid, contact, e).await.map_err(|e| named(e, contact))?;
         let Some(after) = after else {
@@ -447,7 +494,7 @@ impl Inbox {
         to: &str,
         note: Option<&str>,
     ) -> Result<Value, InboxError> {
-        let (acct, _) = self.find(agent, contact).await?;
+        let (acct, _) = self.find_followed(agent, contact).await?;
         if !acct.agents().iter().any(|a| a == to) {
             return Err(InboxError::BadRequest(format!("{to:?} is not an agent of this account")));
         }
@@ -521,19 +568,25 @@ impl Inbox {
         if text.is_empty() || text.chars().count() > TEXT_MAX {
             return Err(InboxError::BadRequest(format!("a note needs a text of 1 to {TEXT_MAX} characters")));
         }
-        let (acct, c) = self.find(agent, contact).await?;
+        let (acct, c) = self.find_followed(agent, contact).await?;
         self.tell(&acct.agents(), &c.company_id, contact, Code::NOTE, agent, json!({"text": text})).await?;
         Ok(c.view(agent))
     }
 
     /// `agent` read the conversation up to its mailbox's `seq` (all of it when `None`).
     pub async fn read(&self, agent: &str, contact: &str, seq: Option<u64>) -> Result<Value, InboxError> {
-        let (acct, _) = self.find(agent, contact).await?;
+        let appid = match self.find(agent, contact).await {
+            Ok((acct, _)) => acct.appid.clone(),
+            Err(e @ (InboxError::NotFound(_) | InboxError::NotAgent(_))) => {
+                self.find_direct(agent, contact).await?.ok_or(e)?.appid
+            }
+            Err(e) => return Err(e),
+        };
         let me = agent.to_owned();
         let (before, after) = self
             .convs
             .update(
-                &acct.appid,
+                &appid,
                 contact,
                 edit(move |cur| {
                     let mut c = cur.ok_or_else(|| InboxError::NotFound(String::new()))?;
@@ -564,6 +617,10 @@ impl Inbox {
     }
 
     pub async fn canned(&self, agent: &str, appid: Option<&str>) -> Result<Value, InboxError> {
+        // A gateway user of no account has none (its console asks all the same).
+        if appid.is_none() && self.accounts_of(agent).next().is_none() {
+            return Ok(json!({"canned": []}));
+        }
         let acct = self.account_for(agent, appid)?;
         Ok(json!({"canned": self.convs.canned(&acct.appid).await?}))
     }
@@ -705,10 +762,8 @@ impl Inbox {
     }
 
     pub async fn presence_list(&self, agent: &str) -> Result<Value, InboxError> {
+        // A gateway user of no account has no colleagues: an empty list.
         let mut agents: Vec<String> = self.accounts_of(agent).flat_map(|a| a.agents()).collect();
-        if agents.is_empty() {
-            return Err(InboxError::NotAgent(agent.to_owned()));
-        }
         agents.sort();
         agents.dedup();
         let mut out = Vec::with_capacity(agents.len());

@@ -71,6 +71,11 @@ impl Conversation {
         if self.state == ConvState::Open { self.assignee.as_deref() } else { None }
     }
 
+    /// Between two gateway users (see [`super::direct`]), not a follower of an account.
+    pub fn is_direct(&self) -> bool {
+        super::direct::is_direct(&self.appid)
+    }
+
     /// Open and a follower message not answered.
     pub fn waiting(&self) -> bool {
         self.state == ConvState::Open && self.waiting_since.is_some()
@@ -94,9 +99,11 @@ impl Conversation {
 
     /// The wire object (docs/inbox.md) as `viewer` sees it: its own unread count.
     pub fn view(&self, viewer: &str) -> Value {
+        let direct = self.is_direct();
         json!({
             "contact_id": self.contact_id,
-            "appid": self.appid,
+            "kind": if direct { "user" } else { "follower" },
+            "appid": if direct { "" } else { self.appid.as_str() },
             "company_id": self.company_id,
             "state": self.state.as_str(),
             "assignee": self.assignee,
@@ -160,8 +167,9 @@ impl View {
 
     fn holds(self, c: &Conversation, viewer: &str) -> bool {
         match self {
-            View::Mine => c.assignee.as_deref() == Some(viewer),
-            View::Unassigned => c.assignee.is_none() && c.state == ConvState::Open,
+            // A user's conversations with other gateway users are its own.
+            View::Mine => c.assignee.as_deref() == Some(viewer) || c.is_direct(),
+            View::Unassigned => c.assignee.is_none() && c.state == ConvState::Open && !c.is_direct(),
             View::All => true,
             View::Waiting => c.waiting(),
         }

@@ -34,7 +34,12 @@ CREATE TABLE IF NOT EXISTS conversations (
 CREATE INDEX IF NOT EXISTS conversations_rank ON conversations (appid, rank_w, rank_k, contact);
 CREATE INDEX IF NOT EXISTS conversations_load ON conversations (appid, load_of) WHERE load_of IS NOT NULL;
 CREATE TABLE IF NOT EXISTS canned (appid TEXT PRIMARY KEY, data TEXT NOT NULL);
+-- agents who set themselves away: that survives a restart, sockets do not
+CREATE TABLE IF NOT EXISTS away (agent TEXT PRIMARY KEY);
 ";
+
+/// A conversation between two gateway users (`model::Conversation::is_direct`), in SQL.
+const DIRECT: &str = "substr(appid, 1, 1) = '~'";
 
 pub struct SqliteConversations {
     db: Arc<Mutex<Connection>>,
@@ -53,10 +58,14 @@ impl SqliteConversations {
         conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {SCHEMA}"))
             .map_err(unavailable)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
-        Ok(Arc::new(SqliteConversations {
-            db: Arc::new(Mutex::new(conn)),
-            presence: Mutex::new(HashMap::new()),
-        }))
+        let mut presence = HashMap::new();
+        {
+            let mut s = conn.prepare("SELECT agent FROM away").map_err(unavailable)?;
+            for agent in s.query_map([], |r| r.get::<_, String>(0)).map_err(unavailable)? {
+                presence.insert(agent.map_err(unavailable)?, Presence { away: true, ..Presence::default() });
+            }
+        }
+        Ok(Arc::new(SqliteConversations { db: Arc::new(Mutex::new(conn)), presence: Mutex::new(presence) }))
     }
 
     /// Run `f` on the connection on the blocking pool.
@@ -163,8 +172,9 @@ impl Conversations for SqliteConversations {
             let (all, mine, unassigned, waiting): (i64, i64, i64, i64) = conn
                 .query_row(
                     &format!(
-                        "SELECT count(*), coalesce(sum(assignee = ?), 0),
-                           coalesce(sum(assignee IS NULL AND state = 'open'), 0), coalesce(sum(rank_w = 0), 0)
+                        "SELECT count(*), coalesce(sum(assignee = ? OR {DIRECT}), 0),
+                           coalesce(sum(assignee IS NULL AND state = 'open' AND NOT {DIRECT}), 0),
+                           coalesce(sum(rank_w = 0), 0)
                          FROM conversations WHERE {filter}"
                     ),
                     params_from_iter(count_args),
@@ -173,10 +183,12 @@ impl Conversations for SqliteConversations {
                 .map_err(unavailable)?;
             match query.view {
                 View::Mine => {
-                    filter.push_str(" AND assignee = ?");
+                    filter.push_str(&format!(" AND (assignee = ? OR {DIRECT})"));
                     args.push(SqlValue::Text(viewer.clone()));
                 }
-                View::Unassigned => filter.push_str(" AND assignee IS NULL AND state = 'open'"),
+                View::Unassigned => {
+                    filter.push_str(&format!(" AND assignee IS NULL AND state = 'open' AND NOT {DIRECT}"))
+                }
                 View::Waiting => filter.push_str(" AND rank_w = 0"),
                 View::All => {}
             }
@@ -275,6 +287,18 @@ impl Conversations for SqliteConversations {
     }
 
     async fn set_away(&self, agent: &str, away: bool) -> Result<(), StoreError> {
+        let a = agent.to_owned();
+        self.with(move |conn| {
+            let sql = if away {
+                "INSERT INTO away (agent) VALUES (?1) ON CONFLICT DO NOTHING"
+            } else {
+                "DELETE FROM away WHERE agent = ?1"
+            };
+            conn.execute(sql, [&a]).map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+        .map_err(store_err)?;
         self.presence.lock().entry(agent.to_owned()).or_default().away = away;
         Ok(())
     }
