@@ -906,3 +906,39 @@ async fn conversations_between_gateway_users_are_listed_with_redis() {
     config.store.redis_url = redis.url();
     gateway_users_conversations(config, true).await;
 }
+
+/// New conversations arriving at once, on one node and across two: round robin still
+/// spreads them evenly, because routing one account is serialised (a lock in Redis across
+/// nodes). Without it, every router read the same loads and chose the same agent.
+#[tokio::test]
+async fn round_robin_spreads_conversations_arriving_at_once_on_two_nodes() {
+    let redis = Redis::start();
+    let (_w, api) = standin().await;
+    let media = tempfile::tempdir().unwrap();
+    let node = || {
+        let (api, url, media) = (api.clone(), redis.url(), media.path().to_owned());
+        let acct = account(Routing::RoundRobin, &["a", "b"]);
+        Server::start_with(move |c| {
+            c.store.engine = Engine::Redis;
+            c.store.redis_url = url;
+            c.wechat.media_dir = media;
+            configure(c, &api, acct);
+        })
+    };
+    let (n1, n2) = (node().await, node().await);
+    let (b1, b2) = (n1.http(""), n2.http(""));
+    let _a = online(&b1, &n1, "a").await;
+    let _b = online(&b2, &n2, "b").await;
+    let followers: Vec<String> = (0..16).map(|i| format!("oBurst{i:02}")).collect();
+    let says = followers.iter().enumerate().map(|(i, f)| {
+        let base = if i % 2 == 0 { b1.clone() } else { b2.clone() };
+        async move { say(&base, f, "hi", 500 + i as u64).await }
+    });
+    futures_util::future::join_all(says).await;
+    let mut load: BTreeMap<String, usize> = BTreeMap::new();
+    for f in &followers {
+        let c = until(&b1, "a", f, "assigned", |c| c["assignee"].is_string()).await;
+        *load.entry(c["assignee"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(load, BTreeMap::from([("a".to_owned(), 8), ("b".to_owned(), 8)]));
+}

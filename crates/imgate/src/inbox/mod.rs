@@ -119,6 +119,16 @@ pub trait Conversations: Send + Sync + 'static {
     async fn disconnected(&self, agent: &str, now_ms: i64) -> Result<bool, StoreError>;
     async fn set_away(&self, agent: &str, away: bool) -> Result<(), StoreError>;
     async fn presence(&self, agent: &str) -> Result<Presence, StoreError>;
+    /// Take the right to route `appid`'s conversations, on every node sharing this engine:
+    /// routing reads every agent's load, then assigns, and two routers between those steps
+    /// would choose the same agent. Returns what [`routing_unlock`](Self::routing_unlock)
+    /// needs. By default nothing: one node (the caller also locks in its process).
+    async fn routing_lock(&self, _appid: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+    async fn routing_unlock(&self, _appid: &str, _token: Option<String>) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Say this node is alive (its sockets count); called every few seconds.
     async fn heartbeat(&self) -> Result<(), StoreError> {
         Ok(())
@@ -149,6 +159,8 @@ impl Message<'_> {
 }
 
 pub struct Inbox {
+    /// Per account: one router at a time in this process (see `Conversations::routing_lock`).
+    routing: HashMap<String, tokio::sync::Mutex<()>>,
     accounts: Vec<AccountConfig>,
     mailboxes: DynStore,
     convs: DynConversations,
@@ -180,7 +192,8 @@ fn edit(
 impl Inbox {
     pub fn new(accounts: Vec<AccountConfig>, mailboxes: DynStore, convs: DynConversations) -> Arc<Inbox> {
         let direct = direct::Indexer::spawn(convs.clone());
-        Arc::new(Inbox { accounts, mailboxes, convs, direct })
+        let routing = accounts.iter().map(|a| (a.appid.clone(), tokio::sync::Mutex::new(()))).collect();
+        Arc::new(Inbox { routing, accounts, mailboxes, convs, direct })
     }
 
     /// A message between two gateway users was committed (see [`direct`]).
@@ -779,6 +792,25 @@ impl Inbox {
     /// Give an open, unassigned conversation to the online (not away) agent of `acct` with
     /// the fewest open conversations, below `max_open_per_agent`; none: it waits.
     async fn route(
+        &self,
+        acct: &AccountConfig,
+        contact: &str,
+        seen: &mut HashMap<String, Presence>,
+    ) -> Result<(), InboxError> {
+        // One router per account, in this process and then across nodes: the loads it
+        // reads stay true until its assignment is written.
+        let _here = match self.routing.get(&acct.appid) {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        };
+        let token = self.convs.routing_lock(&acct.appid).await?;
+        let routed = self.route_locked(acct, contact, seen).await;
+        let unlocked = self.convs.routing_unlock(&acct.appid, token).await;
+        routed?;
+        Ok(unlocked?)
+    }
+
+    async fn route_locked(
         &self,
         acct: &AccountConfig,
         contact: &str,

@@ -62,11 +62,23 @@ end
 return t
 ";
 
+/// Routing one account: the lock's lease (a node that dies holding it frees it then),
+/// and how long a router waits for it before giving up (the sweep routes again).
+const ROUTING_LEASE_MS: u64 = 5_000;
+const ROUTING_WAIT: Duration = Duration::from_secs(3);
+
+/// KEYS[1] the lock; ARGV[1] the holder's token: released only by its holder.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
 pub struct RedisConversations {
     conn: ConnectionManager,
     node: String,
     cas: Script,
     count: Script,
+    unlock: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -82,6 +94,10 @@ const P: &str = "imgate:inbox";
 fn conv_key(appid: &str, contact: &str) -> String {
     // The appid's length first: no appid and contact pair reads as another.
     format!("{P}:c:{}:{appid}:{contact}", appid.len())
+}
+
+fn routing_key(appid: &str) -> String {
+    format!("{P}:route:{appid}")
 }
 
 fn index_key(appid: &str) -> String {
@@ -102,6 +118,7 @@ impl RedisConversations {
             node: uuid::Uuid::now_v7().simple().to_string(),
             cas: Script::new(CAS),
             count: Script::new(COUNT),
+            unlock: Script::new(UNLOCK),
         }))
     }
 
@@ -245,5 +262,43 @@ impl Conversations for RedisConversations {
     async fn heartbeat(&self) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
         c.set_ex::<_, _, ()>(format!("{P}:node:{}", self.node), 1, NODE_TTL_SECS).await.map_err(unavailable)
+    }
+
+    async fn routing_lock(&self, appid: &str) -> Result<Option<String>, StoreError> {
+        let mut c = self.conn.clone();
+        let token = uuid::Uuid::now_v7().simple().to_string();
+        let deadline = tokio::time::Instant::now() + ROUTING_WAIT;
+        loop {
+            let got: Option<String> = redis::cmd("SET")
+                .arg(routing_key(appid))
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ROUTING_LEASE_MS)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if got.is_some() {
+                return Ok(Some(token));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(format!(
+                    "redis: another node has been routing {appid} for {ROUTING_WAIT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn routing_unlock(&self, appid: &str, token: Option<String>) -> Result<(), StoreError> {
+        let Some(token) = token else { return Ok(()) };
+        let mut c = self.conn.clone();
+        self.unlock
+            .key(routing_key(appid))
+            .arg(token)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }
