@@ -123,6 +123,7 @@ pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start
         queue: None,
         expires: start.expires,
     };
+    let mut state = Counted::new("replaying");
     // Replay before registering: a long replay must not fill the live queue. A second
     // pass after registering covers what was committed in between; the seq check drops
     // what then also arrives live.
@@ -131,6 +132,7 @@ pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start
         Ok(()) => match c.ctx.hub.register(&c.user) {
             Err(e) => Stop::Close(1008, e.to_string()),
             Ok(reg) => {
+                state.now("live");
                 c.mark = Some(reg.delivered.clone());
                 c.queue = Some(reg.queue.clone());
                 let stop = c.run().await;
@@ -144,6 +146,7 @@ pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start
         },
     };
     if let Stop::Close(code, reason) = stop {
+        state.now("closing");
         tracing::debug!(user = %c.user, code, %reason, "closing connection");
         Box::pin(c.close(code, reason)).await;
     }
@@ -497,6 +500,30 @@ fn close_for(e: axum::Error) -> Option<(u16, &'static str)> {
         tungstenite::Error::Capacity(_) => Some((1009, "frame is larger than the limit")),
         tungstenite::Error::Protocol(_) => Some((1002, "WebSocket protocol error")),
         _ => None,
+    }
+}
+
+/// Counts a connection in `imgate_connections_by_state` under the state it is in: its first
+/// replay (`replaying`, before it joins the hub), `live` (in the hub, replaying any gap
+/// there), or `closing` (its close frame sent, waiting for the answer); until it ends.
+struct Counted(&'static str);
+
+impl Counted {
+    fn new(state: &'static str) -> Counted {
+        metrics::gauge!("imgate_connections_by_state", "state" => state).increment(1.0);
+        Counted(state)
+    }
+
+    fn now(&mut self, state: &'static str) {
+        metrics::gauge!("imgate_connections_by_state", "state" => self.0).decrement(1.0);
+        metrics::gauge!("imgate_connections_by_state", "state" => state).increment(1.0);
+        self.0 = state;
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        metrics::gauge!("imgate_connections_by_state", "state" => self.0).decrement(1.0);
     }
 }
 

@@ -42,7 +42,8 @@ const PING_EVERY: Duration = Duration::from_secs(2);
 /// ...and a subscription that hears nothing for this long is dead, even if its TCP
 /// connection never said so: resubscribe and catch up.
 const SILENCE: Duration = Duration::from_secs(7);
-/// A ping on the fan-out channel: no newline, so no message.
+/// A ping on the fan-out channel: `ping <node> <unix ms>`, no newline, so no message. A
+/// node hearing its own ping knows how far behind its subscription is (broker lag).
 const PING: &str = "ping";
 
 const APPEND: &str = r#"
@@ -168,13 +169,15 @@ impl RedisStore {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), cm).map_err(unavailable)?;
         let prefix = "imgate".to_owned();
         let subscribed = Arc::new(AtomicBool::new(false));
-        tokio::spawn(subscribe(client, format!("{prefix}:fanout"), fanout, subscribed.clone()));
+        let node = uuid::Uuid::now_v7().simple().to_string();
+        tokio::spawn(subscribe(client, format!("{prefix}:fanout"), fanout, subscribed.clone(), node.clone()));
         let (mut pinger, channel) = (conn.clone(), format!("{prefix}:fanout"));
         tokio::spawn(async move {
             let mut every = tokio::time::interval(PING_EVERY);
             loop {
                 every.tick().await;
-                let _: redis::RedisResult<i64> = pinger.publish(&channel, PING).await;
+                let ping = format!("{PING} {node} {}", unix_ms());
+                let _: redis::RedisResult<i64> = pinger.publish(&channel, ping).await;
             }
         });
         Ok(Arc::new(RedisStore {
@@ -230,7 +233,9 @@ async fn subscribe(
     channel: String,
     fanout: Arc<dyn Fanout>,
     subscribed: Arc<AtomicBool>,
+    node: String,
 ) {
+    let own_ping = format!("{PING} {node} ");
     let mut delay = Duration::from_millis(100);
     let mut first = true;
     loop {
@@ -253,6 +258,13 @@ async fn subscribe(
                 while let Ok(Some(msg)) = tokio::time::timeout(SILENCE, messages.next()).await {
                     let payload = msg.get_payload_bytes();
                     let Ok(text) = std::str::from_utf8(payload) else { continue };
+                    // Our own ping, back through Redis: how long the broker and this
+                    // subscription took (one clock, so no skew between nodes).
+                    if let Some(sent) = text.strip_prefix(&own_ping).and_then(|t| t.parse::<i64>().ok()) {
+                        let lag = (unix_ms() - sent).max(0) as f64 / 1000.0;
+                        metrics::gauge!("imgate_broker_lag_seconds").set(lag);
+                        continue;
+                    }
                     let mut parts = text.splitn(3, '\n');
                     let (Some(user), Some(seq), Some(frame)) = (parts.next(), parts.next(), parts.next())
                     else {
@@ -276,6 +288,10 @@ async fn subscribe(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn unix_now() -> i64 {
