@@ -180,6 +180,31 @@ async fn presence_counts_sockets_and_remembers_away(e: impl Engine) {
     assert_eq!((b.away, b.connections), (true, 0), "away is remembered across reopening");
 }
 
+async fn many_updates_apply_each_and_a_refusal_stops_only_its_own(e: impl Engine) {
+    let c = e.open();
+    c.update("~u", "o1", create("~u", "o1")).await.unwrap();
+    let bump = || {
+        edit(|cur| {
+            let mut v = cur.unwrap_or_else(|| Conversation::new("~u", "new", "acme"));
+            *v.unread.entry("u".into()).or_default() += 1;
+            Ok(Some(v))
+        })
+    };
+    let refuse = edit(|_| Err(InboxError::BadRequest("no".into())));
+    let out = c
+        .update_many(vec![
+            ("~u".into(), "o1".into(), bump()),
+            ("~u".into(), "o2".into(), refuse),
+            ("~u".into(), "o3".into(), bump()),
+        ])
+        .await;
+    let outcomes: Vec<bool> = out.iter().map(Result::is_ok).collect();
+    assert_eq!(outcomes, vec![true, false, true]);
+    assert_eq!(c.get("~u", "o1").await.unwrap().unwrap().unread.get("u"), Some(&1));
+    assert_eq!(c.get("~u", "o2").await.unwrap(), None, "the refused one is not written");
+    assert_eq!(c.get("~u", "o3").await.unwrap().unwrap().unread.get("u"), Some(&1));
+}
+
 async fn conversations_are_separate_whatever_their_names(e: impl Engine) {
     let c = e.open();
     c.update("a:b", "c", create("a:b", "c")).await.unwrap();
@@ -298,6 +323,7 @@ macro_rules! engines {
             #[tokio::test] async fn presence() { presence_counts_sockets_and_remembers_away($make).await }
             #[tokio::test] async fn open_load() { open_load_follows_assignees_and_states($make).await }
             #[tokio::test] async fn pages() { pages_are_the_references($make).await }
+            #[tokio::test] async fn many() { many_updates_apply_each_and_a_refusal_stops_only_its_own($make).await }
             #[tokio::test] async fn names() { conversations_are_separate_whatever_their_names($make).await }
         }
     )*};

@@ -13,9 +13,7 @@
 //! its row again.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -35,9 +33,8 @@ pub fn is_direct(appid: &str) -> bool {
 /// Messages waiting to be indexed: beyond this, a send waits for the indexer (the index
 /// trails by at most this many messages, and memory stays bounded).
 const QUEUE: usize = 8192;
-/// Messages applied in one batch, and pairs updated at once in it.
+/// Messages applied in one batch (one transaction with SQLite).
 const BATCH: usize = 1024;
-const PARALLEL: usize = 16;
 
 /// One side of a message between two gateway users.
 struct Side {
@@ -133,31 +130,25 @@ async fn run(convs: DynConversations, mut rx: mpsc::Receiver<Side>) {
         for s in batch.drain(..) {
             pairs.entry((account_of(&s.owner), s.other.clone())).or_default().push(s);
         }
-        futures_util::stream::iter(pairs)
-            .for_each_concurrent(PARALLEL, |((appid, other), sides)| {
-                let convs = convs.clone();
-                async move {
-                    let company = sides[0].company_id.clone();
-                    let (a, o) = (appid.clone(), other.clone());
-                    let sides = Arc::new(sides);
-                    let r = convs
-                        .update(
-                            &appid,
-                            &other,
-                            edit(move |cur| {
-                                let mut c = cur.unwrap_or_else(|| Conversation::new(&a, &o, &company));
-                                for s in sides.iter() {
-                                    s.apply(&mut c);
-                                }
-                                Ok(Some(c))
-                            }),
-                        )
-                        .await;
-                    if let Err(e) = r {
-                        tracing::warn!(account = %appid, contact = %other, error = %e, "conversation not updated");
+        let edits = pairs
+            .into_iter()
+            .map(|((appid, other), sides)| {
+                let company = sides[0].company_id.clone();
+                let (a, o) = (appid.clone(), other.clone());
+                let e = edit(move |cur| {
+                    let mut c = cur.unwrap_or_else(|| Conversation::new(&a, &o, &company));
+                    for s in &sides {
+                        s.apply(&mut c);
                     }
-                }
+                    Ok(Some(c))
+                });
+                (appid, other, e)
             })
-            .await;
+            .collect();
+        for r in convs.update_many(edits).await {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "a conversation between gateway users not updated");
+            }
+        }
     }
 }

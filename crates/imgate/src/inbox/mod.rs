@@ -91,6 +91,16 @@ pub trait Conversations: Send + Sync + 'static {
         contact: &str,
         edit: Edit,
     ) -> Result<(Option<Conversation>, Option<Conversation>), InboxError>;
+    /// Apply many edits, each as [`update`](Self::update) would, of distinct conversations;
+    /// each outcome is only logged by the caller (the index of gateway users' pairs). By
+    /// default one after another; an engine may apply them in one transaction.
+    async fn update_many(&self, edits: Vec<(String, String, Edit)>) -> Vec<Result<(), InboxError>> {
+        let mut out = Vec::with_capacity(edits.len());
+        for (appid, contact, edit) in edits {
+            out.push(self.update(&appid, &contact, edit).await.map(|_| ()));
+        }
+        out
+    }
     /// Every conversation of an account (the index, not the mailboxes).
     async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError>;
     /// One page of the conversations of `appids` as `viewer` asks for it (see

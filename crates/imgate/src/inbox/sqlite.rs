@@ -92,6 +92,41 @@ fn read(conn: &Connection, appid: &str, contact: &str) -> Result<Option<Conversa
     data.map(|d| serde_json::from_str(&d).map_err(unavailable)).transpose().map_err(InboxError::Store)
 }
 
+/// Read, edit and write one conversation inside the caller's transaction.
+fn apply(
+    tx: &Connection,
+    a: &str,
+    c: &str,
+    edit: &Edit,
+) -> Result<(Option<Conversation>, Option<Conversation>), InboxError> {
+    let before = read(tx, a, c)?;
+    let Some(after) = edit(before.clone())? else { return Ok((before, None)) };
+    let data = serde_json::to_string(&after).map_err(unavailable)?;
+    let (w, k, _) = after.rank().parts_owned();
+    tx.prepare_cached(
+        "INSERT INTO conversations (appid, contact, data, load_of, rank_w, rank_k, state, assignee, search)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (appid, contact) DO UPDATE SET data = excluded.data, load_of = excluded.load_of,
+           rank_w = excluded.rank_w, rank_k = excluded.rank_k, state = excluded.state,
+           assignee = excluded.assignee, search = excluded.search",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            a,
+            c,
+            data,
+            after.load_of(),
+            w,
+            k,
+            after.state.as_str(),
+            after.assignee,
+            after.search()
+        ])
+    })
+    .map_err(unavailable)?;
+    Ok((before, Some(after)))
+}
+
 fn store_err(e: InboxError) -> StoreError {
     match e {
         InboxError::Store(s) => s,
@@ -117,23 +152,34 @@ impl Conversations for SqliteConversations {
         // even from another connection to the file.
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-            let before = read(&tx, &a, &c)?;
-            let Some(after) = edit(before.clone())? else { return Ok((before, None)) };
-            let data = serde_json::to_string(&after).map_err(unavailable)?;
-            let (w, k, _) = after.rank().parts_owned();
-            tx.execute(
-                "INSERT INTO conversations (appid, contact, data, load_of, rank_w, rank_k, state, assignee, search)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (appid, contact) DO UPDATE SET data = excluded.data, load_of = excluded.load_of,
-                   rank_w = excluded.rank_w, rank_k = excluded.rank_k, state = excluded.state,
-                   assignee = excluded.assignee, search = excluded.search",
-                params![a, c, data, after.load_of(), w, k, after.state.as_str(), after.assignee, after.search()],
-            )
-            .map_err(unavailable)?;
+            let changed = apply(&tx, &a, &c, &edit)?;
             tx.commit().map_err(unavailable)?;
-            Ok((before, Some(after)))
+            Ok(changed)
         })
         .await
+    }
+
+    /// One transaction for the whole batch: one commit, not one per conversation. An edit
+    /// that refuses leaves its conversation as it was and the others written.
+    async fn update_many(&self, edits: Vec<(String, String, Edit)>) -> Vec<Result<(), InboxError>> {
+        let n = edits.len();
+        let done = self
+            .with(move |conn| {
+                let tx =
+                    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+                let out: Vec<Result<(), InboxError>> =
+                    edits.iter().map(|(a, c, e)| apply(&tx, a, c, e).map(|_| ())).collect();
+                tx.commit().map_err(unavailable)?;
+                Ok(out)
+            })
+            .await;
+        match done {
+            Ok(out) => out,
+            Err(e) => {
+                let msg = e.to_string();
+                (0..n).map(|_| Err(InboxError::Store(unavailable(&msg)))).collect()
+            }
+        }
     }
 
     async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError> {
