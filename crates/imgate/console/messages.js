@@ -64,8 +64,7 @@ export function body(d, { media, zoom, alt, local }) {
   switch (d.msg_type) {
     case 'text': return linkify(m.content || '');
     case 'image': return local ? image(local) : media(m, image);
-    case 'voice': return [media(m, (src, type) => (type && document.createElement('audio').canPlayType(type) ? el('audio', { controls: true, src }) : el('a', { href: src, download: '', rel: 'noopener' }, t('body.voice.download')))),
-      m.recognition ? el('div', {}, `“${m.recognition}”`) : null];
+    case 'voice': return [media(m, voice), m.recognition ? el('div', { class: 'recognition' }, `“${m.recognition}”`) : null];
     case 'video': case 'shortvideo': return media(m, (src) => el('video', { controls: true, src, preload: 'metadata' }));
     case 'location': return [el('div', {}, '📍 ', m.label || t('body.location')), el('div', { class: 'when' }, `${m.latitude}, ${m.longitude}`)];
     case 'link': {
@@ -75,6 +74,18 @@ export function body(d, { media, zoom, alt, local }) {
     }
     default: return [el('div', { class: 'when' }, t('body.type'), data(d.msg_type)), el('dl', { translate: 'no' }, ...Object.entries(m).flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, typeof v === 'string' ? v : JSON.stringify(v))]))];
   }
+}
+
+/** A voice player. WeChat's AMR plays in no browser: the gateway gives it as Ogg
+ *  (`?format=ogg`, transcoded by its ffmpeg); where it cannot, the original is a download. */
+function voice(src, type) {
+  const download = () => el('a', { href: src, download: '', rel: 'noopener' }, t('body.voice.download'));
+  if (type && document.createElement('audio').canPlayType(type)) return el('audio', { controls: true, preload: 'metadata', src });
+  const ogg = new URL(src);
+  ogg.searchParams.set('format', 'ogg');
+  const player = el('audio', { controls: true, preload: 'metadata', src: ogg.toString() });
+  player.addEventListener('error', () => player.replaceWith(download()), { once: true });
+  return player;
 }
 
 /** Media that imgate may still be downloading from WeChat: shown once it is there.

@@ -39,6 +39,12 @@ pub enum ApiError {
     Timeout(String),
     #[error("{0}")]
     Unavailable(String),
+    /// What this gateway cannot do as installed (voice playback without ffmpeg): 501.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// Well-formed but impossible to carry out (a voice file that does not decode): 422.
+    #[error("{0}")]
+    Unprocessable(String),
     /// WeChat did not take a message to a follower: 422 when it refused (with its code),
     /// 502 when it could not be reached.
     #[error("{reason}")]
@@ -61,6 +67,8 @@ impl ApiError {
             ApiError::TooMany(_) | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Delivery { refused: true, .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Delivery { refused: false, .. } => StatusCode::BAD_GATEWAY,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,

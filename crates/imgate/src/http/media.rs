@@ -124,6 +124,16 @@ async fn may_read(w: &Wechat, reader: &Reader, rec: &MediaRecord) -> bool {
     }
 }
 
+/// The voice file at `path` as Ogg, with its failure as an answer.
+async fn playable(path: &std::path::Path) -> Result<std::path::PathBuf, ApiError> {
+    use crate::wechat::voice::{VoiceError, playable};
+    playable(path).await.map_err(|e| match e {
+        VoiceError::NoFfmpeg => ApiError::NotImplemented(e.to_string()),
+        VoiceError::Failed(_) => ApiError::Unprocessable(e.to_string()),
+        VoiceError::Io(_) => ApiError::Unavailable(e.to_string()),
+    })
+}
+
 /// `GET P/media/{id}`: with credentials (the reader must be allowed), or a signed URL.
 pub async fn get(
     State(state): State<AppState>,
@@ -152,10 +162,26 @@ pub async fn get(
     }
     match rec.status.as_str() {
         "ready" => {
-            let ct = if rec.content_type.is_empty() {
-                "application/octet-stream".to_owned()
-            } else {
-                rec.content_type
+            let (path, ct) = match params.get("format") {
+                None => {
+                    let ct = if rec.content_type.is_empty() {
+                        "application/octet-stream".to_owned()
+                    } else {
+                        rec.content_type
+                    };
+                    (path, ct)
+                }
+                // A follower's voice as a browser can play it (wechat/voice.rs).
+                Some("ogg") if rec.kind == "voice" => (playable(&path).await?, "audio/ogg".to_owned()),
+                Some("ogg") => {
+                    return Err(ApiError::BadRequest(format!(
+                        "format=ogg is for voice messages; media {id} is {}",
+                        rec.kind
+                    )));
+                }
+                Some(other) => {
+                    return Err(ApiError::BadRequest(format!("format={other}: the only format is ogg (voice)")));
+                }
             };
             serve_file(&path, ct, headers.get(header::RANGE))
                 .await

@@ -29,6 +29,12 @@ pub struct SimulateArgs {
     /// stand-in) and its media id sent, as WeChat does.
     #[arg(long, group = "kind")]
     pub image: Option<PathBuf>,
+    /// A voice message: an AMR file (what WeChat's app records), uploaded as --image is.
+    #[arg(long, group = "kind")]
+    pub voice: Option<PathBuf>,
+    /// With --voice: WeChat's speech recognition of it (the `Recognition` element).
+    #[arg(long, requires = "voice")]
+    pub recognition: Option<String>,
     /// An event: subscribe, unsubscribe, CLICK, VIEW, SCAN, LOCATION…
     #[arg(long, group = "kind")]
     pub event: Option<String>,
@@ -126,7 +132,20 @@ async fn message(
     } else if let Some(file) = &a.image {
         x.set("MsgType", "image");
         x.set("PicUrl", String::new());
-        x.set("MediaId", upload_image(config, acct, file).await?);
+        let ct = if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+            "image/png"
+        } else {
+            "image/jpeg"
+        };
+        x.set("MediaId", upload(config, acct, file, "image", ct).await?);
+        x.set("MsgId", msg_id());
+    } else if let Some(file) = &a.voice {
+        x.set("MsgType", "voice");
+        x.set("MediaId", upload(config, acct, file, "voice", "audio/amr").await?);
+        x.set("Format", "amr");
+        if let Some(r) = &a.recognition {
+            x.set("Recognition", r.clone());
+        }
         x.set("MsgId", msg_id());
     } else if let Some(event) = &a.event {
         x.set("MsgType", "event");
@@ -135,32 +154,30 @@ async fn message(
             x.set("EventKey", k.clone());
         }
     } else {
-        return Err("say what the follower sends: --text, --image or --event".into());
+        return Err("say what the follower sends: --text, --image, --voice or --event".into());
     }
     Ok(x)
 }
 
-/// Upload `file` to WeChat's API (`wechat.api_base`) as the follower's picture: its media id.
-async fn upload_image(
+/// Upload `file` to WeChat's API (`wechat.api_base`) as the follower's picture or voice:
+/// its media id.
+async fn upload(
     config: &Config,
     acct: &AccountConfig,
     file: &std::path::Path,
+    kind: &str,
+    ct: &str,
 ) -> Result<String, String> {
     let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let api = Api::new(&config.wechat.api_base, config.wechat.api_timeout);
-    let ct = if file.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
-        "image/png"
-    } else {
-        "image/jpeg"
-    };
     let base = &config.wechat.api_base;
     let token = api
         .stable_token(&acct.appid, &acct.secret, false)
         .await
         .map_err(|e| format!("access token from {base}: {e}"))?;
-    api.media_upload(&token.value, "image", "image", ct, bytes.into())
+    api.media_upload(&token.value, kind, kind, ct, bytes.into())
         .await
-        .map_err(|e| format!("uploading the image to {base}: {e}"))
+        .map_err(|e| format!("uploading the {kind} to {base}: {e}"))
 }
 
 async fn reqwest_post(url: &str, query: &[(String, String)], body: String) -> Result<(u16, String), String> {

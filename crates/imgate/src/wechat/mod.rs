@@ -21,6 +21,7 @@ pub mod cli;
 mod shared;
 pub mod standin;
 pub mod state;
+pub mod voice;
 
 use state::{Local, MediaRecord, NonceSeen, Quota, Shared, State, Window};
 
