@@ -29,7 +29,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 
-use super::{Appended, Fanout, NewMessage, Store, StoreError, Stored};
+use super::{Appended, Erased, Fanout, NewMessage, Store, StoreError, Stored};
 use crate::config::StoreConfig;
 
 /// How long one Redis command may take before the request fails (503, nothing stored:
@@ -37,6 +37,9 @@ use crate::config::StoreConfig;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Entries scanned per round trip when looking for one contact's history.
 const HISTORY_SCAN: usize = 500;
+/// Messages of one mailbox one erasure script removes when it takes the whole mailbox:
+/// a script holds Redis while it runs.
+const ERASE_BATCH: usize = 500;
 /// Every node publishes a ping this often on the fan-out channel...
 const PING_EVERY: Duration = Duration::from_secs(2);
 /// ...and a subscription that hears nothing for this long is dead, even if its TCP
@@ -105,6 +108,48 @@ end
 return out
 "#;
 
+/// Erasure in one mailbox (ARGV: prefix, user, contact, mode, count). Mode `contact`:
+/// the messages with `contact`, found through that conversation's list of seqs. Mode
+/// `all`: up to `count` of the mailbox's oldest messages (the contact's own mailbox, in
+/// batches). Each message's dedupe key goes with it (unless a later message holds it
+/// now); the seq counter stays. Returns the removed frames.
+const ERASE: &str = r#"
+local p, user, contact, mode, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local u = p .. ':m:' .. string.len(user) .. ':' .. user
+local log = u .. ':log'
+local out = {}
+local function remove(id, f)
+  local frame, key, c = '', '', nil
+  for j = 1, #f, 2 do
+    if f[j] == 'f' then frame = f[j + 1] elseif f[j] == 'k' then key = f[j + 1] elseif f[j] == 'c' then c = f[j + 1] end
+  end
+  if key ~= '' then
+    local s = string.match(id, '^%d+')
+    local dk = u .. ':d:' .. key
+    local v = redis.call('GET', dk)
+    if v and string.sub(v, 1, string.len(s) + 1) == s .. ' ' then redis.call('DEL', dk) end
+  end
+  redis.call('XDEL', log, id)
+  out[#out + 1] = frame
+  return c
+end
+if mode == 'contact' then
+  local conv = u .. ':c:' .. string.len(contact) .. ':' .. contact
+  for _, s in ipairs(redis.call('LRANGE', conv, 0, -1)) do
+    local id = s .. '-1'
+    local e = redis.call('XRANGE', log, id, id)
+    if e[1] then remove(id, e[1][2]) end
+  end
+  redis.call('DEL', conv)
+else
+  for _, e in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', count)) do
+    local c = remove(e[1], e[2])
+    if c then redis.call('DEL', u .. ':c:' .. string.len(c) .. ':' .. c) end
+  end
+end
+return out
+"#;
+
 const RAISE: &str = r#"
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
@@ -143,6 +188,7 @@ pub struct RedisStore {
     append: Script,
     raise: Script,
     page: Script,
+    erase: Script,
     subscribed: Arc<AtomicBool>,
     closed: AtomicBool,
 }
@@ -184,6 +230,7 @@ impl RedisStore {
             append: Script::new(APPEND),
             raise: Script::new(RAISE),
             page: Script::new(PAGE),
+            erase: Script::new(ERASE),
             subscribed,
             closed: AtomicBool::new(false),
         }))
@@ -191,6 +238,21 @@ impl RedisStore {
 
     fn key(&self, user: &str, what: &str) -> String {
         format!("{}:m:{}:{user}:{what}", self.prefix, user.len())
+    }
+
+    /// One call of [`ERASE`] on `user`'s mailbox: the frames it removed.
+    async fn erase_in(&self, user: &str, contact: &str, mode: &str) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn.clone();
+        self.erase
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(user)
+            .arg(contact)
+            .arg(mode)
+            .arg(ERASE_BATCH)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)
     }
 
     async fn range(
@@ -463,6 +525,34 @@ impl Store for RedisStore {
             }
         }
         Ok(removed)
+    }
+
+    async fn erase(&self, contact: &str) -> Result<Erased, StoreError> {
+        let mut c = self.conn.clone();
+        let users: Vec<String> = c.smembers(format!("{}:users", self.prefix)).await.map_err(unavailable)?;
+        let mut erased = Erased::default();
+        for user in users {
+            if user == contact {
+                // The contact's own mailbox, whole, in batches (one script may not hold
+                // Redis for long); bounded, since appends may go on meanwhile.
+                let len: usize = c.xlen(self.key(&user, "log")).await.map_err(unavailable)?;
+                for _ in 0..len / ERASE_BATCH + 2 {
+                    let frames = self.erase_in(&user, contact, "all").await?;
+                    let n = frames.len();
+                    for f in frames {
+                        erased.add(&user, &EncodedMessage::from_stored(f));
+                    }
+                    if n < ERASE_BATCH {
+                        break;
+                    }
+                }
+            } else {
+                for f in self.erase_in(&user, contact, "contact").await? {
+                    erased.add(&user, &EncodedMessage::from_stored(f));
+                }
+            }
+        }
+        Ok(erased)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
