@@ -87,6 +87,9 @@ pub trait Conversations: Send + Sync + 'static {
         contact: &str,
         edit: Edit,
     ) -> Result<(Option<Conversation>, Option<Conversation>), InboxError>;
+    /// Remove the conversation (erasure): its record, its place in the list and its
+    /// count against its assignee. True when there was one.
+    async fn remove(&self, appid: &str, contact: &str) -> Result<bool, StoreError>;
     /// Every conversation of an account (the index, not the mailboxes).
     async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError>;
     /// One page of the conversations of `appids` as `viewer` asks for it (see
@@ -183,6 +186,20 @@ impl Inbox {
 
     fn accounts_of(&self, agent: &str) -> std::vec::IntoIter<&AccountConfig> {
         self.accounts.iter().filter(|a| a.agents().iter().any(|g| g == agent)).collect::<Vec<_>>().into_iter()
+    }
+
+    /// Erasure: the conversations with `contact` in every account, with their notes'
+    /// place and unread counts. How many there were, and the agents of their accounts
+    /// (whose consoles list them).
+    pub async fn forget(&self, contact: &str) -> Result<(u64, Vec<String>), StoreError> {
+        let (mut n, mut agents) = (0, Vec::new());
+        for acct in &self.accounts {
+            if self.convs.remove(&acct.appid, contact).await? {
+                n += 1;
+                agents.extend(acct.agents());
+            }
+        }
+        Ok((n, agents))
     }
 
     /// The conversation with `contact` in one of `agent`'s accounts.

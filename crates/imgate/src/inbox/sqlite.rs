@@ -127,6 +127,18 @@ impl Conversations for SqliteConversations {
         .await
     }
 
+    async fn remove(&self, appid: &str, contact: &str) -> Result<bool, StoreError> {
+        let (a, c) = (appid.to_owned(), contact.to_owned());
+        self.with(move |conn| {
+            let n = conn
+                .execute("DELETE FROM conversations WHERE appid = ?1 AND contact = ?2", params![a, c])
+                .map_err(unavailable)?;
+            Ok(n > 0)
+        })
+        .await
+        .map_err(store_err)
+    }
+
     async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError> {
         let a = appid.to_owned();
         self.with(move |conn| {
