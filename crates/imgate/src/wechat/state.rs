@@ -355,6 +355,35 @@ impl Local {
         let _ = written(pending).await;
     }
 
+    async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
+        let (had, pending) = {
+            let mut f = self.followers.lock();
+            let had = f.remove(openid).is_some();
+            let o = openid.to_owned();
+            (had, self.submit(move |c| c.execute("DELETE FROM followers WHERE openid = ?1", [o]).map(|_| ())))
+        };
+        written(pending).await?;
+        Ok(had)
+    }
+
+    async fn forget_media(&self, id: &str) -> Result<bool, StateUnavailable> {
+        let (had, pending) = {
+            let mut m = self.media.lock();
+            let had = m.remove(id).is_some();
+            self.readers.lock().remove(id);
+            let id = id.to_owned();
+            (
+                had,
+                self.submit(move |c| {
+                    c.execute("DELETE FROM media WHERE id = ?1", [&id])?;
+                    c.execute("DELETE FROM media_readers WHERE id = ?1", [&id]).map(|_| ())
+                }),
+            )
+        };
+        written(pending).await?;
+        Ok(had)
+    }
+
     async fn trim(&self, cutoff: i64) {
         let pending = {
             let mut m = self.media.lock();
@@ -658,6 +687,22 @@ impl State {
         }
     }
 
+    /// Erasure: forget the follower `openid` (its account and window). True when known.
+    pub async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
+        match self {
+            State::Local(l) => l.forget_follower(openid).await,
+            State::Redis(r) => r.forget_follower(openid).await,
+        }
+    }
+
+    /// Erasure: forget media record `id` and who may read it. True when known.
+    pub async fn forget_media(&self, id: &str) -> Result<bool, StateUnavailable> {
+        match self {
+            State::Local(l) => l.forget_media(id).await,
+            State::Redis(r) => r.forget_media(id).await,
+        }
+    }
+
     /// Forget media recorded before `cutoff` (Redis forgets by itself: its keys expire).
     /// Followers are kept: a reply to one imgate forgot would go to a mailbox instead of
     /// failing at WeChat.
@@ -793,6 +838,31 @@ impl Shared {
             2 => NonceSeen::Same,
             _ => NonceSeen::Other,
         })
+    }
+
+    async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
+        let mut c = self.conn.clone();
+        // Unlike the other writes here, a failure is the caller's: an erasure must not
+        // answer 200 for what it did not remove.
+        let n: i64 = redis::cmd("DEL")
+            .arg(format!("imgate:wx:f:{openid}"))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| StateUnavailable(format!("redis: {e}")))?;
+        Ok(n > 0)
+    }
+
+    async fn forget_media(&self, id: &str) -> Result<bool, StateUnavailable> {
+        let mut c = self.conn.clone();
+        let (n, _, _): (i64, i64, i64) = redis::pipe()
+            .atomic()
+            .del(format!("imgate:wx:m:{id}"))
+            .del(format!("imgate:wx:m:{id}:r"))
+            .srem("imgate:wx:m:pending", id)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| StateUnavailable(format!("redis: {e}")))?;
+        Ok(n > 0)
     }
 
     async fn media(&self, id: &str) -> Option<MediaRecord> {
