@@ -640,6 +640,8 @@ impl Wechat {
                         last = e.to_string();
                         break;
                     }
+                    // Erased meanwhile: writing the record back would undo the erasure.
+                    Err(_) if self.state.media(&rec.id).await.is_none() => return,
                     Err(e) => {
                         last = e.to_string();
                         metrics::counter!("imgate_media_download_errors_total").increment(1);
@@ -649,7 +651,7 @@ impl Wechat {
                     }
                 }
             }
-            if self.state.media(&rec.id).await.is_some_and(|m| m.status == "ready") {
+            if self.state.media(&rec.id).await.is_none_or(|m| m.status == "ready") {
                 return;
             }
             tracing::error!(media = %rec.id, error = %last, "media download failed for good");
