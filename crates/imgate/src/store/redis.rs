@@ -40,6 +40,8 @@ const HISTORY_SCAN: usize = 500;
 /// Messages of one mailbox one erasure script removes when it takes the whole mailbox:
 /// a script holds Redis while it runs.
 const ERASE_BATCH: usize = 500;
+/// Mailboxes one erasure script looks through for a contact's messages.
+const ERASE_USERS: usize = 100;
 /// Every node publishes a ping this often on the fan-out channel...
 const PING_EVERY: Duration = Duration::from_secs(2);
 /// ...and a subscription that hears nothing for this long is dead, even if its TCP
@@ -108,43 +110,47 @@ end
 return out
 "#;
 
-/// Erasure in one mailbox (ARGV: prefix, user, contact, mode, count). Mode `contact`:
-/// the messages with `contact`, found through that conversation's list of seqs. Mode
-/// `all`: up to `count` of the mailbox's oldest messages (the contact's own mailbox, in
+/// Erasure (ARGV: prefix, contact, mode, count, then mailboxes). Mode `contact`: in each
+/// mailbox, the messages with `contact`, found through that conversation's list of seqs.
+/// Mode `all`: up to `count` of one mailbox's oldest messages (the contact's own, in
 /// batches). Each message's dedupe key goes with it (unless a later message holds it
-/// now); the seq counter stays. Returns the removed frames.
+/// now); the seq counters stay. Returns the removed messages as mailbox, frame pairs.
 const ERASE: &str = r#"
-local p, user, contact, mode, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local u = p .. ':m:' .. string.len(user) .. ':' .. user
-local log = u .. ':log'
+local p, contact, mode, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local out = {}
-local function remove(id, f)
-  local frame, key, c = '', '', nil
-  for j = 1, #f, 2 do
-    if f[j] == 'f' then frame = f[j + 1] elseif f[j] == 'k' then key = f[j + 1] elseif f[j] == 'c' then c = f[j + 1] end
+for i = 5, #ARGV do
+  local user = ARGV[i]
+  local u = p .. ':m:' .. string.len(user) .. ':' .. user
+  local log = u .. ':log'
+  local function remove(id, f)
+    local frame, key, c = '', '', nil
+    for j = 1, #f, 2 do
+      if f[j] == 'f' then frame = f[j + 1] elseif f[j] == 'k' then key = f[j + 1] elseif f[j] == 'c' then c = f[j + 1] end
+    end
+    if key ~= '' then
+      local s = string.match(id, '^%d+')
+      local dk = u .. ':d:' .. key
+      local v = redis.call('GET', dk)
+      if v and string.sub(v, 1, string.len(s) + 1) == s .. ' ' then redis.call('DEL', dk) end
+    end
+    redis.call('XDEL', log, id)
+    out[#out + 1] = user
+    out[#out + 1] = frame
+    return c
   end
-  if key ~= '' then
-    local s = string.match(id, '^%d+')
-    local dk = u .. ':d:' .. key
-    local v = redis.call('GET', dk)
-    if v and string.sub(v, 1, string.len(s) + 1) == s .. ' ' then redis.call('DEL', dk) end
-  end
-  redis.call('XDEL', log, id)
-  out[#out + 1] = frame
-  return c
-end
-if mode == 'contact' then
-  local conv = u .. ':c:' .. string.len(contact) .. ':' .. contact
-  for _, s in ipairs(redis.call('LRANGE', conv, 0, -1)) do
-    local id = s .. '-1'
-    local e = redis.call('XRANGE', log, id, id)
-    if e[1] then remove(id, e[1][2]) end
-  end
-  redis.call('DEL', conv)
-else
-  for _, e in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', count)) do
-    local c = remove(e[1], e[2])
-    if c then redis.call('DEL', u .. ':c:' .. string.len(c) .. ':' .. c) end
+  if mode == 'contact' then
+    local conv = u .. ':c:' .. string.len(contact) .. ':' .. contact
+    for _, s in ipairs(redis.call('LRANGE', conv, 0, -1)) do
+      local id = s .. '-1'
+      local e = redis.call('XRANGE', log, id, id)
+      if e[1] then remove(id, e[1][2]) end
+    end
+    redis.call('DEL', conv)
+  else
+    for _, e in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', count)) do
+      local c = remove(e[1], e[2])
+      if c then redis.call('DEL', u .. ':c:' .. string.len(c) .. ':' .. c) end
+    end
   end
 end
 return out
@@ -240,19 +246,29 @@ impl RedisStore {
         format!("{}:m:{}:{user}:{what}", self.prefix, user.len())
     }
 
-    /// One call of [`ERASE`] on `user`'s mailbox: the frames it removed.
-    async fn erase_in(&self, user: &str, contact: &str, mode: &str) -> Result<Vec<String>, StoreError> {
+    /// One call of [`ERASE`] over `users`' mailboxes, counting what it removed into
+    /// `erased`; how many it removed.
+    async fn erase_in(
+        &self,
+        users: &[String],
+        contact: &str,
+        mode: &str,
+        erased: &mut Erased,
+    ) -> Result<usize, StoreError> {
         let mut c = self.conn.clone();
-        self.erase
-            .prepare_invoke()
-            .arg(&self.prefix)
-            .arg(user)
-            .arg(contact)
-            .arg(mode)
-            .arg(ERASE_BATCH)
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)
+        let mut inv = self.erase.prepare_invoke();
+        inv.arg(&self.prefix).arg(contact).arg(mode).arg(ERASE_BATCH);
+        for u in users {
+            inv.arg(u);
+        }
+        let flat: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        let mut it = flat.into_iter();
+        let mut n = 0;
+        while let (Some(user), Some(frame)) = (it.next(), it.next()) {
+            erased.add(&user, &EncodedMessage::from_stored(frame));
+            n += 1;
+        }
+        Ok(n)
     }
 
     async fn range(
@@ -531,24 +547,19 @@ impl Store for RedisStore {
         let mut c = self.conn.clone();
         let users: Vec<String> = c.smembers(format!("{}:users", self.prefix)).await.map_err(unavailable)?;
         let mut erased = Erased::default();
-        for user in users {
-            if user == contact {
-                // The contact's own mailbox, whole, in batches (one script may not hold
-                // Redis for long); bounded, since appends may go on meanwhile.
-                let len: usize = c.xlen(self.key(&user, "log")).await.map_err(unavailable)?;
-                for _ in 0..len / ERASE_BATCH + 2 {
-                    let frames = self.erase_in(&user, contact, "all").await?;
-                    let n = frames.len();
-                    for f in frames {
-                        erased.add(&user, &EncodedMessage::from_stored(f));
-                    }
-                    if n < ERASE_BATCH {
-                        break;
-                    }
-                }
-            } else {
-                for f in self.erase_in(&user, contact, "contact").await? {
-                    erased.add(&user, &EncodedMessage::from_stored(f));
+        let (own, others): (Vec<String>, Vec<String>) = users.into_iter().partition(|u| u == contact);
+        // Many mailboxes a call (one round trip each, not one per user), few enough that
+        // a script holds Redis only briefly.
+        for chunk in others.chunks(ERASE_USERS) {
+            self.erase_in(chunk, contact, "contact", &mut erased).await?;
+        }
+        if !own.is_empty() {
+            // The contact's own mailbox, whole, in batches; bounded, since appends may go
+            // on meanwhile.
+            let len: usize = c.xlen(self.key(contact, "log")).await.map_err(unavailable)?;
+            for _ in 0..len / ERASE_BATCH + 2 {
+                if self.erase_in(&own, contact, "all", &mut erased).await? < ERASE_BATCH {
+                    break;
                 }
             }
         }
