@@ -159,6 +159,19 @@ async fn a_follower_is_forgotten_everywhere(engine: Engine) {
         s.get(&format!("{P}/history?userid=agent1&contact_id=oF")).await.1["data"]["messages"],
         Value::Array(vec![])
     );
+    if engine == Engine::Sqlite {
+        // The files of the team inbox (which kept F's words for search) and of the WeChat
+        // channel (F's media record) keep nothing of them in freed pages either.
+        let file = |name: &str| {
+            let mut bytes = std::fs::read(s.dir.path().join(name)).unwrap();
+            bytes.extend(std::fs::read(s.dir.path().join(format!("{name}-wal"))).unwrap_or_default());
+            bytes
+        };
+        let has = |bytes: &[u8], needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+        assert!(!has(&file("inbox.sqlite3"), "F says hi"), "inbox.sqlite3 keeps F's words");
+        assert!(has(&file("inbox.sqlite3"), "G says hi"), "inbox.sqlite3 keeps G's conversation");
+        assert!(!has(&file("wechat.sqlite3"), &media_id), "wechat.sqlite3 keeps F's media record");
+    }
     // The picture's file and record are gone.
     assert!(!file.exists(), "{} is still on disk", file.display());
     let (_, st) = s.get(&format!("{P}/media/{media_id}/status?userid=agent1")).await;

@@ -189,7 +189,11 @@ impl Local {
         let conn = Connection::open(dir.join("wechat.sqlite3"))?;
         // NORMAL: in WAL mode a commit survives the process dying, and costs no fsync
         // (a power cut may lose the last ones).
-        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {SCHEMA}"))?;
+        // secure_delete: an erased follower or media record is overwritten, not left
+        // readable in a freed page (rows here are few and small).
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA secure_delete = ON; {SCHEMA}"
+        ))?;
         // Files written before uploads had owners.
         let has_owner =
             conn.prepare("SELECT 1 FROM pragma_table_info('media') WHERE name = 'owner'")?.exists([])?;
@@ -360,7 +364,14 @@ impl Local {
             let mut f = self.followers.lock();
             let had = f.remove(openid).is_some();
             let o = openid.to_owned();
-            (had, self.submit(move |c| c.execute("DELETE FROM followers WHERE openid = ?1", [o]).map(|_| ())))
+            (
+                had,
+                self.submit(move |c| {
+                    c.execute("DELETE FROM followers WHERE openid = ?1", [o])?;
+                    // Earlier images of the page are in the WAL: fold it in and empty it.
+                    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                }),
+            )
         };
         written(pending).await?;
         Ok(had)
@@ -376,7 +387,8 @@ impl Local {
                 had,
                 self.submit(move |c| {
                     c.execute("DELETE FROM media WHERE id = ?1", [&id])?;
-                    c.execute("DELETE FROM media_readers WHERE id = ?1", [&id]).map(|_| ())
+                    c.execute("DELETE FROM media_readers WHERE id = ?1", [&id])?;
+                    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
                 }),
             )
         };

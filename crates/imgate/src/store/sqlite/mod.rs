@@ -856,6 +856,17 @@ impl Writer {
     /// any with `contact` committed since, in one transaction. Each mailbox's highest seq
     /// is written down first, so that no seq is given twice.
     fn erase(&mut self, contact: &str, rows: &[i64], scanned_to: i64) -> rusqlite::Result<Erased> {
+        // Deleted rows would stay readable in the file's freed pages: for this
+        // transaction only, SQLite overwrites them with zeros (retention does not pay it).
+        self.conn.execute_batch("PRAGMA secure_delete = ON")?;
+        let erased = self.erase_rows(contact, rows, scanned_to);
+        let off = self.conn.execute_batch("PRAGMA secure_delete = OFF");
+        let erased = erased?;
+        off?;
+        Ok(erased)
+    }
+
+    fn erase_rows(&mut self, contact: &str, rows: &[i64], scanned_to: i64) -> rusqlite::Result<Erased> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut erased = Erased::default();
         {
