@@ -20,6 +20,9 @@ impl Code {
     pub const NOTE: Code = Code(105);
     /// An agent came online, went away or offline.
     pub const PRESENCE: Code = Code(106);
+    /// A person was erased (`DELETE P/contacts/{id}`): drop every message with
+    /// `data.contact_id`, and their conversation.
+    pub const ERASED: Code = Code(107);
     pub const TEXT: Code = Code(1001);
     pub const IMAGE: Code = Code(1002);
     pub const VOICE: Code = Code(1003);

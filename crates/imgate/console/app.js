@@ -345,13 +345,33 @@ function start() {
   client.addEventListener('state', (e) => setState(e.detail));
   client.addEventListener('message', (e) => frame(e.detail, { live: true }));
   client.addEventListener('status', (e) => frame(e.detail, { live: true }));
+  client.addEventListener('erased', (e) => erased(e.detail.data?.contact_id || ''));
+
+  /** A person was erased (frame 107, docs/operations.md): their messages, draft and row
+   *  go; an open conversation with them closes. */
+  function erased(contact) {
+    source.forget(contact);
+    state.threads.delete(contact);
+    if (state.current !== contact) return;
+    state.current = null;
+    view.clear();
+    $('composer').hidden = true;
+    $('actions').hidden = true;
+    $('assignee').hidden = true;
+    $('contact-name').textContent = '';
+    $('contact-meta').replaceChildren(t('pick'));
+    document.body.classList.remove('show-conv');
+  }
 
   // The list first, then live from where it ends.
   (async () => {
     try {
       const frames = await source.load();
       for (const f of frames) {
-        view.ingest(f);
+        // History is oldest first: an erasure drops what came before it (source.load did
+        // the same for the list), and what the person wrote after it shows.
+        if (Number(f.result?.code) === 107) erased(f.data?.contact_id || '');
+        else view.ingest(f);
         client.since = Math.max(client.since, Number(f.data.seq || 0));
       }
     } catch { /* the socket will bring what is there */ }

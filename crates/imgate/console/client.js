@@ -5,6 +5,7 @@
 //   c.addEventListener('message', (e) => show(e.detail));     // every message frame, once
 //   c.addEventListener('state', (e) => setBadge(e.detail));   // connecting|connected|reconnecting|offline
 //   c.addEventListener('conversation' | 'note' | 'presence', …) // the team inbox's 104, 105, 106
+//   c.addEventListener('erased', …)  // 107: a person was erased; drop data.contact_id's messages
 //   c.connect();
 //   const ack = await c.send({ contact_id: 'o123', msg_type: 'text', msg: { content: 'hi' } });
 //
@@ -19,10 +20,11 @@
 // returns. Without `getToken`, a 4001 ends the client (state `offline`, a `close` event):
 // its token cannot be renewed.
 
-const MESSAGE_CODES = (code) => (code >= 102 && code <= 106) || code >= 1000;
-/** The team inbox's frames, each its own event: 104 a conversation's change (claim,
- *  transfer, resolve…), 105 an internal note, 106 an agent's presence. */
-const INBOX_EVENTS = { 104: 'conversation', 105: 'note', 106: 'presence' };
+const MESSAGE_CODES = (code) => (code >= 102 && code <= 107) || code >= 1000;
+/** Frames that are not messages, each its own event: the team inbox's 104 a
+ *  conversation's change (claim, transfer, resolve…), 105 an internal note, 106 an
+ *  agent's presence; 107 a person erased (DELETE P/contacts/{id}). */
+const INBOX_EVENTS = { 104: 'conversation', 105: 'note', 106: 'presence', 107: 'erased' };
 /** The gateway's close code for an expired token. */
 export const CLOSE_TOKEN_EXPIRED = 4001;
 

@@ -18,6 +18,7 @@
 //   list.markRead(contact)       the agent has seen it
 //   list.act(contact, action, body)            claim | transfer | resolve | reopen | notes
 //   list.setAccount(contact, {company, wechat})
+//   list.forget(contact)         the person was erased (frame 107): the row goes
 //   list.get(contact)            -> Summary | undefined
 //   list.compare(a, b)           the list's order
 //   events: 'change' {contact}, 'remove' {contact}, 'reset', 'counts'
@@ -284,6 +285,7 @@ export class Conversations extends EventTarget {
     const d = frame.data || {};
     const code = Number(frame.result?.code);
     const contact = d.contact_id || '';
+    if (code === 107) return this.forget(contact);
     if (code === 105 || code === 106) return;
     if (code === 103 || code === 104) {
       if (code === 104 && this.items.has(contact)) {
@@ -326,6 +328,14 @@ export class Conversations extends EventTarget {
       this.refresh(contact);
       this.#recount();
     }
+  }
+
+  /** The person was erased: their row goes, and whatever was waiting to be listed. */
+  forget(contact) {
+    this.unlisted.delete(contact);
+    if (!this.items.delete(contact)) return;
+    this.dispatchEvent(new CustomEvent('remove', { detail: { contact } }));
+    if (this.server) this.#recount();
   }
 
   /** A message the agent is sending (before the gateway has it). */

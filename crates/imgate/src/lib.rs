@@ -16,6 +16,7 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod config_file;
+pub mod erase;
 pub mod http;
 pub mod hub;
 pub mod inbox;

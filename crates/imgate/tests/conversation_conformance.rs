@@ -312,6 +312,33 @@ async fn pages_are_the_references(e: impl Engine) {
     }
 }
 
+/// Erasure (docs/operations.md): removing a conversation takes its record, its place in
+/// the list and its count against its assignee, and nothing of another's; twice is once.
+async fn a_removed_conversation_is_gone_with_its_load(e: impl Engine) {
+    let c = e.open();
+    for f in ["o1", "o2"] {
+        c.update("wxA", f, create("wxA", f)).await.unwrap();
+        c.update("wxA", f, set(Some("a"), ConvState::Open)).await.unwrap();
+    }
+    c.update("wxB", "o1", create("wxB", "o1")).await.unwrap();
+    assert!(c.remove("wxA", "o1").await.unwrap());
+    assert_eq!(c.get("wxA", "o1").await.unwrap(), None);
+    let names = |v: Vec<Conversation>| v.into_iter().map(|c| c.contact_id).collect::<Vec<_>>();
+    assert_eq!(names(c.list("wxA").await.unwrap()), ["o2"]);
+    let all = ListQuery { view: View::All, state: None, q: None, limit: 50, cursor: None };
+    let got = c.page(&["wxA".to_owned()], "a", &all).await.unwrap();
+    assert_eq!(got.0.iter().map(|c| c.contact_id.as_str()).collect::<Vec<_>>(), ["o2"]);
+    assert_eq!(got.2["all"], 1);
+    let load =
+        c.open_load("wxA").await.unwrap().into_iter().filter(|(_, n)| *n > 0).collect::<BTreeMap<_, _>>();
+    assert_eq!(load, BTreeMap::from([("a".to_owned(), 1)]));
+    // Another account's conversation with the same follower is its own.
+    assert_eq!(names(c.list("wxB").await.unwrap()), ["o1"]);
+    assert!(!c.remove("wxA", "o1").await.unwrap());
+    // Reopened (another node): still gone.
+    assert_eq!(e.open().get("wxA", "o1").await.unwrap(), None);
+}
+
 macro_rules! engines {
     ($($engine:ident => $make:expr),* $(,)?) => {$(
         mod $engine {
@@ -325,6 +352,7 @@ macro_rules! engines {
             #[tokio::test] async fn pages() { pages_are_the_references($make).await }
             #[tokio::test] async fn many() { many_updates_apply_each_and_a_refusal_stops_only_its_own($make).await }
             #[tokio::test] async fn names() { conversations_are_separate_whatever_their_names($make).await }
+            #[tokio::test] async fn remove() { a_removed_conversation_is_gone_with_its_load($make).await }
         }
     )*};
 }

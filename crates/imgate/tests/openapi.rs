@@ -310,6 +310,7 @@ async fn every_example_body_is_accepted_and_every_operation_is_routed() {
         let req = match method.as_str() {
             "GET" => http.get(url),
             "PUT" => http.put(url),
+            "DELETE" => http.delete(url),
             _ => http.post(url),
         };
         let r = req.send().await.unwrap();

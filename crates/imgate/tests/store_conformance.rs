@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imgate::config::StoreConfig;
-use imgate::store::{Appended, DynStore, Fanout, StoreError};
+use imgate::store::{Appended, DynStore, Erased, Fanout, StoreError};
 use imgate_protocol::EncodedMessage;
 use parking_lot::Mutex;
 use tempfile::TempDir;
@@ -374,6 +374,89 @@ async fn mailboxes_are_separate_whatever_their_names(e: impl Engine) {
     assert_eq!(ids(&store, "中文 user", 0).await, []);
 }
 
+/// A message carrying media at `path` (as a WeChat image does).
+fn with_media(user: &str, id: &str, contact: &str, path: &str) -> imgate::store::NewMessage {
+    let mut m = msg(user, id, contact, None);
+    let data = imgate_protocol::MessageData {
+        id: id.into(),
+        name: String::new(),
+        avatar: String::new(),
+        msg_type: "image".into(),
+        contact_id: contact.into(),
+        company_id: String::new(),
+        send_time: 1,
+        msg: serde_json::json!({"media_path": path}),
+        direction: None,
+        status: None,
+        window: None,
+    };
+    m.frame = EncodedMessage::encode(&data, imgate_protocol::Code::IMAGE);
+    m
+}
+
+/// Erasing a contact (docs/operations.md, "Erasure") removes every message with them in
+/// every mailbox, and their own mailbox's, with their dedupe keys; everyone else's stay
+/// exactly; seqs are never reused, after a reopen too; a second erase finds nothing.
+async fn erasing_a_contact_removes_its_messages_everywhere_and_keeps_seqs(e: impl Engine) {
+    const IMG: &str = "/im_component/wx_official_account/media/abc123";
+    {
+        let (store, rec) = open(&e);
+        store
+            .append(vec![
+                msg("a", "1", "F", Some("k1")),
+                msg("a", "2", "G", Some("k2")),
+                msg("b", "3", "F", None),
+                with_media("b", "4", "F", IMG),
+                msg("F", "5", "a", Some("k5")),
+                msg("a", "6", "F", None),
+                msg("c", "7", "G", None),
+            ])
+            .await
+            .unwrap();
+        let erased = store.erase("F").await.unwrap();
+        assert_eq!(
+            erased,
+            Erased {
+                messages: 5,
+                mailboxes: vec!["F".into(), "a".into(), "b".into()],
+                media_paths: vec![IMG.into()],
+            }
+        );
+        assert_eq!(ids(&store, "a", 0).await, [(2, "2".into())]);
+        assert_eq!(ids(&store, "b", 0).await, []);
+        assert_eq!(ids(&store, "F", 0).await, []);
+        assert_eq!(ids(&store, "c", 0).await, [(1, "7".into())]);
+        assert!(store.history("a", Some("F"), None, 10).await.unwrap().is_empty());
+        assert_eq!(store.history("a", None, None, 10).await.unwrap().len(), 1);
+        // Idempotent: nothing is left to remove.
+        assert_eq!(store.erase("F").await.unwrap(), Erased::default());
+        // Erasing wrote nothing to fan out: the sentinel comes first after the appends.
+        let after: Vec<String> = fanned(&store, &rec).await.into_iter().map(|(_, _, id)| id).collect();
+        assert_eq!(after, ["1", "2", "3", "4", "5", "6", "7"]);
+        // The seqs are where they were, though each mailbox's highest was F's.
+        assert_eq!(store.last_seq("a").await.unwrap(), 3);
+        assert_eq!(store.last_seq("b").await.unwrap(), 2);
+        assert_eq!(store.last_seq("F").await.unwrap(), 1);
+        // The dedupe keys went with their messages; another's stayed.
+        let got = store
+            .append(vec![msg("a", "1-again", "F", Some("k1")), msg("a", "2-retry", "G", Some("k2"))])
+            .await
+            .unwrap();
+        assert_eq!(got, [stored(4, "1-again"), Appended { seq: 2, id: "2".into(), duplicate: true }]);
+        assert_eq!(
+            store.append(vec![msg("F", "5-again", "a", Some("k5"))]).await.unwrap(),
+            [stored(2, "5-again")]
+        );
+        assert_eq!(store.erase("F").await.unwrap().messages, 2);
+        store.close().await;
+    }
+    // Reopened: an emptied mailbox still knows where its seqs were.
+    let (store, _) = open(&e);
+    assert_eq!(store.append(vec![msg("b", "8", "H", None)]).await.unwrap(), [stored(3, "8")]);
+    assert_eq!(store.append(vec![msg("F", "9", "a", None)]).await.unwrap(), [stored(3, "9")]);
+    assert_eq!(store.append(vec![msg("a", "10", "F", None)]).await.unwrap(), [stored(5, "10")]);
+}
+
 macro_rules! engines {
     ($($engine:ident => $make:expr),* $(,)?) => {$(
         mod $engine {
@@ -391,6 +474,7 @@ macro_rules! engines {
             #[tokio::test] async fn retention_age() { retention_by_age_empties_a_mailbox_without_resetting_it($make).await }
             #[tokio::test] async fn concurrency() { concurrent_appends_get_distinct_contiguous_seqs($make).await }
             #[tokio::test] async fn names() { mailboxes_are_separate_whatever_their_names($make).await }
+            #[tokio::test] async fn erase() { erasing_a_contact_removes_its_messages_everywhere_and_keeps_seqs($make).await }
         }
     )*};
 }

@@ -263,3 +263,31 @@ async fn a_read_only_store_is_not_ready_and_says_so_without_flooding_the_log() {
     assert!(count("checkpoint failed") <= 1, "{lines:#?}");
     assert_eq!(count("request failed status=503"), 2, "{lines:#?}");
 }
+
+/// Erasure leaves nothing of what the person said in the database file: the freed pages
+/// are overwritten (`secure_delete`), not only unlinked, while a message kept stays.
+#[tokio::test]
+async fn an_erased_message_leaves_no_trace_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), &StoreConfig::default());
+    // Large enough to fill pages of its own, so freed pages would keep it whole.
+    let secret = format!("my-secret-address-{}", "x".repeat(3000));
+    store
+        .append(vec![
+            msg_sized("agent", "1", "oF", None, &secret),
+            msg_sized("agent", "2", "oG", None, "kept-words"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.erase("oF").await.unwrap().messages, 1);
+    // Close: the WAL is checkpointed into the file and truncated.
+    store.close().await;
+    drop(store);
+    let mut bytes = std::fs::read(dir.path().join("imgate.sqlite3")).unwrap();
+    if let Ok(wal) = std::fs::read(dir.path().join("imgate.sqlite3-wal")) {
+        bytes.extend(wal);
+    }
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"kept-words"), "the kept message is in the file");
+    assert!(!has(b"my-secret-address"), "the erased message is still in the file");
+}

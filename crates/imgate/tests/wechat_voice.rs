@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::wechat::{ORIGINAL, TOKEN, APPID};
+use common::wechat::{APPID, ORIGINAL, TOKEN};
 use common::*;
 use imgate_wechat::callback::{Keys, seal};
 
@@ -24,7 +24,13 @@ async fn voice_callback(s: &Server, media_id: &str, msg_id: u64) {
     );
     let keys = Keys { token: TOKEN, appid: APPID, cipher: None };
     let (body, q) = seal(&xml, keys, &now.to_string(), "4242");
-    let r = reqwest::Client::new().post(s.http(&format!("{P}/callback/{APPID}"))).query(&q).body(body).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(s.http(&format!("{P}/callback/{APPID}")))
+        .query(&q)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -78,7 +84,11 @@ async fn a_followers_voice_is_served_as_ogg_and_the_original_kept() {
 #[tokio::test]
 async fn a_voice_that_does_not_decode_is_refused_in_words() {
     let (wechat, base) = common::wechat::standin().await;
-    wechat.0.lock().media.insert("MEDIA-BAD".into(), (b"#!AMR\nthis is not speech".to_vec().into(), "audio/amr".into()));
+    wechat
+        .0
+        .lock()
+        .media
+        .insert("MEDIA-BAD".into(), (b"#!AMR\nthis is not speech".to_vec().into(), "audio/amr".into()));
     let s = Server::start_with(|c| common::wechat::aim(c, &base, &["agent1"])).await;
     let mut agent = s.connect("/?userid=agent1").await;
     voice_callback(&s, "MEDIA-BAD", 92).await;

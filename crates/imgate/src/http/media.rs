@@ -180,7 +180,9 @@ pub async fn get(
                     )));
                 }
                 Some(other) => {
-                    return Err(ApiError::BadRequest(format!("format={other}: the only format is ogg (voice)")));
+                    return Err(ApiError::BadRequest(format!(
+                        "format={other}: the only format is ogg (voice)"
+                    )));
                 }
             };
             serve_file(&path, ct, headers.get(header::RANGE))

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::QueryRejection;
 use axum::http::{HeaderMap, Uri};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +24,7 @@ use error::ApiError;
 
 mod callback;
 mod console;
+mod contacts;
 mod conversations;
 pub mod error;
 mod history;
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{PREFIX}/media/{{id}}"), get(media::get))
         .route(&format!("{PREFIX}/media/{{id}}/status"), get(media::status))
         .route(&format!("{PREFIX}/contact"), get(media::contact))
+        .route(&format!("{PREFIX}/contacts/{{contact}}"), delete(contacts::erase))
         .route(&format!("{PREFIX}/msg"), get(ws::msg))
         .route("/send", post(send::send))
         .route(&format!("{PREFIX}/send"), post(send::send))

@@ -596,6 +596,9 @@ mod tests {
         async fn trim(&self) -> Result<u64, StoreError> {
             Ok(0)
         }
+        async fn erase(&self, _: &str) -> Result<crate::store::Erased, StoreError> {
+            Err(StoreError::Closed)
+        }
         async fn ready(&self) -> Result<(), StoreError> {
             Ok(())
         }

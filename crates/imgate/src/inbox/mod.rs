@@ -101,6 +101,9 @@ pub trait Conversations: Send + Sync + 'static {
         }
         out
     }
+    /// Remove the conversation (erasure): its record, its place in the list and its
+    /// count against its assignee. True when there was one.
+    async fn remove(&self, appid: &str, contact: &str) -> Result<bool, StoreError>;
     /// Every conversation of an account (the index, not the mailboxes).
     async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError>;
     /// One page of the conversations of `appids` as `viewer` asks for it (see
@@ -248,6 +251,31 @@ impl Inbox {
 
     fn accounts_of(&self, agent: &str) -> std::vec::IntoIter<&AccountConfig> {
         self.accounts.iter().filter(|a| a.agents().iter().any(|g| g == agent)).collect::<Vec<_>>().into_iter()
+    }
+
+    /// Erasure: the conversations with `contact` in every account, with their notes'
+    /// place and unread counts; and between gateway users, the rows of the `users` who
+    /// wrote with them (the mailboxes that held their messages) and `contact`'s own. How
+    /// many there were, and who lists them (whose consoles must hear of it).
+    pub async fn forget(&self, contact: &str, users: &[String]) -> Result<(u64, Vec<String>), StoreError> {
+        let (mut n, mut agents) = (0, Vec::new());
+        for acct in &self.accounts {
+            if self.convs.remove(&acct.appid, contact).await? {
+                n += 1;
+                agents.extend(acct.agents());
+            }
+        }
+        for user in users {
+            if self.convs.remove(&direct::account_of(user), contact).await? {
+                n += 1;
+                agents.push(user.clone());
+            }
+        }
+        let own = direct::account_of(contact);
+        for c in self.convs.list(&own).await? {
+            n += u64::from(self.convs.remove(&own, &c.contact_id).await?);
+        }
+        Ok((n, agents))
     }
 
     /// The conversation with `contact` in one of `agent`'s accounts.

@@ -42,6 +42,18 @@ end
 return 1
 ";
 
+/// Remove a conversation if it is still the version read: KEYS as for CAS; ARGV: version
+/// read, contact, the agent it counted against ('' for none). -1 when another node wrote
+/// first, else how many records went (0 or 1).
+const REMOVE: &str = r"
+local v = redis.call('HGET', KEYS[1], 'v') or '0'
+if v ~= ARGV[1] then return -1 end
+local n = redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then redis.call('HINCRBY', KEYS[3], ARGV[3], -1) end
+return n
+";
+
 /// The live connections of an agent: KEYS[1] its per-node counts; ARGV[1] the node-key
 /// prefix, ARGV[2] this node, ARGV[3] the change (+1, -1 or 0).
 const COUNT: &str = r"
@@ -77,6 +89,7 @@ pub struct RedisConversations {
     conn: ConnectionManager,
     node: String,
     cas: Script,
+    remove: Script,
     count: Script,
     unlock: Script,
 }
@@ -117,6 +130,7 @@ impl RedisConversations {
             conn,
             node: uuid::Uuid::now_v7().simple().to_string(),
             cas: Script::new(CAS),
+            remove: Script::new(REMOVE),
             count: Script::new(COUNT),
             unlock: Script::new(UNLOCK),
         }))
@@ -193,6 +207,30 @@ impl Conversations for RedisConversations {
         Err(InboxError::Store(StoreError::Unavailable(
             "redis: the conversation kept changing under this update; try again".into(),
         )))
+    }
+
+    async fn remove(&self, appid: &str, contact: &str) -> Result<bool, StoreError> {
+        for _ in 0..CAS_TRIES {
+            let (v, before) = self.read(appid, contact).await?;
+            let mut c = self.conn.clone();
+            let done: i64 = self
+                .remove
+                .key(conv_key(appid, contact))
+                .key(index_key(appid))
+                .key(format!("{P}:load:{appid}"))
+                .arg(&v)
+                .arg(contact)
+                .arg(before.as_ref().and_then(Conversation::load_of).unwrap_or(""))
+                .invoke_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if done >= 0 {
+                return Ok(done == 1);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "redis: the conversation kept changing under its removal; try again".into(),
+        ))
     }
 
     async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError> {

@@ -55,8 +55,12 @@ impl SqliteConversations {
         let conn = Connection::open(dir.join("inbox.sqlite3")).map_err(unavailable)?;
         // WAL with synchronous NORMAL: a change survives a crash of imgate; the mailboxes
         // hold the messages themselves, this file only who owns them.
-        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {SCHEMA}"))
-            .map_err(unavailable)?;
+        // secure_delete: a removed conversation (erasure) is overwritten, not left readable
+        // in a freed page; records are only ever removed that way, so it costs nothing else.
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA secure_delete = ON; {SCHEMA}"
+        ))
+        .map_err(unavailable)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
         let mut presence = HashMap::new();
         {
@@ -180,6 +184,21 @@ impl Conversations for SqliteConversations {
                 (0..n).map(|_| Err(InboxError::Store(unavailable(&msg)))).collect()
             }
         }
+    }
+
+    async fn remove(&self, appid: &str, contact: &str) -> Result<bool, StoreError> {
+        let (a, c) = (appid.to_owned(), contact.to_owned());
+        self.with(move |conn| {
+            let n = conn
+                .execute("DELETE FROM conversations WHERE appid = ?1 AND contact = ?2", params![a, c])
+                .map_err(unavailable)?;
+            // The WAL holds earlier images of those pages: fold it in and empty it (the
+            // file is small; this connection is its only writer).
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").map_err(unavailable)?;
+            Ok(n > 0)
+        })
+        .await
+        .map_err(store_err)
     }
 
     async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError> {

@@ -46,6 +46,38 @@ pub struct Stored {
     pub frame: EncodedMessage,
 }
 
+/// What [`Store::erase`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Erased {
+    /// Messages removed, in every mailbox.
+    pub messages: u64,
+    /// The mailboxes that held any of them, sorted (the contact's own included).
+    pub mailboxes: Vec<String>,
+    /// The distinct, non-empty `msg.media_path`s of the removed messages, sorted: the
+    /// caller decides which files go (the store knows nothing of media).
+    pub media_paths: Vec<String>,
+}
+
+impl Erased {
+    /// Count one removed message of `user`'s mailbox.
+    pub fn add(&mut self, user: &str, frame: &EncodedMessage) {
+        self.messages += 1;
+        if let Err(at) = self.mailboxes.binary_search_by(|m| m.as_str().cmp(user)) {
+            self.mailboxes.insert(at, user.to_owned());
+        }
+        // Decoded only for the path: the seq does not matter here.
+        let path = frame.decode(0).ok().and_then(|f| match f.data.msg.get("media_path") {
+            Some(serde_json::Value::String(p)) if !p.is_empty() => Some(p.clone()),
+            _ => None,
+        });
+        if let Some(p) = path
+            && let Err(at) = self.media_paths.binary_search(&p)
+        {
+            self.media_paths.insert(at, p);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
@@ -118,6 +150,14 @@ pub trait Store: Send + Sync + 'static {
     /// this call removed (an engine may hold the count limit on every append already).
     /// The server calls it every minute.
     async fn trim(&self) -> Result<u64, StoreError>;
+
+    /// Erase `contact` (docs/operations.md, "Erasure"): remove every message whose other
+    /// party is `contact`, in every mailbox, and every message of `contact`'s own mailbox,
+    /// with their dedupe keys. Nothing is fanned out. Seqs are not reused: each mailbox's
+    /// highest seq stays its highest, so a reader with `since` sees a gap, as after
+    /// retention. Idempotent: a second call removes nothing and returns
+    /// `Erased::default()`. Messages committed while it runs may stay.
+    async fn erase(&self, contact: &str) -> Result<Erased, StoreError>;
 
     /// Ok when the store can take writes (for `/readyz`).
     async fn ready(&self) -> Result<(), StoreError>;

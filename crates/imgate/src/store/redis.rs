@@ -29,7 +29,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 
-use super::{Appended, Fanout, NewMessage, Store, StoreError, Stored};
+use super::{Appended, Erased, Fanout, NewMessage, Store, StoreError, Stored};
 use crate::config::StoreConfig;
 
 /// How long one Redis command may take before the request fails (503, nothing stored:
@@ -37,6 +37,11 @@ use crate::config::StoreConfig;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Entries scanned per round trip when looking for one contact's history.
 const HISTORY_SCAN: usize = 500;
+/// Messages of one mailbox one erasure script removes when it takes the whole mailbox:
+/// a script holds Redis while it runs.
+const ERASE_BATCH: usize = 500;
+/// Mailboxes one erasure script looks through for a contact's messages.
+const ERASE_USERS: usize = 100;
 /// Every node publishes a ping this often on the fan-out channel...
 const PING_EVERY: Duration = Duration::from_secs(2);
 /// ...and a subscription that hears nothing for this long is dead, even if its TCP
@@ -106,6 +111,52 @@ end
 return out
 "#;
 
+/// Erasure (ARGV: prefix, contact, mode, count, then mailboxes). Mode `contact`: in each
+/// mailbox, the messages with `contact`, found through that conversation's list of seqs.
+/// Mode `all`: up to `count` of one mailbox's oldest messages (the contact's own, in
+/// batches). Each message's dedupe key goes with it (unless a later message holds it
+/// now); the seq counters stay. Returns the removed messages as mailbox, frame pairs.
+const ERASE: &str = r#"
+local p, contact, mode, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local out = {}
+for i = 5, #ARGV do
+  local user = ARGV[i]
+  local u = p .. ':m:' .. string.len(user) .. ':' .. user
+  local log = u .. ':log'
+  local function remove(id, f)
+    local frame, key, c = '', '', nil
+    for j = 1, #f, 2 do
+      if f[j] == 'f' then frame = f[j + 1] elseif f[j] == 'k' then key = f[j + 1] elseif f[j] == 'c' then c = f[j + 1] end
+    end
+    if key ~= '' then
+      local s = string.match(id, '^%d+')
+      local dk = u .. ':d:' .. key
+      local v = redis.call('GET', dk)
+      if v and string.sub(v, 1, string.len(s) + 1) == s .. ' ' then redis.call('DEL', dk) end
+    end
+    redis.call('XDEL', log, id)
+    out[#out + 1] = user
+    out[#out + 1] = frame
+    return c
+  end
+  if mode == 'contact' then
+    local conv = u .. ':c:' .. string.len(contact) .. ':' .. contact
+    for _, s in ipairs(redis.call('LRANGE', conv, 0, -1)) do
+      local id = s .. '-1'
+      local e = redis.call('XRANGE', log, id, id)
+      if e[1] then remove(id, e[1][2]) end
+    end
+    redis.call('DEL', conv)
+  else
+    for _, e in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', count)) do
+      local c = remove(e[1], e[2])
+      if c then redis.call('DEL', u .. ':c:' .. string.len(c) .. ':' .. c) end
+    end
+  end
+end
+return out
+"#;
+
 const RAISE: &str = r#"
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
@@ -144,6 +195,7 @@ pub struct RedisStore {
     append: Script,
     raise: Script,
     page: Script,
+    erase: Script,
     subscribed: Arc<AtomicBool>,
     closed: AtomicBool,
 }
@@ -187,6 +239,7 @@ impl RedisStore {
             append: Script::new(APPEND),
             raise: Script::new(RAISE),
             page: Script::new(PAGE),
+            erase: Script::new(ERASE),
             subscribed,
             closed: AtomicBool::new(false),
         }))
@@ -194,6 +247,31 @@ impl RedisStore {
 
     fn key(&self, user: &str, what: &str) -> String {
         format!("{}:m:{}:{user}:{what}", self.prefix, user.len())
+    }
+
+    /// One call of [`ERASE`] over `users`' mailboxes, counting what it removed into
+    /// `erased`; how many it removed.
+    async fn erase_in(
+        &self,
+        users: &[String],
+        contact: &str,
+        mode: &str,
+        erased: &mut Erased,
+    ) -> Result<usize, StoreError> {
+        let mut c = self.conn.clone();
+        let mut inv = self.erase.prepare_invoke();
+        inv.arg(&self.prefix).arg(contact).arg(mode).arg(ERASE_BATCH);
+        for u in users {
+            inv.arg(u);
+        }
+        let flat: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+        let mut it = flat.into_iter();
+        let mut n = 0;
+        while let (Some(user), Some(frame)) = (it.next(), it.next()) {
+            erased.add(&user, &EncodedMessage::from_stored(frame));
+            n += 1;
+        }
+        Ok(n)
     }
 
     async fn range(
@@ -479,6 +557,29 @@ impl Store for RedisStore {
             }
         }
         Ok(removed)
+    }
+
+    async fn erase(&self, contact: &str) -> Result<Erased, StoreError> {
+        let mut c = self.conn.clone();
+        let users: Vec<String> = c.smembers(format!("{}:users", self.prefix)).await.map_err(unavailable)?;
+        let mut erased = Erased::default();
+        let (own, others): (Vec<String>, Vec<String>) = users.into_iter().partition(|u| u == contact);
+        // Many mailboxes a call (one round trip each, not one per user), few enough that
+        // a script holds Redis only briefly.
+        for chunk in others.chunks(ERASE_USERS) {
+            self.erase_in(chunk, contact, "contact", &mut erased).await?;
+        }
+        if !own.is_empty() {
+            // The contact's own mailbox, whole, in batches; bounded, since appends may go
+            // on meanwhile.
+            let len: usize = c.xlen(self.key(contact, "log")).await.map_err(unavailable)?;
+            for _ in 0..len / ERASE_BATCH + 2 {
+                if self.erase_in(&own, contact, "all", &mut erased).await? < ERASE_BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(erased)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

@@ -548,6 +548,38 @@ impl Wechat {
         Some((rec, path))
     }
 
+    /// Erasure of `contact`: the follower (account and window) and, of the media their
+    /// erased messages carried (`media_paths`), what they sent: a follower's media, or an
+    /// upload of theirs. What an agent sent them stays, since the same file may have gone
+    /// to others. Whether they were a follower, and how many media went.
+    pub async fn forget(
+        &self,
+        contact: &str,
+        media_paths: &[String],
+    ) -> Result<(bool, u64), StateUnavailable> {
+        let mut media = 0;
+        for path in media_paths {
+            let Some(id) = media_id_of(path) else { continue };
+            if let Some(rec) = self.state.media(id).await
+                && !rec.owner.is_empty()
+                && rec.owner != contact
+            {
+                continue;
+            }
+            let had = self.state.forget_media(id).await?;
+            // A voice's playable copy (voice.rs) goes with it.
+            let _ = tokio::fs::remove_file(voice::ogg_path(&self.media_dir.join(id))).await;
+            let file = match tokio::fs::remove_file(self.media_dir.join(id)).await {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(StateUnavailable(format!("cannot remove media {id}: {e}"))),
+            };
+            media += u64::from(had || file);
+        }
+        let follower = self.state.forget_follower(contact).await?;
+        Ok((follower, media))
+    }
+
     /// Retention for the channel: media files and records older than `max_age` go, as
     /// the messages that point at them do.
     pub async fn trim(&self, max_age: Duration) {
@@ -586,6 +618,11 @@ impl Wechat {
                     return;
                 }
                 match self.download(&rec).await {
+                    Ok(_) if self.state.media(&rec.id).await.is_none() => {
+                        // Erased while it downloaded: the file goes too.
+                        let _ = tokio::fs::remove_file(self.media_dir.join(&rec.id)).await;
+                        return;
+                    }
                     Ok(content_type) => {
                         // A failure is logged by the writer; the record says pending, and
                         // the next start downloads it again.
@@ -606,6 +643,8 @@ impl Wechat {
                         last = e.to_string();
                         break;
                     }
+                    // Erased meanwhile: writing the record back would undo the erasure.
+                    Err(_) if self.state.media(&rec.id).await.is_none() => return,
                     Err(e) => {
                         last = e.to_string();
                         metrics::counter!("imgate_media_download_errors_total").increment(1);
@@ -615,7 +654,7 @@ impl Wechat {
                     }
                 }
             }
-            if self.state.media(&rec.id).await.is_some_and(|m| m.status == "ready") {
+            if self.state.media(&rec.id).await.is_none_or(|m| m.status == "ready") {
                 return;
             }
             tracing::error!(media = %rec.id, error = %last, "media download failed for good");

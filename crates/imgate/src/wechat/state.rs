@@ -189,7 +189,11 @@ impl Local {
         let conn = Connection::open(dir.join("wechat.sqlite3"))?;
         // NORMAL: in WAL mode a commit survives the process dying, and costs no fsync
         // (a power cut may lose the last ones).
-        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; {SCHEMA}"))?;
+        // secure_delete: an erased follower or media record is overwritten, not left
+        // readable in a freed page (rows here are few and small).
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA secure_delete = ON; {SCHEMA}"
+        ))?;
         // Files written before uploads had owners.
         let has_owner =
             conn.prepare("SELECT 1 FROM pragma_table_info('media') WHERE name = 'owner'")?.exists([])?;
@@ -353,6 +357,43 @@ impl Local {
         };
         // WeChat holds the truth here; the writer logged a failure.
         let _ = written(pending).await;
+    }
+
+    async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
+        let (had, pending) = {
+            let mut f = self.followers.lock();
+            let had = f.remove(openid).is_some();
+            let o = openid.to_owned();
+            (
+                had,
+                self.submit(move |c| {
+                    c.execute("DELETE FROM followers WHERE openid = ?1", [o])?;
+                    // Earlier images of the page are in the WAL: fold it in and empty it.
+                    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                }),
+            )
+        };
+        written(pending).await?;
+        Ok(had)
+    }
+
+    async fn forget_media(&self, id: &str) -> Result<bool, StateUnavailable> {
+        let (had, pending) = {
+            let mut m = self.media.lock();
+            let had = m.remove(id).is_some();
+            self.readers.lock().remove(id);
+            let id = id.to_owned();
+            (
+                had,
+                self.submit(move |c| {
+                    c.execute("DELETE FROM media WHERE id = ?1", [&id])?;
+                    c.execute("DELETE FROM media_readers WHERE id = ?1", [&id])?;
+                    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                }),
+            )
+        };
+        written(pending).await?;
+        Ok(had)
     }
 
     async fn trim(&self, cutoff: i64) {
@@ -658,6 +699,22 @@ impl State {
         }
     }
 
+    /// Erasure: forget the follower `openid` (its account and window). True when known.
+    pub async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
+        match self {
+            State::Local(l) => l.forget_follower(openid).await,
+            State::Redis(r) => r.forget_follower(openid).await,
+        }
+    }
+
+    /// Erasure: forget media record `id` and who may read it. True when known.
+    pub async fn forget_media(&self, id: &str) -> Result<bool, StateUnavailable> {
+        match self {
+            State::Local(l) => l.forget_media(id).await,
+            State::Redis(r) => r.forget_media(id).await,
+        }
+    }
+
     /// Forget media recorded before `cutoff` (Redis forgets by itself: its keys expire).
     /// Followers are kept: a reply to one imgate forgot would go to a mailbox instead of
     /// failing at WeChat.
@@ -793,6 +850,31 @@ impl Shared {
             2 => NonceSeen::Same,
             _ => NonceSeen::Other,
         })
+    }
+
+    async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
+        let mut c = self.conn.clone();
+        // Unlike the other writes here, a failure is the caller's: an erasure must not
+        // answer 200 for what it did not remove.
+        let n: i64 = redis::cmd("DEL")
+            .arg(format!("imgate:wx:f:{openid}"))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| StateUnavailable(format!("redis: {e}")))?;
+        Ok(n > 0)
+    }
+
+    async fn forget_media(&self, id: &str) -> Result<bool, StateUnavailable> {
+        let mut c = self.conn.clone();
+        let (n, _, _): (i64, i64, i64) = redis::pipe()
+            .atomic()
+            .del(format!("imgate:wx:m:{id}"))
+            .del(format!("imgate:wx:m:{id}:r"))
+            .srem("imgate:wx:m:pending", id)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| StateUnavailable(format!("redis: {e}")))?;
+        Ok(n > 0)
     }
 
     async fn media(&self, id: &str) -> Option<MediaRecord> {

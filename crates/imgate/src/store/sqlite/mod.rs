@@ -40,7 +40,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Appended, Fanout, NewMessage, Store, StoreError, Stored};
+use super::{Appended, Erased, Fanout, NewMessage, Store, StoreError, Stored};
 use crate::config::{StoreConfig, Sync};
 use index::Index;
 
@@ -97,6 +97,13 @@ enum Job {
     /// The mailboxes to count for retention; the writer starts a new set.
     Touched(oneshot::Sender<Touched>),
     Trim(Vec<i64>, oneshot::Sender<Result<u64, StoreError>>),
+    /// Erasure: rows a reader found (up to `scanned_to`), and any of `contact`'s since.
+    Erase {
+        contact: String,
+        rows: Vec<i64>,
+        scanned_to: i64,
+        reply: oneshot::Sender<Result<Erased, StoreError>>,
+    },
     Ping(oneshot::Sender<Result<(), String>>),
     Close(oneshot::Sender<()>),
 }
@@ -544,6 +551,27 @@ impl Store for SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    async fn erase(&self, contact: &str) -> Result<Erased, StoreError> {
+        // Found on a reader, beside the writer: the journal has no index by contact (one
+        // would cost every append), and the scan must not hold up commits. The writer then
+        // removes those rows, and any committed after the scan.
+        let c = contact.to_owned();
+        let (rows, scanned_to) = self
+            .read(move |conn| {
+                let top: i64 =
+                    conn.query_row("SELECT coalesce(max(id), 0) FROM journal", [], |r| r.get(0))?;
+                let mut q =
+                    conn.prepare("SELECT id FROM journal WHERE id <= ?2 AND (contact = ?1 OR user = ?1)")?;
+                let ids =
+                    q.query_map(params![c, top], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<_>>()?;
+                Ok((ids, top))
+            })
+            .await?;
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job::Erase { contact: contact.to_owned(), rows, scanned_to, reply: tx }).await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     async fn ready(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.submit(Job::Ping(tx)).await?;
@@ -593,6 +621,7 @@ impl Writer {
             let mut marks = Vec::new();
             let mut close = None;
             let mut trims = Vec::new();
+            let mut erasures = Vec::new();
             let mut count = 0;
             let mut next = Some(first);
             while let Some(job) = next.take() {
@@ -615,6 +644,9 @@ impl Writer {
                         }
                     }
                     Job::Trim(rows, t) => trims.push((rows, t)),
+                    Job::Erase { contact, rows, scanned_to, reply } => {
+                        erasures.push((contact, rows, scanned_to, reply))
+                    }
                     Job::Ping(p) => pings.push(p),
                     Job::Close(c) => {
                         close = Some(c);
@@ -631,6 +663,11 @@ impl Writer {
             }
             for (rows, t) in trims {
                 let _ = t.send(self.trim(&rows).map_err(|e| unavailable(Path::new("retention"), e)));
+            }
+            for (contact, rows, scanned_to, reply) in erasures {
+                let _ = reply.send(
+                    self.erase(&contact, &rows, scanned_to).map_err(|e| unavailable(Path::new("erasure"), e)),
+                );
             }
             if !pings.is_empty() {
                 // Ready means a write reaches the disk now, not that the last one did.
@@ -813,6 +850,61 @@ impl Writer {
             let _ = reply.send(Ok(res));
         }
         true
+    }
+
+    /// Erasure: the journal rows `rows` (found by a reader up to row `scanned_to`) and
+    /// any with `contact` committed since, in one transaction. Each mailbox's highest seq
+    /// is written down first, so that no seq is given twice.
+    fn erase(&mut self, contact: &str, rows: &[i64], scanned_to: i64) -> rusqlite::Result<Erased> {
+        // Deleted rows would stay readable in the file's freed pages: for this
+        // transaction only, SQLite overwrites them with zeros (retention does not pay it).
+        self.conn.execute_batch("PRAGMA secure_delete = ON")?;
+        let erased = self.erase_rows(contact, rows, scanned_to);
+        let off = self.conn.execute_batch("PRAGMA secure_delete = OFF");
+        let erased = erased?;
+        off?;
+        Ok(erased)
+    }
+
+    fn erase_rows(&mut self, contact: &str, rows: &[i64], scanned_to: i64) -> rusqlite::Result<Erased> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut erased = Erased::default();
+        {
+            let mut found: Vec<(i64, String, String)> = Vec::with_capacity(rows.len());
+            let mut by_id = tx.prepare_cached("SELECT user, frame FROM journal WHERE id = ?1")?;
+            for id in rows {
+                if let Some((user, frame)) =
+                    by_id.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?
+                {
+                    found.push((*id, user, frame));
+                }
+            }
+            let mut late = tx.prepare_cached(
+                "SELECT id, user, frame FROM journal WHERE id > ?2 AND (contact = ?1 OR user = ?1)",
+            )?;
+            for r in
+                late.query_map(params![contact, scanned_to], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            {
+                found.push(r?);
+            }
+            let users: HashSet<&str> = found.iter().map(|(_, u, _)| u.as_str()).collect();
+            // (WHERE before ON CONFLICT: SQLite's upsert-from-select.)
+            let mut mark = tx.prepare_cached(
+                "INSERT INTO mailboxes (user, last_seq) SELECT ?1, coalesce(max(seq), 0) FROM journal \
+                 WHERE user = ?1 ON CONFLICT (user) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            )?;
+            for user in users {
+                mark.execute([user])?;
+            }
+            let mut delete = tx.prepare_cached("DELETE FROM journal WHERE id = ?1")?;
+            for (id, user, frame) in found {
+                if delete.execute([id])? > 0 {
+                    erased.add(&user, &EncodedMessage::from_stored(frame));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(erased)
     }
 
     /// Retention: `over` (rows beyond the count of their conversation), and by age every
