@@ -23,6 +23,8 @@ const SHOT = path.resolve(HERE, '../../docs/console.png');
 const CONSOLE = path.resolve(HERE, '../../crates/imgate/console');
 const P = '/im_component/wx_official_account';
 const PNG = path.join(HERE, 'fixtures/parcel.png');
+/** 3 s of real AMR-NB, as WeChat's app records a follower's voice (tests/fixtures/make-voice-amr.py). */
+const AMR = path.resolve(HERE, '../fixtures/voice.amr');
 const I18N = await import(path.join(CONSOLE, 'i18n.js')).catch(() => null);
 /** A string of the console's Chinese table, as the page shows it. */
 const zh = (key, params = {}) => {
@@ -509,6 +511,23 @@ test('image upload: the clip, paste and drop send an image', async () => {
   const all = await (await fetch(`${STANDIN}/standin/sent`)).json();
   const images = all.filter((b) => b.touser === 'oFan11' && b.msgtype === 'image');
   check(images.length === 3, `three images reach WeChat (${images.length})`);
+});
+
+test('voice: a follower\'s AMR voice plays, with WeChat\'s recognition beside it', async () => {
+  await simulate('--from', 'oVoice', '--voice', AMR, '--recognition', '我的快递到哪了');
+  await openConv('oVoice');
+  const bubble = page.locator('#messages .msg.in .bubble').filter({ has: page.locator('audio') }).last();
+  await bubble.waitFor();
+  check((await bubble.locator('.recognition').textContent()).includes('我的快递到哪了'), 'the recognition shows beside the player');
+  const audio = bubble.locator('audio');
+  await until('the player knows its duration', async () => audio.evaluate((a) => Number.isFinite(a.duration) && a.duration > 0));
+  const duration = await audio.evaluate((a) => a.duration);
+  check(duration > 2.5 && duration < 3.5, `the player has the voice's duration (${duration} s)`);
+  // It plays: muted (no user gesture in a test), time moves on.
+  await audio.evaluate((a) => { a.muted = true; return a.play(); });
+  await until('the voice playing', async () => audio.evaluate((a) => a.currentTime > 0.2 && !a.paused));
+  check(await audio.evaluate((a) => a.error === null), 'no media error');
+  await audio.evaluate((a) => a.pause());
 });
 
 test('defect 13: the image viewer has a close button, keeps and returns focus', async () => {
