@@ -1,16 +1,4 @@
 //! The embedded engine: SQLite in WAL mode as an append-only journal, one writer thread
-//! doing group commit, and an in-memory [`index`] of where each mailbox's messages are.
-//!
-//! Every append goes through one channel to one thread. The thread takes whatever has
-//! queued while the previous commit ran (up to `store.max_batch` messages), appends it to
-//! the journal in one transaction and commits once — one WAL write, and in
-//! `sync = "full"` one fsync, for many requests; seqs need no lock because only this
-//! thread allocates them. The journal is in commit order, so a commit dirties one or two
-//! pages however many mailboxes it touches (a table clustered by mailbox dirtied a page
-//! per mailbox and cost three times as much per message). Reads find rows through the
-//! index and fetch them on their own connections: WAL lets them run beside the writer.
-
-//! The embedded engine: SQLite in WAL mode as an append-only journal, one writer thread
 //! doing group commit, and an in-memory [`index`] of recently used mailboxes' marks.
 //!
 //! Every append goes through one channel to one thread. The thread takes whatever has
