@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::model::{Conversation, ListQuery, Page, View};
 use super::{Conversations, Edit, InboxError, Presence};
-use crate::store::StoreError;
+use crate::store::{StoreError, Unavailable};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS conversations (
@@ -41,8 +41,12 @@ pub struct SqliteConversations {
     presence: Mutex<HashMap<String, Presence>>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("inbox.sqlite3: {e}"))
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    Unavailable::sqlite("inbox.sqlite3", e).into()
+}
+
+fn damaged(e: serde_json::Error) -> StoreError {
+    Unavailable::Damaged(format!("inbox.sqlite3: a stored conversation is damaged: {e}")).into()
 }
 
 impl SqliteConversations {
@@ -67,7 +71,7 @@ impl SqliteConversations {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&mut db.lock()))
             .await
-            .map_err(|e| InboxError::Store(unavailable(e)))?
+            .map_err(|e| InboxError::Store(Unavailable::Failed(format!("inbox.sqlite3: {e}")).into()))?
     }
 }
 
@@ -80,13 +84,13 @@ fn read(conn: &Connection, appid: &str, contact: &str) -> Result<Option<Conversa
         )
         .optional()
         .map_err(unavailable)?;
-    data.map(|d| serde_json::from_str(&d).map_err(unavailable)).transpose().map_err(InboxError::Store)
+    data.map(|d| serde_json::from_str(&d).map_err(damaged)).transpose().map_err(InboxError::Store)
 }
 
 fn store_err(e: InboxError) -> StoreError {
     match e {
         InboxError::Store(s) => s,
-        other => unavailable(other),
+        other => Unavailable::Failed(format!("inbox.sqlite3: {other}")).into(),
     }
 }
 
@@ -110,7 +114,7 @@ impl Conversations for SqliteConversations {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             let before = read(&tx, &a, &c)?;
             let Some(after) = edit(before.clone())? else { return Ok((before, None)) };
-            let data = serde_json::to_string(&after).map_err(unavailable)?;
+            let data = serde_json::to_string(&after).map_err(damaged)?;
             let (w, k, _) = after.rank().parts_owned();
             tx.execute(
                 "INSERT INTO conversations (appid, contact, data, load_of, rank_w, rank_k, state, assignee, search)
@@ -136,7 +140,7 @@ impl Conversations for SqliteConversations {
             let rows = s.query_map([&a], |r| r.get::<_, String>(0)).map_err(unavailable)?;
             let mut out = Vec::new();
             for r in rows {
-                out.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(unavailable)?);
+                out.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(damaged)?);
             }
             Ok(out)
         })
@@ -197,7 +201,7 @@ impl Conversations for SqliteConversations {
                 .map_err(unavailable)?;
             let mut rows: Vec<Conversation> = Vec::new();
             for r in s.query_map(params_from_iter(args), |r| r.get::<_, String>(0)).map_err(unavailable)? {
-                rows.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(unavailable)?);
+                rows.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(damaged)?);
             }
             let more = rows.len() > query.limit;
             rows.truncate(query.limit);
