@@ -130,22 +130,7 @@ async fn a_followers_media_and_window_are_for_the_accounts_agents() {
     let pic = png(64);
     w.0.lock().media.insert("MEDIA-IMG".into(), (pic.clone().into(), "image/png".into()));
     let mut agent = s.connect("/?userid=agent1").await;
-    let xml = format!(
-        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oPic</FromUserName><CreateTime>{}</CreateTime>\
-         <MsgType>image</MsgType><PicUrl>http://mmbiz.qpic.cn/x</PicUrl><MediaId>MEDIA-IMG</MediaId><MsgId>77</MsgId></xml>",
-        now()
-    );
-    let ts = now().to_string();
-    let r = reqwest::Client::new()
-        .post(s.http(&format!("{P}/callback/{APPID}")))
-        .query(&[("signature", sign_callback(&ts, "2")), ("timestamp", ts.clone()), ("nonce", "2".into())])
-        .body(xml)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let f = agent.frame().await;
-    let path = f["data"]["msg"]["media_path"].as_str().unwrap().to_owned();
+    let path = image_from_follower(&s, &mut agent).await;
 
     eventually("the follower's image was never downloaded", || async {
         (media_status(&s, &path, "agent2", false).await["data"]["status"] == "ready").then_some(())
@@ -168,6 +153,50 @@ async fn a_followers_media_and_window_are_for_the_accounts_agents() {
 
 fn sign_callback(timestamp: &str, nonce: &str) -> String {
     imgate_wechat::sign(&[TOKEN, timestamp, nonce])
+}
+
+/// Follower oPic sends an image (WeChat's media MEDIA-IMG) through the callback; the
+/// `media_path` the agent's socket is given for it.
+async fn image_from_follower(s: &Server, agent: &mut Client) -> String {
+    let xml = format!(
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oPic</FromUserName><CreateTime>{}</CreateTime>\
+         <MsgType>image</MsgType><PicUrl>http://mmbiz.qpic.cn/x</PicUrl><MediaId>MEDIA-IMG</MediaId><MsgId>77</MsgId></xml>",
+        now()
+    );
+    let ts = now().to_string();
+    let r = reqwest::Client::new()
+        .post(s.http(&format!("{P}/callback/{APPID}")))
+        .query(&[("signature", sign_callback(&ts, "2")), ("timestamp", ts.clone()), ("nonce", "2".into())])
+        .body(xml)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let f = agent.frame().await;
+    f["data"]["msg"]["media_path"].as_str().unwrap().to_owned()
+}
+
+/// A downloaded file the media directory refuses is this server's failure, and its status
+/// says so, rather than blaming WeChat's answer.
+#[tokio::test]
+async fn a_download_the_disk_refuses_is_not_blamed_on_wechat() {
+    let (s, w) = rig(false, |_| {}).await;
+    w.0.lock().media.insert("MEDIA-IMG".into(), (png(64).into(), "image/png".into()));
+    // Once the server has started (and made its media directory), the directory becomes
+    // a file: every write under it fails, even as root.
+    s.ready().await;
+    let media = s.dir.path().join("media");
+    std::fs::remove_dir_all(&media).unwrap();
+    std::fs::write(&media, b"not a directory").unwrap();
+    let mut agent = s.connect("/?userid=agent1").await;
+    let path = image_from_follower(&s, &mut agent).await;
+    let error = eventually("the failed download is never reported", || async {
+        let st = media_status(&s, &path, "agent1", false).await;
+        st["data"]["error"].as_str().filter(|e| !e.is_empty()).map(str::to_owned)
+    })
+    .await;
+    assert!(error.starts_with("cannot save media: "), "{error}");
+    assert!(!error.contains("WeChat"), "{error}");
 }
 
 #[tokio::test]
