@@ -126,11 +126,22 @@ fn unreachable(e: reqwest::Error) -> ApiError {
     ApiError::Unreachable(e.without_url().to_string())
 }
 
+/// Make ring rustls's cryptography for this process, once, before any HTTPS client is
+/// built (reqwest is built without a provider of its own, so a client built before this
+/// panics). A provider already installed is kept: calling it again is harmless.
+pub fn install_tls_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err only when another thread installed one first: that one serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 impl Api {
     /// `base`: `https://api.weixin.qq.com`, or a stand-in's URL.
     /// `timeout`: a whole API call, and for media downloads the longest wait for the next
     /// bytes (a download as a whole has [`MEDIA_DEADLINE`]).
     pub fn new(base: &str, timeout: Duration) -> Api {
+        install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .read_timeout(timeout)

@@ -12,7 +12,7 @@ pub mod errors;
 pub mod signature;
 pub mod token;
 
-pub use api::{Api, ApiError, Media};
+pub use api::{Api, ApiError, Media, install_tls_provider};
 pub use callback::{CallbackError, CallbackQuery, open_callback};
 pub use crypto::{Cipher, CryptoError};
 pub use errors::plain_words;

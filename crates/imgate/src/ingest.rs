@@ -42,6 +42,10 @@ pub enum IngestError {
     Id(#[from] imgate_protocol::IdError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The WeChat channel's state could not be read or written: like the store's, a retry
+    /// may succeed.
+    #[error(transparent)]
+    State(#[from] crate::wechat::StateUnavailable),
     #[error("{0}")]
     Unsendable(String),
     #[error(
@@ -547,12 +551,6 @@ impl From<InboxError> for IngestError {
             InboxError::Store(s) => IngestError::Store(s),
             other => IngestError::NotAssignee(other.to_string()),
         }
-    }
-}
-
-impl From<crate::wechat::StateUnavailable> for IngestError {
-    fn from(e: crate::wechat::StateUnavailable) -> IngestError {
-        IngestError::Store(StoreError::Unavailable(e.0))
     }
 }
 

@@ -128,7 +128,7 @@ pub async fn run(
                             .set_response_timeout(Some(std::time::Duration::from_secs(2))),
                     )
                 })
-                .map_err(|e| store::StoreError::Unavailable(format!("redis: {e}")))?,
+                .map_err(|e| store::StoreError::from(store::Unavailable::Redis(e)))?,
         ),
         _ => None,
     };

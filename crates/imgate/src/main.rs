@@ -91,6 +91,8 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // HTTPS to WeChat goes through rustls with ring: chosen once, before any client.
+    imgate_wechat::install_tls_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -36,6 +36,19 @@ async fn token_server() -> Server {
     token_server_with(|_| {}).await
 }
 
+/// POST `body` to `path` with one header of authentication, or none.
+async fn post_as(s: &Server, path: &str, auth: Option<(&str, String)>, body: String) -> reqwest::Response {
+    let mut r = reqwest::Client::new().post(s.http(path)).body(body);
+    if let Some((name, value)) = auth {
+        r = r.header(name, value);
+    }
+    r.send().await.unwrap()
+}
+
+fn bearer(token: &str) -> Option<(&'static str, String)> {
+    Some(("authorization", format!("Bearer {token}")))
+}
+
 /// The HTTP status of a WebSocket upgrade that must be refused.
 async fn refused(s: &Server, path: &str) -> u16 {
     let e = Client::try_connect(&s.ws(path), None).await.err().unwrap_or_else(|| panic!("{path} connected"));
@@ -87,28 +100,14 @@ async fn websocket_users_need_a_valid_token() {
 async fn http_senders_need_a_token_or_an_api_key() {
     let s = token_server().await;
     let mut bob = s.connect(&format!("/?token={}", jwt("bob", 600))).await;
-    let client = reqwest::Client::new();
-    let send = |auth: Option<String>| {
-        let mut r = client.post(s.http("/im_component/wx_official_account/send")).body(text_to("bob", "hi"));
-        if let Some(a) = auth {
-            r = r.header("authorization", a);
-        }
-        r.send()
-    };
-    assert_eq!(send(None).await.unwrap().status(), 401);
-    assert_eq!(send(Some("Bearer wrong-key".into())).await.unwrap().status(), 401);
-    let r = send(Some(format!("Bearer {}", jwt("alice", 600)))).await.unwrap();
-    assert_eq!(r.status(), 200);
+    let send = |auth| post_as(&s, "/im_component/wx_official_account/send", auth, text_to("bob", "hi"));
+    assert_eq!(send(None).await.status(), 401);
+    assert_eq!(send(bearer("wrong-key")).await.status(), 401);
+    assert_eq!(send(bearer(&jwt("alice", 600))).await.status(), 200);
     let f = bob.frame().await;
     assert_eq!(f["data"]["contact_id"], "alice", "the sender is the token's subject");
     // The open-mode userid cannot override the token.
-    let r = client
-        .post(s.http("/send?userid=mallory"))
-        .header("authorization", format!("Bearer {}", jwt("alice", 600)))
-        .body(text_to("bob", "spoof"))
-        .send()
-        .await
-        .unwrap();
+    let r = post_as(&s, "/send?userid=mallory", bearer(&jwt("alice", 600)), text_to("bob", "spoof")).await;
     assert_eq!(r.status(), 403);
 }
 
@@ -130,14 +129,11 @@ async fn an_empty_token_matches_nothing() {
     let s = token_server().await;
     assert_eq!(refused(&s, "/?token=").await, 401);
     assert_eq!(refused(&s, "/?token=&userid=agent1").await, 401);
-    let client = reqwest::Client::new();
     for (name, value) in [("authorization", "Bearer "), ("authorization", "Bearer"), ("x-api-key", "")] {
-        let r =
-            client.post(s.http("/send")).header(name, value).body(text_to("bob", "hi")).send().await.unwrap();
+        let r = post_as(&s, "/send", Some((name, value.to_owned())), text_to("bob", "hi")).await;
         assert_eq!(r.status(), 401, "{name}: {value:?}");
     }
-    let r = client.post(s.http("/send?token=")).body(text_to("bob", "hi")).send().await.unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(post_as(&s, "/send?token=", None, text_to("bob", "hi")).await.status(), 401);
 }
 
 #[tokio::test]
@@ -154,14 +150,7 @@ async fn claims_are_checked_nbf_and_sub() {
     let nobody = sign(serde_json::json!({"sub": "", "exp": exp}));
     assert_eq!(refused(&s, &format!("/?token={nobody}")).await, 401);
     assert_eq!(refused(&s, &format!("/?token={nobody}&userid=agent1")).await, 401);
-    let r = reqwest::Client::new()
-        .post(s.http("/send"))
-        .header("authorization", format!("Bearer {nobody}"))
-        .body(text_to("bob", "hi"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(post_as(&s, "/send", bearer(&nobody), text_to("bob", "hi")).await.status(), 401);
     // A past nbf is fine.
     let ok = sign(serde_json::json!({"sub": "agent1", "exp": exp, "nbf": now() - 600}));
     s.connect(&format!("/?token={ok}")).await;
@@ -186,9 +175,7 @@ async fn the_leeway_is_configurable() {
 #[tokio::test]
 async fn api_keys_only_in_headers() {
     let s = token_server().await;
-    let client = reqwest::Client::new();
-    let r =
-        client.post(s.http(&format!("/send?token={KEY}"))).body(text_to("bob", "hi")).send().await.unwrap();
+    let r = post_as(&s, &format!("/send?token={KEY}"), None, text_to("bob", "hi")).await;
     assert_eq!(r.status(), 401);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["result"]["message"].as_str().unwrap().contains("header"), "{body}");
@@ -198,13 +185,7 @@ async fn api_keys_only_in_headers() {
     assert_eq!(status, 401);
     // The same key in a header works.
     for (name, value) in [("x-api-key", KEY.to_owned()), ("authorization", format!("Bearer {KEY}"))] {
-        let r = client
-            .post(s.http("/send?userid=alice"))
-            .header(name, value)
-            .body(text_to("bob", "hi"))
-            .send()
-            .await
-            .unwrap();
+        let r = post_as(&s, "/send?userid=alice", Some((name, value)), text_to("bob", "hi")).await;
         assert_eq!(r.status(), 200, "{name}");
     }
     let mut req = s.ws("/?userid=agent1").into_client_request().unwrap();
@@ -221,13 +202,9 @@ async fn a_websocket_is_closed_when_its_token_expires() {
     let close = c.closed().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 4001);
     assert_eq!(close.reason.as_str(), "token expired");
-    let r = reqwest::Client::new()
-        .post(s.http("/send?userid=alice"))
-        .header("x-api-key", KEY)
-        .body(text_to("agent2", "still here"))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        post_as(&s, "/send?userid=alice", Some(("x-api-key", KEY.into())), text_to("agent2", "still here"))
+            .await;
     assert_eq!(r.status(), 200);
     assert_eq!(content(&long.frame().await), "still here");
 }

@@ -9,15 +9,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::*;
+use futures_util::StreamExt;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite;
 
 async fn node(dir: &Path, redis: &Redis) -> Binary {
-    let url = redis.url();
+    node_at(dir, &redis.url()).await
+}
+
+async fn node_at(dir: &Path, url: &str) -> Binary {
     Binary::start(
         dir,
         &[
             ("IMGATE_STORE__ENGINE", "redis"),
-            ("IMGATE_STORE__REDIS_URL", &url),
+            ("IMGATE_STORE__REDIS_URL", url),
             ("IMGATE_HUB__HEARTBEAT_INTERVAL", "500ms"),
             ("IMGATE_HUB__IDLE_TIMEOUT", "60s"),
         ],
@@ -217,4 +222,146 @@ async fn a_node_that_lost_its_subscription_catches_its_connections_up() {
         got.push(seq(&c.frame().await));
     }
     assert_eq!(got, acked);
+}
+
+/// A TCP proxy in front of Redis that can make the pub/sub connections it carries go
+/// quiet: from then on it forwards nothing on them, either way, and closes nothing, as a
+/// half-dead network path (a NAT that forgot the flow, a hung middlebox) would. Other
+/// connections, and those opened later, pass untouched.
+struct QuietProxy {
+    port: u16,
+    links: Arc<parking_lot::Mutex<Vec<Arc<Link>>>>,
+}
+
+#[derive(Default)]
+struct Link {
+    /// The client sent SUBSCRIBE on it.
+    subscriber: AtomicBool,
+    quiet: AtomicBool,
+}
+
+impl QuietProxy {
+    async fn start(upstream: u16) -> QuietProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let links: Arc<parking_lot::Mutex<Vec<Arc<Link>>>> = Arc::default();
+        let all = links.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { continue };
+                let link = Arc::new(Link::default());
+                all.lock().push(link.clone());
+                let ((dr, dw), (ur, uw)) = (down.into_split(), up.into_split());
+                tokio::spawn(pump(dr, uw, link.clone(), true));
+                tokio::spawn(pump(ur, dw, link, false));
+            }
+        });
+        QuietProxy { port, links }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Connections that have subscribed, ever.
+    fn subscriptions(&self) -> usize {
+        self.links.lock().iter().filter(|l| l.subscriber.load(Ordering::SeqCst)).count()
+    }
+
+    /// Make every subscribed connection quiet; how many there were.
+    fn silence_subscriptions(&self) -> usize {
+        let links = self.links.lock();
+        let subs: Vec<_> = links.iter().filter(|l| l.subscriber.load(Ordering::SeqCst)).collect();
+        for l in &subs {
+            l.quiet.store(true, Ordering::SeqCst);
+        }
+        subs.len()
+    }
+}
+
+/// Copy bytes one way until either side closes; on a quiet link, read and drop them.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    link: Arc<Link>,
+    from_client: bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let bytes = &buf[..n];
+        if from_client && bytes.windows(9).any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE")) {
+            link.subscriber.store(true, Ordering::SeqCst);
+        }
+        if link.quiet.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(bytes).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// The subscription path goes quiet without closing (no error, no EOF): the node notices
+/// the silence of its own pings, subscribes again and catches its connections up from the
+/// mailboxes. Every acknowledged message reaches the live socket exactly once, in order:
+/// those committed while it was deaf, and one published after the recovery.
+#[tokio::test]
+async fn a_subscription_that_goes_quiet_is_replaced_and_nothing_acknowledged_is_lost() {
+    // The node calls a subscription dead after 7 s without a message (its pings come every
+    // 2 s): give the whole recovery more than ten times that before failing.
+    const RECOVERY: std::time::Duration = std::time::Duration::from_secs(90);
+    let redis = Redis::start();
+    let proxy = QuietProxy::start(redis.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = node_at(dir.path(), &proxy.url()).await;
+    ready(&a, true).await;
+    let mut c = Client::connect(&a.ws("/?userid=u")).await;
+    let url = a.http("/send?userid=p");
+    let mut acked = Vec::new();
+    let mut send = async |text: &str| {
+        let (status, v) = post(&url, "application/json", text_to("u", text)).await;
+        assert_eq!(status, 200, "{v}");
+        acked.push(v["data"]["seq"].as_u64().unwrap());
+    };
+    send("before").await;
+    assert_eq!(content(&c.frame().await), "before");
+    assert_eq!(proxy.subscriptions(), 1, "one subscription, through the proxy");
+    assert_eq!(proxy.silence_subscriptions(), 1);
+    // Commands have connections of their own: sends are still accepted, and stored.
+    for i in 0..5 {
+        send(&format!("while quiet {i}")).await;
+    }
+    // The node gives up on the quiet connection and subscribes on a new one.
+    let deadline = tokio::time::Instant::now() + RECOVERY;
+    while proxy.subscriptions() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the node never noticed its subscription went quiet");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    ready(&a, true).await;
+    send("after").await;
+    send("end").await;
+    let mut got = Vec::new();
+    loop {
+        let m = tokio::time::timeout_at(deadline, c.ws.next())
+            .await
+            .expect("every acknowledged message arrives")
+            .expect("the socket stays open")
+            .expect("the socket stays healthy");
+        let tungstenite::Message::Text(t) = m else { continue };
+        let f: Value = serde_json::from_str(&t).unwrap();
+        if f["result"]["code"] == 101 {
+            continue;
+        }
+        got.push(seq(&f));
+        if content(&f) == "end" {
+            break;
+        }
+    }
+    assert_eq!(got, acked[1..], "each acknowledged message once, in commit order");
 }

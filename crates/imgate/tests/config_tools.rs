@@ -160,6 +160,7 @@ async fn json_logs_carry_the_request_id_http_answers_return() {
             break a.to_owned();
         }
     };
+    common::tls();
     let h = reqwest::Client::new();
     let given = h
         .get(format!("http://{addr}/nowhere?token=secret-in-query"))

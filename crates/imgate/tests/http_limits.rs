@@ -140,18 +140,28 @@ async fn a_declared_length_over_the_limit_gets_413_before_any_body_byte() {
 
 #[tokio::test]
 async fn a_body_that_does_not_arrive_gets_408() {
-    let s = server(|c| c.http.body_timeout = SHORT).await;
-    let mut tcp = open(&s).await;
-    tcp.write_all(
-        b"POST /send?userid=a HTTP/1.1\r\nHost: imgate\r\nContent-Type: application/json\r\n\
-          Content-Length: 100\r\n\r\n{\"data\":",
-    )
-    .await
-    .unwrap();
-    let got = tokio::time::timeout(CUT_WITHIN, answer(&mut tcp)).await.expect("answered within 10 s");
-    assert_eq!(got.0, "HTTP/1.1 408 Request Timeout");
-    let frame: serde_json::Value = serde_json::from_str(&got.1).unwrap();
-    assert_eq!(frame["result"]["code"], -1, "{frame}");
+    let (_wechat, base) = common::wechat::standin().await;
+    let s = server(|c| {
+        c.http.body_timeout = SHORT;
+        common::wechat::aim(c, &base, &["a"]);
+    })
+    .await;
+    // Every handler that reads a body answers alike: a send, WeChat's callback, an upload.
+    for (path, content_type) in [
+        ("/send?userid=a", "application/json"),
+        ("/im_component/wx_official_account/callback", "text/xml"),
+        ("/im_component/wx_official_account/media?userid=a", "image/png"),
+    ] {
+        let mut tcp = open(&s).await;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: imgate\r\nContent-Type: {content_type}\r\nContent-Length: 100\r\n\r\n<xml>"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let got = tokio::time::timeout(CUT_WITHIN, answer(&mut tcp)).await.expect("answered within 10 s");
+        assert_eq!(got.0, "HTTP/1.1 408 Request Timeout", "{path}: {}", got.1);
+        let frame: serde_json::Value = serde_json::from_str(&got.1).unwrap();
+        assert_eq!(frame["result"]["code"], -1, "{path}: {frame}");
+    }
 }
 
 #[tokio::test]

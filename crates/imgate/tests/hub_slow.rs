@@ -6,7 +6,8 @@ use common::*;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
+// Two threads: the server's connection tasks never wait behind the test's reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_without_delaying_others() {
     let s = Server::start_with(|c| {
         c.hub.queue_capacity = 16;
@@ -17,27 +18,35 @@ async fn a_client_that_never_reads_is_closed_without_delaying_others() {
     let mut slow = s.connect("/?userid=slow").await;
     let mut fast = s.connect("/?userid=fast").await;
     let big = "x".repeat(60_000);
-    // Enough to fill the socket buffers on both ends, and then the queue. Stop as soon as
-    // the hub has kicked the slow client: its close frame waits behind what the socket
-    // holds, for a moment only (the server's close wait), so read it at once.
+    // Enough to fill the socket buffers on both ends, and then the queue. The hub kicks
+    // the slow client while committing a message to it (the commit offers the frame to
+    // its full queue), so the kick is known when that post returns. Its close frame then
+    // waits behind what the socket holds, for the server's close wait (2 s) only: the
+    // check comes right after each post to the slow client, and reading starts at once,
+    // a few milliseconds after the kick rather than after another round of posts.
     let mut posted: u64 = 0;
-    while !kicked(&s).await {
+    loop {
         assert!(posted < 400, "the slow client was never cut off");
         posted += 1;
         let (status, _) =
             s.post("/send?userid=a", "application/json", text_to("slow", &format!("{posted}{big}"))).await;
         assert_eq!(status, 200);
+        if kicked(&s).await {
+            break;
+        }
         // Every message to the fast user arrives while the slow one is stuck.
         let (_, ack) =
             s.post("/send?userid=a", "application/json", text_to("fast", &posted.to_string())).await;
         let f = fast.frame().await;
         assert_eq!(f["data"]["id"], ack["data"]["id"]);
     }
-    // Now read the slow client: what was buffered, then the close.
+    // Now read the slow client: what was buffered, then the close, all under one deadline
+    // (heartbeats keep arriving, so a deadline per frame could be put off for ever).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     let mut got = 0u64;
     let mut last_seq = 0;
     let close = loop {
-        match tokio::time::timeout(PATIENCE, slow.ws.next()).await.expect("the slow client is closed") {
+        match tokio::time::timeout_at(deadline, slow.ws.next()).await.expect("the slow client is closed") {
             Some(Ok(Message::Text(t))) => {
                 let v: serde_json::Value = serde_json::from_str(&t).unwrap();
                 if v["result"]["code"] != 101 {

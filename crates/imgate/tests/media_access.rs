@@ -46,13 +46,28 @@ fn get_as(s: &Server, path: &str, user: Option<&str>, token_mode: bool) -> reqwe
     }
 }
 
-async fn upload(s: &Server, user: &str, token_mode: bool, bytes: Vec<u8>) -> (u16, Value) {
+/// The status of media `path` (`P/media/{id}/status`) as `user` sees it.
+async fn media_status(s: &Server, path: &str, user: &str, token_mode: bool) -> Value {
+    get_as(s, &format!("{path}/status"), Some(user), token_mode).send().await.unwrap().json().await.unwrap()
+}
+
+/// Upload `bytes` as a PNG, as `user`.
+async fn upload_response(s: &Server, user: &str, token_mode: bool, bytes: Vec<u8>) -> reqwest::Response {
     let mut r =
         reqwest::Client::new().post(s.http(&format!("{P}/media"))).header("content-type", "image/png");
     r = if token_mode { r.bearer_auth(jwt(user)) } else { r.query(&[("userid", user)]) };
-    let r = r.body(bytes).send().await.unwrap();
+    r.body(bytes).send().await.unwrap()
+}
+
+async fn upload(s: &Server, user: &str, token_mode: bool, bytes: Vec<u8>) -> (u16, Value) {
+    let r = upload_response(s, user, token_mode, bytes).await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
+}
+
+/// Send `body` (a send request) with `user`'s JWT.
+async fn send_as(s: &Server, user: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new().post(s.http("/send")).bearer_auth(jwt(user)).json(body).send().await.unwrap()
 }
 
 fn png(len: usize) -> Vec<u8> {
@@ -75,44 +90,19 @@ async fn an_upload_is_read_by_its_uploader_and_whom_it_was_sent_to_only() {
     for who in ["bob", "agent1"] {
         let r = get_as(&s, &path, Some(who), true).send().await.unwrap();
         assert_eq!(r.status(), 403, "{who} read alice's upload");
-        let st: Value = get_as(&s, &format!("{path}/status"), Some(who), true)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let st = media_status(&s, &path, who, true).await;
         assert_eq!(st["data"]["status"], "unknown", "{who}: {st}");
     }
     let r = get_as(&s, &path, None, true).send().await.unwrap();
     assert_eq!(r.status(), 401);
 
     // Bob cannot make it his by sending it to himself, or to a friend.
-    let msg = |to: &str| {
-        serde_json::json!({"data": {"msg_type": "image", "contact_id": to, "msg": {"media_path": path}}})
-            .to_string()
-    };
-    let sent = reqwest::Client::new()
-        .post(s.http("/send"))
-        .bearer_auth(jwt("bob"))
-        .header("content-type", "application/json")
-        .body(msg("carol"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 403);
+    let msg = |to: &str| serde_json::json!({"data": {"msg_type": "image", "contact_id": to, "msg": {"media_path": path}}});
+    assert_eq!(send_as(&s, "bob", &msg("carol")).await.status(), 403);
     assert_eq!(get_as(&s, &path, Some("carol"), true).send().await.unwrap().status(), 403);
 
     // Sent by alice to bob, it is bob's to read too.
-    let sent = reqwest::Client::new()
-        .post(s.http("/send"))
-        .bearer_auth(jwt("alice"))
-        .header("content-type", "application/json")
-        .body(msg("bob"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 200);
+    assert_eq!(send_as(&s, "alice", &msg("bob")).await.status(), 200);
     let r = get_as(&s, &path, Some("bob"), true).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), bytes);
@@ -140,6 +130,34 @@ async fn a_followers_media_and_window_are_for_the_accounts_agents() {
     let pic = png(64);
     w.0.lock().media.insert("MEDIA-IMG".into(), (pic.clone().into(), "image/png".into()));
     let mut agent = s.connect("/?userid=agent1").await;
+    let path = image_from_follower(&s, &mut agent).await;
+
+    eventually("the follower's image was never downloaded", || async {
+        (media_status(&s, &path, "agent2", false).await["data"]["status"] == "ready").then_some(())
+    })
+    .await;
+    let r = get_as(&s, &path, Some("agent2"), false).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), pic);
+    assert_eq!(get_as(&s, &path, Some("eve"), false).send().await.unwrap().status(), 403);
+    assert_eq!(media_status(&s, &path, "eve", false).await["data"]["status"], "unknown");
+
+    let contact = format!("{P}/contact?contact_id=oPic");
+    let (status, c) = s.get(&format!("{contact}&userid=agent2")).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["data"]["wechat"]["window"]["open"], true);
+    let (status, c) = s.get(&format!("{contact}&userid=eve")).await;
+    assert_eq!(status, 403, "{c}");
+    assert!(c["data"].get("wechat").is_none(), "{c}");
+}
+
+fn sign_callback(timestamp: &str, nonce: &str) -> String {
+    imgate_wechat::sign(&[TOKEN, timestamp, nonce])
+}
+
+/// Follower oPic sends an image (WeChat's media MEDIA-IMG) through the callback; the
+/// `media_path` the agent's socket is given for it.
+async fn image_from_follower(s: &Server, agent: &mut Client) -> String {
     let xml = format!(
         "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oPic</FromUserName><CreateTime>{}</CreateTime>\
          <MsgType>image</MsgType><PicUrl>http://mmbiz.qpic.cn/x</PicUrl><MediaId>MEDIA-IMG</MediaId><MsgId>77</MsgId></xml>",
@@ -155,42 +173,30 @@ async fn a_followers_media_and_window_are_for_the_accounts_agents() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let f = agent.frame().await;
-    let path = f["data"]["msg"]["media_path"].as_str().unwrap().to_owned();
-
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let st: Value = get_as(&s, &format!("{path}/status"), Some("agent2"), false)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if st["data"]["status"] == "ready" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never downloaded: {st}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let r = get_as(&s, &path, Some("agent2"), false).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap().to_vec(), pic);
-    assert_eq!(get_as(&s, &path, Some("eve"), false).send().await.unwrap().status(), 403);
-    let st: Value =
-        get_as(&s, &format!("{path}/status"), Some("eve"), false).send().await.unwrap().json().await.unwrap();
-    assert_eq!(st["data"]["status"], "unknown");
-
-    let contact = format!("{P}/contact?contact_id=oPic");
-    let (status, c) = s.get(&format!("{contact}&userid=agent2")).await;
-    assert_eq!(status, 200, "{c}");
-    assert_eq!(c["data"]["wechat"]["window"]["open"], true);
-    let (status, c) = s.get(&format!("{contact}&userid=eve")).await;
-    assert_eq!(status, 403, "{c}");
-    assert!(c["data"].get("wechat").is_none(), "{c}");
+    f["data"]["msg"]["media_path"].as_str().unwrap().to_owned()
 }
 
-fn sign_callback(timestamp: &str, nonce: &str) -> String {
-    imgate_wechat::sign(&[TOKEN, timestamp, nonce])
+/// A downloaded file the media directory refuses is this server's failure, and its status
+/// says so, rather than blaming WeChat's answer.
+#[tokio::test]
+async fn a_download_the_disk_refuses_is_not_blamed_on_wechat() {
+    let (s, w) = rig(false, |_| {}).await;
+    w.0.lock().media.insert("MEDIA-IMG".into(), (png(64).into(), "image/png".into()));
+    // Once the server has started (and made its media directory), the directory becomes
+    // a file: every write under it fails, even as root.
+    s.ready().await;
+    let media = s.dir.path().join("media");
+    std::fs::remove_dir_all(&media).unwrap();
+    std::fs::write(&media, b"not a directory").unwrap();
+    let mut agent = s.connect("/?userid=agent1").await;
+    let path = image_from_follower(&s, &mut agent).await;
+    let error = eventually("the failed download is never reported", || async {
+        let st = media_status(&s, &path, "agent1", false).await;
+        st["data"]["error"].as_str().filter(|e| !e.is_empty()).map(str::to_owned)
+    })
+    .await;
+    assert!(error.starts_with("cannot save media: "), "{error}");
+    assert!(!error.contains("WeChat"), "{error}");
 }
 
 #[tokio::test]
@@ -239,14 +245,7 @@ async fn the_upload_quota_refuses_with_a_reason_and_keeps_nothing() {
     let reason = refused["result"]["message"].as_str().unwrap();
     assert!(reason.contains("wechat.upload_quota_bytes"), "{reason}");
     assert!(reason.contains("1000 of 1500"), "{reason}");
-    let r = reqwest::Client::new()
-        .post(s.http(&format!("{P}/media")))
-        .header("content-type", "image/png")
-        .query(&[("userid", "agent1")])
-        .body(png(1000))
-        .send()
-        .await
-        .unwrap();
+    let r = upload_response(&s, "agent1", false, png(1000)).await;
     let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=86_400).contains(&wait), "until the next UTC day: {wait}");
     assert_eq!(media_files(&s), 1, "nothing kept");
@@ -260,15 +259,7 @@ async fn the_upload_quota_refuses_with_a_reason_and_keeps_nothing() {
 async fn an_upload_over_media_max_is_refused_with_413_and_nothing_kept() {
     let (s, _w) = rig(false, |c| c.wechat.media_max = 4096).await;
     assert_eq!(upload(&s, "agent1", false, png(4096)).await.0, 200, "at the limit");
-    let r = reqwest::Client::new()
-        .post(s.http(&format!("{P}/media")))
-        .header("content-type", "image/png")
-        .query(&[("userid", "agent1")])
-        .body(png(4097))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
+    assert_eq!(upload_response(&s, "agent1", false, png(4097)).await.status(), 413);
     assert_eq!(media_files(&s), 1, "nothing kept");
 }
 
@@ -289,13 +280,7 @@ async fn a_signed_media_url_works_until_it_expires() {
     let (_, up) = upload(&s, "alice", true, bytes.clone()).await;
     let id = up["data"]["id"].as_str().unwrap().to_owned();
     let path = format!("{P}/media/{id}");
-    let st: Value = get_as(&s, &format!("{path}/status"), Some("alice"), true)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st = media_status(&s, &path, "alice", true).await;
     let url = st["data"]["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with(&format!("{path}?exp=")), "{url}");
     assert!(!url.contains("token"), "{url}");
@@ -366,17 +351,9 @@ async fn nodes_on_one_redis_share_readers_quota_and_signatures() {
     assert_eq!(get_as(&b, &path, Some("bob"), true).send().await.unwrap().status(), 403);
     let body =
         serde_json::json!({"data": {"msg_type": "image", "contact_id": "bob", "msg": {"media_path": path}}});
-    let sent = reqwest::Client::new()
-        .post(b.http("/send"))
-        .bearer_auth(jwt("alice"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 200);
+    assert_eq!(send_as(&b, "alice", &body).await.status(), 200);
     assert_eq!(get_as(&a, &path, Some("bob"), true).send().await.unwrap().status(), 200);
-    let st: Value =
-        get_as(&a, &format!("{path}/status"), Some("bob"), true).send().await.unwrap().json().await.unwrap();
+    let st = media_status(&a, &path, "bob", true).await;
     let url = st["data"]["url"].as_str().unwrap();
     assert_eq!(reqwest::get(b.http(url)).await.unwrap().status(), 200);
     let (status, refused) = upload(&b, "alice", true, png(1000)).await;

@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use imgate_wechat::{CallbackError, CallbackQuery};
 
+use super::server::read_body;
 use super::{AppState, error::ApiError};
 use crate::wechat::{Account, Wechat, WechatError};
 
@@ -126,10 +127,7 @@ async fn receive_once(
     let w = channel(&state)?;
     let acct = account(w, appid.as_deref())?;
     let q = callback_query(query)?;
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(state.config.limits.http_body_max),
-        _ => ApiError::BadRequest(format!("cannot read the body: {e}")),
-    })?;
+    let body = read_body(body, state.config.limits.http_body_max)?;
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
     let xml = w.open(acct, &q, text).map_err(refused)?;

@@ -99,18 +99,25 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Every store error, whatever its cause, is a 503 without `Retry-After`: nothing was
+/// stored, and the client retries when it sees fit.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Unavailable(format!(
-            "{e}: the commit was not confirmed — retry (a retry with the same data.id is never stored twice)"
-        ))
+        not_confirmed(&e)
     }
+}
+
+fn not_confirmed(e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!(
+        "{e}: the commit was not confirmed — retry (a retry with the same data.id is never stored twice)"
+    ))
 }
 
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::Store(s) => s.into(),
+            IngestError::State(s) => s.into(),
             IngestError::NotAnAgent(_)
             | IngestError::Forbidden(_)
             | IngestError::MediaForbidden(_)
@@ -135,7 +142,7 @@ impl From<crate::auth::AuthError> for ApiError {
 
 impl From<crate::wechat::StateUnavailable> for ApiError {
     fn from(e: crate::wechat::StateUnavailable) -> ApiError {
-        ApiError::from(crate::store::StoreError::Unavailable(e.0))
+        not_confirmed(&e)
     }
 }
 
@@ -153,5 +160,65 @@ impl From<crate::inbox::InboxError> for ApiError {
                 reason: e.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Unavailable;
+
+    fn sqlite_full() -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), None)
+    }
+
+    /// Every store error, of every cause, and the WeChat state's, answer 503 without
+    /// `Retry-After` (as when they were strings), and say which cause it was.
+    #[test]
+    fn each_store_error_maps_to_503_without_retry_after() {
+        let io = || std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let cases: Vec<(ApiError, &str)> = vec![
+            (
+                StoreError::from(Unavailable::io("cannot create /data", io())).into(),
+                "cannot create /data: denied",
+            ),
+            (
+                StoreError::from(Unavailable::sqlite("/data/imgate.sqlite3", sqlite_full())).into(),
+                "/data/imgate.sqlite3: ",
+            ),
+            (StoreError::from(Unavailable::Redis(redis::RedisError::from(io()))).into(), "redis: "),
+            (StoreError::from(Unavailable::Damaged("redis: a bad seq".into())).into(), "redis: a bad seq"),
+            (StoreError::from(Unavailable::Failed("the commit failed".into())).into(), "the commit failed"),
+            (StoreError::from(Unavailable::NotSubscribed).into(), "not subscribed"),
+            (StoreError::Closed.into(), "shutting down"),
+            (IngestError::Store(StoreError::Closed).into(), "shutting down"),
+            (
+                crate::wechat::StateUnavailable("redis down".into()).into(),
+                "WeChat state unavailable: redis down",
+            ),
+            (IngestError::State(crate::wechat::StateUnavailable("redis down".into())).into(), "redis down"),
+            (
+                crate::inbox::InboxError::Store(Unavailable::Failed("kept changing".into()).into()).into(),
+                "kept changing",
+            ),
+        ];
+        for (e, says) in cases {
+            let text = e.to_string();
+            assert!(text.contains(says), "{text:?} does not say {says:?}");
+            assert!(text.contains("the commit was not confirmed"), "{text:?}");
+            let r = e.into_response();
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{text}");
+            assert_eq!(r.headers().get(header::RETRY_AFTER), None, "{text}");
+        }
+    }
+
+    /// The cause stays reachable through `source()`, for logs that walk the chain.
+    #[test]
+    fn a_store_error_keeps_its_cause() {
+        let e = StoreError::from(Unavailable::sqlite("x.sqlite3", sqlite_full()));
+        let cause = std::error::Error::source(&e).expect("the cause");
+        assert!(cause.downcast_ref::<Unavailable>().is_some());
+        let sqlite = std::error::Error::source(cause).expect("sqlite's error");
+        assert!(sqlite.downcast_ref::<rusqlite::Error>().is_some(), "{sqlite}");
     }
 }

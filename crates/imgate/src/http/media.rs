@@ -17,6 +17,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
+use super::server::read_body;
 use super::{AppState, Params, error::ApiError};
 use crate::auth::Caller;
 use crate::config::{AuthMode, Config};
@@ -328,10 +329,7 @@ pub async fn upload(
         .wechat
         .as_ref()
         .ok_or_else(|| ApiError::NoSuch("no WeChat account is configured: nowhere to send media".into()))?;
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(w.media_max),
-        _ => ApiError::BadRequest(format!("cannot read the body: {e}")),
-    })?;
+    let body = read_body(body, w.media_max)?;
     let ct =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let ct = ct.split(';').next().unwrap_or("").trim().to_owned();

@@ -367,31 +367,17 @@ impl Inbox {
         m: Message<'_>,
     ) -> Result<(), InboxError> {
         let Some(acct) = self.account(appid) else { return Ok(()) };
-        let at = now();
-        let last = m.last("in");
-        let text = m.text();
-        let (appid_, contact_, company) = (appid.to_owned(), contact.to_owned(), company_id.to_owned());
         let seqs = seqs.to_vec();
         let (before, after) = self
-            .convs
-            .update(
-                appid,
-                contact,
-                edit(move |cur| {
-                    let mut c = cur.unwrap_or_else(|| Conversation::new(&appid_, &contact_, &company));
-                    c.state = ConvState::Open;
-                    c.waiting_since.get_or_insert(at);
-                    c.last_at = c.last_at.max(at);
-                    c.last_message = Some(last.clone());
-                    for (agent, seq) in &seqs {
-                        *c.unread.entry(agent.clone()).or_default() += 1;
-                        c.last_in.insert(agent.clone(), *seq);
-                        c.last_seq.insert(agent.clone(), *seq);
-                    }
-                    c.remember_text(&text);
-                    Ok(Some(c))
-                }),
-            )
+            .record(appid, company_id, contact, m, "in", move |c, at| {
+                c.state = ConvState::Open;
+                c.waiting_since.get_or_insert(at);
+                for (agent, seq) in &seqs {
+                    *c.unread.entry(agent.clone()).or_default() += 1;
+                    c.last_in.insert(agent.clone(), *seq);
+                    c.last_seq.insert(agent.clone(), *seq);
+                }
+            })
             .await?;
         let Some(after) = after else { return Ok(()) };
         if before.as_ref().is_some_and(|b| b.state == ConvState::Resolved) {
@@ -433,29 +419,46 @@ impl Inbox {
         m: Message<'_>,
     ) -> Result<(), InboxError> {
         let Some(acct) = self.account(appid) else { return Ok(()) };
+        let (seqs, agent_) = (seqs.to_vec(), agent.to_owned());
+        self.record(appid, &acct.company_id, contact, m, "out", move |c, _| {
+            c.waiting_since = None;
+            c.unread.insert(agent_.clone(), 0);
+            c.last_seq.extend(seqs.iter().cloned());
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Record message `m` in `contact`'s conversation, created if new: its time, its
+    /// preview (`direction`: "in" or "out") and its words for search, and what `also`
+    /// changes besides (given the message's time). The edit may run more than once (the
+    /// Redis engine retries it when the record changed under it), so `also` is `Fn`.
+    async fn record(
+        &self,
+        appid: &str,
+        company_id: &str,
+        contact: &str,
+        m: Message<'_>,
+        direction: &str,
+        also: impl Fn(&mut Conversation, i64) + Send + Sync + 'static,
+    ) -> Result<(Option<Conversation>, Option<Conversation>), InboxError> {
         let at = now();
-        let last = m.last("out");
-        let seqs = seqs.to_vec();
-        let text = m.text();
-        let (appid_, contact_, company, agent_) =
-            (appid.to_owned(), contact.to_owned(), acct.company_id.clone(), agent.to_owned());
+        let (last, text) = (m.last(direction), m.text());
+        let (appid_, contact_, company) = (appid.to_owned(), contact.to_owned(), company_id.to_owned());
         self.convs
             .update(
                 appid,
                 contact,
                 edit(move |cur| {
                     let mut c = cur.unwrap_or_else(|| Conversation::new(&appid_, &contact_, &company));
-                    c.waiting_since = None;
                     c.last_at = c.last_at.max(at);
                     c.last_message = Some(last.clone());
-                    c.unread.insert(agent_.clone(), 0);
-                    c.last_seq.extend(seqs.iter().cloned());
+                    also(&mut c, at);
                     c.remember_text(&text);
                     Ok(Some(c))
                 }),
             )
-            .await?;
-        Ok(())
+            .await
     }
 
     // --- actions ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::model::Conversation;
 use super::{Conversations, Edit, InboxError, Presence};
-use crate::store::StoreError;
+use crate::store::{StoreError, Unavailable};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a node's sockets count without the node saying it is alive (it renews every
@@ -95,11 +95,11 @@ pub struct RedisConversations {
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(format!("redis: {e}"))
+    Unavailable::Redis(e).into()
 }
 
 fn damaged(e: serde_json::Error) -> StoreError {
-    StoreError::Unavailable(format!("redis: a stored conversation is damaged: {e}"))
+    Unavailable::Damaged(format!("redis: a stored conversation is damaged: {e}")).into()
 }
 
 const P: &str = "imgate:inbox";
@@ -204,9 +204,10 @@ impl Conversations for RedisConversations {
                 return Ok((before, Some(after)));
             }
         }
-        Err(InboxError::Store(StoreError::Unavailable(
-            "redis: the conversation kept changing under this update; try again".into(),
-        )))
+        Err(InboxError::Store(
+            Unavailable::Failed("redis: the conversation kept changing under this update; try again".into())
+                .into(),
+        ))
     }
 
     async fn remove(&self, appid: &str, contact: &str) -> Result<bool, StoreError> {
@@ -228,9 +229,8 @@ impl Conversations for RedisConversations {
                 return Ok(done == 1);
             }
         }
-        Err(StoreError::Unavailable(
-            "redis: the conversation kept changing under its removal; try again".into(),
-        ))
+        Err(Unavailable::Failed("redis: the conversation kept changing under its removal; try again".into())
+            .into())
     }
 
     async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError> {
@@ -320,9 +320,10 @@ impl Conversations for RedisConversations {
                 return Ok(Some(token));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::Unavailable(format!(
+                return Err(Unavailable::Failed(format!(
                     "redis: another node has been routing {appid} for {ROUTING_WAIT:?}"
-                )));
+                ))
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::model::{Conversation, ListQuery, Page, View};
 use super::{Conversations, Edit, InboxError, Presence};
-use crate::store::StoreError;
+use crate::store::{StoreError, Unavailable};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS conversations (
@@ -46,8 +46,12 @@ pub struct SqliteConversations {
     presence: Mutex<HashMap<String, Presence>>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("inbox.sqlite3: {e}"))
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    Unavailable::sqlite("inbox.sqlite3", e).into()
+}
+
+fn damaged(e: serde_json::Error) -> StoreError {
+    Unavailable::Damaged(format!("inbox.sqlite3: a stored conversation is damaged: {e}")).into()
 }
 
 impl SqliteConversations {
@@ -80,7 +84,7 @@ impl SqliteConversations {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&mut db.lock()))
             .await
-            .map_err(|e| InboxError::Store(unavailable(e)))?
+            .map_err(|e| InboxError::Store(Unavailable::Failed(format!("inbox.sqlite3: {e}")).into()))?
     }
 }
 
@@ -93,7 +97,7 @@ fn read(conn: &Connection, appid: &str, contact: &str) -> Result<Option<Conversa
         )
         .optional()
         .map_err(unavailable)?;
-    data.map(|d| serde_json::from_str(&d).map_err(unavailable)).transpose().map_err(InboxError::Store)
+    data.map(|d| serde_json::from_str(&d).map_err(damaged)).transpose().map_err(InboxError::Store)
 }
 
 /// Read, edit and write one conversation inside the caller's transaction.
@@ -105,7 +109,7 @@ fn apply(
 ) -> Result<(Option<Conversation>, Option<Conversation>), InboxError> {
     let before = read(tx, a, c)?;
     let Some(after) = edit(before.clone())? else { return Ok((before, None)) };
-    let data = serde_json::to_string(&after).map_err(unavailable)?;
+    let data = serde_json::to_string(&after).map_err(damaged)?;
     let (w, k, _) = after.rank().parts_owned();
     tx.prepare_cached(
         "INSERT INTO conversations (appid, contact, data, load_of, rank_w, rank_k, state, assignee, search)
@@ -134,7 +138,7 @@ fn apply(
 fn store_err(e: InboxError) -> StoreError {
     match e {
         InboxError::Store(s) => s,
-        other => unavailable(other),
+        other => Unavailable::Failed(format!("inbox.sqlite3: {other}")).into(),
     }
 }
 
@@ -181,7 +185,7 @@ impl Conversations for SqliteConversations {
             Ok(out) => out,
             Err(e) => {
                 let msg = e.to_string();
-                (0..n).map(|_| Err(InboxError::Store(unavailable(&msg)))).collect()
+                (0..n).map(|_| Err(InboxError::Store(Unavailable::Failed(msg.clone()).into()))).collect()
             }
         }
     }
@@ -210,7 +214,7 @@ impl Conversations for SqliteConversations {
             let rows = s.query_map([&a], |r| r.get::<_, String>(0)).map_err(unavailable)?;
             let mut out = Vec::new();
             for r in rows {
-                out.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(unavailable)?);
+                out.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(damaged)?);
             }
             Ok(out)
         })
@@ -274,7 +278,7 @@ impl Conversations for SqliteConversations {
                 .map_err(unavailable)?;
             let mut rows: Vec<Conversation> = Vec::new();
             for r in s.query_map(params_from_iter(args), |r| r.get::<_, String>(0)).map_err(unavailable)? {
-                rows.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(unavailable)?);
+                rows.push(serde_json::from_str(&r.map_err(unavailable)?).map_err(damaged)?);
             }
             let more = rows.len() > query.limit;
             rows.truncate(query.limit);

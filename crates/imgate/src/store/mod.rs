@@ -78,12 +78,57 @@ impl Erased {
     }
 }
 
+/// Why a store call failed. Both kinds tell a caller that nothing was stored and that a
+/// retry may succeed (HTTP answers 503); [`Unavailable`] says what to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[from] Unavailable),
     #[error("store is shutting down")]
     Closed,
+}
+
+/// What made the store unavailable, typed so that a caller (or a log search) can tell a
+/// full disk from a Redis outage from a damaged record without reading a sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// The file system: the data directory, a thread of the engine.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite refused (a full disk, a busy or damaged file); `what` names the file.
+    #[error("{what}: {source}")]
+    Sqlite {
+        what: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Redis did not answer in time, refused, or is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// A stored record, or an engine's answer, this version cannot read.
+    #[error("{0}")]
+    Damaged(String),
+    /// A worker of the engine gave up on the call (it logged why): nothing was stored.
+    #[error("{0}")]
+    Failed(String),
+    /// Redis answers, but this node does not (yet) hear the fan-out channel: a commit
+    /// would not reach its live connections.
+    #[error("redis: not subscribed to the fan-out channel (yet)")]
+    NotSubscribed,
+}
+
+impl Unavailable {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Unavailable {
+        Unavailable::Io { what: what.into(), source }
+    }
+
+    pub fn sqlite(what: impl Into<String>, source: rusqlite::Error) -> Unavailable {
+        Unavailable::Sqlite { what: what.into(), source }
+    }
 }
 
 /// Receives every committed message, once, in commit order (so in seq order per user).

@@ -29,7 +29,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 
-use super::{Appended, Erased, Fanout, NewMessage, Store, StoreError, Stored};
+use super::{Appended, Erased, Fanout, NewMessage, Store, StoreError, Stored, Unavailable};
 use crate::config::StoreConfig;
 
 /// How long one Redis command may take before the request fails (503, nothing stored:
@@ -201,7 +201,7 @@ pub struct RedisStore {
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(format!("redis: {e}"))
+    Unavailable::Redis(e).into()
 }
 
 impl RedisStore {
@@ -414,20 +414,21 @@ impl Store for RedisStore {
         metrics::counter!("imgate_store_commits_total", "engine" => "redis", "outcome" => "committed")
             .increment(1);
         if out.len() != 3 * msgs.len() {
-            return Err(StoreError::Unavailable(format!(
+            return Err(Unavailable::Damaged(format!(
                 "redis: {} values for {} messages",
                 out.len(),
                 msgs.len()
-            )));
+            ))
+            .into());
         }
         out.chunks(3)
             .map(|t| match t {
                 [seq, id, dup] => Ok(Appended {
-                    seq: seq.parse().map_err(|_| StoreError::Unavailable("redis: a bad seq".into()))?,
+                    seq: seq.parse().map_err(|_| Unavailable::Damaged("redis: a bad seq".into()))?,
                     id: id.clone(),
                     duplicate: dup == "1",
                 }),
-                _ => Err(StoreError::Unavailable("redis: a short answer".into())),
+                _ => Err(Unavailable::Damaged("redis: a short answer".into()).into()),
             })
             .collect()
     }
@@ -453,7 +454,7 @@ impl Store for RedisStore {
         let mut it = flat.into_iter();
         while let (Some(id), Some(frame)) = (it.next(), it.next()) {
             let seq = id.split('-').next().and_then(|s| s.parse().ok());
-            let seq = seq.ok_or_else(|| StoreError::Unavailable("redis: a bad entry id".into()))?;
+            let seq = seq.ok_or_else(|| Unavailable::Damaged("redis: a bad entry id".into()))?;
             out.push(Stored { seq, frame: EncodedMessage::from_stored(frame) });
         }
         Ok(out)
@@ -586,7 +587,7 @@ impl Store for RedisStore {
         let mut c = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut c).await.map_err(unavailable)?;
         if !self.subscribed.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable("redis: not subscribed to the fan-out channel (yet)".into()));
+            return Err(Unavailable::NotSubscribed.into());
         }
         Ok(())
     }

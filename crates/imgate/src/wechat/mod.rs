@@ -116,6 +116,10 @@ pub enum WechatError {
     Api(#[from] ApiError),
     #[error(transparent)]
     State(#[from] StateUnavailable),
+    /// The media directory did not take a downloaded file (a full disk, permissions):
+    /// ours to fix, not WeChat's bad answer.
+    #[error("cannot save media: {0}")]
+    Save(std::io::Error),
 }
 
 /// An inbound message, ready for the agents' mailboxes.
@@ -690,7 +694,7 @@ impl Wechat {
         .await;
         if let Err(e) = saved {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(WechatError::Api(ApiError::BadAnswer(format!("cannot save media: {e}"))));
+            return Err(WechatError::Save(e));
         }
         Ok(content_type)
     }

@@ -28,6 +28,13 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Not a performance bound: a hung test must end.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// reqwest here has rustls without a provider of its own (imgate uses ring's): every
+/// helper that starts a server or makes a request installs it first, so that a test's
+/// own `reqwest::Client::new()` after them finds it.
+pub fn tls() {
+    imgate_wechat::install_tls_provider();
+}
+
 /// Ask `check` every 20 ms until it answers `Some`; fail, saying `what` did not happen,
 /// after [`PATIENCE`].
 pub async fn eventually<T, F>(what: &str, mut check: impl FnMut() -> F) -> T
@@ -85,6 +92,7 @@ impl Server {
     }
 
     pub async fn start_in(dir: TempDir, config: Config) -> Server {
+        tls();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -119,6 +127,7 @@ impl Server {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
+        tls();
         let r = reqwest::get(self.http(path)).await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
@@ -133,6 +142,7 @@ impl Server {
 }
 
 pub async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    tls();
     let r = reqwest::Client::new()
         .post(url)
         .header("content-type", content_type)
@@ -161,6 +171,7 @@ pub struct Binary {
 impl Binary {
     /// Start `imgate serve` on 127.0.0.1:0 over `data_dir` and wait until it listens.
     pub async fn start(data_dir: &Path, env: &[(&str, &str)]) -> Binary {
+        tls();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgate"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)

@@ -11,6 +11,7 @@ pub const ORIGINAL: &str = "gh_10f6c3c3ac5a";
 
 /// The stand-in, serving until the test ends, and its base URL (for `wechat.api_base`).
 pub async fn standin() -> (StandIn, String) {
+    super::tls();
     let wechat = StandIn::new(&[(APPID, SECRET)]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

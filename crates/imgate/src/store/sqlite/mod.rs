@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Appended, Erased, Fanout, NewMessage, Store, StoreError, Stored};
+use super::{Appended, Erased, Fanout, NewMessage, Store, StoreError, Stored, Unavailable};
 use crate::config::{StoreConfig, Sync};
 use index::Index;
 
@@ -164,7 +164,7 @@ impl SqliteStore {
         fanout: Arc<dyn Fanout>,
     ) -> Result<Arc<SqliteStore>, StoreError> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| Unavailable::io(format!("cannot create {}", dir.display()), e))?;
         let path = dir.join("imgate.sqlite3");
         let mut conn = Connection::open(&path).map_err(|e| unavailable(&path, e))?;
         // WAL with synchronous=NORMAL writes every commit to the OS before it returns (a
@@ -220,12 +220,12 @@ impl SqliteStore {
                     stop.store(true, Ordering::Release);
                 }
             })
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the store thread: {e}")))?;
+            .map_err(|e| Unavailable::io("cannot start the store thread", e))?;
         let wal = dir.join("imgate.sqlite3-wal");
         std::thread::Builder::new()
             .name("imgate-checkpoint".into())
             .spawn(move || checkpoints(checkpointer, &wal, &stop))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}")))?;
+            .map_err(|e| Unavailable::io("cannot start the checkpoint thread", e))?;
         Ok(Arc::new(SqliteStore {
             jobs: tx,
             index,
@@ -278,7 +278,7 @@ impl SqliteStore {
             out
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("store reader failed: {e}")))?
+        .map_err(|e| Unavailable::Failed(format!("store reader failed: {e}")))?
     }
 
     /// Which mailboxes' count to check, in a form `over_count` can walk.
@@ -290,7 +290,7 @@ impl SqliteStore {
 }
 
 fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("{}: {e}", path.display()))
+    Unavailable::sqlite(path.display().to_string(), e).into()
 }
 
 fn stored(rows: Vec<(u64, String)>) -> Vec<Stored> {
@@ -431,7 +431,7 @@ impl Store for SqliteStore {
         let (tx, rx) = oneshot::channel();
         self.submit(Job::Append(msgs, tx)).await?;
         // The writer drops the reply only when the commit failed (and logged why).
-        rx.await.map_err(|_| StoreError::Unavailable("the commit failed; nothing was stored".into()))?
+        rx.await.map_err(|_| Unavailable::Failed("the commit failed; nothing was stored".into()))?
     }
 
     async fn read_after(
@@ -517,7 +517,7 @@ impl Store for SqliteStore {
         self.submit(Job::Delivered(user.to_owned(), seq, tx)).await?;
         match rx.await {
             Ok(true) => Ok(()),
-            _ => Err(StoreError::Unavailable("the commit failed".into())),
+            _ => Err(Unavailable::Failed("the commit failed".into()).into()),
         }
     }
 
@@ -565,7 +565,7 @@ impl Store for SqliteStore {
         self.submit(Job::Ping(tx)).await?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("cannot write: {e}"))),
+            Ok(Err(e)) => Err(Unavailable::Failed(format!("cannot write: {e}")).into()),
             Err(_) => Err(StoreError::Closed),
         }
     }
