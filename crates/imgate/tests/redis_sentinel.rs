@@ -178,6 +178,15 @@ async fn a_promoted_replica_takes_over_and_nothing_replicated_is_lost() {
     let killed = Instant::now();
     until("the node still said ready with its master dead", PATIENCE, async || !is_ready(&node).await).await;
     let promoted = r.to_string();
+    // Meanwhile a send is refused, not acknowledged: nothing is committed anywhere (unless,
+    // on a slow machine, the promotion already happened: then it went to the new master).
+    let (during, v) = post(&send, "application/json", text_to("u", "during")).await;
+    let early = cli(s, &["sentinel", "get-master-addr-by-name", "mymaster"]).await.contains(&promoted);
+    assert!(during == 503 || (during == 200 && early), "{during} {v}");
+    let mut want: Vec<(u64, String)> = (0..20).map(|i| (i + 1, format!("m{i}"))).collect();
+    if during == 200 {
+        want.push((21, "during".to_owned()));
+    }
     until("the sentinel never promoted the replica", FAILOVER_PATIENCE, async || {
         cli(s, &["sentinel", "get-master-addr-by-name", "mymaster"]).await.contains(&promoted)
     })
@@ -185,22 +194,25 @@ async fn a_promoted_replica_takes_over_and_nothing_replicated_is_lost() {
     let switched = killed.elapsed();
     until("the node never became ready again", FAILOVER_PATIENCE, async || is_ready(&node).await).await;
     let ready_again = killed.elapsed();
-    eprintln!("failover: the sentinel switched after {switched:?}; the node was ready after {ready_again:?}");
+    eprintln!(
+        "failover: a send meanwhile got {during}; the sentinel switched after {switched:?}; the node was ready after {ready_again:?}"
+    );
 
     // A new post goes to the new master, and the connection opened before the failover
     // gets it live (the node caught it up when it resubscribed; it had missed nothing).
     let (status, v) = post(&send, "application/json", text_to("u", "after")).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["data"]["seq"], 21, "seqs go on from the replicated counter");
-    let f = live.frame().await;
-    assert_eq!((seq(&f), content(&f)), (21, "after"));
+    let next = want.len() as u64 + 1;
+    assert_eq!(v["data"]["seq"], next, "seqs go on from the replicated counter");
+    want.push((next, "after".to_owned()));
+    let live_after: Vec<(u64, String)> =
+        live.frames(want.len() - 20).await.iter().map(|f| (seq(f), content(f).to_owned())).collect();
+    assert_eq!(live_after, want[20..]);
 
     // Nothing acknowledged was lost: the whole mailbox replays from the new master.
     let mut replay = Client::connect(&node.ws("/?userid=u&since=0")).await;
-    let frames = replay.frames(21).await;
+    let frames = replay.frames(want.len()).await;
     let got: Vec<(u64, String)> = frames.iter().map(|f| (seq(f), content(f).to_owned())).collect();
-    let mut want: Vec<(u64, String)> = (0..20).map(|i| (i + 1, format!("m{i}"))).collect();
-    want.push((21, "after".to_owned()));
     assert_eq!(got, want);
 }
 
@@ -219,4 +231,54 @@ async fn the_sentinels_and_the_master_may_have_passwords_of_their_own() {
     // It went to the master, through the master's password.
     let on_master = cli_as(Some("data-pw"), t.master.port, &["dbsize"]).await;
     assert_ne!(on_master.trim(), "0");
+}
+
+#[tokio::test]
+async fn after_a_planned_failover_sends_go_to_the_new_master_by_themselves() {
+    let t = Topology::start(None).await;
+    let (m, r, s) = (t.master.port, t.replica.port, t.sentinel.port);
+    let data = tempfile::tempdir().unwrap();
+    let node = node(data.path(), &format!("[\"redis://127.0.0.1:{s}\"]"), "mymaster").await;
+    until("the node never became ready", PATIENCE, async || is_ready(&node).await).await;
+    let mut live = Client::connect(&node.ws("/?userid=u")).await;
+    let send = node.http("/send?userid=p");
+    let (status, v) = post(&send, "application/json", text_to("u", "before")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(cli(m, &["wait", "1", "5000"]).await.trim(), "1");
+
+    // The old master lives on, as a replica of the new one (it would refuse writes:
+    // READONLY).
+    assert_eq!(cli(s, &["sentinel", "failover", "mymaster"]).await.trim(), "OK");
+    let promoted = r.to_string();
+    until("the sentinel never promoted the replica", FAILOVER_PATIENCE, async || {
+        cli(s, &["sentinel", "get-master-addr-by-name", "mymaster"]).await.contains(&promoted)
+    })
+    .await;
+    until("the old master never became a replica", FAILOVER_PATIENCE, async || {
+        cli(m, &["info", "replication"]).await.contains("role:slave")
+    })
+    .await;
+    // A send may meet the demoted master once (503); the next goes to the new one.
+    let deadline = tokio::time::Instant::now() + FAILOVER_PATIENCE;
+    let mut refused = 0;
+    let seq_after = loop {
+        let (status, v) = post(&send, "application/json", text_to("u", "after")).await;
+        if status == 200 {
+            break v["data"]["seq"].as_u64().unwrap();
+        }
+        assert_eq!(status, 503, "{v}");
+        eprintln!("refused: {v}");
+        refused += 1;
+        assert!(tokio::time::Instant::now() < deadline, "sends never reached the new master");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("planned failover: {refused} send(s) refused before the new master took them");
+    // The demoted master closed its clients' connections: the one send on its way then
+    // fails; the node asks the sentinels again before the next.
+    assert!(refused <= 1, "{refused} sends refused");
+    assert_eq!(seq_after, 2);
+    let got: Vec<(u64, String)> =
+        live.frames(2).await.iter().map(|f| (seq(f), content(f).to_owned())).collect();
+    assert_eq!(got, [(1, "before".to_owned()), (2, "after".to_owned())]);
+    assert!(cli(r, &["info", "replication"]).await.contains("role:master"));
 }

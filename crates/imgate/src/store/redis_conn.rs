@@ -343,15 +343,14 @@ fn no_master(detail: String) -> RedisError {
     RedisError::from((ErrorKind::Io, "no master found through the sentinels", detail))
 }
 
-/// An error after which the master may be elsewhere: the connection broke or timed out,
-/// or the server is a replica now (a failover demoted it).
+/// An error after which the master may be elsewhere: the connection broke or timed out.
 fn master_may_have_moved(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_timeout()
-        || e.is_unrecoverable_error()
-        || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
-        || e.code() == Some("READONLY")
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+}
+
+/// The server is a replica now (a failover demoted it) and refused the command unrun.
+fn refused_as_replica(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly) || e.code() == Some("READONLY")
 }
 
 impl ConnectionLike for Conn {
@@ -360,13 +359,21 @@ impl ConnectionLike for Conn {
             Inner::Direct(m) => m.req_packed_command(cmd),
             Inner::Follow(f) => Box::pin(async move {
                 let (generation, mut m) = f.manager().await?;
-                let r = m.req_packed_command(cmd).await;
-                if let Err(e) = &r
-                    && master_may_have_moved(e)
-                {
-                    f.forget(generation);
+                match m.req_packed_command(cmd).await {
+                    Err(e) if refused_as_replica(&e) => {
+                        // Not run at all, so safe to send once more, to the new master.
+                        f.forget(generation);
+                        f.manager().await?.1.req_packed_command(cmd).await
+                    }
+                    r => {
+                        if let Err(e) = &r
+                            && master_may_have_moved(e)
+                        {
+                            f.forget(generation);
+                        }
+                        r
+                    }
                 }
-                r
             }),
         }
     }
@@ -382,8 +389,9 @@ impl ConnectionLike for Conn {
             Inner::Follow(f) => Box::pin(async move {
                 let (generation, mut m) = f.manager().await?;
                 let r = m.req_packed_commands(cmd, offset, count).await;
+                // Not sent again: a pipeline refused halfway may have run its first part.
                 if let Err(e) = &r
-                    && master_may_have_moved(e)
+                    && (master_may_have_moved(e) || refused_as_replica(e))
                 {
                     f.forget(generation);
                 }
