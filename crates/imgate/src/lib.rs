@@ -195,6 +195,7 @@ pub async fn run(
     tracing::info!(
         %addr,
         store = ?config.store.engine,
+        redis_mode = ?config.store.redis_mode,
         sync = ?config.store.sync,
         data_dir = %config.data_dir.display(),
         auth = ?config.auth.mode,
