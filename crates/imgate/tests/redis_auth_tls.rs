@@ -22,9 +22,16 @@ struct Server(Child);
 
 impl Server {
     fn start(port: u16, dir: &Path, args: &[&str]) -> Server {
+        let dir = dir.to_str().unwrap();
+        let mut all = vec!["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir];
+        all.extend(args);
+        Server::run(port, dir, &all)
+    }
+
+    /// `redis-server ARGS` in `dir`, as given (a config file must come first).
+    fn run(port: u16, dir: &str, args: &[&str]) -> Server {
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir)
+            .current_dir(dir)
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -334,4 +341,85 @@ fn config_check_masks_every_redis_password_and_refuses_what_cannot_work() {
             assert!(!err.contains(secret), "{secret} shown: {err}");
         }
     }
+}
+
+/// `redis-cli` over TLS, verifying against the test's CA.
+fn tls_cli(dir: &Path, port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .current_dir(dir)
+        .args(["--tls", "--cacert", "ca.pem", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn sentinels_and_master_over_tls_verified_against_the_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let (m, r, s) = (free_port(), free_port(), free_port());
+    let tls = [
+        "--port",
+        "0",
+        "--tls-cert-file",
+        "server.pem",
+        "--tls-key-file",
+        "server.key",
+        "--tls-ca-cert-file",
+        "ca.pem",
+        "--tls-auth-clients",
+        "no",
+        "--tls-replication",
+        "yes",
+    ];
+    let (ms, rs) = (m.to_string(), r.to_string());
+    let mut args = tls.to_vec();
+    args.extend(["--tls-port", &ms]);
+    let _master = Server::start(m, dir.path(), &args);
+    let mut args = tls.to_vec();
+    args.extend(["--tls-port", &rs, "--replicaof", "127.0.0.1", &ms]);
+    let _replica = Server::start(r, dir.path(), &args);
+    wait_for("the replica never synced", || {
+        tls_cli(dir.path(), r, &["info", "replication"]).contains("master_link_status:up")
+    });
+    std::fs::write(
+        dir.path().join("sentinel.conf"),
+        format!(
+            "port 0\ntls-port {s}\nbind 127.0.0.1\ntls-cert-file server.pem\ntls-key-file server.key\n\
+             tls-ca-cert-file ca.pem\ntls-auth-clients no\ntls-replication yes\n\
+             sentinel monitor mymaster 127.0.0.1 {m} 1\n"
+        ),
+    )
+    .unwrap();
+    let _sentinel = Server::run(s, dir.path().to_str().unwrap(), &["sentinel.conf", "--sentinel"]);
+    wait_for("the sentinel never saw the master", || {
+        tls_cli(dir.path(), s, &["sentinel", "get-master-addr-by-name", "mymaster"]).contains(&ms)
+    });
+
+    let data = tempfile::tempdir().unwrap();
+    let sentinels = format!("[\"rediss://127.0.0.1:{s}\"]");
+    let ca = dir.path().join("ca.pem");
+    let node = Node::start(
+        data.path(),
+        &[
+            ("IMGATE_STORE__ENGINE", "redis"),
+            ("IMGATE_STORE__REDIS_MODE", "sentinel"),
+            ("IMGATE_STORE__REDIS_URLS", &sentinels),
+            ("IMGATE_STORE__REDIS_SENTINEL_MASTER", "rediss://mymaster"),
+            ("IMGATE_STORE__REDIS_CA_FILE", ca.to_str().unwrap()),
+        ],
+    )
+    .await;
+    node.ready().await;
+    node.round_trip().await;
+    node.stop().await;
 }
