@@ -119,8 +119,9 @@ impl Target {
             Mode::Single(client) => {
                 Ok(Conn(Inner::Direct(ConnectionManager::new_lazy_with_config(client.clone(), config)?)))
             }
-            Mode::Sentinel(_) => Ok(Conn(Inner::Follow(Arc::new(Follow {
+            Mode::Sentinel(s) => Ok(Conn(Inner::Follow(Arc::new(Follow {
                 target: self.clone(),
+                db: master_of(&s.master)?.1.map_or(0, |i| i.redis_settings().db()),
                 config,
                 current: Mutex::new(Current::default()),
             })))),
@@ -264,6 +265,8 @@ enum Inner {
 
 struct Follow {
     target: Target,
+    /// The master's database, as `store.redis_sentinel_master` names it.
+    db: i64,
     config: ConnectionManagerConfig,
     current: Mutex<Current>,
 }
@@ -359,21 +362,21 @@ impl ConnectionLike for Conn {
             Inner::Direct(m) => m.req_packed_command(cmd),
             Inner::Follow(f) => Box::pin(async move {
                 let (generation, mut m) = f.manager().await?;
-                match m.req_packed_command(cmd).await {
+                let (generation, r) = match m.req_packed_command(cmd).await {
                     Err(e) if refused_as_replica(&e) => {
                         // Not run at all, so safe to send once more, to the new master.
                         f.forget(generation);
-                        f.manager().await?.1.req_packed_command(cmd).await
+                        let (generation, mut m) = f.manager().await?;
+                        (generation, m.req_packed_command(cmd).await)
                     }
-                    r => {
-                        if let Err(e) = &r
-                            && master_may_have_moved(e)
-                        {
-                            f.forget(generation);
-                        }
-                        r
-                    }
+                    r => (generation, r),
+                };
+                if let Err(e) = &r
+                    && (master_may_have_moved(e) || refused_as_replica(e))
+                {
+                    f.forget(generation);
                 }
+                r
             }),
         }
     }
@@ -403,8 +406,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match &self.0 {
             Inner::Direct(m) => m.get_db(),
-            // The crate selects the master's database when it connects.
-            Inner::Follow(_) => 0,
+            Inner::Follow(f) => f.db,
         }
     }
 }
