@@ -23,7 +23,18 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   [store]
   engine = \"sqlite\"                  the mailbox engine: sqlite (embedded, no other service) or
                                      redis (several nodes share mailboxes and live delivery)
-  redis_url = \"redis://127.0.0.1:6379\"  the Redis of engine = \"redis\" (one server, not Cluster)
+  redis_mode = \"single\"              how engine = \"redis\" reaches Redis: single (redis_url) or
+                                     sentinel (redis_urls, redis_sentinel_master: follows a
+                                     promoted replica by itself); cluster is not supported yet
+  redis_url = \"redis://127.0.0.1:6379\"  the Redis of redis_mode = \"single\"; rediss:// for TLS,
+                                     redis://user:password@host for an ACL user
+  redis_urls = []                    the sentinels (redis_mode = \"sentinel\"), redis:// or rediss://
+                                     URLs sharing one user and password
+  redis_sentinel_master = \"\"         the master's name at the sentinels, or
+                                     redis[s]://user:password@NAME[/db] when the master and
+                                     replicas need credentials or TLS of their own
+  redis_ca_file = \"\"                 PEM CA bundle that rediss:// servers are verified against
+                                     (default: the system's roots)
   sync = \"normal\"                    normal: an acknowledged message survives a crash of imgate
                                      (kill -9); full: it also survives power loss (fsync per commit)
   retention_max_messages = 10000     messages kept per conversation (mailbox and contact): one
@@ -302,6 +313,16 @@ pub enum Engine {
     Redis,
 }
 
+/// How the Redis engine reaches Redis (`store/redis_conn.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    Single,
+    Sentinel,
+    /// Accepted so that the key reads as documented; refused by `validate` for now.
+    Cluster,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sync {
@@ -315,7 +336,11 @@ pub enum Sync {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub engine: Engine,
+    pub redis_mode: RedisMode,
     pub redis_url: String,
+    pub redis_urls: Vec<String>,
+    pub redis_sentinel_master: String,
+    pub redis_ca_file: PathBuf,
     pub sync: Sync,
     pub retention_max_messages: u64,
     #[serde(with = "humantime_serde")]
@@ -450,13 +475,69 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             engine: Engine::Sqlite,
+            redis_mode: RedisMode::Single,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_urls: Vec::new(),
+            redis_sentinel_master: String::new(),
+            redis_ca_file: PathBuf::new(),
             sync: Sync::Normal,
             retention_max_messages: 10_000,
             retention_max_age: Duration::from_secs(30 * 86_400),
             dedupe_window: Duration::from_secs(86_400),
             max_batch: 512,
             index_max_mailboxes: 100_000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The keys of how to reach Redis, as far as they can be checked without dialling
+    /// (`store/redis_conn.rs` builds its clients from them). Reasons never quote a URL:
+    /// it may hold a password.
+    fn check_redis(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        match self.redis_mode {
+            RedisMode::Cluster => {
+                return bad(
+                    "store.redis_mode",
+                    "\"cluster\" is not supported yet (one script commits to several mailboxes at once): \
+                     use \"single\", or \"sentinel\" for failover"
+                        .into(),
+                );
+            }
+            RedisMode::Sentinel if self.redis_urls.is_empty() => {
+                return bad("store.redis_urls", "with redis_mode = \"sentinel\", list the sentinels".into());
+            }
+            RedisMode::Sentinel if self.redis_sentinel_master.trim().is_empty() => {
+                return bad(
+                    "store.redis_sentinel_master",
+                    "with redis_mode = \"sentinel\", name the master the sentinels monitor".into(),
+                );
+            }
+            _ => {}
+        }
+        let tls_in_use = match self.redis_mode {
+            RedisMode::Single => self.redis_url.starts_with("rediss://"),
+            _ => {
+                self.redis_urls.iter().any(|u| u.starts_with("rediss://"))
+                    || self.redis_sentinel_master.starts_with("rediss://")
+            }
+        };
+        if !self.redis_ca_file.as_os_str().is_empty() {
+            match std::fs::read_to_string(&self.redis_ca_file) {
+                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {}
+                Ok(_) => return bad("store.redis_ca_file", "holds no PEM certificate".into()),
+                Err(e) => return bad("store.redis_ca_file", format!("cannot read it: {e}")),
+            }
+            if !tls_in_use {
+                return bad("store.redis_ca_file", "is set, but no Redis URL in use is rediss://".into());
+            }
+        }
+        // Parse the URLs as the clients will (and without printing them).
+        match crate::store::redis_conn::Target::from_config(self) {
+            Ok(_) => Ok(()),
+            Err(crate::store::redis_conn::ConnError::Invalid { key, reason }) => bad(key, reason),
+            Err(e) => bad("store.redis_url", e.to_string()),
         }
     }
 }
@@ -661,6 +742,9 @@ impl Config {
             return bad("store.max_batch", "max_batch and retention_max_messages must be above zero");
         }
         self.auth.check(self.listen)?;
+        if self.store.engine == Engine::Redis {
+            self.store.check_redis()?;
+        }
         if self.wechat.media_max == 0 || self.wechat.upload_quota_bytes == 0 {
             return bad("wechat.upload_quota_bytes", "media_max and upload_quota_bytes must be above zero");
         }

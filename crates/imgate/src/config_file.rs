@@ -98,13 +98,20 @@ pub fn effective(config: &Config) -> Result<String, toml::ser::Error> {
         mask(&mut a.token);
         mask(&mut a.encoding_aes_key);
     }
-    if let Ok(mut u) = url::Url::parse(&c.store.redis_url)
+    mask_url_password(&mut c.store.redis_url);
+    c.store.redis_urls.iter_mut().for_each(mask_url_password);
+    mask_url_password(&mut c.store.redis_sentinel_master);
+    toml::to_string(&c)
+}
+
+/// `redis://user:password@host` → `redis://user:MASK@host`; anything else unchanged.
+fn mask_url_password(s: &mut String) {
+    if let Ok(mut u) = url::Url::parse(s)
         && u.password().is_some()
         && u.set_password(Some(MASK)).is_ok()
     {
-        c.store.redis_url = u.to_string();
+        *s = u.to_string();
     }
-    toml::to_string(&c)
 }
 
 #[cfg(test)]

@@ -113,22 +113,25 @@ pub async fn run(
     // Before anything in data_dir is opened: a second process there would hand out the
     // seqs this one hands out. Held until `run` returns.
     let _lock = store::lock::DirLock::acquire(&config.data_dir)?;
-    let store: DynStore = match config.store.engine {
-        Engine::Sqlite => store::sqlite::SqliteStore::open(&config.data_dir, &config.store, hub.clone())?,
-        Engine::Redis => store::redis::RedisStore::open(&config.store.redis_url, &config.store, hub.clone())?,
+    // How to reach Redis (one server, or the master the sentinels name), for every user of it.
+    let redis_target = match config.store.engine {
+        Engine::Redis => {
+            Some(store::redis_conn::Target::from_config(&config.store).map_err(store::StoreError::from)?)
+        }
+        Engine::Sqlite => None,
     };
-    let wechat_redis = match config.store.engine {
-        Engine::Redis if !config.wechat.accounts.is_empty() => Some(
-            redis::Client::open(config.store.redis_url.as_str())
-                .and_then(|c| {
-                    redis::aio::ConnectionManager::new_lazy_with_config(
-                        c,
-                        redis::aio::ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-                            .set_response_timeout(Some(std::time::Duration::from_secs(2))),
-                    )
-                })
-                .map_err(|e| store::StoreError::from(store::Unavailable::Redis(e)))?,
+    let store: DynStore = match &redis_target {
+        None => store::sqlite::SqliteStore::open(&config.data_dir, &config.store, hub.clone())?,
+        Some(t) => store::redis::RedisStore::open_at(t, &config.store, hub.clone())?,
+    };
+    let wechat_redis = match &redis_target {
+        Some(t) if !config.wechat.accounts.is_empty() => Some(
+            t.conn(
+                redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+                    .set_response_timeout(Some(std::time::Duration::from_secs(2))),
+            )
+            .map_err(store::StoreError::from)?,
         ),
         _ => None,
     };
@@ -137,13 +140,9 @@ pub async fn run(
     let cancel = CancellationToken::new();
     // The team inbox (docs/inbox.md): followers' conversations, and those between two
     // gateway users.
-    let convs = match config.store.engine {
-        Engine::Sqlite => {
-            inbox::sqlite::SqliteConversations::open(&config.data_dir)? as inbox::DynConversations
-        }
-        Engine::Redis => {
-            inbox::redis::RedisConversations::open(&config.store.redis_url)? as inbox::DynConversations
-        }
+    let convs = match &redis_target {
+        None => inbox::sqlite::SqliteConversations::open(&config.data_dir)? as inbox::DynConversations,
+        Some(t) => inbox::redis::RedisConversations::open_at(t)? as inbox::DynConversations,
     };
     let inbox = Some(inbox::Inbox::new(config.wechat.accounts.clone(), store.clone(), convs));
     if let Some(i) = &inbox {
@@ -197,6 +196,7 @@ pub async fn run(
     tracing::info!(
         %addr,
         store = ?config.store.engine,
+        redis_mode = ?config.store.redis_mode,
         sync = ?config.store.sync,
         data_dir = %config.data_dir.display(),
         auth = ?config.auth.mode,

@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{AsyncCommands, Script};
 use serde_json::Value;
 
 use super::model::Conversation;
 use super::{Conversations, Edit, InboxError, Presence};
+use crate::store::redis_conn::{Conn, Target};
 use crate::store::{StoreError, Unavailable};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,7 +87,7 @@ return 0
 ";
 
 pub struct RedisConversations {
-    conn: ConnectionManager,
+    conn: Conn,
     node: String,
     cas: Script,
     remove: Script,
@@ -118,14 +119,18 @@ fn index_key(appid: &str) -> String {
 }
 
 impl RedisConversations {
+    /// [`RedisConversations::open_at`] one server at `url`.
     pub fn open(url: &str) -> Result<std::sync::Arc<RedisConversations>, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        RedisConversations::open_at(&Target::single(url)?)
+    }
+
+    pub fn open_at(target: &Target) -> Result<std::sync::Arc<RedisConversations>, StoreError> {
         let cm = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, cm).map_err(unavailable)?;
+        let conn = target.conn(cm)?;
         Ok(std::sync::Arc::new(RedisConversations {
             conn,
             node: uuid::Uuid::now_v7().simple().to_string(),

@@ -12,6 +12,7 @@ use imgate_protocol::EncodedMessage;
 
 pub mod lock;
 pub mod redis;
+pub mod redis_conn;
 pub mod sqlite;
 
 /// A message to commit to one mailbox.

@@ -15,8 +15,8 @@
 //! fan-out to catch its connections up from the mailboxes, since what was published
 //! meanwhile is gone.
 //!
-//! One Redis (with a replica and Sentinel for failover), not Redis Cluster: the script
-//! touches keys of several users at once.
+//! One Redis (with replicas and Sentinel for failover: `redis_conn.rs`), not Redis
+//! Cluster: the script touches keys of several users at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,10 +25,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use imgate_protocol::EncodedMessage;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 
+use super::redis_conn::{Conn, Target};
 use super::{Appended, Erased, Fanout, NewMessage, Store, StoreError, Stored, Unavailable};
 use crate::config::StoreConfig;
 
@@ -189,7 +190,7 @@ return out
 "#;
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     config: StoreConfig,
     append: Script,
@@ -205,24 +206,38 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 }
 
 impl RedisStore {
-    /// Connect (lazily: a node starts, not ready, while Redis is down) and subscribe to
-    /// the fan-out channel.
+    /// [`RedisStore::open_at`] one server at `url`.
     pub fn open(
         url: &str,
         config: &StoreConfig,
         fanout: Arc<dyn Fanout>,
     ) -> Result<Arc<RedisStore>, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        RedisStore::open_at(&Target::single(url)?, config, fanout)
+    }
+
+    /// Connect (lazily: a node starts, not ready, while Redis is down) and subscribe to
+    /// the fan-out channel, through `target` (one server, or the master the sentinels name).
+    pub fn open_at(
+        target: &Target,
+        config: &StoreConfig,
+        fanout: Arc<dyn Fanout>,
+    ) -> Result<Arc<RedisStore>, StoreError> {
         let cm = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), cm).map_err(unavailable)?;
+        let conn = target.conn(cm)?;
         let prefix = "imgate".to_owned();
         let subscribed = Arc::new(AtomicBool::new(false));
         let node = uuid::Uuid::now_v7().simple().to_string();
-        tokio::spawn(subscribe(client, format!("{prefix}:fanout"), fanout, subscribed.clone(), node.clone()));
+        tokio::spawn(subscribe(
+            target.clone(),
+            format!("{prefix}:fanout"),
+            fanout,
+            subscribed.clone(),
+            node.clone(),
+        ));
         let (mut pinger, channel) = (conn.clone(), format!("{prefix}:fanout"));
         tokio::spawn(async move {
             let mut every = tokio::time::interval(PING_EVERY);
@@ -307,7 +322,7 @@ impl RedisStore {
 /// Follow the fan-out channel for as long as the node runs: reconnect and resubscribe
 /// after any failure, and after each (re)subscription ask the fan-out to catch up.
 async fn subscribe(
-    client: redis::Client,
+    target: Target,
     channel: String,
     fanout: Arc<dyn Fanout>,
     subscribed: Arc<AtomicBool>,
@@ -318,7 +333,9 @@ async fn subscribe(
     let mut first = true;
     loop {
         let attempt = async {
-            let mut pubsub = client.get_async_pubsub().await?;
+            // Through the sentinels each time, if that is the mode: after a failover the
+            // master is elsewhere.
+            let mut pubsub = target.pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };

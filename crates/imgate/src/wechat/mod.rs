@@ -156,7 +156,7 @@ impl Wechat {
     pub fn new(
         cfg: &WechatConfig,
         data_dir: &std::path::Path,
-        redis: Option<redis::aio::ConnectionManager>,
+        redis: Option<crate::store::redis_conn::Conn>,
         retention: Duration,
     ) -> std::io::Result<Option<Arc<Wechat>>> {
         if cfg.accounts.is_empty() {

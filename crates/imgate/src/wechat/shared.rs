@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use crate::store::redis_conn::Conn;
 use imgate_wechat::SharedTokens;
-use redis::aio::ConnectionManager;
 
 pub struct RedisTokens {
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 /// How long a node may hold the refresh lock (longer than one token call can take).
@@ -19,7 +19,7 @@ return 0
 "#;
 
 impl RedisTokens {
-    pub fn new(conn: ConnectionManager) -> RedisTokens {
+    pub fn new(conn: Conn) -> RedisTokens {
         RedisTokens { conn }
     }
 }

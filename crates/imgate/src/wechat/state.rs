@@ -729,7 +729,7 @@ impl State {
 /// `imgate:wx:m:<id>` (with a set of those still pending). A node that cannot reach
 /// Redis answers as if it knew nothing, and says so in its log.
 pub struct Shared {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::store::redis_conn::Conn,
     /// How long a media record lives after its last change (store.retention_max_age).
     ttl_secs: u64,
 }
@@ -772,7 +772,7 @@ fn window_of(v: &[Option<i64>]) -> Window {
 }
 
 impl Shared {
-    pub fn new(conn: redis::aio::ConnectionManager, retention: std::time::Duration) -> Shared {
+    pub fn new(conn: crate::store::redis_conn::Conn, retention: std::time::Duration) -> Shared {
         Shared { conn, ttl_secs: retention.as_secs().max(60) }
     }
 
