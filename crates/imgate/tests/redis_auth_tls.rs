@@ -186,6 +186,7 @@ fn make_certificates(dir: &Path) {
 
 #[tokio::test]
 async fn rediss_with_the_ca_file_delivers_and_without_it_the_node_is_never_ready() {
+    common::tls();
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
     let port = free_port();
@@ -233,6 +234,7 @@ async fn rediss_with_the_ca_file_delivers_and_without_it_the_node_is_never_ready
 
 #[tokio::test]
 async fn an_acl_user_works_and_a_wrong_password_is_refused_without_showing_it() {
+    common::tls();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let _redis = Server::start(port, dir.path(), &["--port", &port.to_string()]);
@@ -364,6 +366,7 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn sentinels_and_master_over_tls_verified_against_the_ca_file() {
+    common::tls();
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
     let (m, r, s) = (free_port(), free_port(), free_port());
