@@ -219,7 +219,7 @@ impl Inbox {
         from_seq: Option<u64>,
         m: Message<'_>,
     ) {
-        self.direct.message(company_id, from, to, to_seq, from_seq, m).await;
+        self.direct.message(company_id, from, to, to_seq, from_seq, m);
     }
 
     /// `user`'s own conversation with the gateway user `contact`, if they have one.
