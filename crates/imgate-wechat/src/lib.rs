@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod callback;
+pub mod clock;
 pub mod crypto;
 pub mod errors;
 pub mod signature;
@@ -14,6 +15,7 @@ pub mod token;
 
 pub use api::{Api, ApiError, Media};
 pub use callback::{CallbackError, CallbackQuery, open_callback};
+pub use clock::Clock;
 pub use crypto::{Cipher, CryptoError};
 pub use errors::plain_words;
 pub use signature::{sign, verify};

@@ -199,6 +199,10 @@ pub struct WechatConfig {
     #[serde(with = "humantime_serde")]
     pub callback_max_age: Duration,
     pub accounts: Vec<AccountConfig>,
+    /// The channel's clock: the system's, unless a test moves it (WeChat's rules run for
+    /// days). Not a key.
+    #[serde(skip)]
+    pub clock: imgate_wechat::Clock,
 }
 
 impl Default for WechatConfig {
@@ -212,6 +216,7 @@ impl Default for WechatConfig {
             media_dir: PathBuf::new(),
             callback_max_age: Duration::from_secs(300),
             accounts: Vec::new(),
+            clock: imgate_wechat::Clock::default(),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use imgate_protocol::{Content, XmlMessage};
 use imgate_wechat::callback::Keys;
-use imgate_wechat::{Api, ApiError, CallbackError, CallbackQuery, Cipher, Media, TokenCache};
+use imgate_wechat::{Api, ApiError, CallbackError, CallbackQuery, Cipher, Clock, Media, TokenCache};
 use serde_json::{Value, json};
 
 use crate::config::{AccountConfig, TokenMode, WechatConfig};
@@ -54,6 +54,10 @@ pub enum UploadError {
     #[error("cannot record the upload ({0}); nothing was kept, try again")]
     NotRecorded(StateUnavailable),
 }
+
+/// How long a media id WeChat gave is reused. WeChat keeps temporary media 3 days (72 h);
+/// two hours less leaves room for clocks that differ and a send already on its way.
+pub const MEDIA_ID_REUSE_SECS: i64 = 70 * 3600;
 
 /// Download attempts for inbound media, and the waits between them.
 const MEDIA_RETRIES: [Duration; 5] = [
@@ -137,10 +141,23 @@ pub struct Wechat {
     pub media_max: usize,
     /// Bytes one user may upload per UTC day.
     upload_quota: u64,
+    clock: Clock,
 }
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+/// A message ready for `cgi-bin/message/custom/send`, and the upload its media id came
+/// from, to upload again if WeChat says the id has expired.
+pub struct Prepared {
+    body: Value,
+    media: Option<Reupload>,
+}
+
+struct Reupload {
+    /// imgate's media record.
+    id: String,
+    /// WeChat's media type, and the key of the message's JSON that holds the id.
+    kind: String,
+    /// The id was reused from an earlier upload (not uploaded for this send).
+    cached: bool,
 }
 
 impl Wechat {
@@ -191,6 +208,7 @@ impl Wechat {
             media_dir,
             media_max: cfg.media_max,
             upload_quota: cfg.upload_quota_bytes,
+            clock: cfg.clock.clone(),
         });
         let resume = w.clone();
         tokio::spawn(async move {
@@ -229,7 +247,7 @@ impl Wechat {
         if !self.callback_max_age.is_zero() {
             let ts = q.timestamp.as_deref().and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(0);
             // abs_diff: a signed timestamp of i64::MIN must not overflow the subtraction.
-            let off = now().abs_diff(ts);
+            let off = self.clock.now().abs_diff(ts);
             if off > self.callback_max_age.as_secs() {
                 return Err(WechatError::Stale(off));
             }
@@ -274,8 +292,8 @@ impl Wechat {
         let max_age =
             if self.callback_max_age.is_zero() { NONCE_TTL_UNCHECKED } else { self.callback_max_age };
         let stamped = ts.trim().parse::<i64>().unwrap_or(0);
-        let left =
-            (stamped.saturating_add(max_age.as_secs() as i64) - now()).clamp(1, 2 * max_age.as_secs() as i64);
+        let left = (stamped.saturating_add(max_age.as_secs() as i64) - self.clock.now())
+            .clamp(1, 2 * max_age.as_secs() as i64);
         let ttl = Duration::from_secs(left as u64 + 1);
         match self.state.nonce(&key, hash, ttl).await {
             Ok(NonceSeen::New | NonceSeen::Same) => Ok(()),
@@ -299,7 +317,7 @@ impl Wechat {
         if let Some(t) = xml.non_empty("CreateTime") {
             imgate_protocol::parse_create_time(t, time::UtcOffset::UTC)?;
         }
-        let now = now();
+        let now = self.clock.now();
         // The window opens when the follower wrote (CreateTime), so that WeChat's retries
         // of one message do not reopen it: only a later message does.
         let sent_at = xml.non_empty("CreateTime").and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(now);
@@ -335,6 +353,8 @@ impl Wechat {
                 error: String::new(),
                 created_at: now,
                 owner: String::new(),
+                // WeChat's id is as old as the message; it lives 3 days from then.
+                media_at: sent_at.min(now),
             };
             self.state.put_media(rec.clone()).await?;
             if let Some(m) = content.msg.as_object_mut() {
@@ -360,7 +380,7 @@ impl Wechat {
 
     /// The follower's window now, as the console shows it.
     pub async fn window(&self, openid: &str) -> Option<Value> {
-        self.state.follower(openid).await.ok().flatten().map(|f| f.window.to_json(now()))
+        self.state.follower(openid).await.ok().flatten().map(|f| f.window.to_json(self.clock.now()))
     }
 
     /// What `send` will post for `content`: checks that WeChat can carry it and uploads
@@ -370,29 +390,45 @@ impl Wechat {
         acct: &Account,
         openid: &str,
         content: &Content,
-    ) -> Result<Value, WechatError> {
+    ) -> Result<Prepared, WechatError> {
         self.custom_message(acct, openid, content).await
     }
 
     /// Post a prepared message to the follower through `acct`'s customer-service API.
     /// Returns the window afterwards.
-    pub async fn send(&self, acct: &Account, openid: &str, body: Value) -> Result<Value, WechatError> {
-        let sent = acct
-            .tokens
-            .call(|token| {
-                let body = &body;
-                async move { self.api.custom_send(&token, body).await }
-            })
-            .await;
+    /// Media whose id WeChat no longer knows (40007: expired after 3 days, or dropped) is
+    /// uploaded again once, from imgate's copy, and the message sent once more.
+    pub async fn send(&self, acct: &Account, openid: &str, prepared: Prepared) -> Result<Value, WechatError> {
+        let Prepared { mut body, media } = prepared;
+        let mut sent = self.post(acct, &body).await;
+        if let Err(e) = &sent
+            && e.errcode() == Some(40007)
+            && let Some(m) = media.filter(|m| m.cached)
+        {
+            tracing::info!(media = %m.id, "WeChat no longer knows the media id (40007): uploading it again");
+            sent = match self.upload_media(acct, &m.id, &m.kind).await {
+                Ok(media_id) => {
+                    body[m.kind.as_str()]["media_id"] = Value::String(media_id);
+                    self.post(acct, &body).await
+                }
+                Err(WechatError::Api(e)) => Err(e),
+                // The file is gone: WeChat's own answer says it best.
+                Err(_) => sent,
+            };
+        }
         // WeChat says the window is over: believe it, so the console shows it closed.
         if let Err(e) = &sent
             && let Some(code) = e.errcode()
         {
-            self.state.refused(openid, code, now()).await;
+            self.state.refused(openid, code, self.clock.now()).await;
         }
         sent?;
         let window = self.state.sent(openid).await.unwrap_or_default();
-        Ok(window.to_json(now()))
+        Ok(window.to_json(self.clock.now()))
+    }
+
+    async fn post(&self, acct: &Account, body: &Value) -> Result<(), ApiError> {
+        acct.tokens.call(|token| async move { self.api.custom_send(&token, body).await }).await
     }
 
     /// The JSON of `cgi-bin/message/custom/send` for `content`.
@@ -401,29 +437,39 @@ impl Wechat {
         acct: &Account,
         openid: &str,
         content: &Content,
-    ) -> Result<Value, WechatError> {
+    ) -> Result<Prepared, WechatError> {
         let msg = &content.msg;
         let text = |k: &str| msg.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-        Ok(match content.msg_type.as_str() {
+        let mut media = None;
+        let body = match content.msg_type.as_str() {
             "text" => json!({"touser": openid, "msgtype": "text", "text": {"content": text("content")}}),
             kind @ ("image" | "voice") => {
-                let media_id = self.media_id_for(acct, msg, kind).await?;
+                let media_id;
+                (media_id, media) = self.media_id_for(acct, msg, kind).await?;
                 json!({"touser": openid, "msgtype": kind, kind: {"media_id": media_id}})
             }
             "video" => {
-                let media_id = self.media_id_for(acct, msg, "video").await?;
+                let media_id;
+                (media_id, media) = self.media_id_for(acct, msg, "video").await?;
                 json!({"touser": openid, "msgtype": "video", "video": {"media_id": media_id,
                     "thumb_media_id": text("thumb_media_id"), "title": text("title"), "description": text("description")}})
             }
             other => return Err(WechatError::Unsendable(other.to_owned())),
-        })
+        };
+        Ok(Prepared { body, media })
     }
 
-    /// WeChat's media id for a message: given as `media_id`, or uploaded now from the
-    /// imgate media `media_path` points at.
-    async fn media_id_for(&self, acct: &Account, msg: &Value, kind: &str) -> Result<String, WechatError> {
+    /// WeChat's media id for a message: given as `media_id`, or for the imgate media
+    /// `media_path` points at, the id WeChat gave it within [`MEDIA_ID_REUSE_SECS`], or
+    /// else uploaded now.
+    async fn media_id_for(
+        &self,
+        acct: &Account,
+        msg: &Value,
+        kind: &str,
+    ) -> Result<(String, Option<Reupload>), WechatError> {
         if let Some(id) = msg.get("media_id").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-            return Ok(id.to_owned());
+            return Ok((id.to_owned(), None));
         }
         let path = msg.get("media_path").and_then(Value::as_str).unwrap_or_default();
         let id = media_id_of(path).ok_or_else(|| WechatError::MediaMissing(path.to_owned()))?;
@@ -433,13 +479,26 @@ impl Wechat {
             .await
             .filter(|m| m.status == "ready")
             .ok_or_else(|| WechatError::MediaMissing(path.to_owned()))?;
-        if !rec.media_id.is_empty() && rec.appid == acct.config.appid {
-            return Ok(rec.media_id);
+        let fresh = self.clock.now().saturating_sub(rec.media_at) < MEDIA_ID_REUSE_SECS;
+        if !rec.media_id.is_empty() && rec.appid == acct.config.appid && fresh {
+            let again = Reupload { id: rec.id, kind: kind.to_owned(), cached: true };
+            return Ok((rec.media_id, Some(again)));
         }
+        let media_id = self.upload_media(acct, &rec.id, kind).await.map_err(|e| match e {
+            WechatError::MediaMissing(_) => WechatError::MediaMissing(path.to_owned()),
+            other => other,
+        })?;
+        Ok((media_id, Some(Reupload { id: rec.id, kind: kind.to_owned(), cached: false })))
+    }
+
+    /// Upload imgate's media `id` to WeChat as `kind` through `acct`; WeChat's new id,
+    /// remembered with when it was given.
+    async fn upload_media(&self, acct: &Account, id: &str, kind: &str) -> Result<String, WechatError> {
+        let rec = self.state.media(id).await.ok_or_else(|| WechatError::MediaMissing(id.to_owned()))?;
         let bytes = Bytes::from(
             tokio::fs::read(self.media_dir.join(&rec.id))
                 .await
-                .map_err(|_| WechatError::MediaMissing(path.to_owned()))?,
+                .map_err(|_| WechatError::MediaMissing(id.to_owned()))?,
         );
         let filename = format!("{}.{}", rec.id, extension(&rec.content_type));
         let media_id = acct
@@ -452,7 +511,12 @@ impl Wechat {
         // Only a cache of WeChat's id: unrecorded, the next send uploads again.
         let _ = self
             .state
-            .put_media(MediaRecord { media_id: media_id.clone(), appid: acct.config.appid.clone(), ..rec })
+            .put_media(MediaRecord {
+                media_id: media_id.clone(),
+                appid: acct.config.appid.clone(),
+                media_at: self.clock.now(),
+                ..rec
+            })
             .await;
         Ok(media_id)
     }
@@ -465,7 +529,7 @@ impl Wechat {
         bytes: Bytes,
         content_type: &str,
     ) -> Result<MediaRecord, UploadError> {
-        let day = now().div_euclid(86_400);
+        let day = self.clock.now().div_euclid(86_400);
         let size = bytes.len() as u64;
         match self.state.reserve_upload(owner, day, size, self.upload_quota).await {
             Ok(Quota::Granted) => {}
@@ -494,8 +558,9 @@ impl Wechat {
             content_type: content_type.to_owned(),
             status: "ready".into(),
             error: String::new(),
-            created_at: now(),
+            created_at: self.clock.now(),
             owner: owner.to_owned(),
+            media_at: 0,
         };
         if let Err(e) = self.state.put_media(rec.clone()).await {
             let _ = tokio::fs::remove_file(self.media_dir.join(&rec.id)).await;
@@ -569,7 +634,7 @@ impl Wechat {
         })
         .await
         .unwrap_or(0);
-        self.state.trim(now() - max_age.as_secs() as i64).await;
+        self.state.trim(self.clock.now() - max_age.as_secs() as i64).await;
         if removed > 0 {
             tracing::debug!(removed, "media retention pass");
         }

@@ -42,6 +42,13 @@ pub struct Inner {
     pub sent: Vec<Bytes>,
     /// media_id → (bytes, content type)
     pub media: HashMap<String, (Bytes, String)>,
+    /// When each uploaded media id was issued (by `clock`): WeChat keeps temporary media
+    /// 3 days, then answers 40007. Media a test put in `media` itself never expires.
+    pub media_created: HashMap<String, i64>,
+    /// Uploads answered with a media id.
+    pub uploads: u64,
+    /// The stand-in's clock; a test shares the server's to move both.
+    pub clock: imgate_wechat::Clock,
     /// media/get calls to fail (errcode -1) before answering, per media_id.
     pub media_failures: HashMap<String, u32>,
     /// media/get answers that misbehave, per media_id (for the download limits).
@@ -65,6 +72,15 @@ pub enum Misbehave {
 
 #[derive(Clone, Default)]
 pub struct StandIn(pub Arc<Mutex<Inner>>);
+
+/// How long WeChat keeps temporary media: 3 days.
+const MEDIA_TTL_SECS: i64 = 3 * 86_400;
+
+/// Whether WeChat still knows `media_id`: issued here within 3 days, or put in by a test.
+fn media_alive(st: &Inner, media_id: &str) -> bool {
+    st.media.contains_key(media_id)
+        && st.media_created.get(media_id).is_none_or(|t| st.clock.now() - t < MEDIA_TTL_SECS)
+}
 
 fn wechat_error(errcode: i64, errmsg: &str) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], json!({"errcode": errcode, "errmsg": errmsg}).to_string())
@@ -92,12 +108,20 @@ impl StandIn {
             // Not WeChat's: for tests in other languages to arrange and inspect.
             .route("/standin/sent", get(sent))
             .route("/standin/close", post(close))
+            .route("/standin/expire_media", post(expire_media))
             .with_state(self.clone())
     }
 
     /// Serve on `listener` until the task is dropped.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         axum::serve(listener, self.router()).await
+    }
+
+    /// Every media id issued so far expires now, as after 3 days.
+    pub fn expire_media(&self) {
+        for t in self.0.lock().media_created.values_mut() {
+            *t = i64::MIN / 2;
+        }
     }
 
     /// Every token handed out so far stops working (as when another caller fetched one
@@ -191,7 +215,7 @@ async fn custom_send(
         Some("text") if v["text"]["content"].is_string() => {}
         Some(kind @ ("image" | "voice" | "video")) => {
             let id = v[kind]["media_id"].as_str().unwrap_or_default();
-            if !st.media.contains_key(id) {
+            if !media_alive(&st, id) {
                 return wechat_error(40007, "invalid media_id");
             }
         }
@@ -220,8 +244,11 @@ async fn media_upload(
             let mut st = s.0.lock();
             st.next += 1;
             let id = format!("MEDIA-{}", st.next);
+            let now = st.clock.now();
             st.media.insert(id.clone(), (bytes, ct));
-            return ok(json!({"type": kind, "media_id": id, "created_at": 1_700_000_000}));
+            st.media_created.insert(id.clone(), now);
+            st.uploads += 1;
+            return ok(json!({"type": kind, "media_id": id, "created_at": now}));
         }
     }
     wechat_error(41005, "media data missing")
@@ -239,6 +266,12 @@ async fn close(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>
     if let Some(o) = q.get("openid") {
         s.0.lock().closed.push(o.clone());
     }
+    ok(json!({"errcode": 0, "errmsg": "ok"}))
+}
+
+/// Every media id issued so far expires now (media/get and custom/send answer 40007).
+async fn expire_media(State(s): State<StandIn>) -> Response {
+    s.expire_media();
     ok(json!({"errcode": 0, "errmsg": "ok"}))
 }
 
@@ -268,8 +301,10 @@ async fn media_get(State(s): State<StandIn>, Query(q): Query<HashMap<String, Str
         return r.body(body).unwrap_or_else(|_| wechat_error(-1, "system error"));
     }
     match st.media.get(&id) {
-        Some((bytes, ct)) => ([(header::CONTENT_TYPE, ct.clone())], bytes.clone()).into_response(),
-        None => wechat_error(40007, "invalid media_id"),
+        Some((bytes, ct)) if media_alive(&st, &id) => {
+            ([(header::CONTENT_TYPE, ct.clone())], bytes.clone()).into_response()
+        }
+        _ => wechat_error(40007, "invalid media_id"),
     }
 }
 

@@ -108,6 +108,9 @@ pub struct MediaRecord {
     pub created_at: i64,
     /// Who uploaded it; empty for a follower's media (its readers are `appid`'s agents).
     pub owner: String,
+    /// When WeChat gave `media_id` (unix seconds; 0: unknown). WeChat forgets temporary
+    /// media 3 days later.
+    pub media_at: i64,
 }
 
 /// A write to the file, and where its outcome goes.
@@ -196,6 +199,13 @@ impl Local {
         if !has_owner {
             conn.execute_batch("ALTER TABLE media ADD COLUMN owner TEXT NOT NULL DEFAULT ''")?;
         }
+        // Files written before media ids were known to expire: 0 makes the next send
+        // upload again.
+        let has_media_at =
+            conn.prepare("SELECT 1 FROM pragma_table_info('media') WHERE name = 'media_at'")?.exists([])?;
+        if !has_media_at {
+            conn.execute_batch("ALTER TABLE media ADD COLUMN media_at INTEGER NOT NULL DEFAULT 0")?;
+        }
         let mut followers = HashMap::new();
         {
             let mut s =
@@ -210,7 +220,7 @@ impl Local {
         let mut media = HashMap::new();
         {
             let mut s = conn.prepare(
-                "SELECT id, appid, media_id, kind, content_type, status, error, created_at, owner FROM media",
+                "SELECT id, appid, media_id, kind, content_type, status, error, created_at, owner, media_at FROM media",
             )?;
             let mut rows = s.query([])?;
             while let Some(r) = rows.next()? {
@@ -224,6 +234,7 @@ impl Local {
                     error: r.get(6)?,
                     created_at: r.get(7)?,
                     owner: r.get(8)?,
+                    media_at: r.get(9)?,
                 };
                 media.insert(m.id.clone(), m);
             }
@@ -409,8 +420,8 @@ impl Local {
             let rec = m.clone();
             let pending = self.submit(move |c| {
                 c.execute(
-                    "INSERT OR REPLACE INTO media (id, appid, media_id, kind, content_type, status, error, created_at, owner) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT OR REPLACE INTO media (id, appid, media_id, kind, content_type, status, error, created_at, owner, media_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     params![
                         rec.id,
                         rec.appid,
@@ -420,7 +431,8 @@ impl Local {
                         rec.status,
                         rec.error,
                         rec.created_at,
-                        rec.owner
+                        rec.owner,
+                        rec.media_at
                     ],
                 )
                 .map(|_| ())
@@ -813,6 +825,7 @@ impl Shared {
             error: g("error"),
             created_at: g("created_at").parse().unwrap_or(0),
             owner: g("owner"),
+            media_at: g("media_at").parse().unwrap_or(0),
         })
     }
 
@@ -845,6 +858,7 @@ impl Shared {
                 ("error", &m.error),
                 ("created_at", &m.created_at.to_string()),
                 ("owner", &m.owner),
+                ("media_at", &m.media_at.to_string()),
             ],
         );
         p.expire(&key, self.ttl_secs as i64);
@@ -1006,6 +1020,7 @@ mod tests {
                 error: String::new(),
                 created_at: 1,
                 owner: String::new(),
+                media_at: 0,
             })
             .await
             .unwrap();
@@ -1056,6 +1071,7 @@ mod tests {
             error: String::new(),
             created_at: 1,
             owner: String::new(),
+            media_at: 0,
         }
     }
 

@@ -1,0 +1,257 @@
+//! WeChat's rules that an agent's send would otherwise run into, against the stand-in:
+//! temporary media ids expire, uploads WeChat refuses, optional video fields, the
+//! customer-service windows, the encryption mode of each callback, event noise.
+
+mod common;
+
+use common::*;
+use imgate::wechat::standin::StandIn;
+use imgate_wechat::callback::{Keys, seal};
+use imgate_wechat::{Cipher, Clock};
+use serde_json::{Value, json};
+
+use common::wechat::{AES_KEY, APPID, ORIGINAL, TOKEN};
+
+const P: &str = "/im_component/wx_official_account";
+
+struct Rig {
+    s: Server,
+    wechat: StandIn,
+    /// The server's WeChat clock: the tests move it days ahead.
+    clock: Clock,
+    /// How callbacks are sealed (the account's key, or none).
+    cipher: Option<Cipher>,
+}
+
+async fn rig_with(tune: impl FnOnce(&mut imgate::config::Config)) -> Rig {
+    let (wechat, base) = common::wechat::standin().await;
+    let clock = Clock::default();
+    let c2 = clock.clone();
+    let s = Server::start_with(|c| {
+        common::wechat::aim(c, &base, &["agent1"]);
+        c.wechat.clock = c2;
+        tune(c);
+    })
+    .await;
+    Rig { s, wechat, clock, cipher: None }
+}
+
+async fn rig() -> Rig {
+    rig_with(|_| {}).await
+}
+
+impl Rig {
+    /// Post `xml` as WeChat would, stamped with the server's clock; the status and body.
+    async fn callback(&self, xml: &str) -> (u16, String) {
+        let keys = Keys { token: TOKEN, appid: APPID, cipher: self.cipher.as_ref() };
+        let nonce = rand::random::<u64>() % 10_000_000_000;
+        let (body, query) = seal(xml, keys, &self.clock.now().to_string(), &nonce.to_string());
+        self.post_callback(&body, &query).await
+    }
+
+    async fn post_callback(&self, body: &str, query: &[(String, String)]) -> (u16, String) {
+        let r = reqwest::Client::new()
+            .post(self.s.http(&format!("{P}/callback/{APPID}")))
+            .query(query)
+            .header("content-type", "text/xml")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    fn text_from(&self, openid: &str, content: &str, msg_id: u64) -> String {
+        format!(
+            "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>{openid}</FromUserName>\
+             <CreateTime>{}</CreateTime><MsgType>text</MsgType><Content><![CDATA[{content}]]></Content>\
+             <MsgId>{msg_id}</MsgId></xml>",
+            self.clock.now()
+        )
+    }
+
+    fn event_from(&self, openid: &str, event: &str, extra: &str) -> String {
+        format!(
+            "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>{openid}</FromUserName>\
+             <CreateTime>{}</CreateTime><MsgType>event</MsgType><Event>{event}</Event>{extra}</xml>",
+            self.clock.now()
+        )
+    }
+
+    async fn upload(&self, content_type: &str, bytes: Vec<u8>) -> (u16, Value) {
+        self.upload_to(&format!("{P}/media?userid=agent1"), content_type, bytes).await
+    }
+
+    async fn upload_to(&self, path: &str, content_type: &str, bytes: Vec<u8>) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(self.s.http(path))
+            .header("content-type", content_type)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    async fn send(&self, data: Value) -> (u16, Value) {
+        post(&self.s.http("/send?userid=agent1"), "application/json", json!({ "data": data }).to_string())
+            .await
+    }
+
+    /// What the stand-in accepted through custom/send, as JSON.
+    fn sent(&self) -> Vec<Value> {
+        self.wechat.0.lock().sent.iter().map(|b| serde_json::from_slice(b).unwrap()).collect()
+    }
+
+    async fn window(&self, openid: &str) -> Value {
+        let (status, c) = self.s.get(&format!("{P}/contact?userid=agent1&contact_id={openid}")).await;
+        assert_eq!(status, 200, "{c}");
+        c["data"]["wechat"].clone()
+    }
+
+    /// The frames in agent1's mailbox from `openid`, as (msg_type, event or content).
+    async fn mailbox(&self, openid: &str) -> Vec<(String, String)> {
+        let (status, h) = self.s.get(&format!("{P}/history?userid=agent1&contact_id={openid}")).await;
+        assert_eq!(status, 200, "{h}");
+        h["data"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["data"]["direction"] != "out")
+            .map(|m| {
+                let d = &m["data"];
+                let what = d["msg"]["event"].as_str().or(d["msg"]["content"].as_str()).unwrap_or_default();
+                (d["msg_type"].as_str().unwrap().to_owned(), what.to_owned())
+            })
+            .collect()
+    }
+}
+
+fn png(len: usize) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    v.resize(len, 1);
+    v
+}
+
+fn mp4(len: usize) -> Vec<u8> {
+    let mut v = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom".to_vec();
+    v.resize(len, 0);
+    v
+}
+
+/// `seconds` of AMR-NB (12.2 kbit/s: 50 frames of 32 bytes a second).
+fn amr(seconds: usize) -> Vec<u8> {
+    let mut v = b"#!AMR\n".to_vec();
+    for _ in 0..seconds * 50 {
+        v.push(0x3C);
+        v.extend([0u8; 31]);
+    }
+    v
+}
+
+fn media_files(s: &Server) -> usize {
+    std::fs::read_dir(s.dir.path().join("media")).map(|d| d.count()).unwrap_or(0)
+}
+
+// ---- 1. Temporary media ids expire after 3 days ----
+
+const HOUR: i64 = 3600;
+
+/// The rig with the stand-in on the server's clock: its media ids expire after 3 days of it.
+async fn rig_one_clock() -> Rig {
+    let r = rig().await;
+    r.wechat.0.lock().clock = r.clock.clone();
+    r
+}
+
+fn image_id(v: &Value) -> String {
+    v["image"]["media_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_media_id_is_reused_for_70_hours_then_uploaded_again() {
+    let r = rig_one_clock().await;
+    r.callback(&r.text_from("oM", "the picture?", 1)).await;
+    let (_, up) = r.upload("image/png", png(500)).await;
+    let image =
+        json!({"msg_type": "image", "contact_id": "oM", "msg": {"media_path": up["data"]["media_path"]}});
+    assert_eq!(r.send(image.clone()).await.0, 200);
+    assert_eq!(r.send(image.clone()).await.0, 200);
+    assert_eq!(r.wechat.0.lock().uploads, 1, "reused");
+    r.clock.advance(69 * HOUR);
+    assert_eq!(r.send(image.clone()).await.0, 200);
+    assert_eq!(r.wechat.0.lock().uploads, 1, "still reused at 69 h");
+    r.clock.advance(2 * HOUR);
+    let (status, ack) = r.send(image.clone()).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(r.wechat.0.lock().uploads, 2, "uploaded again at 71 h, before WeChat forgets it at 72 h");
+    let ids: Vec<String> = r.sent().iter().map(image_id).collect();
+    assert_eq!(ids[..3], [ids[0].clone(), ids[0].clone(), ids[0].clone()]);
+    assert_ne!(ids[3], ids[0]);
+    // A follower's picture, forwarded 3 days later: WeChat's own id has expired, imgate
+    // still has the bytes.
+    r.wechat.0.lock().media.insert("MEDIA-IN".into(), (png(300).into(), "image/png".into()));
+    r.wechat.0.lock().media_created.insert("MEDIA-IN".into(), r.clock.now());
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    r.callback(&format!(
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oM</FromUserName><CreateTime>{}</CreateTime>\
+         <MsgType>image</MsgType><PicUrl>http://mmbiz.qpic.cn/x</PicUrl><MediaId>MEDIA-IN</MediaId><MsgId>2</MsgId></xml>",
+        r.clock.now()
+    ))
+    .await;
+    // The frames before it (the mailbox so far) come first.
+    let image = loop {
+        let f = agent.frame().await;
+        if f["data"]["msg_type"] == "image" && f["data"]["direction"] != "out" {
+            break f;
+        }
+    };
+    let path = image["data"]["msg"]["media_path"].as_str().unwrap().to_owned();
+    eventually("the follower's picture never downloaded", || async {
+        let (_, st) = r.s.get(&format!("{path}/status?userid=agent1")).await;
+        (st["data"]["status"] == "ready").then_some(())
+    })
+    .await;
+    let forward = json!({"msg_type": "image", "contact_id": "oM", "msg": {"media_path": path}});
+    assert_eq!(r.send(forward.clone()).await.0, 200);
+    assert_eq!(image_id(r.sent().last().unwrap()), "MEDIA-IN", "WeChat's id, while it lives");
+    r.clock.advance(73 * HOUR);
+    r.callback(&r.text_from("oM", "still there?", 3)).await;
+    let (status, ack) = r.send(forward).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_ne!(image_id(r.sent().last().unwrap()), "MEDIA-IN");
+}
+
+#[tokio::test]
+async fn on_40007_the_media_is_uploaded_again_once_and_the_send_retried() {
+    let r = rig_one_clock().await;
+    r.callback(&r.text_from("oM", "the picture?", 1)).await;
+    let (_, up) = r.upload("image/png", png(500)).await;
+    let image =
+        json!({"msg_type": "image", "contact_id": "oM", "msg": {"media_path": up["data"]["media_path"]}});
+    assert_eq!(r.send(image.clone()).await.0, 200);
+    // WeChat forgot it early (a clock apart, or dropped).
+    r.wechat.expire_media();
+    let (status, ack) = r.send(image.clone()).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(r.wechat.0.lock().uploads, 2);
+    assert_eq!(r.sent().len(), 2);
+    // 40007 again after the new upload: once only, then the agent is told.
+    {
+        let mut w = r.wechat.0.lock();
+        w.send_errors.push_back((40007, "invalid media_id".into()));
+        w.send_errors.push_back((40007, "invalid media_id".into()));
+    }
+    let (status, err) = r.send(image.clone()).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["data"]["errcode"], 40007);
+    assert!(err["result"]["message"].as_str().unwrap().contains("expired"), "{err}");
+    assert_eq!(r.wechat.0.lock().uploads, 3, "one upload more, no loop");
+    // A media_id the agent gave is WeChat's own: nothing to upload again.
+    let (status, err) =
+        r.send(json!({"msg_type": "image", "contact_id": "oM", "msg": {"media_id": "MEDIA-GONE"}})).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(r.wechat.0.lock().uploads, 3);
+}
+
