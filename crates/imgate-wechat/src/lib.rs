@@ -10,6 +10,7 @@ pub mod callback;
 pub mod clock;
 pub mod crypto;
 pub mod errors;
+pub mod limits;
 pub mod signature;
 pub mod token;
 

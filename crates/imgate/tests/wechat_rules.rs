@@ -154,6 +154,66 @@ fn media_files(s: &Server) -> usize {
     std::fs::read_dir(s.dir.path().join("media")).map(|d| d.count()).unwrap_or(0)
 }
 
+// ---- 2. Uploads are checked against WeChat's temporary media limits ----
+
+#[tokio::test]
+async fn an_upload_wechat_would_refuse_is_refused_at_upload_in_words() {
+    let r = rig_with(|c| c.wechat.media_max = 12 << 20).await;
+    // (declared type, bytes, query) → status, and words the reason must hold.
+    let cases: Vec<(&str, Vec<u8>, &str, u16, &str)> = vec![
+        ("image/webp", b"RIFF\0\0\0\0WEBPVP8 xxxxxxxx".to_vec(), "", 415, "PNG, JPEG or GIF"),
+        ("image/png", b"<svg xmlns='http://www.w3.org/2000/svg'/>".to_vec(), "", 415, "none of them"),
+        ("audio/amr", png(100), "", 415, "a PNG image"),
+        ("audio/ogg", b"OggS\0\x02xxxxxxxxxxxxxxx".to_vec(), "", 415, "AMR or MP3"),
+        ("image/png", png(10 << 20 | 1), "", 413, "10 MB"),
+        (
+            "audio/mpeg",
+            {
+                let mut v = b"ID3\x04".to_vec();
+                v.resize((2 << 20) + 1, 0);
+                v
+            },
+            "",
+            413,
+            "2 MB",
+        ),
+        ("audio/amr", amr(61), "", 413, "60 seconds"),
+        ("video/mp4", mp4((10 << 20) + 1), "", 413, "10 MB"),
+        ("image/png", png(100), "&type=thumb", 415, "JPEG"),
+        (
+            "image/jpeg",
+            {
+                let mut v = b"\xff\xd8\xff".to_vec();
+                v.resize((64 << 10) + 1, 0);
+                v
+            },
+            "&type=thumb",
+            413,
+            "64 KB",
+        ),
+    ];
+    for (ct, bytes, query, want, words) in cases {
+        let (status, answer) = r.upload_to(&format!("{P}/media?userid=agent1{query}"), ct, bytes).await;
+        assert_eq!(status, want, "{ct}{query}: {answer}");
+        assert_eq!(answer["result"]["code"], -1, "{answer}");
+        let why = answer["result"]["message"].as_str().unwrap();
+        assert!(why.contains(words), "{ct}{query}: {why}");
+    }
+    assert_eq!(media_files(&r.s), 0, "nothing kept");
+    // What WeChat takes is kept, with the type its bytes are.
+    for (ct, bytes, kept) in [
+        ("image/png", png(10 << 20), "image/png"),
+        ("audio/amr", amr(60), "audio/amr"),
+        ("image/jpg", b"\xff\xd8\xff\xe0 jpeg".to_vec(), "image/jpeg"),
+        ("video/mp4", mp4(1000), "video/mp4"),
+    ] {
+        let (status, up) = r.upload(ct, bytes).await;
+        assert_eq!(status, 200, "{ct}: {up}");
+        assert_eq!(up["data"]["content_type"], kept);
+    }
+    assert_eq!(media_files(&r.s), 4);
+}
+
 // ---- 1. Temporary media ids expire after 3 days ----
 
 const HOUR: i64 = 3600;

@@ -528,6 +528,7 @@ impl Wechat {
         owner: &str,
         bytes: Bytes,
         content_type: &str,
+        kind: &str,
     ) -> Result<MediaRecord, UploadError> {
         let day = self.clock.now().div_euclid(86_400);
         let size = bytes.len() as u64;
@@ -549,12 +550,11 @@ impl Wechat {
             self.state.release_upload(owner, day, size).await;
             return Err(e.into());
         }
-        let kind = content_type.split('/').next().unwrap_or("file");
         let rec = MediaRecord {
             id,
             appid: String::new(),
             media_id: String::new(),
-            kind: if kind == "audio" { "voice".into() } else { kind.to_owned() },
+            kind: kind.to_owned(),
             content_type: content_type.to_owned(),
             status: "ready".into(),
             error: String::new(),
@@ -726,7 +726,7 @@ fn extension(content_type: &str) -> &'static str {
         "image/png" => "png",
         "image/gif" => "gif",
         "image/jpeg" | "image/jpg" => "jpg",
-        "audio/amr" => "amr",
+        "audio/amr" | "audio/amr-wb" => "amr",
         "audio/mpeg" | "audio/mp3" => "mp3",
         "video/mp4" => "mp4",
         _ => "bin",
