@@ -214,6 +214,30 @@ async fn an_upload_wechat_would_refuse_is_refused_at_upload_in_words() {
     assert_eq!(media_files(&r.s), 4);
 }
 
+// ---- 3. Video replies carry only what the agent gave ----
+
+#[tokio::test]
+async fn a_video_reply_leaves_out_what_the_agent_did_not_give() {
+    let r = rig().await;
+    r.callback(&r.text_from("oV", "a video please", 1)).await;
+    let (status, up) = r.upload("video/mp4", mp4(2000)).await;
+    assert_eq!(status, 200, "{up}");
+    let path = up["data"]["media_path"].as_str().unwrap();
+    let (status, ack) =
+        r.send(json!({"msg_type": "video", "contact_id": "oV", "msg": {"media_path": path}})).await;
+    assert_eq!(status, 200, "{ack}");
+    let (status, ack) = r
+        .send(json!({"msg_type": "video", "contact_id": "oV", "msg": {"media_path": path, "title": "How to",
+            "description": ""}}))
+        .await;
+    assert_eq!(status, 200, "{ack}");
+    let sent = r.sent();
+    let keys = |v: &Value| v["video"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&sent[0]), ["media_id"], "{}", sent[0]);
+    assert_eq!(keys(&sent[1]), ["media_id", "title"], "{}", sent[1]);
+    assert_eq!(sent[1]["video"]["title"], "How to");
+}
+
 // ---- 1. Temporary media ids expire after 3 days ----
 
 const HOUR: i64 = 3600;

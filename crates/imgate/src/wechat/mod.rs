@@ -451,8 +451,17 @@ impl Wechat {
             "video" => {
                 let media_id;
                 (media_id, media) = self.media_id_for(acct, msg, "video").await?;
-                json!({"touser": openid, "msgtype": "video", "video": {"media_id": media_id,
-                    "thumb_media_id": text("thumb_media_id"), "title": text("title"), "description": text("description")}})
+                // Only what the agent gave: WeChat refuses some videos whose optional
+                // fields are present but empty.
+                let mut video = serde_json::Map::new();
+                video.insert("media_id".into(), Value::String(media_id));
+                for k in ["thumb_media_id", "title", "description"] {
+                    let v = text(k);
+                    if !v.is_empty() {
+                        video.insert(k.into(), Value::String(v));
+                    }
+                }
+                json!({"touser": openid, "msgtype": "video", "video": video})
             }
             other => return Err(WechatError::Unsendable(other.to_owned())),
         };
