@@ -339,3 +339,35 @@ async fn on_40007_the_media_is_uploaded_again_once_and_the_send_retried() {
     assert_eq!(r.wechat.0.lock().uploads, 3);
 }
 
+// ---- 5. The encryption mode is each callback's ----
+
+#[tokio::test]
+async fn a_signed_plaintext_callback_is_taken_on_an_account_with_a_key() {
+    let mut r = rig_with(|c| c.wechat.accounts[0].encoding_aes_key = AES_KEY.into()).await;
+    // The console in plaintext mode, the key pasted anyway: signed, not encrypted.
+    let (status, answer) = r.callback(&r.text_from("oP", "in the clear", 1)).await;
+    assert_eq!((status, answer.as_str()), (200, "success"));
+    // Safe mode on the same account.
+    r.cipher = Some(Cipher::new(AES_KEY).unwrap());
+    let (status, answer) = r.callback(&r.text_from("oP", "sealed", 2)).await;
+    assert_eq!((status, answer.as_str()), (200, "success"));
+    assert_eq!(
+        r.mailbox("oP").await,
+        [("text".to_owned(), "in the clear".to_owned()), ("text".to_owned(), "sealed".to_owned())]
+    );
+    // Plaintext still needs its signature.
+    r.cipher = None;
+    let keys = Keys { token: "not-the-token", appid: APPID, cipher: None };
+    let (body, query) = seal(&r.text_from("oP", "forged", 3), keys, &r.clock.now().to_string(), "42");
+    assert_eq!(r.post_callback(&body, &query).await.0, 401);
+}
+
+#[tokio::test]
+async fn an_encrypted_callback_still_needs_the_key() {
+    let mut r = rig().await;
+    r.cipher = Some(Cipher::new(AES_KEY).unwrap());
+    let (status, answer) = r.callback(&r.text_from("oP", "sealed", 1)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("no encoding_aes_key"), "{answer}");
+    assert_eq!(r.mailbox("oP").await, []);
+}

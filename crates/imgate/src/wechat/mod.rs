@@ -72,6 +72,8 @@ pub struct Account {
     pub config: AccountConfig,
     cipher: Option<Cipher>,
     tokens: TokenCache,
+    /// A plaintext callback came although the account has a key: said once.
+    warned_plaintext: std::sync::atomic::AtomicBool,
 }
 
 impl Account {
@@ -191,6 +193,7 @@ impl Wechat {
                     .then(|| Cipher::new(&a.encoding_aes_key).ok())
                     .flatten(),
                 tokens: TokenCache::new(api.clone(), &a.appid, &a.secret, mode, shared_tokens.clone()),
+                warned_plaintext: Default::default(),
             })
             .collect();
         let media_dir =
@@ -242,6 +245,17 @@ impl Wechat {
     /// Check and open a callback.
     pub fn open(&self, acct: &Account, q: &CallbackQuery, body: &str) -> Result<XmlMessage, WechatError> {
         let xml = imgate_wechat::open_callback(q, body, acct.keys())?;
+        if acct.cipher.is_some()
+            && q.encrypt_type.as_deref() != Some("aes")
+            && !acct.warned_plaintext.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                appid = %acct.config.appid,
+                "a plaintext callback for an account with an encoding_aes_key: accepted, as the mode is each \
+                 callback's, but the account's console is set to plaintext mode (明文模式), where only the \
+                 signature protects a callback (said once)"
+            );
+        }
         // The signature covers the timestamp, not (in plaintext mode) the body: a logged
         // callback URL must not be good forever.
         if !self.callback_max_age.is_zero() {
