@@ -371,3 +371,119 @@ async fn an_encrypted_callback_still_needs_the_key() {
     assert!(answer.contains("no encoding_aes_key"), "{answer}");
     assert_eq!(r.mailbox("oP").await, []);
 }
+
+// ---- 4. Windows ----
+
+fn text(content: &str, to: &str) -> Value {
+    json!({"msg_type": "text", "contact_id": to, "msg": {"content": content}})
+}
+
+#[tokio::test]
+async fn unsubscribe_closes_the_window_and_marks_the_follower() {
+    let r = rig().await;
+    r.callback(&r.text_from("oU", "hello", 1)).await;
+    let w = r.window("oU").await;
+    assert_eq!((w["window"]["open"].clone(), w["subscribed"].clone()), (json!(true), json!(true)), "{w}");
+    let (status, _) = r.callback(&r.event_from("oU", "unsubscribe", "")).await;
+    assert_eq!(status, 200);
+    let w = r.window("oU").await;
+    assert_eq!(w["window"]["open"], false, "{w}");
+    assert_eq!(w["window"]["remaining"], 0, "{w}");
+    assert_eq!(w["subscribed"], false, "{w}");
+    // Following again opens a short window.
+    r.callback(&r.event_from("oU", "subscribe", "")).await;
+    let w = r.window("oU").await;
+    assert_eq!((w["window"]["open"].clone(), w["window"]["quota"].clone()), (json!(true), json!(3)), "{w}");
+    assert_eq!(w["subscribed"], true, "{w}");
+}
+
+#[tokio::test]
+async fn errcodes_43004_and_48002_close_the_window() {
+    let r = rig().await;
+    for (openid, code) in [("o43004", 43004), ("o48002", 48002)] {
+        r.callback(&r.text_from(openid, "hi", code as u64)).await;
+        r.wechat.0.lock().send_errors.push_back((code, "refused".into()));
+        let (status, err) = r.send(text("hello?", openid)).await;
+        assert_eq!(status, 422, "{err}");
+        assert_eq!(err["data"]["errcode"], code);
+        let w = r.window(openid).await;
+        assert_eq!(
+            (w["window"]["open"].clone(), w["window"]["remaining"].clone()),
+            (json!(false), json!(0)),
+            "{code}: {w}"
+        );
+        assert_eq!(w["subscribed"], json!(code != 43004), "{code}: {w}");
+    }
+}
+
+#[tokio::test]
+async fn scan_events_of_the_menu_open_a_short_window_as_click_does() {
+    let r = rig().await;
+    for (openid, event) in [("oClick", "CLICK"), ("oPush", "scancode_push"), ("oWait", "scancode_waitmsg")] {
+        let at = r.clock.now();
+        let info = "<EventKey>rselfmenu_0_1</EventKey><ScanCodeInfo><ScanType>qrcode</ScanType>\
+                    <ScanResult>1</ScanResult></ScanCodeInfo>";
+        let (status, _) = r.callback(&r.event_from(openid, event, info)).await;
+        assert_eq!(status, 200);
+        let w = r.window(openid).await;
+        assert_eq!(w["window"]["open"], true, "{event}: {w}");
+        assert_eq!(
+            (w["window"]["quota"].clone(), w["window"]["remaining"].clone()),
+            (json!(3), json!(3)),
+            "{event}: {w}"
+        );
+        let closes = w["window"]["closes_at"].as_i64().unwrap();
+        assert!((at + 60..=at + 61).contains(&closes), "{event}: {w}");
+    }
+}
+
+#[tokio::test]
+async fn overlapping_windows_show_the_longer_one_and_each_quota() {
+    let r = rig().await;
+    let t0 = r.clock.now();
+    r.callback(&r.text_from("oO", "hi", 1)).await;
+    r.callback(&r.event_from("oO", "CLICK", "<EventKey>menu</EventKey>")).await;
+    let each = |w: &Value| -> Vec<(String, bool, u64, u64)> {
+        w["window"]["windows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no windows in {w}"))
+            .iter()
+            .map(|x| {
+                let n = |k: &str| x[k].as_u64().unwrap();
+                (
+                    x["kind"].as_str().unwrap().to_owned(),
+                    x["open"].as_bool().unwrap(),
+                    n("remaining"),
+                    n("quota"),
+                )
+            })
+            .collect()
+    };
+    let w = r.window("oO").await;
+    assert_eq!(w["window"]["closes_at"].as_i64().unwrap() - t0, 48 * 3600, "the longer leads: {w}");
+    assert_eq!((w["window"]["remaining"].clone(), w["window"]["quota"].clone()), (json!(5), json!(5)));
+    assert_eq!(each(&w), [("message".into(), true, 5, 5), ("event".into(), true, 3, 3)]);
+    // A reply uses the window that closes first.
+    assert_eq!(r.send(text("one", "oO")).await.0, 200);
+    assert_eq!(each(&r.window("oO").await), [("message".into(), true, 5, 5), ("event".into(), true, 2, 3)]);
+    // Past the click's minute, replies come from the 48 hours.
+    r.clock.advance(120);
+    assert_eq!(r.send(text("two", "oO")).await.0, 200);
+    let w = r.window("oO").await;
+    assert_eq!(each(&w), [("message".into(), true, 4, 5), ("event".into(), false, 0, 3)]);
+    // The 48 hours used up: a click still allows 3, and leads.
+    for i in 0..4 {
+        assert_eq!(r.send(text(&format!("more {i}"), "oO")).await.0, 200);
+    }
+    assert_eq!(r.window("oO").await["window"]["open"], false);
+    r.callback(&r.event_from("oO", "CLICK", "<EventKey>menu</EventKey>")).await;
+    let w = r.window("oO").await;
+    assert_eq!(
+        (w["window"]["open"].clone(), w["window"]["remaining"].clone()),
+        (json!(true), json!(3)),
+        "{w}"
+    );
+    let left = w["window"]["closes_at"].as_i64().unwrap() - r.clock.now();
+    assert!((59..=60).contains(&left), "{w}");
+    assert_eq!(each(&w), [("message".into(), false, 0, 5), ("event".into(), true, 3, 3)]);
+}

@@ -367,8 +367,9 @@ pub async fn contact(
             )));
         }
         let window = w.window(contact).await.unwrap_or(Value::Null);
+        let subscribed = w.subscribed(contact).await;
         wechat = Some(json!({"appid": acct.config.appid, "original_id": acct.config.original_id,
-            "company_id": acct.config.company_id, "window": window}));
+            "company_id": acct.config.company_id, "window": window, "subscribed": subscribed}));
     }
     let data = json!({"contact_id": contact, "wechat": wechat});
     Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&data)).into_response())

@@ -22,7 +22,7 @@ mod shared;
 pub mod standin;
 pub mod state;
 
-use state::{Local, MediaRecord, NonceSeen, Quota, Shared, State, Window};
+use state::{Local, MediaRecord, NonceSeen, Quota, Shared, State, Touch};
 
 /// How long a callback nonce is remembered when `wechat.callback_max_age` is 0 (the clock
 /// check off).
@@ -335,8 +335,8 @@ impl Wechat {
         // The window opens when the follower wrote (CreateTime), so that WeChat's retries
         // of one message do not reopen it: only a later message does.
         let sent_at = xml.non_empty("CreateTime").and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(now);
-        let opens = Window::opened_by(&content.msg_type, xml.get("Event"), sent_at.min(now));
-        let window = self.state.inbound(&acct.config.appid, &openid, opens).await?;
+        let touch = Touch::of(&content.msg_type, xml.get("Event"), sent_at.min(now));
+        let window = self.state.inbound(&acct.config.appid, &openid, touch).await?.window;
         if let Some(media_id) = xml.non_empty("MediaId")
             && matches!(content.msg_type.as_str(), "image" | "voice" | "video" | "shortvideo")
         {
@@ -397,6 +397,11 @@ impl Wechat {
         self.state.follower(openid).await.ok().flatten().map(|f| f.window.to_json(self.clock.now()))
     }
 
+    /// Whether the follower still follows (false after `unsubscribe` or WeChat's 43004).
+    pub async fn subscribed(&self, openid: &str) -> Option<bool> {
+        self.state.follower(openid).await.ok().flatten().map(|f| !f.unsubscribed)
+    }
+
     /// What `send` will post for `content`: checks that WeChat can carry it and uploads
     /// its media. Nothing is sent to the follower yet.
     pub async fn prepare(
@@ -437,7 +442,7 @@ impl Wechat {
             self.state.refused(openid, code, self.clock.now()).await;
         }
         sent?;
-        let window = self.state.sent(openid).await.unwrap_or_default();
+        let window = self.state.sent(openid, self.clock.now()).await.unwrap_or_default();
         Ok(window.to_json(self.clock.now()))
     }
 
