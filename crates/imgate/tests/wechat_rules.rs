@@ -487,3 +487,95 @@ async fn overlapping_windows_show_the_longer_one_and_each_quota() {
     assert!((59..=60).contains(&left), "{w}");
     assert_eq!(each(&w), [("message".into(), false, 0, 5), ("event".into(), true, 3, 3)]);
 }
+
+// ---- 6. Event noise ----
+
+/// The value of `name{event="EVENT"}` on /metrics, 0 when absent.
+async fn dropped(s: &Server, event: &str) -> u64 {
+    let text = reqwest::get(s.http("/metrics")).await.unwrap().text().await.unwrap();
+    let prefix = format!("imgate_wechat_events_dropped_total{{event=\"{event}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.trim().parse().unwrap())
+}
+
+fn ev(kind: &str, what: &str) -> (String, String) {
+    (kind.to_owned(), what.to_owned())
+}
+
+#[tokio::test]
+async fn by_default_only_the_events_an_agent_acts_on_are_delivered() {
+    let r = rig().await;
+    let before = (dropped(&r.s, "TEMPLATESENDJOBFINISH").await, dropped(&r.s, "MASSSENDJOBFINISH").await);
+    let location =
+        "<Latitude>23.137466</Latitude><Longitude>113.352425</Longitude><Precision>119.385040</Precision>";
+    let job = "<MsgID>200163836</MsgID><Status>success</Status>";
+    for (event, extra) in [
+        ("subscribe", ""),
+        ("TEMPLATESENDJOBFINISH", job),
+        ("LOCATION", location),
+        ("MASSSENDJOBFINISH", job),
+        ("LOCATION", location),
+        ("CLICK", "<EventKey>menu</EventKey>"),
+        ("VIEW", "<EventKey>https://example.com</EventKey>"),
+        ("LOCATION", location),
+    ] {
+        let (status, answer) = r.callback(&r.event_from("oN", event, extra)).await;
+        assert_eq!((status, answer.as_str()), (200, "success"), "{event}");
+    }
+    // An hour later, a LOCATION reaches the agents again.
+    r.clock.advance(3600);
+    r.callback(&r.event_from("oN", "LOCATION", location)).await;
+    r.callback(&r.event_from("oN", "unsubscribe", "")).await;
+    r.callback(&r.text_from("oN", "sentinel", 9)).await;
+    assert_eq!(
+        r.mailbox("oN").await,
+        [
+            ev("event", "subscribe"),
+            ev("event", "LOCATION"),
+            ev("event", "CLICK"),
+            ev("event", "VIEW"),
+            ev("event", "LOCATION"),
+            ev("event", "unsubscribe"),
+            ev("text", "sentinel"),
+        ]
+    );
+    assert_eq!(dropped(&r.s, "TEMPLATESENDJOBFINISH").await, before.0 + 1);
+    assert_eq!(dropped(&r.s, "MASSSENDJOBFINISH").await, before.1 + 1);
+    assert!(dropped(&r.s, "LOCATION").await >= 2);
+    // A follower whose only word was a dropped event is no follower.
+    r.callback(&r.event_from("oJob", "TEMPLATESENDJOBFINISH", job)).await;
+    assert_eq!(r.window("oJob").await, Value::Null);
+}
+
+#[tokio::test]
+async fn deliver_events_chooses_the_events_of_an_account() {
+    let r = rig_with(|c| c.wechat.accounts[0].deliver_events = vec!["templatesendjobfinish".into()]).await;
+    r.callback(&r.event_from("oT", "subscribe", "")).await;
+    r.callback(&r.event_from("oT", "TEMPLATESENDJOBFINISH", "<MsgID>1</MsgID><Status>success</Status>"))
+        .await;
+    r.callback(&r.text_from("oT", "sentinel", 2)).await;
+    assert_eq!(r.mailbox("oT").await, [ev("event", "TEMPLATESENDJOBFINISH"), ev("text", "sentinel")]);
+    // The dropped subscribe still opened its window.
+    assert_eq!(r.window("oT").await["window"]["windows"][1]["kind"], "event");
+}
+
+#[tokio::test]
+async fn a_bad_deliver_events_entry_stops_the_server_with_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imgate.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[wechat.accounts]]\noriginal_id = \"{ORIGINAL}\"\nappid = \"{APPID}\"\ntoken = \"{TOKEN}\"\n\
+             deliver_events = [\"CLICK\", \"\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deliver_events"));
+}

@@ -59,6 +59,37 @@ pub enum UploadError {
 /// two hours less leaves room for clocks that differ and a send already on its way.
 pub const MEDIA_ID_REUSE_SECS: i64 = 70 * 3600;
 
+/// How often a conversation's LOCATION report reaches the agents (WeChat may send one
+/// every 5 seconds while the follower has the conversation open).
+const LOCATION_EVERY_SECS: i64 = 3600;
+
+/// The events counted by name when dropped; any other is counted as `other`, so that the
+/// metric's labels stay few.
+const KNOWN_EVENTS: &[&str] = &[
+    "subscribe",
+    "unsubscribe",
+    "SCAN",
+    "LOCATION",
+    "CLICK",
+    "VIEW",
+    "TEMPLATESENDJOBFINISH",
+    "MASSSENDJOBFINISH",
+    "PUBLISHJOBFINISH",
+    "scancode_push",
+    "scancode_waitmsg",
+    "pic_sysphoto",
+    "pic_photo_or_album",
+    "pic_weixin",
+    "location_select",
+    "view_miniprogram",
+    "subscribe_msg_popup_event",
+    "subscribe_msg_change_event",
+    "subscribe_msg_sent_event",
+    "kf_create_session",
+    "kf_close_session",
+    "kf_switch_session",
+];
+
 /// Download attempts for inbound media, and the waits between them.
 const MEDIA_RETRIES: [Duration; 5] = [
     Duration::from_secs(0),
@@ -321,8 +352,14 @@ impl Wechat {
     }
 
     /// An opened callback, as a message for the account's agents: the follower is
-    /// remembered with their window, media is recorded and its download started.
-    pub async fn inbound(self: &Arc<Self>, acct: &Account, xml: &XmlMessage) -> Result<Inbound, WechatError> {
+    /// remembered with their window, media is recorded and its download started. `None`
+    /// for an event the account does not deliver (`deliver_events`): it still counts for
+    /// the window, and is stored nowhere.
+    pub async fn inbound(
+        self: &Arc<Self>,
+        acct: &Account,
+        xml: &XmlMessage,
+    ) -> Result<Option<Inbound>, WechatError> {
         let openid = xml.non_empty("FromUserName").ok_or(WechatError::NoSender)?.to_owned();
         imgate_protocol::check_id("FromUserName", &openid).map_err(|e| WechatError::BadId(e.to_string()))?;
         let mut content = imgate_protocol::content_from_xml(xml)?;
@@ -336,6 +373,19 @@ impl Wechat {
         // of one message do not reopen it: only a later message does.
         let sent_at = xml.non_empty("CreateTime").and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(now);
         let touch = Touch::of(&content.msg_type, xml.get("Event"), sent_at.min(now));
+        if content.msg_type == "event" {
+            let event = xml.get("Event").unwrap_or_default();
+            if !self.delivers(acct, event, &openid, now).await {
+                // What the follower did still opens or closes a window; an event that
+                // does neither leaves no trace (not even a follower record).
+                if touch.opens.is_some() || touch.subscribed.is_some() {
+                    self.state.inbound(&acct.config.appid, &openid, touch).await?;
+                }
+                let label = KNOWN_EVENTS.iter().find(|k| **k == event).copied().unwrap_or("other");
+                metrics::counter!("imgate_wechat_events_dropped_total", "event" => label).increment(1);
+                return Ok(None);
+            }
+        }
         let window = self.state.inbound(&acct.config.appid, &openid, touch).await?.window;
         if let Some(media_id) = xml.non_empty("MediaId")
             && matches!(content.msg_type.as_str(), "image" | "voice" | "video" | "shortvideo")
@@ -348,14 +398,14 @@ impl Wechat {
                 if let Some(m) = content.msg.as_object_mut() {
                     m.insert("media_path".into(), Value::String(format!("{MEDIA_PATH}{}", known.id)));
                 }
-                return Ok(Inbound {
+                return Ok(Some(Inbound {
                     openid,
                     appid: acct.config.appid.clone(),
                     agents: acct.config.agents(),
                     company_id: acct.config.company_id.clone(),
                     content,
                     window: Some(window.to_json(now)),
-                });
+                }));
             }
             let rec = MediaRecord {
                 id: id.clone(),
@@ -376,14 +426,24 @@ impl Wechat {
             }
             self.clone().spawn_download(rec);
         }
-        Ok(Inbound {
+        Ok(Some(Inbound {
             openid,
             appid: acct.config.appid.clone(),
             agents: acct.config.agents(),
             company_id: acct.config.company_id.clone(),
             content,
             window: Some(window.to_json(now)),
-        })
+        }))
+    }
+
+    /// Whether `event` reaches the agents: listed in the account's `deliver_events`
+    /// (in any case), and for LOCATION, the conversation's first report of the hour.
+    async fn delivers(&self, acct: &Account, event: &str, openid: &str, now: i64) -> bool {
+        if !acct.config.deliver_events.iter().any(|e| e.eq_ignore_ascii_case(event)) {
+            return false;
+        }
+        !event.eq_ignore_ascii_case("LOCATION")
+            || self.state.first_location(&acct.config.appid, openid, now, LOCATION_EVERY_SECS).await
     }
 
     /// The account `contact` follows, if it is a follower who has written to one.

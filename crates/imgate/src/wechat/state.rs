@@ -235,6 +235,8 @@ pub struct Local {
     /// Bytes uploaded, by (user, UTC day).
     usage: Mutex<HashMap<(String, i64), u64>>,
     nonces: Mutex<Nonces>,
+    /// When each conversation's last LOCATION report was delivered, by appid and openid.
+    locations: Mutex<HashMap<(String, String), i64>>,
 }
 
 /// How many callback nonces one node remembers at most (the embedded backend). A
@@ -402,6 +404,7 @@ impl Local {
             readers: Mutex::new(readers),
             usage: Mutex::new(usage),
             nonces: Mutex::new(Nonces::default()),
+            locations: Mutex::new(HashMap::new()),
         })
     }
 
@@ -820,6 +823,30 @@ impl State {
         }
     }
 
+    /// Whether a LOCATION report of `openid` at `now` is the first of its conversation
+    /// within `every` seconds (WeChat may send one every 5 seconds). With Redis, where
+    /// Redis cannot answer it is taken as the first: one frame too many, rather than none.
+    pub async fn first_location(&self, appid: &str, openid: &str, now: i64, every: i64) -> bool {
+        match self {
+            State::Local(l) => {
+                let mut seen = l.locations.lock();
+                // Bounded by the conversations of the last period.
+                if seen.len() > 10_000 {
+                    seen.retain(|_, at| now - *at < every);
+                }
+                let key = (appid.to_owned(), openid.to_owned());
+                match seen.get(&key) {
+                    Some(at) if now - *at < every => false,
+                    _ => {
+                        seen.insert(key, now);
+                        true
+                    }
+                }
+            }
+            State::Redis(r) => r.first_location(appid, openid, every).await,
+        }
+    }
+
     /// Forget media recorded before `cutoff` (Redis forgets by itself: its keys expire).
     /// Followers are kept: a reply to one imgate forgot would go to a mailbox instead of
     /// failing at WeChat.
@@ -1119,6 +1146,21 @@ impl Shared {
             redis::cmd("SISMEMBER").arg(format!("imgate:wx:m:{id}:r")).arg(user).query_async(&mut c).await,
         )
         .unwrap_or(false)
+    }
+
+    async fn first_location(&self, appid: &str, openid: &str, every: i64) -> bool {
+        let mut c = self.conn.clone();
+        let set: Option<Option<String>> = Self::warn(
+            redis::cmd("SET")
+                .arg(format!("imgate:wx:loc:{appid}:{openid}"))
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(every.max(1))
+                .query_async(&mut c)
+                .await,
+        );
+        set.is_none_or(|s| s.is_some())
     }
 
     async fn reserve_upload(&self, user: &str, day: i64, bytes: u64, quota: u64) -> Result<Quota, String> {
