@@ -74,7 +74,7 @@ impl Window {
         if now < self.closes_at { self.quota.saturating_sub(self.sent) } else { 0 }
     }
 
-    fn to_json(&self, now: i64) -> Value {
+    fn json(self, now: i64) -> Value {
         json!({"open": self.is_open(now), "closes_at": self.closes_at, "remaining": self.remaining(now), "quota": self.quota})
     }
 }
@@ -178,7 +178,7 @@ impl Windows {
             .iter()
             .filter(|(_, w)| w.closes_at > 0)
             .map(|(kind, w)| {
-                let mut v = w.to_json(now);
+                let mut v = w.json(now);
                 v["kind"] = json!(kind);
                 v
             })
