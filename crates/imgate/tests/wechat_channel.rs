@@ -388,7 +388,7 @@ async fn imgate_wechat_simulate_posts_like_wechat() {
     // WeChat (here a different stand-in, which does not know the media: the download
     // fails and the error is visible, delivery is not held up).
     let img = dir.path().join("p.png");
-    std::fs::write(&img, b"\x89PNG fake").unwrap();
+    std::fs::write(&img, b"\x89PNG\r\n\x1a\n fake").unwrap();
     simulate(args(&["--image", img.to_str().unwrap()])).await;
     let f = agent.frame().await;
     assert_eq!(f["result"]["code"], 1002);

@@ -214,6 +214,26 @@ async fn an_upload_wechat_would_refuse_is_refused_at_upload_in_words() {
     assert_eq!(media_files(&r.s), 4);
 }
 
+/// The stand-in refuses what WeChat refuses, with WeChat's codes, for clients that upload
+/// to it directly (`imgate wechat simulate`).
+#[tokio::test]
+async fn the_stand_in_refuses_uploads_as_wechat_does() {
+    let (_wechat, base) = common::wechat::standin().await;
+    let api = imgate_wechat::Api::new(&base, std::time::Duration::from_secs(10));
+    let token = api.stable_token(APPID, common::wechat::SECRET, false).await.unwrap().value;
+    let mut voice = b"ID3".to_vec();
+    voice.resize((2 << 20) + 1, 0);
+    for (kind, bytes, want) in [
+        ("voice", voice, Some(40010)),
+        ("image", mp4(100), Some(40005)),
+        ("voice", amr(61), Some(45007)),
+        ("image", png(100), None),
+    ] {
+        let got = api.media_upload(&token, kind, "f", "application/octet-stream", bytes.into()).await;
+        assert_eq!(got.err().and_then(|e| e.errcode()), want, "{kind}");
+    }
+}
+
 // ---- 3. Video replies carry only what the agent gave ----
 
 #[tokio::test]
@@ -402,10 +422,13 @@ async fn errcodes_43004_and_48002_close_the_window() {
     let r = rig().await;
     for (openid, code) in [("o43004", 43004), ("o48002", 48002)] {
         r.callback(&r.text_from(openid, "hi", code as u64)).await;
-        r.wechat.0.lock().send_errors.push_back((code, "refused".into()));
+        // The follower unfollowed, or turned messages from the account off.
+        r.wechat.0.lock().refusing.insert(openid.into(), code);
         let (status, err) = r.send(text("hello?", openid)).await;
         assert_eq!(status, 422, "{err}");
         assert_eq!(err["data"]["errcode"], code);
+        let words = if code == 43004 { "unfollowed" } else { "turned off messages" };
+        assert!(err["result"]["message"].as_str().unwrap().contains(words), "{err}");
         let w = r.window(openid).await;
         assert_eq!(
             (w["window"]["open"].clone(), w["window"]["remaining"].clone()),

@@ -1,6 +1,8 @@
 //! A stand-in for WeChat's API servers, which no test machine can reach: access tokens
 //! (`token`, `stable_token`), `message/custom/send`, `media/upload`, `media/get` — with
-//! WeChat's answers and errors. The tests drive imgate against it; `imgate wechat
+//! WeChat's answers and errors (temporary media expires after 3 days: 40007; uploads over
+//! WeChat's limits: 40005, 40009–40012, 45007; followers who unfollowed or turned
+//! messages off: 43004, 48002). The tests drive imgate against it; `imgate wechat
 //! standin` runs it for people trying imgate without an Official Account.
 
 use std::collections::{HashMap, VecDeque};
@@ -38,6 +40,9 @@ pub struct Inner {
     pub send_errors: VecDeque<(i64, String)>,
     /// Followers whose window is closed (custom/send answers 45015).
     pub closed: Vec<String>,
+    /// Followers custom/send refuses with WeChat's code: 43004 (unfollowed), 48002
+    /// (turned messages off), 43019 (blacklisted)…
+    pub refusing: HashMap<String, i64>,
     /// Every accepted custom/send body, as bytes received.
     pub sent: Vec<Bytes>,
     /// media_id → (bytes, content type)
@@ -109,6 +114,10 @@ impl StandIn {
             .route("/standin/sent", get(sent))
             .route("/standin/close", post(close))
             .route("/standin/expire_media", post(expire_media))
+            .route("/standin/refuse", post(refuse))
+            // Uploads up to WeChat's largest (10 MB video) and past it, to refuse them as
+            // WeChat does rather than at axum's 2 MB default.
+            .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
             .with_state(self.clone())
     }
 
@@ -211,6 +220,15 @@ async fn custom_send(
     if st.closed.contains(&touser) {
         return wechat_error(45015, "response out of time limit or subscription is canceled");
     }
+    if let Some(&code) = st.refusing.get(&touser) {
+        let errmsg = match code {
+            43004 => "require subscribe",
+            43019 => "require remove blacklist",
+            48002 => "api forbid for user",
+            _ => "refused",
+        };
+        return wechat_error(code, errmsg);
+    }
     match v["msgtype"].as_str() {
         Some("text") if v["text"]["content"].is_string() => {}
         Some(kind @ ("image" | "voice" | "video")) => {
@@ -241,6 +259,9 @@ async fn media_upload(
         if field.name() == Some("media") {
             let ct = field.content_type().unwrap_or("application/octet-stream").to_owned();
             let Ok(bytes) = field.bytes().await else { return wechat_error(41005, "media data missing") };
+            if let Some(refused) = media_refusal(&kind, &bytes) {
+                return refused;
+            }
             let mut st = s.0.lock();
             st.next += 1;
             let id = format!("MEDIA-{}", st.next);
@@ -252,6 +273,38 @@ async fn media_upload(
         }
     }
     wechat_error(41005, "media data missing")
+}
+
+/// What WeChat answers to an upload of `kind` it does not take: the size first, then the
+/// format (by the bytes), then a voice's length.
+fn media_refusal(kind: &str, bytes: &[u8]) -> Option<Response> {
+    use imgate_wechat::limits::{self, Format};
+    let (max, code, errmsg) = match kind {
+        "image" => (limits::IMAGE_MAX, 40009, "invalid image size"),
+        "voice" => (limits::VOICE_MAX, 40010, "invalid voice size"),
+        "video" => (limits::VIDEO_MAX, 40011, "invalid video size"),
+        _ => (limits::THUMB_MAX, 40012, "invalid thumb size"),
+    };
+    if bytes.is_empty() {
+        return Some(wechat_error(40006, "invalid meida size"));
+    }
+    if bytes.len() > max {
+        return Some(wechat_error(code, errmsg));
+    }
+    let takes = matches!(
+        (kind, limits::sniff(bytes)),
+        ("image", Some(Format::Png | Format::Jpeg | Format::Gif))
+            | ("voice", Some(Format::Amr | Format::AmrWb | Format::Mp3))
+            | ("video", Some(Format::Mp4))
+            | ("thumb", Some(Format::Jpeg))
+    );
+    if !takes {
+        return Some(wechat_error(40005, "invalid file type"));
+    }
+    if limits::amr_duration_ms(bytes).is_some_and(|ms| ms > limits::VOICE_MAX_MS) {
+        return Some(wechat_error(45007, "playtime out of limit"));
+    }
+    None
 }
 
 /// Every accepted customer-service message, as JSON.
@@ -267,6 +320,18 @@ async fn close(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>
         s.0.lock().closed.push(o.clone());
     }
     ok(json!({"errcode": 0, "errmsg": "ok"}))
+}
+
+/// `?openid=&errcode=`: custom/send to that follower answers errcode from now on (43004:
+/// unfollowed, 48002: messages turned off, …).
+async fn refuse(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    match (q.get("openid"), q.get("errcode").and_then(|c| c.parse::<i64>().ok())) {
+        (Some(o), Some(code)) => {
+            s.0.lock().refusing.insert(o.clone(), code);
+            ok(json!({"errcode": 0, "errmsg": "ok"}))
+        }
+        _ => wechat_error(40035, "invalid args"),
+    }
 }
 
 /// Every media id issued so far expires now (media/get and custom/send answer 40007).
