@@ -258,6 +258,30 @@ mod tests {
         }
     }
 
+    /// Untrusted bytes: every prefix of every sample, and each with any first byte, is
+    /// answered without a panic.
+    #[test]
+    fn no_input_panics() {
+        let samples =
+            [amr(1), mp4(40), sized(b"\x89PNG\r\n\x1a\n", 20), sized(b"#!AMR-WB\n", 40), sized(b"ID3", 8)];
+        for s in &samples {
+            for n in 0..=s.len() {
+                for declared in ["", "image/png", "audio/amr", "video/mp4", "text/html"] {
+                    let _ = check(&s[..n], declared, n % 2 == 0);
+                }
+                let _ = amr_duration_ms(&s[..n]);
+            }
+            for b in 0..=255u8 {
+                let mut v = s.clone();
+                if let Some(last) = v.last_mut() {
+                    *last = b;
+                }
+                let _ = check(&v, "", false);
+                let _ = amr_duration_ms(&v);
+            }
+        }
+    }
+
     #[test]
     fn refusals_say_the_rule() {
         let e = check(&amr(61), "audio/amr", false).unwrap_err().to_string();
