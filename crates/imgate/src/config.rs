@@ -126,7 +126,7 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   reassign_after = \"5m\"              claim/round_robin: an assignee offline this long while the
                                      follower waits loses the conversation (unassigned, or the next
                                      agent under round_robin)
-  deliver_events = [\"subscribe\", \"unsubscribe\", \"SCAN\", \"CLICK\", \"VIEW\", \"LOCATION\"]
+  deliver_events = [\"subscribe\", \"unsubscribe\", \"SCAN\", \"CLICK\", \"VIEW\", \"scancode_push\", \"scancode_waitmsg\", \"LOCATION\"]
                                      the events (Event of MsgType event) that reach the agents; LOCATION
                                      only the first of a follower per hour. Others are answered
                                      success, stored nowhere, counted in imgate_wechat_events_dropped_total
@@ -257,9 +257,20 @@ impl Default for AccountConfig {
             routing: Routing::All,
             max_open_per_agent: 20,
             reassign_after: Duration::from_secs(300),
-            deliver_events: ["subscribe", "unsubscribe", "SCAN", "CLICK", "VIEW", "LOCATION"]
-                .map(String::from)
-                .to_vec(),
+            // The menu's scan events open a reply window, as CLICK does: an agent must see
+            // them to use it.
+            deliver_events: [
+                "subscribe",
+                "unsubscribe",
+                "SCAN",
+                "CLICK",
+                "VIEW",
+                "scancode_push",
+                "scancode_waitmsg",
+                "LOCATION",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }

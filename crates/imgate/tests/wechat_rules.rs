@@ -539,6 +539,7 @@ async fn by_default_only_the_events_an_agent_acts_on_are_delivered() {
         ("LOCATION", location),
         ("CLICK", "<EventKey>menu</EventKey>"),
         ("VIEW", "<EventKey>https://example.com</EventKey>"),
+        ("scancode_waitmsg", "<EventKey>rselfmenu_0_0</EventKey>"),
         ("LOCATION", location),
     ] {
         let (status, answer) = r.callback(&r.event_from("oN", event, extra)).await;
@@ -556,6 +557,7 @@ async fn by_default_only_the_events_an_agent_acts_on_are_delivered() {
             ev("event", "LOCATION"),
             ev("event", "CLICK"),
             ev("event", "VIEW"),
+            ev("event", "scancode_waitmsg"),
             ev("event", "LOCATION"),
             ev("event", "unsubscribe"),
             ev("text", "sentinel"),
