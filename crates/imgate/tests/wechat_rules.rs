@@ -214,6 +214,24 @@ async fn an_upload_wechat_would_refuse_is_refused_at_upload_in_words() {
     assert_eq!(media_files(&r.s), 4);
 }
 
+#[tokio::test]
+async fn media_sent_as_another_kind_is_refused_before_anything_is_kept() {
+    let r = rig().await;
+    r.callback(&r.text_from("oK", "hi", 1)).await;
+    let (_, up) = r.upload("image/png", png(100)).await;
+    let path = up["data"]["media_path"].as_str().unwrap();
+    let (status, err) =
+        r.send(json!({"msg_type": "voice", "contact_id": "oK", "msg": {"media_path": path}})).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(err["result"]["message"].as_str().unwrap().contains("send it as msg_type \"image\""), "{err}");
+    let uploads = r.wechat.0.lock().uploads;
+    assert_eq!((uploads, r.sent().len()), (0, 0));
+    assert_eq!(
+        r.send(json!({"msg_type": "image", "contact_id": "oK", "msg": {"media_path": path}})).await.0,
+        200
+    );
+}
+
 /// The stand-in refuses what WeChat refuses, with WeChat's codes, for clients that upload
 /// to it directly (`imgate wechat simulate`).
 #[tokio::test]

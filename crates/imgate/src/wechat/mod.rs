@@ -148,6 +148,8 @@ pub enum WechatError {
     MediaMissing(String),
     #[error("media {0} is not one you may see, so you cannot send it")]
     MediaForbidden(String),
+    #[error("media {path} is {is}: send it as msg_type {is:?}, not {want:?} (WeChat would refuse it)")]
+    MediaKind { path: String, is: String, want: String },
     #[error("{}", .0.explain())]
     Api(#[from] ApiError),
     #[error(transparent)]
@@ -567,6 +569,20 @@ impl Wechat {
             .await
             .filter(|m| m.status == "ready")
             .ok_or_else(|| WechatError::MediaMissing(path.to_owned()))?;
+        // An upload of one kind sent as another fails at WeChat's upload: say so now.
+        let fits = match kind {
+            "image" => matches!(rec.kind.as_str(), "image" | "thumb"),
+            "voice" => rec.kind == "voice",
+            _ => matches!(rec.kind.as_str(), "video" | "shortvideo"),
+        };
+        if !fits && !rec.kind.is_empty() {
+            let is = match rec.kind.as_str() {
+                "shortvideo" => "video".to_owned(),
+                "thumb" => "image".to_owned(),
+                other => other.to_owned(),
+            };
+            return Err(WechatError::MediaKind { path: path.to_owned(), is, want: kind.to_owned() });
+        }
         let fresh = self.clock.now().saturating_sub(rec.media_at) < MEDIA_ID_REUSE_SECS;
         if !rec.media_id.is_empty() && rec.appid == acct.config.appid && fresh {
             let again = Reupload { id: rec.id, kind: kind.to_owned(), cached: true };
