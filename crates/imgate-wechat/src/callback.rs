@@ -33,10 +33,6 @@ pub enum CallbackError {
     Missing(&'static str),
     #[error("signature does not match: is the account's token right?")]
     BadSignature,
-    #[error(
-        "this account is configured for safe mode (encoding_aes_key is set): plaintext callbacks are refused"
-    )]
-    PlaintextRefused,
     #[error("the callback is encrypted but this account has no encoding_aes_key configured")]
     NoKey,
     #[error("the encrypted callback has no Encrypt element")]
@@ -63,8 +59,11 @@ pub fn verify_url<'q>(q: &'q CallbackQuery, token: &str) -> Result<&'q str, Call
     Ok(echostr)
 }
 
-/// A message `POST`, checked and opened. In compatible mode only the decrypted copy is
-/// trusted; its clear fields are ignored.
+/// A message `POST`, checked and opened. The mode is the request's, as WeChat's SDKs
+/// read it: `encrypt_type=aes` is decrypted (and needs the key); anything else is a
+/// plaintext callback, checked by its `signature`, even on an account that has a key
+/// (the admin console shows the key in every mode, and operators paste it). In
+/// compatible mode only the decrypted copy is trusted; its clear fields are ignored.
 pub fn open_callback(q: &CallbackQuery, body: &str, keys: Keys<'_>) -> Result<XmlMessage, CallbackError> {
     let timestamp = need(&q.timestamp, "timestamp")?;
     let nonce = need(&q.nonce, "nonce")?;
@@ -78,9 +77,6 @@ pub fn open_callback(q: &CallbackQuery, body: &str, keys: Keys<'_>) -> Result<Xm
         }
         let inner = cipher.decrypt_for(encrypted, keys.appid)?;
         return Ok(XmlMessage::parse(&inner)?);
-    }
-    if keys.cipher.is_some() {
-        return Err(CallbackError::PlaintextRefused);
     }
     let signature = need(&q.signature, "signature")?;
     if !verify(signature, &[keys.token, timestamp, nonce]) {
@@ -145,6 +141,19 @@ mod tests {
         assert_eq!(open_callback(&query(&q), &body, safe).unwrap().get("Content"), Some("hi"));
     }
 
+    /// The request's `encrypt_type` decides the mode, not whether the account has a key.
+    #[test]
+    fn a_signed_plaintext_callback_opens_on_an_account_with_a_key() {
+        let cipher = Cipher::new(KEY).unwrap();
+        let safe = Keys { token: "tok", appid: "wx1", cipher: Some(&cipher) };
+        let plain = Keys { cipher: None, ..safe };
+        let (body, q) = seal(XML, plain, "1700000000", "n1");
+        assert_eq!(open_callback(&query(&q), &body, safe).unwrap().get("Content"), Some("hi"));
+        let mut raw = query(&q);
+        raw.encrypt_type = Some("raw".into());
+        assert_eq!(open_callback(&raw, &body, safe).unwrap().get("Content"), Some("hi"));
+    }
+
     #[test]
     fn what_is_refused() {
         let cipher = Cipher::new(KEY).unwrap();
@@ -163,10 +172,12 @@ mod tests {
         let mut bad = query(&q);
         bad.msg_signature = Some("0".repeat(40));
         assert_eq!(open_callback(&bad, &body, safe), Err(CallbackError::BadSignature));
-        // Plaintext where safe mode is configured; encrypted where it is not.
-        let (pbody, pq) = seal(XML, plain, "1700000000", "n1");
-        assert_eq!(open_callback(&query(&pq), &pbody, safe), Err(CallbackError::PlaintextRefused));
+        // Encrypted where no key is configured; plaintext with a bad signature where one is.
         assert_eq!(open_callback(&query(&q), &body, plain), Err(CallbackError::NoKey));
+        let (pbody, pq) = seal(XML, plain, "1700000000", "n1");
+        let mut forged = query(&pq);
+        forged.signature = Some("0".repeat(40));
+        assert_eq!(open_callback(&forged, &pbody, safe), Err(CallbackError::BadSignature));
         // Truncated or garbage Encrypt, signed correctly so that decryption is reached.
         for enc in ["", "@@@@", "AAAA", "hyzAe4OzmOMbd6TvGdIOO6uBmdJoD0Fk53REIHvxYtI="] {
             let body =

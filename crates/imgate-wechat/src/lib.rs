@@ -7,13 +7,16 @@
 
 pub mod api;
 pub mod callback;
+pub mod clock;
 pub mod crypto;
 pub mod errors;
+pub mod limits;
 pub mod signature;
 pub mod token;
 
 pub use api::{Api, ApiError, Media, install_tls_provider};
 pub use callback::{CallbackError, CallbackQuery, open_callback};
+pub use clock::Clock;
 pub use crypto::{Cipher, CryptoError};
 pub use errors::plain_words;
 pub use signature::{sign, verify};

@@ -137,6 +137,10 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   reassign_after = \"5m\"              claim/round_robin: an assignee offline this long while the
                                      follower waits loses the conversation (unassigned, or the next
                                      agent under round_robin)
+  deliver_events = [\"subscribe\", \"unsubscribe\", \"SCAN\", \"CLICK\", \"VIEW\", \"scancode_push\", \"scancode_waitmsg\", \"LOCATION\"]
+                                     the events (Event of MsgType event) that reach the agents; LOCATION
+                                     only the first of a follower per hour. Others are answered
+                                     success, stored nowhere, counted in imgate_wechat_events_dropped_total
 
   [protocol]
   create_time_zone = \"+08:00\"        zone of a CreateTime written as YYYY-MM-DD HH:MM:SS
@@ -210,6 +214,10 @@ pub struct WechatConfig {
     #[serde(with = "humantime_serde")]
     pub callback_max_age: Duration,
     pub accounts: Vec<AccountConfig>,
+    /// The channel's clock: the system's, unless a test moves it (WeChat's rules run for
+    /// days). Not a key.
+    #[serde(skip)]
+    pub clock: imgate_wechat::Clock,
 }
 
 impl Default for WechatConfig {
@@ -223,6 +231,7 @@ impl Default for WechatConfig {
             media_dir: PathBuf::new(),
             callback_max_age: Duration::from_secs(300),
             accounts: Vec::new(),
+            clock: imgate_wechat::Clock::default(),
         }
     }
 }
@@ -242,6 +251,8 @@ pub struct AccountConfig {
     pub max_open_per_agent: usize,
     #[serde(with = "humantime_serde")]
     pub reassign_after: Duration,
+    /// The events that reach the agents (docs/wechat.md); the rest are answered and dropped.
+    pub deliver_events: Vec<String>,
 }
 
 impl Default for AccountConfig {
@@ -257,6 +268,20 @@ impl Default for AccountConfig {
             routing: Routing::All,
             max_open_per_agent: 20,
             reassign_after: Duration::from_secs(300),
+            // The menu's scan events open a reply window, as CLICK does: an agent must see
+            // them to use it.
+            deliver_events: [
+                "subscribe",
+                "unsubscribe",
+                "SCAN",
+                "CLICK",
+                "VIEW",
+                "scancode_push",
+                "scancode_waitmsg",
+                "LOCATION",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -289,6 +314,7 @@ impl std::fmt::Debug for AccountConfig {
             .field("routing", &self.routing)
             .field("max_open_per_agent", &self.max_open_per_agent)
             .field("reassign_after", &self.reassign_after)
+            .field("deliver_events", &self.deliver_events)
             .finish()
     }
 }
@@ -783,6 +809,15 @@ impl Config {
                 return bad(
                     "wechat.accounts.max_open_per_agent",
                     "max_open_per_agent and reassign_after must be above zero",
+                );
+            }
+            let event_name = |e: &String| {
+                !e.is_empty() && e.len() <= 64 && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            };
+            if !a.deliver_events.iter().all(event_name) {
+                return bad(
+                    "wechat.accounts.deliver_events",
+                    "each entry is a WeChat event name (letters, digits and _), such as \"CLICK\"",
                 );
             }
         }

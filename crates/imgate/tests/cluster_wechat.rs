@@ -104,6 +104,26 @@ async fn two_nodes_share_followers_tokens_and_media() {
     assert_eq!(wechat.0.lock().token_fetches, 1, "one token for every node");
     let (_, c) = a.get("/im_component/wx_official_account/contact?userid=agent&contact_id=oX").await;
     assert_eq!(c["data"]["wechat"]["window"]["remaining"], 2, "both nodes counted the replies: {c}");
+    // A click through node B opens a window beside the message window; an unsubscribe
+    // closes both, and node A shows it.
+    let ev = |e: &str| {
+        format!(
+            "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oX</FromUserName><CreateTime>{now}</CreateTime><MsgType>event</MsgType><Event>{e}</Event></xml>"
+        )
+    };
+    callback(&b, ev("CLICK")).await;
+    let (_, c) = a.get("/im_component/wx_official_account/contact?userid=agent&contact_id=oX").await;
+    let kinds: Vec<&str> = c["data"]["wechat"]["window"]["windows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{c}"))
+        .iter()
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["message", "event"], "{c}");
+    callback(&b, ev("unsubscribe")).await;
+    let (_, c) = a.get("/im_component/wx_official_account/contact?userid=agent&contact_id=oX").await;
+    assert_eq!(c["data"]["wechat"]["window"]["open"], false, "{c}");
+    assert_eq!(c["data"]["wechat"]["subscribed"], false, "{c}");
 }
 
 /// A token WeChat stopped taking is refreshed once for every node, however many sends on

@@ -95,7 +95,8 @@ fn verify_as(state: AppState, appid: Option<String>, query: Q) -> Result<Respons
 }
 
 /// One callback, counted by outcome in `imgate_wechat_callbacks_total`: `stored`,
-/// `duplicate` (WeChat's retry of one already stored), `refused` (4xx: signature, content,
+/// `duplicate` (WeChat's retry of one already stored), `dropped` (an event the account
+/// does not deliver), `refused` (4xx: signature, content,
 /// account), `unavailable` (503: WeChat sends it again later) or `failed`.
 async fn receive_as(
     state: AppState,
@@ -105,8 +106,7 @@ async fn receive_as(
 ) -> Result<Response, ApiError> {
     let result = receive_once(state, appid, query, body).await;
     let outcome = match &result {
-        Ok(false) => "stored",
-        Ok(true) => "duplicate",
+        Ok(outcome) => *outcome,
         Err(ApiError::Unavailable(_)) => "unavailable",
         Err(e) if e.status().is_client_error() => "refused",
         Err(_) => "failed",
@@ -117,13 +117,13 @@ async fn receive_as(
     Ok(([(header::CONTENT_TYPE, "text/plain")], "success").into_response())
 }
 
-/// Whether the callback was a duplicate, or why it was refused.
+/// What became of the callback (`stored`, `duplicate`, `dropped`), or why it was refused.
 async fn receive_once(
     state: AppState,
     appid: Option<String>,
     query: Q,
     body: Result<Bytes, BytesRejection>,
-) -> Result<bool, ApiError> {
+) -> Result<&'static str, ApiError> {
     let w = channel(&state)?;
     let acct = account(w, appid.as_deref())?;
     let q = callback_query(query)?;
@@ -132,6 +132,9 @@ async fn receive_once(
         std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
     let xml = w.open(acct, &q, text).map_err(refused)?;
     w.check_nonce(acct, &q, &xml).await.map_err(refused)?;
-    let inbound = w.inbound(acct, &xml).await.map_err(refused)?;
-    Ok(state.ingest.wechat_inbound(inbound, &xml).await?.duplicate)
+    let Some(inbound) = w.inbound(acct, &xml).await.map_err(refused)? else {
+        return Ok("dropped");
+    };
+    let duplicate = state.ingest.wechat_inbound(inbound, &xml).await?.duplicate;
+    Ok(if duplicate { "duplicate" } else { "stored" })
 }

@@ -333,31 +333,26 @@ pub async fn upload(
     let ct =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let ct = ct.split(';').next().unwrap_or("").trim().to_owned();
-    // Types a browser shows but never runs (no SVG: it is a document that can script).
-    const ALLOWED: &[&str] = &[
-        "image/jpeg",
-        "image/png",
-        "image/gif",
-        "image/webp",
-        "image/bmp",
-        "audio/amr",
-        "audio/mpeg",
-        "audio/mp3",
-        "audio/ogg",
-        "audio/wav",
-        "audio/x-wav",
-        "video/mp4",
-    ];
-    if !ALLOWED.contains(&ct.as_str()) {
-        return Err(ApiError::UnsupportedMedia(format!(
-            "upload a picture (JPEG, PNG, GIF, WebP, BMP), audio (AMR, MP3, Ogg, WAV) or an MP4 video \
-             with its Content-Type (got {ct:?})"
-        )));
-    }
     if body.is_empty() {
         return Err(ApiError::BadRequest("empty upload".into()));
     }
-    let rec = match w.save_upload(owner, body, &ct).await {
+    // What WeChat would refuse at send time is refused now, by the bytes themselves (no
+    // SVG or HTML either: only formats a browser shows but never runs).
+    let thumb = match params.get("type") {
+        None | Some("") => false,
+        Some("thumb") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "type={other:?}: leave it out, or type=thumb for a video's thumbnail"
+            )));
+        }
+    };
+    let checked = imgate_wechat::limits::check(&body, &ct, thumb).map_err(|e| match e {
+        imgate_wechat::limits::Refused::Type(why) => ApiError::UnsupportedMedia(why),
+        imgate_wechat::limits::Refused::Size(why) => ApiError::PayloadTooLarge(why),
+    })?;
+    let ct = checked.format.content_type();
+    let rec = match w.save_upload(owner, body, ct, checked.kind).await {
         Ok(rec) => rec,
         Err(e @ UploadError::OverQuota { .. }) => {
             // The quota is per UTC day: say when it starts again.
@@ -398,8 +393,9 @@ pub async fn contact(
             )));
         }
         let window = w.window(contact).await.unwrap_or(Value::Null);
+        let subscribed = w.subscribed(contact).await;
         wechat = Some(json!({"appid": acct.config.appid, "original_id": acct.config.original_id,
-            "company_id": acct.config.company_id, "window": window}));
+            "company_id": acct.config.company_id, "window": window, "subscribed": subscribed}));
     }
     let data = json!({"contact_id": contact, "wechat": wechat});
     Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&data)).into_response())

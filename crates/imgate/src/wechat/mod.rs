@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use imgate_protocol::{Content, XmlMessage};
 use imgate_wechat::callback::Keys;
-use imgate_wechat::{Api, ApiError, CallbackError, CallbackQuery, Cipher, Media, TokenCache};
+use imgate_wechat::{Api, ApiError, CallbackError, CallbackQuery, Cipher, Clock, Media, TokenCache};
 use serde_json::{Value, json};
 
 use crate::config::{AccountConfig, TokenMode, WechatConfig};
@@ -23,7 +23,7 @@ pub mod standin;
 pub mod state;
 pub mod voice;
 
-use state::{Local, MediaRecord, NonceSeen, Quota, Shared, State, Window};
+use state::{Local, MediaRecord, NonceSeen, Quota, Shared, State, Touch};
 
 /// How long a callback nonce is remembered when `wechat.callback_max_age` is 0 (the clock
 /// check off).
@@ -56,6 +56,41 @@ pub enum UploadError {
     NotRecorded(StateUnavailable),
 }
 
+/// How long a media id WeChat gave is reused. WeChat keeps temporary media 3 days (72 h);
+/// two hours less leaves room for clocks that differ and a send already on its way.
+pub const MEDIA_ID_REUSE_SECS: i64 = 70 * 3600;
+
+/// How often a conversation's LOCATION report reaches the agents (WeChat may send one
+/// every 5 seconds while the follower has the conversation open).
+const LOCATION_EVERY_SECS: i64 = 3600;
+
+/// The events counted by name when dropped; any other is counted as `other`, so that the
+/// metric's labels stay few.
+const KNOWN_EVENTS: &[&str] = &[
+    "subscribe",
+    "unsubscribe",
+    "SCAN",
+    "LOCATION",
+    "CLICK",
+    "VIEW",
+    "TEMPLATESENDJOBFINISH",
+    "MASSSENDJOBFINISH",
+    "PUBLISHJOBFINISH",
+    "scancode_push",
+    "scancode_waitmsg",
+    "pic_sysphoto",
+    "pic_photo_or_album",
+    "pic_weixin",
+    "location_select",
+    "view_miniprogram",
+    "subscribe_msg_popup_event",
+    "subscribe_msg_change_event",
+    "subscribe_msg_sent_event",
+    "kf_create_session",
+    "kf_close_session",
+    "kf_switch_session",
+];
+
 /// Download attempts for inbound media, and the waits between them.
 const MEDIA_RETRIES: [Duration; 5] = [
     Duration::from_secs(0),
@@ -69,6 +104,8 @@ pub struct Account {
     pub config: AccountConfig,
     cipher: Option<Cipher>,
     tokens: TokenCache,
+    /// A plaintext callback came although the account has a key: said once.
+    warned_plaintext: std::sync::atomic::AtomicBool,
 }
 
 impl Account {
@@ -112,6 +149,8 @@ pub enum WechatError {
     MediaMissing(String),
     #[error("media {0} is not one you may see, so you cannot send it")]
     MediaForbidden(String),
+    #[error("media {path} is {is}: send it as msg_type {is:?}, not {want:?} (WeChat would refuse it)")]
+    MediaKind { path: String, is: String, want: String },
     #[error("{}", .0.explain())]
     Api(#[from] ApiError),
     #[error(transparent)]
@@ -142,10 +181,23 @@ pub struct Wechat {
     pub media_max: usize,
     /// Bytes one user may upload per UTC day.
     upload_quota: u64,
+    clock: Clock,
 }
 
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+/// A message ready for `cgi-bin/message/custom/send`, and the upload its media id came
+/// from, to upload again if WeChat says the id has expired.
+pub struct Prepared {
+    body: Value,
+    media: Option<Reupload>,
+}
+
+struct Reupload {
+    /// imgate's media record.
+    id: String,
+    /// WeChat's media type, and the key of the message's JSON that holds the id.
+    kind: String,
+    /// The id was reused from an earlier upload (not uploaded for this send).
+    cached: bool,
 }
 
 impl Wechat {
@@ -179,6 +231,7 @@ impl Wechat {
                     .then(|| Cipher::new(&a.encoding_aes_key).ok())
                     .flatten(),
                 tokens: TokenCache::new(api.clone(), &a.appid, &a.secret, mode, shared_tokens.clone()),
+                warned_plaintext: Default::default(),
             })
             .collect();
         let media_dir =
@@ -196,6 +249,7 @@ impl Wechat {
             media_dir,
             media_max: cfg.media_max,
             upload_quota: cfg.upload_quota_bytes,
+            clock: cfg.clock.clone(),
         });
         let resume = w.clone();
         tokio::spawn(async move {
@@ -229,12 +283,23 @@ impl Wechat {
     /// Check and open a callback.
     pub fn open(&self, acct: &Account, q: &CallbackQuery, body: &str) -> Result<XmlMessage, WechatError> {
         let xml = imgate_wechat::open_callback(q, body, acct.keys())?;
+        if acct.cipher.is_some()
+            && q.encrypt_type.as_deref() != Some("aes")
+            && !acct.warned_plaintext.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                appid = %acct.config.appid,
+                "a plaintext callback for an account with an encoding_aes_key: accepted, as the mode is each \
+                 callback's, but the account's console is set to plaintext mode (明文模式), where only the \
+                 signature protects a callback (said once)"
+            );
+        }
         // The signature covers the timestamp, not (in plaintext mode) the body: a logged
         // callback URL must not be good forever.
         if !self.callback_max_age.is_zero() {
             let ts = q.timestamp.as_deref().and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(0);
             // abs_diff: a signed timestamp of i64::MIN must not overflow the subtraction.
-            let off = now().abs_diff(ts);
+            let off = self.clock.now().abs_diff(ts);
             if off > self.callback_max_age.as_secs() {
                 return Err(WechatError::Stale(off));
             }
@@ -279,8 +344,8 @@ impl Wechat {
         let max_age =
             if self.callback_max_age.is_zero() { NONCE_TTL_UNCHECKED } else { self.callback_max_age };
         let stamped = ts.trim().parse::<i64>().unwrap_or(0);
-        let left =
-            (stamped.saturating_add(max_age.as_secs() as i64) - now()).clamp(1, 2 * max_age.as_secs() as i64);
+        let left = (stamped.saturating_add(max_age.as_secs() as i64) - self.clock.now())
+            .clamp(1, 2 * max_age.as_secs() as i64);
         let ttl = Duration::from_secs(left as u64 + 1);
         match self.state.nonce(&key, hash, ttl).await {
             Ok(NonceSeen::New | NonceSeen::Same) => Ok(()),
@@ -294,8 +359,14 @@ impl Wechat {
     }
 
     /// An opened callback, as a message for the account's agents: the follower is
-    /// remembered with their window, media is recorded and its download started.
-    pub async fn inbound(self: &Arc<Self>, acct: &Account, xml: &XmlMessage) -> Result<Inbound, WechatError> {
+    /// remembered with their window, media is recorded and its download started. `None`
+    /// for an event the account does not deliver (`deliver_events`): it still counts for
+    /// the window, and is stored nowhere.
+    pub async fn inbound(
+        self: &Arc<Self>,
+        acct: &Account,
+        xml: &XmlMessage,
+    ) -> Result<Option<Inbound>, WechatError> {
         let openid = xml.non_empty("FromUserName").ok_or(WechatError::NoSender)?.to_owned();
         imgate_protocol::check_id("FromUserName", &openid).map_err(|e| WechatError::BadId(e.to_string()))?;
         let mut content = imgate_protocol::content_from_xml(xml)?;
@@ -304,12 +375,25 @@ impl Wechat {
         if let Some(t) = xml.non_empty("CreateTime") {
             imgate_protocol::parse_create_time(t, time::UtcOffset::UTC)?;
         }
-        let now = now();
+        let now = self.clock.now();
         // The window opens when the follower wrote (CreateTime), so that WeChat's retries
         // of one message do not reopen it: only a later message does.
         let sent_at = xml.non_empty("CreateTime").and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(now);
-        let opens = Window::opened_by(&content.msg_type, xml.get("Event"), sent_at.min(now));
-        let window = self.state.inbound(&acct.config.appid, &openid, opens).await?;
+        let touch = Touch::of(&content.msg_type, xml.get("Event"), sent_at.min(now));
+        if content.msg_type == "event" {
+            let event = xml.get("Event").unwrap_or_default();
+            if !self.delivers(acct, event, &openid, now).await {
+                // What the follower did still opens or closes a window; an event that
+                // does neither leaves no trace (not even a follower record).
+                if touch.opens.is_some() || touch.subscribed.is_some() {
+                    self.state.inbound(&acct.config.appid, &openid, touch).await?;
+                }
+                let label = KNOWN_EVENTS.iter().find(|k| **k == event).copied().unwrap_or("other");
+                metrics::counter!("imgate_wechat_events_dropped_total", "event" => label).increment(1);
+                return Ok(None);
+            }
+        }
+        let window = self.state.inbound(&acct.config.appid, &openid, touch).await?.window;
         if let Some(media_id) = xml.non_empty("MediaId")
             && matches!(content.msg_type.as_str(), "image" | "voice" | "video" | "shortvideo")
         {
@@ -321,14 +405,14 @@ impl Wechat {
                 if let Some(m) = content.msg.as_object_mut() {
                     m.insert("media_path".into(), Value::String(format!("{MEDIA_PATH}{}", known.id)));
                 }
-                return Ok(Inbound {
+                return Ok(Some(Inbound {
                     openid,
                     appid: acct.config.appid.clone(),
                     agents: acct.config.agents(),
                     company_id: acct.config.company_id.clone(),
                     content,
                     window: Some(window.to_json(now)),
-                });
+                }));
             }
             let rec = MediaRecord {
                 id: id.clone(),
@@ -340,6 +424,8 @@ impl Wechat {
                 error: String::new(),
                 created_at: now,
                 owner: String::new(),
+                // WeChat's id is as old as the message; it lives 3 days from then.
+                media_at: sent_at.min(now),
             };
             self.state.put_media(rec.clone()).await?;
             if let Some(m) = content.msg.as_object_mut() {
@@ -347,14 +433,24 @@ impl Wechat {
             }
             self.clone().spawn_download(rec);
         }
-        Ok(Inbound {
+        Ok(Some(Inbound {
             openid,
             appid: acct.config.appid.clone(),
             agents: acct.config.agents(),
             company_id: acct.config.company_id.clone(),
             content,
             window: Some(window.to_json(now)),
-        })
+        }))
+    }
+
+    /// Whether `event` reaches the agents: listed in the account's `deliver_events`
+    /// (in any case), and for LOCATION, the conversation's first report of the hour.
+    async fn delivers(&self, acct: &Account, event: &str, openid: &str, now: i64) -> bool {
+        if !acct.config.deliver_events.iter().any(|e| e.eq_ignore_ascii_case(event)) {
+            return false;
+        }
+        !event.eq_ignore_ascii_case("LOCATION")
+            || self.state.first_location(&acct.config.appid, openid, now, LOCATION_EVERY_SECS).await
     }
 
     /// The account `contact` follows, if it is a follower who has written to one.
@@ -365,7 +461,12 @@ impl Wechat {
 
     /// The follower's window now, as the console shows it.
     pub async fn window(&self, openid: &str) -> Option<Value> {
-        self.state.follower(openid).await.ok().flatten().map(|f| f.window.to_json(now()))
+        self.state.follower(openid).await.ok().flatten().map(|f| f.window.to_json(self.clock.now()))
+    }
+
+    /// Whether the follower still follows (false after `unsubscribe` or WeChat's 43004).
+    pub async fn subscribed(&self, openid: &str) -> Option<bool> {
+        self.state.follower(openid).await.ok().flatten().map(|f| !f.unsubscribed)
     }
 
     /// What `send` will post for `content`: checks that WeChat can carry it and uploads
@@ -375,29 +476,45 @@ impl Wechat {
         acct: &Account,
         openid: &str,
         content: &Content,
-    ) -> Result<Value, WechatError> {
+    ) -> Result<Prepared, WechatError> {
         self.custom_message(acct, openid, content).await
     }
 
     /// Post a prepared message to the follower through `acct`'s customer-service API.
     /// Returns the window afterwards.
-    pub async fn send(&self, acct: &Account, openid: &str, body: Value) -> Result<Value, WechatError> {
-        let sent = acct
-            .tokens
-            .call(|token| {
-                let body = &body;
-                async move { self.api.custom_send(&token, body).await }
-            })
-            .await;
+    /// Media whose id WeChat no longer knows (40007: expired after 3 days, or dropped) is
+    /// uploaded again once, from imgate's copy, and the message sent once more.
+    pub async fn send(&self, acct: &Account, openid: &str, prepared: Prepared) -> Result<Value, WechatError> {
+        let Prepared { mut body, media } = prepared;
+        let mut sent = self.post(acct, &body).await;
+        if let Err(e) = &sent
+            && e.errcode() == Some(40007)
+            && let Some(m) = media.filter(|m| m.cached)
+        {
+            tracing::info!(media = %m.id, "WeChat no longer knows the media id (40007): uploading it again");
+            sent = match self.upload_media(acct, &m.id, &m.kind).await {
+                Ok(media_id) => {
+                    body[m.kind.as_str()]["media_id"] = Value::String(media_id);
+                    self.post(acct, &body).await
+                }
+                Err(WechatError::Api(e)) => Err(e),
+                // The file is gone: WeChat's own answer says it best.
+                Err(_) => sent,
+            };
+        }
         // WeChat says the window is over: believe it, so the console shows it closed.
         if let Err(e) = &sent
             && let Some(code) = e.errcode()
         {
-            self.state.refused(openid, code, now()).await;
+            self.state.refused(openid, code, self.clock.now()).await;
         }
         sent?;
-        let window = self.state.sent(openid).await.unwrap_or_default();
-        Ok(window.to_json(now()))
+        let window = self.state.sent(openid, self.clock.now()).await.unwrap_or_default();
+        Ok(window.to_json(self.clock.now()))
+    }
+
+    async fn post(&self, acct: &Account, body: &Value) -> Result<(), ApiError> {
+        acct.tokens.call(|token| async move { self.api.custom_send(&token, body).await }).await
     }
 
     /// The JSON of `cgi-bin/message/custom/send` for `content`.
@@ -406,29 +523,48 @@ impl Wechat {
         acct: &Account,
         openid: &str,
         content: &Content,
-    ) -> Result<Value, WechatError> {
+    ) -> Result<Prepared, WechatError> {
         let msg = &content.msg;
         let text = |k: &str| msg.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-        Ok(match content.msg_type.as_str() {
+        let mut media = None;
+        let body = match content.msg_type.as_str() {
             "text" => json!({"touser": openid, "msgtype": "text", "text": {"content": text("content")}}),
             kind @ ("image" | "voice") => {
-                let media_id = self.media_id_for(acct, msg, kind).await?;
+                let media_id;
+                (media_id, media) = self.media_id_for(acct, msg, kind).await?;
                 json!({"touser": openid, "msgtype": kind, kind: {"media_id": media_id}})
             }
             "video" => {
-                let media_id = self.media_id_for(acct, msg, "video").await?;
-                json!({"touser": openid, "msgtype": "video", "video": {"media_id": media_id,
-                    "thumb_media_id": text("thumb_media_id"), "title": text("title"), "description": text("description")}})
+                let media_id;
+                (media_id, media) = self.media_id_for(acct, msg, "video").await?;
+                // Only what the agent gave: WeChat refuses some videos whose optional
+                // fields are present but empty.
+                let mut video = serde_json::Map::new();
+                video.insert("media_id".into(), Value::String(media_id));
+                for k in ["thumb_media_id", "title", "description"] {
+                    let v = text(k);
+                    if !v.is_empty() {
+                        video.insert(k.into(), Value::String(v));
+                    }
+                }
+                json!({"touser": openid, "msgtype": "video", "video": video})
             }
             other => return Err(WechatError::Unsendable(other.to_owned())),
-        })
+        };
+        Ok(Prepared { body, media })
     }
 
-    /// WeChat's media id for a message: given as `media_id`, or uploaded now from the
-    /// imgate media `media_path` points at.
-    async fn media_id_for(&self, acct: &Account, msg: &Value, kind: &str) -> Result<String, WechatError> {
+    /// WeChat's media id for a message: given as `media_id`, or for the imgate media
+    /// `media_path` points at, the id WeChat gave it within [`MEDIA_ID_REUSE_SECS`], or
+    /// else uploaded now.
+    async fn media_id_for(
+        &self,
+        acct: &Account,
+        msg: &Value,
+        kind: &str,
+    ) -> Result<(String, Option<Reupload>), WechatError> {
         if let Some(id) = msg.get("media_id").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-            return Ok(id.to_owned());
+            return Ok((id.to_owned(), None));
         }
         let path = msg.get("media_path").and_then(Value::as_str).unwrap_or_default();
         let id = media_id_of(path).ok_or_else(|| WechatError::MediaMissing(path.to_owned()))?;
@@ -438,13 +574,40 @@ impl Wechat {
             .await
             .filter(|m| m.status == "ready")
             .ok_or_else(|| WechatError::MediaMissing(path.to_owned()))?;
-        if !rec.media_id.is_empty() && rec.appid == acct.config.appid {
-            return Ok(rec.media_id);
+        // An upload of one kind sent as another fails at WeChat's upload: say so now.
+        let fits = match kind {
+            "image" => matches!(rec.kind.as_str(), "image" | "thumb"),
+            "voice" => rec.kind == "voice",
+            _ => matches!(rec.kind.as_str(), "video" | "shortvideo"),
+        };
+        if !fits && !rec.kind.is_empty() {
+            let is = match rec.kind.as_str() {
+                "shortvideo" => "video".to_owned(),
+                "thumb" => "image".to_owned(),
+                other => other.to_owned(),
+            };
+            return Err(WechatError::MediaKind { path: path.to_owned(), is, want: kind.to_owned() });
         }
+        let fresh = self.clock.now().saturating_sub(rec.media_at) < MEDIA_ID_REUSE_SECS;
+        if !rec.media_id.is_empty() && rec.appid == acct.config.appid && fresh {
+            let again = Reupload { id: rec.id, kind: kind.to_owned(), cached: true };
+            return Ok((rec.media_id, Some(again)));
+        }
+        let media_id = self.upload_media(acct, &rec.id, kind).await.map_err(|e| match e {
+            WechatError::MediaMissing(_) => WechatError::MediaMissing(path.to_owned()),
+            other => other,
+        })?;
+        Ok((media_id, Some(Reupload { id: rec.id, kind: kind.to_owned(), cached: false })))
+    }
+
+    /// Upload imgate's media `id` to WeChat as `kind` through `acct`; WeChat's new id,
+    /// remembered with when it was given.
+    async fn upload_media(&self, acct: &Account, id: &str, kind: &str) -> Result<String, WechatError> {
+        let rec = self.state.media(id).await.ok_or_else(|| WechatError::MediaMissing(id.to_owned()))?;
         let bytes = Bytes::from(
             tokio::fs::read(self.media_dir.join(&rec.id))
                 .await
-                .map_err(|_| WechatError::MediaMissing(path.to_owned()))?,
+                .map_err(|_| WechatError::MediaMissing(id.to_owned()))?,
         );
         let filename = format!("{}.{}", rec.id, extension(&rec.content_type));
         let media_id = acct
@@ -457,7 +620,12 @@ impl Wechat {
         // Only a cache of WeChat's id: unrecorded, the next send uploads again.
         let _ = self
             .state
-            .put_media(MediaRecord { media_id: media_id.clone(), appid: acct.config.appid.clone(), ..rec })
+            .put_media(MediaRecord {
+                media_id: media_id.clone(),
+                appid: acct.config.appid.clone(),
+                media_at: self.clock.now(),
+                ..rec
+            })
             .await;
         Ok(media_id)
     }
@@ -469,8 +637,9 @@ impl Wechat {
         owner: &str,
         bytes: Bytes,
         content_type: &str,
+        kind: &str,
     ) -> Result<MediaRecord, UploadError> {
-        let day = now().div_euclid(86_400);
+        let day = self.clock.now().div_euclid(86_400);
         let size = bytes.len() as u64;
         match self.state.reserve_upload(owner, day, size, self.upload_quota).await {
             Ok(Quota::Granted) => {}
@@ -490,17 +659,17 @@ impl Wechat {
             self.state.release_upload(owner, day, size).await;
             return Err(e.into());
         }
-        let kind = content_type.split('/').next().unwrap_or("file");
         let rec = MediaRecord {
             id,
             appid: String::new(),
             media_id: String::new(),
-            kind: if kind == "audio" { "voice".into() } else { kind.to_owned() },
+            kind: kind.to_owned(),
             content_type: content_type.to_owned(),
             status: "ready".into(),
             error: String::new(),
-            created_at: now(),
+            created_at: self.clock.now(),
             owner: owner.to_owned(),
+            media_at: 0,
         };
         if let Err(e) = self.state.put_media(rec.clone()).await {
             let _ = tokio::fs::remove_file(self.media_dir.join(&rec.id)).await;
@@ -606,7 +775,7 @@ impl Wechat {
         })
         .await
         .unwrap_or(0);
-        self.state.trim(now() - max_age.as_secs() as i64).await;
+        self.state.trim(self.clock.now() - max_age.as_secs() as i64).await;
         if removed > 0 {
             tracing::debug!(removed, "media retention pass");
         }
@@ -705,7 +874,7 @@ fn extension(content_type: &str) -> &'static str {
         "image/png" => "png",
         "image/gif" => "gif",
         "image/jpeg" | "image/jpg" => "jpg",
-        "audio/amr" => "amr",
+        "audio/amr" | "audio/amr-wb" => "amr",
         "audio/mpeg" | "audio/mp3" => "mp3",
         "video/mp4" => "mp4",
         _ => "bin",

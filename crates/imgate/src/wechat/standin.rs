@@ -1,6 +1,8 @@
 //! A stand-in for WeChat's API servers, which no test machine can reach: access tokens
 //! (`token`, `stable_token`), `message/custom/send`, `media/upload`, `media/get` — with
-//! WeChat's answers and errors. The tests drive imgate against it; `imgate wechat
+//! WeChat's answers and errors (temporary media expires after 3 days: 40007; uploads over
+//! WeChat's limits: 40005, 40009–40012, 45007; followers who unfollowed or turned
+//! messages off: 43004, 48002). The tests drive imgate against it; `imgate wechat
 //! standin` runs it for people trying imgate without an Official Account.
 
 use std::collections::{HashMap, VecDeque};
@@ -38,10 +40,20 @@ pub struct Inner {
     pub send_errors: VecDeque<(i64, String)>,
     /// Followers whose window is closed (custom/send answers 45015).
     pub closed: Vec<String>,
+    /// Followers custom/send refuses with WeChat's code: 43004 (unfollowed), 48002
+    /// (turned messages off), 43019 (blacklisted)…
+    pub refusing: HashMap<String, i64>,
     /// Every accepted custom/send body, as bytes received.
     pub sent: Vec<Bytes>,
     /// media_id → (bytes, content type)
     pub media: HashMap<String, (Bytes, String)>,
+    /// When each uploaded media id was issued (by `clock`): WeChat keeps temporary media
+    /// 3 days, then answers 40007. Media a test put in `media` itself never expires.
+    pub media_created: HashMap<String, i64>,
+    /// Uploads answered with a media id.
+    pub uploads: u64,
+    /// The stand-in's clock; a test shares the server's to move both.
+    pub clock: imgate_wechat::Clock,
     /// media/get calls to fail (errcode -1) before answering, per media_id.
     pub media_failures: HashMap<String, u32>,
     /// media/get answers that misbehave, per media_id (for the download limits).
@@ -65,6 +77,15 @@ pub enum Misbehave {
 
 #[derive(Clone, Default)]
 pub struct StandIn(pub Arc<Mutex<Inner>>);
+
+/// How long WeChat keeps temporary media: 3 days.
+const MEDIA_TTL_SECS: i64 = 3 * 86_400;
+
+/// Whether WeChat still knows `media_id`: issued here within 3 days, or put in by a test.
+fn media_alive(st: &Inner, media_id: &str) -> bool {
+    st.media.contains_key(media_id)
+        && st.media_created.get(media_id).is_none_or(|t| st.clock.now() - t < MEDIA_TTL_SECS)
+}
 
 fn wechat_error(errcode: i64, errmsg: &str) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], json!({"errcode": errcode, "errmsg": errmsg}).to_string())
@@ -92,12 +113,24 @@ impl StandIn {
             // Not WeChat's: for tests in other languages to arrange and inspect.
             .route("/standin/sent", get(sent))
             .route("/standin/close", post(close))
+            .route("/standin/expire_media", post(expire_media))
+            .route("/standin/refuse", post(refuse))
+            // Uploads up to WeChat's largest (10 MB video) and past it, to refuse them as
+            // WeChat does rather than at axum's 2 MB default.
+            .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
             .with_state(self.clone())
     }
 
     /// Serve on `listener` until the task is dropped.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         axum::serve(listener, self.router()).await
+    }
+
+    /// Every media id issued so far expires now, as after 3 days.
+    pub fn expire_media(&self) {
+        for t in self.0.lock().media_created.values_mut() {
+            *t = i64::MIN / 2;
+        }
     }
 
     /// Every token handed out so far stops working (as when another caller fetched one
@@ -187,11 +220,20 @@ async fn custom_send(
     if st.closed.contains(&touser) {
         return wechat_error(45015, "response out of time limit or subscription is canceled");
     }
+    if let Some(&code) = st.refusing.get(&touser) {
+        let errmsg = match code {
+            43004 => "require subscribe",
+            43019 => "require remove blacklist",
+            48002 => "api forbid for user",
+            _ => "refused",
+        };
+        return wechat_error(code, errmsg);
+    }
     match v["msgtype"].as_str() {
         Some("text") if v["text"]["content"].is_string() => {}
         Some(kind @ ("image" | "voice" | "video")) => {
             let id = v[kind]["media_id"].as_str().unwrap_or_default();
-            if !st.media.contains_key(id) {
+            if !media_alive(&st, id) {
                 return wechat_error(40007, "invalid media_id");
             }
         }
@@ -217,14 +259,52 @@ async fn media_upload(
         if field.name() == Some("media") {
             let ct = field.content_type().unwrap_or("application/octet-stream").to_owned();
             let Ok(bytes) = field.bytes().await else { return wechat_error(41005, "media data missing") };
+            if let Some(refused) = media_refusal(&kind, &bytes) {
+                return refused;
+            }
             let mut st = s.0.lock();
             st.next += 1;
             let id = format!("MEDIA-{}", st.next);
+            let now = st.clock.now();
             st.media.insert(id.clone(), (bytes, ct));
-            return ok(json!({"type": kind, "media_id": id, "created_at": 1_700_000_000}));
+            st.media_created.insert(id.clone(), now);
+            st.uploads += 1;
+            return ok(json!({"type": kind, "media_id": id, "created_at": now}));
         }
     }
     wechat_error(41005, "media data missing")
+}
+
+/// What WeChat answers to an upload of `kind` it does not take: the size first, then the
+/// format (by the bytes), then a voice's length.
+fn media_refusal(kind: &str, bytes: &[u8]) -> Option<Response> {
+    use imgate_wechat::limits::{self, Format};
+    let (max, code, errmsg) = match kind {
+        "image" => (limits::IMAGE_MAX, 40009, "invalid image size"),
+        "voice" => (limits::VOICE_MAX, 40010, "invalid voice size"),
+        "video" => (limits::VIDEO_MAX, 40011, "invalid video size"),
+        _ => (limits::THUMB_MAX, 40012, "invalid thumb size"),
+    };
+    if bytes.is_empty() {
+        return Some(wechat_error(40006, "invalid meida size"));
+    }
+    if bytes.len() > max {
+        return Some(wechat_error(code, errmsg));
+    }
+    let takes = matches!(
+        (kind, limits::sniff(bytes)),
+        ("image", Some(Format::Png | Format::Jpeg | Format::Gif))
+            | ("voice", Some(Format::Amr | Format::AmrWb | Format::Mp3))
+            | ("video", Some(Format::Mp4))
+            | ("thumb", Some(Format::Jpeg))
+    );
+    if !takes {
+        return Some(wechat_error(40005, "invalid file type"));
+    }
+    if limits::amr_duration_ms(bytes).is_some_and(|ms| ms > limits::VOICE_MAX_MS) {
+        return Some(wechat_error(45007, "playtime out of limit"));
+    }
+    None
 }
 
 /// Every accepted customer-service message, as JSON.
@@ -239,6 +319,24 @@ async fn close(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>
     if let Some(o) = q.get("openid") {
         s.0.lock().closed.push(o.clone());
     }
+    ok(json!({"errcode": 0, "errmsg": "ok"}))
+}
+
+/// `?openid=&errcode=`: custom/send to that follower answers errcode from now on (43004:
+/// unfollowed, 48002: messages turned off, …).
+async fn refuse(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    match (q.get("openid"), q.get("errcode").and_then(|c| c.parse::<i64>().ok())) {
+        (Some(o), Some(code)) => {
+            s.0.lock().refusing.insert(o.clone(), code);
+            ok(json!({"errcode": 0, "errmsg": "ok"}))
+        }
+        _ => wechat_error(40035, "invalid args"),
+    }
+}
+
+/// Every media id issued so far expires now (media/get and custom/send answer 40007).
+async fn expire_media(State(s): State<StandIn>) -> Response {
+    s.expire_media();
     ok(json!({"errcode": 0, "errmsg": "ok"}))
 }
 
@@ -268,8 +366,10 @@ async fn media_get(State(s): State<StandIn>, Query(q): Query<HashMap<String, Str
         return r.body(body).unwrap_or_else(|_| wechat_error(-1, "system error"));
     }
     match st.media.get(&id) {
-        Some((bytes, ct)) => ([(header::CONTENT_TYPE, ct.clone())], bytes.clone()).into_response(),
-        None => wechat_error(40007, "invalid media_id"),
+        Some((bytes, ct)) if media_alive(&st, &id) => {
+            ([(header::CONTENT_TYPE, ct.clone())], bytes.clone()).into_response()
+        }
+        _ => wechat_error(40007, "invalid media_id"),
     }
 }
 

@@ -62,14 +62,8 @@ pub struct Window {
 }
 
 impl Window {
-    /// The window an inbound message opens, if any (WeChat's rules since 2023-06).
-    pub fn opened_by(msg_type: &str, event: Option<&str>, now: i64) -> Option<Window> {
-        let (secs, quota) = match (msg_type, event) {
-            ("event", Some("subscribe" | "SCAN" | "CLICK")) => (60, 3),
-            ("event", _) => return None,
-            _ => (48 * 3600, 5),
-        };
-        Some(Window { opened_at: now, closes_at: now + secs, quota, sent: 0 })
+    fn opening(at: i64, secs: i64, quota: u32) -> Window {
+        Window { opened_at: at, closes_at: at + secs, quota, sent: 0 }
     }
 
     pub fn is_open(&self, now: i64) -> bool {
@@ -80,16 +74,126 @@ impl Window {
         if now < self.closes_at { self.quota.saturating_sub(self.sent) } else { 0 }
     }
 
-    /// As frames and the console show it.
-    pub fn to_json(&self, now: i64) -> Value {
+    fn json(self, now: i64) -> Value {
         json!({"open": self.is_open(now), "closes_at": self.closes_at, "remaining": self.remaining(now), "quota": self.quota})
+    }
+}
+
+/// What an inbound message does to the follower's windows (WeChat's rules since 2023-06).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Touch {
+    /// When the follower acted (their message's CreateTime).
+    pub at: i64,
+    /// A message opens the message window (48 h, 5 replies); `subscribe`, `SCAN`, `CLICK`
+    /// and the menu's scan events (`scancode_push`, `scancode_waitmsg`) an event window
+    /// (1 minute, 3 replies).
+    pub opens: Option<Opens>,
+    /// `Some(false)` for `unsubscribe`, which closes both windows; `Some(true)` for what
+    /// only a follower does (a message, `subscribe`).
+    pub subscribed: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opens {
+    Message,
+    Event,
+}
+
+impl Touch {
+    pub fn of(msg_type: &str, event: Option<&str>, at: i64) -> Touch {
+        let (opens, subscribed) = match (msg_type, event) {
+            ("event", Some("subscribe")) => (Some(Opens::Event), Some(true)),
+            ("event", Some("SCAN" | "CLICK" | "scancode_push" | "scancode_waitmsg")) => {
+                (Some(Opens::Event), None)
+            }
+            ("event", Some("unsubscribe")) => (None, Some(false)),
+            ("event", _) => (None, None),
+            _ => (Some(Opens::Message), Some(true)),
+        };
+        Touch { at, opens, subscribed }
+    }
+}
+
+/// A follower's windows. They run side by side, each with its own quota: a click within
+/// a 48-hour window opens a 1-minute one beside it, and a reply may go out while either
+/// has replies left.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Windows {
+    pub message: Window,
+    pub event: Window,
+}
+
+impl Windows {
+    /// A window opens unless the one of its kind would close later (WeChat's retry of an
+    /// old message does not shorten it); a new one starts its count again.
+    pub fn apply(&mut self, t: Touch) {
+        if t.subscribed == Some(false) {
+            self.close(t.at);
+        }
+        let (current, new) = match t.opens {
+            Some(Opens::Message) => (&mut self.message, Window::opening(t.at, 48 * 3600, 5)),
+            Some(Opens::Event) => (&mut self.event, Window::opening(t.at, 60, 3)),
+            None => return,
+        };
+        if new.closes_at > current.closes_at {
+            *current = new;
+        }
+    }
+
+    /// Both windows close at `at` (or stay closed, if they closed before).
+    pub fn close(&mut self, at: i64) {
+        self.message.closes_at = self.message.closes_at.min(at);
+        self.event.closes_at = self.event.closes_at.min(at);
+    }
+
+    /// A reply went out: counted against the open window that closes first (its replies
+    /// are lost soonest). False when none is open (WeChat took it anyway).
+    pub fn use_one(&mut self, now: i64) -> bool {
+        let w = match (self.message.is_open(now), self.event.is_open(now)) {
+            (true, true) if self.event.closes_at <= self.message.closes_at => &mut self.event,
+            (true, _) => &mut self.message,
+            (false, true) => &mut self.event,
+            (false, false) => return false,
+        };
+        w.sent = w.sent.saturating_add(1);
+        true
+    }
+
+    pub fn is_open(&self, now: i64) -> bool {
+        self.message.is_open(now) || self.event.is_open(now)
+    }
+
+    /// As frames and the console show it: `open`, `closes_at`, `remaining` and `quota` of
+    /// the window a reply can use that closes last (or, all closed, the last to close),
+    /// and `windows`, each window opened so far with its own.
+    pub fn to_json(&self, now: i64) -> Value {
+        let all = [("message", &self.message), ("event", &self.event)];
+        let open = all.iter().map(|(_, w)| *w).filter(|w| w.is_open(now)).max_by_key(|w| w.closes_at);
+        let top = open.unwrap_or(if self.event.closes_at > self.message.closes_at {
+            &self.event
+        } else {
+            &self.message
+        });
+        let each: Vec<Value> = all
+            .iter()
+            .filter(|(_, w)| w.closes_at > 0)
+            .map(|(kind, w)| {
+                let mut v = w.json(now);
+                v["kind"] = json!(kind);
+                v
+            })
+            .collect();
+        json!({"open": open.is_some(), "closes_at": top.closes_at, "remaining": top.remaining(now),
+            "quota": top.quota, "windows": each})
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Follower {
     pub appid: String,
-    pub window: Window,
+    pub window: Windows,
+    /// Their last word was `unsubscribe` (or WeChat said 43004).
+    pub unsubscribed: bool,
 }
 
 /// A media file's record.
@@ -108,6 +212,9 @@ pub struct MediaRecord {
     pub created_at: i64,
     /// Who uploaded it; empty for a follower's media (its readers are `appid`'s agents).
     pub owner: String,
+    /// When WeChat gave `media_id` (unix seconds; 0: unknown). WeChat forgets temporary
+    /// media 3 days later.
+    pub media_at: i64,
 }
 
 /// A write to the file, and where its outcome goes.
@@ -128,6 +235,8 @@ pub struct Local {
     /// Bytes uploaded, by (user, UTC day).
     usage: Mutex<HashMap<(String, i64), u64>>,
     nonces: Mutex<Nonces>,
+    /// When each conversation's last LOCATION report was delivered, by appid and openid.
+    locations: Mutex<HashMap<(String, String), i64>>,
 }
 
 /// How many callback nonces one node remembers at most (the embedded backend). A
@@ -200,21 +309,50 @@ impl Local {
         if !has_owner {
             conn.execute_batch("ALTER TABLE media ADD COLUMN owner TEXT NOT NULL DEFAULT ''")?;
         }
+        // Files written before media ids were known to expire: 0 makes the next send
+        // upload again.
+        let has_media_at =
+            conn.prepare("SELECT 1 FROM pragma_table_info('media') WHERE name = 'media_at'")?.exists([])?;
+        if !has_media_at {
+            conn.execute_batch("ALTER TABLE media ADD COLUMN media_at INTEGER NOT NULL DEFAULT 0")?;
+        }
+        // Files from before events had a window of their own beside the message's.
+        let has_event = conn
+            .prepare("SELECT 1 FROM pragma_table_info('followers') WHERE name = 'unsubscribed'")?
+            .exists([])?;
+        if !has_event {
+            conn.execute_batch(
+                "ALTER TABLE followers ADD COLUMN ev_opened_at INTEGER NOT NULL DEFAULT 0; \
+                 ALTER TABLE followers ADD COLUMN ev_closes_at INTEGER NOT NULL DEFAULT 0; \
+                 ALTER TABLE followers ADD COLUMN ev_quota INTEGER NOT NULL DEFAULT 0; \
+                 ALTER TABLE followers ADD COLUMN ev_sent INTEGER NOT NULL DEFAULT 0; \
+                 ALTER TABLE followers ADD COLUMN unsubscribed INTEGER NOT NULL DEFAULT 0;",
+            )?;
+        }
         let mut followers = HashMap::new();
         {
-            let mut s =
-                conn.prepare("SELECT openid, appid, opened_at, closes_at, quota, sent FROM followers")?;
+            let mut s = conn.prepare(
+                "SELECT openid, appid, opened_at, closes_at, quota, sent, ev_opened_at, ev_closes_at, ev_quota, \
+                 ev_sent, unsubscribed FROM followers",
+            )?;
             let mut rows = s.query([])?;
             while let Some(r) = rows.next()? {
-                let window =
+                let message =
                     Window { opened_at: r.get(2)?, closes_at: r.get(3)?, quota: r.get(4)?, sent: r.get(5)? };
-                followers.insert(r.get(0)?, Follower { appid: r.get(1)?, window });
+                let event =
+                    Window { opened_at: r.get(6)?, closes_at: r.get(7)?, quota: r.get(8)?, sent: r.get(9)? };
+                let follower = Follower {
+                    appid: r.get(1)?,
+                    window: Windows { message, event },
+                    unsubscribed: r.get(10)?,
+                };
+                followers.insert(r.get(0)?, follower);
             }
         }
         let mut media = HashMap::new();
         {
             let mut s = conn.prepare(
-                "SELECT id, appid, media_id, kind, content_type, status, error, created_at, owner FROM media",
+                "SELECT id, appid, media_id, kind, content_type, status, error, created_at, owner, media_at FROM media",
             )?;
             let mut rows = s.query([])?;
             while let Some(r) = rows.next()? {
@@ -228,6 +366,7 @@ impl Local {
                     error: r.get(6)?,
                     created_at: r.get(7)?,
                     owner: r.get(8)?,
+                    media_at: r.get(9)?,
                 };
                 media.insert(m.id.clone(), m);
             }
@@ -269,6 +408,7 @@ impl Local {
             readers: Mutex::new(readers),
             usage: Mutex::new(usage),
             nonces: Mutex::new(Nonces::default()),
+            locations: Mutex::new(HashMap::new()),
         })
     }
 
@@ -285,32 +425,30 @@ impl Local {
         self.followers.lock().get(openid).cloned()
     }
 
-    /// A follower of `appid` wrote (or sent an event): remember them, and open a window
-    /// if this opens one that lasts longer than the current.
+    /// A follower of `appid` wrote (or sent an event): remember them, with what it does to
+    /// their windows.
     pub async fn inbound(
         &self,
         appid: &str,
         openid: &str,
-        opens: Option<Window>,
-    ) -> Result<Window, StateUnavailable> {
+        touch: Touch,
+    ) -> Result<Follower, StateUnavailable> {
         let (before, now, pending) = {
             let mut f = self.followers.lock();
             let before = f.get(openid).cloned();
-            let entry = f
-                .entry(openid.to_owned())
-                .or_insert_with(|| Follower { appid: appid.to_owned(), window: Window::default() });
-            let changed = entry.appid != appid
-                || opens.is_some_and(|w| w.closes_at > entry.window.closes_at)
-                || entry.window == Window::default();
-            entry.appid = appid.to_owned();
-            if let Some(w) = opens
-                && w.closes_at > entry.window.closes_at
-            {
-                entry.window = w;
+            let mut next = before.clone().unwrap_or_else(|| Follower {
+                appid: appid.to_owned(),
+                window: Windows::default(),
+                unsubscribed: false,
+            });
+            next.appid = appid.to_owned();
+            next.window.apply(touch);
+            if let Some(s) = touch.subscribed {
+                next.unsubscribed = !s;
             }
-            let now = entry.clone();
-            let pending = changed.then(|| self.save_follower(appid, openid, now.window));
-            (before, now, pending)
+            let pending = (before.as_ref() != Some(&next)).then(|| self.save_follower(openid, &next));
+            f.insert(openid.to_owned(), next.clone());
+            (before, next, pending)
         };
         if let Some(pending) = pending
             && let Err(e) = written(pending).await
@@ -325,35 +463,44 @@ impl Local {
             }
             return Err(e);
         }
-        Ok(now.window)
+        Ok(now)
     }
 
-    /// A message went out to `openid`.
-    pub async fn sent(&self, openid: &str) -> Option<Window> {
+    /// A message went out to `openid` at `now`.
+    pub async fn sent(&self, openid: &str, now: i64) -> Option<Windows> {
         let (window, pending) = {
             let mut f = self.followers.lock();
             let entry = f.get_mut(openid)?;
-            entry.window.sent = entry.window.sent.saturating_add(1);
-            let (appid, window) = (entry.appid.clone(), entry.window);
-            (window, self.save_follower(&appid, openid, window))
+            if !entry.window.use_one(now) {
+                return Some(entry.window);
+            }
+            (entry.window, self.save_follower(openid, entry))
         };
         // The message went out whatever the file says: the writer logged a failure.
         let _ = written(pending).await;
         Some(window)
     }
 
-    /// WeChat said the window is over (45015: closed; 45047: no replies left): believe it.
+    /// WeChat said the window is over: believe it. 45015 (closed), 48002 (the follower
+    /// refuses messages) and 43004 (unfollowed, which marks them so) close both windows;
+    /// 45047 (no replies left) uses them up.
     pub async fn refused(&self, openid: &str, errcode: i64, now: i64) {
         let pending = {
             let mut f = self.followers.lock();
             let Some(entry) = f.get_mut(openid) else { return };
             match errcode {
-                45015 => entry.window.closes_at = entry.window.closes_at.min(now),
-                45047 => entry.window.sent = entry.window.quota,
+                45015 | 48002 => entry.window.close(now),
+                43004 => {
+                    entry.window.close(now);
+                    entry.unsubscribed = true;
+                }
+                45047 => {
+                    entry.window.message.sent = entry.window.message.quota;
+                    entry.window.event.sent = entry.window.event.quota;
+                }
                 _ => return,
             }
-            let (appid, window) = (entry.appid.clone(), entry.window);
-            self.save_follower(&appid, openid, window)
+            self.save_follower(openid, entry)
         };
         // WeChat holds the truth here; the writer logged a failure.
         let _ = written(pending).await;
@@ -421,14 +568,30 @@ impl Local {
         let _ = written(pending).await;
     }
 
-    fn save_follower(&self, appid: &str, openid: &str, w: Window) -> Pending {
-        let (appid, openid) = (appid.to_owned(), openid.to_owned());
+    fn save_follower(&self, openid: &str, f: &Follower) -> Pending {
+        let (openid, appid, m, e, unsubscribed) =
+            (openid.to_owned(), f.appid.clone(), f.window.message, f.window.event, f.unsubscribed);
         self.submit(move |c| {
             c.execute(
-                "INSERT INTO followers (openid, appid, opened_at, closes_at, quota, sent) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                "INSERT INTO followers (openid, appid, opened_at, closes_at, quota, sent, ev_opened_at, ev_closes_at, \
+                 ev_quota, ev_sent, unsubscribed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
                  ON CONFLICT (openid) DO UPDATE SET appid = excluded.appid, opened_at = excluded.opened_at, \
-                 closes_at = excluded.closes_at, quota = excluded.quota, sent = excluded.sent",
-                params![openid, appid, w.opened_at, w.closes_at, w.quota, w.sent],
+                 closes_at = excluded.closes_at, quota = excluded.quota, sent = excluded.sent, \
+                 ev_opened_at = excluded.ev_opened_at, ev_closes_at = excluded.ev_closes_at, \
+                 ev_quota = excluded.ev_quota, ev_sent = excluded.ev_sent, unsubscribed = excluded.unsubscribed",
+                params![
+                    openid,
+                    appid,
+                    m.opened_at,
+                    m.closes_at,
+                    m.quota,
+                    m.sent,
+                    e.opened_at,
+                    e.closes_at,
+                    e.quota,
+                    e.sent,
+                    unsubscribed
+                ],
             )
             .map(|_| ())
         })
@@ -450,8 +613,8 @@ impl Local {
             let rec = m.clone();
             let pending = self.submit(move |c| {
                 c.execute(
-                    "INSERT OR REPLACE INTO media (id, appid, media_id, kind, content_type, status, error, created_at, owner) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT OR REPLACE INTO media (id, appid, media_id, kind, content_type, status, error, created_at, owner, media_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     params![
                         rec.id,
                         rec.appid,
@@ -461,7 +624,8 @@ impl Local {
                         rec.status,
                         rec.error,
                         rec.created_at,
-                        rec.owner
+                        rec.owner,
+                        rec.media_at
                     ],
                 )
                 .map(|_| ())
@@ -589,23 +753,24 @@ impl State {
         }
     }
 
-    /// The follower wrote: their window afterwards, once it is recorded.
+    /// The follower wrote (or sent an event): the follower afterwards, once it is recorded.
     pub async fn inbound(
         &self,
         appid: &str,
         openid: &str,
-        opens: Option<Window>,
-    ) -> Result<Window, StateUnavailable> {
+        touch: Touch,
+    ) -> Result<Follower, StateUnavailable> {
         match self {
-            State::Local(l) => l.inbound(appid, openid, opens).await,
-            State::Redis(r) => Ok(r.inbound(appid, openid, opens).await),
+            State::Local(l) => l.inbound(appid, openid, touch).await,
+            State::Redis(r) => Ok(r.inbound(appid, openid, touch).await),
         }
     }
 
-    pub async fn sent(&self, openid: &str) -> Option<Window> {
+    /// A reply went out at `now`: the windows afterwards.
+    pub async fn sent(&self, openid: &str, now: i64) -> Option<Windows> {
         match self {
-            State::Local(l) => l.sent(openid).await,
-            State::Redis(r) => r.sent(openid).await,
+            State::Local(l) => l.sent(openid, now).await,
+            State::Redis(r) => r.sent(openid, now).await,
         }
     }
 
@@ -715,6 +880,30 @@ impl State {
         }
     }
 
+    /// Whether a LOCATION report of `openid` at `now` is the first of its conversation
+    /// within `every` seconds (WeChat may send one every 5 seconds). With Redis, where
+    /// Redis cannot answer it is taken as the first: one frame too many, rather than none.
+    pub async fn first_location(&self, appid: &str, openid: &str, now: i64, every: i64) -> bool {
+        match self {
+            State::Local(l) => {
+                let mut seen = l.locations.lock();
+                // Bounded by the conversations of the last period.
+                if seen.len() > 10_000 {
+                    seen.retain(|_, at| now - *at < every);
+                }
+                let key = (appid.to_owned(), openid.to_owned());
+                match seen.get(&key) {
+                    Some(at) if now - *at < every => false,
+                    _ => {
+                        seen.insert(key, now);
+                        true
+                    }
+                }
+            }
+            State::Redis(r) => r.first_location(appid, openid, every).await,
+        }
+    }
+
     /// Forget media recorded before `cutoff` (Redis forgets by itself: its keys expire).
     /// Followers are kept: a reply to one imgate forgot would go to a mailbox instead of
     /// failing at WeChat.
@@ -734,27 +923,78 @@ pub struct Shared {
     ttl_secs: u64,
 }
 
+/// A follower's hash: the message window as before (`opened_at`…), the event window
+/// beside it (`e_opened_at`…), and `unsubscribed`. Every script answers these fields.
+const FIELDS: [&str; 9] = [
+    "opened_at",
+    "closes_at",
+    "quota",
+    "sent",
+    "e_opened_at",
+    "e_closes_at",
+    "e_quota",
+    "e_sent",
+    "unsubscribed",
+];
+
+/// ARGV: appid, the window opened ('m', 'e' or ''), its opened_at, closes_at and quota,
+/// subscribed ('1', '0' or ''), the time of the touch, then FIELDS.
 const INBOUND: &str = r#"
 local k = KEYS[1]
-local cur = tonumber(redis.call('HGET', k, 'closes_at') or '-1')
 redis.call('HSET', k, 'appid', ARGV[1])
-if tonumber(ARGV[4]) > 0 and tonumber(ARGV[3]) > cur then
-  redis.call('HSET', k, 'opened_at', ARGV[2], 'closes_at', ARGV[3], 'quota', ARGV[4], 'sent', 0)
-elseif cur < 0 then
+if redis.call('HEXISTS', k, 'closes_at') == 0 then
   redis.call('HSET', k, 'opened_at', 0, 'closes_at', 0, 'quota', 0, 'sent', 0)
 end
-return redis.call('HMGET', k, 'opened_at', 'closes_at', 'quota', 'sent')
+local at = tonumber(ARGV[7])
+if ARGV[6] == '0' then
+  redis.call('HSET', k, 'unsubscribed', 1)
+  for _, p in ipairs({'', 'e_'}) do
+    local c = tonumber(redis.call('HGET', k, p .. 'closes_at') or '0')
+    if at < c then redis.call('HSET', k, p .. 'closes_at', at) end
+  end
+elseif ARGV[6] == '1' then
+  redis.call('HSET', k, 'unsubscribed', 0)
+end
+if ARGV[2] ~= '' then
+  local p = ''
+  if ARGV[2] == 'e' then p = 'e_' end
+  local cur = tonumber(redis.call('HGET', k, p .. 'closes_at') or '-1')
+  if tonumber(ARGV[4]) > cur then
+    redis.call('HSET', k, p .. 'opened_at', ARGV[3], p .. 'closes_at', ARGV[4], p .. 'quota', ARGV[5], p .. 'sent', 0)
+  end
+end
+return redis.call('HMGET', k, unpack(ARGV, 8))
+"#;
+
+/// A reply went out at ARGV[1]: counted against the open window that closes first.
+const SENT: &str = r#"
+local k = KEYS[1]
+if redis.call('EXISTS', k) == 0 then return false end
+local now = tonumber(ARGV[1])
+local best, closes = nil, nil
+for _, p in ipairs({'', 'e_'}) do
+  local c = tonumber(redis.call('HGET', k, p .. 'closes_at') or '0')
+  local q = tonumber(redis.call('HGET', k, p .. 'quota') or '0')
+  local s = tonumber(redis.call('HGET', k, p .. 'sent') or '0')
+  if now < c and s < q and (closes == nil or c <= closes) then best, closes = p, c end
+end
+if best then redis.call('HINCRBY', k, best .. 'sent', 1) end
+return redis.call('HMGET', k, unpack(ARGV, 2))
 "#;
 
 const REFUSED: &str = r#"
 local k = KEYS[1]
 if redis.call('EXISTS', k) == 0 then return 0 end
-if ARGV[1] == '45015' then
-  local c = tonumber(redis.call('HGET', k, 'closes_at') or '0')
-  if tonumber(ARGV[2]) < c then redis.call('HSET', k, 'closes_at', ARGV[2]) end
-elseif ARGV[1] == '45047' then
-  redis.call('HSET', k, 'sent', redis.call('HGET', k, 'quota') or '0')
+local code = ARGV[1]
+for _, p in ipairs({'', 'e_'}) do
+  if code == '45015' or code == '48002' or code == '43004' then
+    local c = tonumber(redis.call('HGET', k, p .. 'closes_at') or '0')
+    if tonumber(ARGV[2]) < c then redis.call('HSET', k, p .. 'closes_at', ARGV[2]) end
+  elseif code == '45047' then
+    redis.call('HSET', k, p .. 'sent', redis.call('HGET', k, p .. 'quota') or '0')
+  end
 end
+if code == '43004' then redis.call('HSET', k, 'unsubscribed', 1) end
 return 1
 "#;
 
@@ -766,9 +1006,16 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return 2 end
 return 0
 "#;
 
-fn window_of(v: &[Option<i64>]) -> Window {
+/// The windows and `unsubscribed` of FIELDS' values.
+fn windows_of(v: &[Option<i64>]) -> (Windows, bool) {
     let g = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
-    Window { opened_at: g(0), closes_at: g(1), quota: g(2) as u32, sent: g(3) as u32 }
+    let w = |i: usize| Window {
+        opened_at: g(i),
+        closes_at: g(i + 1),
+        quota: g(i + 2) as u32,
+        sent: g(i + 3) as u32,
+    };
+    (Windows { message: w(0), event: w(4) }, g(8) != 0)
 }
 
 impl Shared {
@@ -786,42 +1033,62 @@ impl Shared {
             .hget(format!("imgate:wx:f:{openid}"), "appid")
             .cmd("HMGET")
             .arg(format!("imgate:wx:f:{openid}"))
-            .arg(&["opened_at", "closes_at", "quota", "sent"])
+            .arg(&FIELDS[..])
             .query_async(&mut c)
             .await
             .map_err(|e| format!("redis: {e}"))?;
-        Ok(appid.map(|appid| Follower { appid, window: window_of(&w) }))
+        Ok(appid.map(|appid| {
+            let (window, unsubscribed) = windows_of(&w);
+            Follower { appid, window, unsubscribed }
+        }))
     }
 
-    async fn inbound(&self, appid: &str, openid: &str, opens: Option<Window>) -> Window {
+    async fn inbound(&self, appid: &str, openid: &str, touch: Touch) -> Follower {
         let mut c = self.conn.clone();
-        let w = opens.unwrap_or_default();
+        let (kind, w) = match touch.opens {
+            Some(Opens::Message) => ("m", Window::opening(touch.at, 48 * 3600, 5)),
+            Some(Opens::Event) => ("e", Window::opening(touch.at, 60, 3)),
+            None => ("", Window::default()),
+        };
+        let subscribed = match touch.subscribed {
+            Some(true) => "1",
+            Some(false) => "0",
+            None => "",
+        };
         let r: Option<Vec<Option<i64>>> = Self::warn(
             redis::Script::new(INBOUND)
                 .key(format!("imgate:wx:f:{openid}"))
                 .arg(appid)
+                .arg(kind)
                 .arg(w.opened_at)
                 .arg(w.closes_at)
                 .arg(w.quota)
+                .arg(subscribed)
+                .arg(touch.at)
+                .arg(&FIELDS[..])
                 .invoke_async(&mut c)
                 .await,
         );
-        r.map(|v| window_of(&v)).unwrap_or(w)
+        // Redis out of reach: what this message alone would make of a new follower.
+        let (window, unsubscribed) = r.map(|v| windows_of(&v)).unwrap_or_else(|| {
+            let mut w = Windows::default();
+            w.apply(touch);
+            (w, touch.subscribed == Some(false))
+        });
+        Follower { appid: appid.to_owned(), window, unsubscribed }
     }
 
-    async fn sent(&self, openid: &str) -> Option<Window> {
+    async fn sent(&self, openid: &str, now: i64) -> Option<Windows> {
         let mut c = self.conn.clone();
-        let key = format!("imgate:wx:f:{openid}");
-        let (_, w): (i64, Vec<Option<i64>>) = Self::warn(
-            redis::pipe()
-                .hincr(&key, "sent", 1)
-                .cmd("HMGET")
-                .arg(&key)
-                .arg(&["opened_at", "closes_at", "quota", "sent"])
-                .query_async(&mut c)
+        let w: Option<Vec<Option<i64>>> = Self::warn(
+            redis::Script::new(SENT)
+                .key(format!("imgate:wx:f:{openid}"))
+                .arg(now)
+                .arg(&FIELDS[..])
+                .invoke_async(&mut c)
                 .await,
         )?;
-        Some(window_of(&w))
+        w.map(|w| windows_of(&w).0)
     }
 
     async fn refused(&self, openid: &str, errcode: i64, now: i64) {
@@ -895,6 +1162,7 @@ impl Shared {
             error: g("error"),
             created_at: g("created_at").parse().unwrap_or(0),
             owner: g("owner"),
+            media_at: g("media_at").parse().unwrap_or(0),
         })
     }
 
@@ -927,6 +1195,7 @@ impl Shared {
                 ("error", &m.error),
                 ("created_at", &m.created_at.to_string()),
                 ("owner", &m.owner),
+                ("media_at", &m.media_at.to_string()),
             ],
         );
         p.expire(&key, self.ttl_secs as i64);
@@ -959,6 +1228,21 @@ impl Shared {
             redis::cmd("SISMEMBER").arg(format!("imgate:wx:m:{id}:r")).arg(user).query_async(&mut c).await,
         )
         .unwrap_or(false)
+    }
+
+    async fn first_location(&self, appid: &str, openid: &str, every: i64) -> bool {
+        let mut c = self.conn.clone();
+        let set: Option<Option<String>> = Self::warn(
+            redis::cmd("SET")
+                .arg(format!("imgate:wx:loc:{appid}:{openid}"))
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(every.max(1))
+                .query_async(&mut c)
+                .await,
+        );
+        set.is_none_or(|s| s.is_some())
     }
 
     async fn reserve_upload(&self, user: &str, day: i64, bytes: u64, quota: u64) -> Result<Quota, String> {
@@ -1000,19 +1284,79 @@ return used
 mod tests {
     use super::*;
 
+    fn after(touches: &[(&str, Option<&str>, i64)]) -> Windows {
+        let mut w = Windows::default();
+        for (t, e, at) in touches {
+            w.apply(Touch::of(t, *e, *at));
+        }
+        w
+    }
+
     #[test]
     fn windows_follow_wechats_rules() {
-        let msg = Window::opened_by("text", None, 1000).unwrap();
-        assert_eq!((msg.closes_at, msg.quota), (1000 + 48 * 3600, 5));
-        let click = Window::opened_by("event", Some("CLICK"), 1000).unwrap();
-        assert_eq!((click.closes_at, click.quota), (1060, 3));
-        assert!(Window::opened_by("event", Some("VIEW"), 1000).is_none());
-        assert!(Window::opened_by("event", Some("LOCATION"), 1000).is_none());
+        let msg = after(&[("text", None, 1000)]);
+        assert_eq!(
+            (msg.message.closes_at, msg.message.quota, msg.event),
+            (1000 + 48 * 3600, 5, Window::default())
+        );
+        for event in ["CLICK", "SCAN", "subscribe", "scancode_push", "scancode_waitmsg"] {
+            let w = after(&[("event", Some(event), 1000)]);
+            assert_eq!(
+                (w.event.closes_at, w.event.quota, w.message),
+                (1060, 3, Window::default()),
+                "{event}"
+            );
+        }
+        for event in ["VIEW", "LOCATION", "TEMPLATESENDJOBFINISH"] {
+            assert_eq!(after(&[("event", Some(event), 1000)]), Windows::default(), "{event}");
+        }
+        // Unsubscribing closes both; a message's retry does not shorten its window.
+        let gone = after(&[
+            ("text", None, 1000),
+            ("event", Some("CLICK"), 1010),
+            ("event", Some("unsubscribe"), 1020),
+        ]);
+        assert_eq!((gone.message.closes_at, gone.event.closes_at), (1020, 1020));
+        assert!(!gone.is_open(1020));
+        assert_eq!(after(&[("text", None, 1000), ("text", None, 900)]), msg);
         let mut w = msg;
-        w.sent = 5;
+        w.message.sent = 5;
         assert!(!w.is_open(1001));
-        assert_eq!(msg.remaining(1000 + 48 * 3600), 0);
+        assert_eq!(msg.message.remaining(1000 + 48 * 3600), 0);
         assert!(msg.is_open(1001));
+    }
+
+    /// Overlapping windows: the one closing last leads, each shows its own quota, and a
+    /// reply uses the one closing first.
+    #[test]
+    fn overlapping_windows_show_each_quota() {
+        let mut w = after(&[("text", None, 1000), ("event", Some("CLICK"), 1010)]);
+        let j = w.to_json(1011);
+        assert_eq!(
+            (j["open"].clone(), j["closes_at"].clone(), j["remaining"].clone(), j["quota"].clone()),
+            (json!(true), json!(1000 + 48 * 3600), json!(5), json!(5))
+        );
+        let each: Vec<(String, u64)> = j["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x["kind"].as_str().unwrap().to_owned(), x["remaining"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(each, [("message".to_owned(), 5), ("event".to_owned(), 3)]);
+        assert!(w.use_one(1011));
+        assert_eq!((w.event.sent, w.message.sent), (1, 0));
+        // Past the event window, the message window takes the replies.
+        assert!(w.use_one(1070));
+        assert_eq!((w.event.sent, w.message.sent), (1, 1));
+        // The message window used up: a click still allows 3, and leads.
+        w.message.sent = 5;
+        w.apply(Touch::of("event", Some("CLICK"), 2000));
+        let j = w.to_json(2001);
+        assert_eq!(
+            (j["open"].clone(), j["closes_at"].clone(), j["remaining"].clone()),
+            (json!(true), json!(2060), json!(3))
+        );
+        assert!(!w.use_one(3000), "all used up or closed");
     }
 
     #[test]
@@ -1072,12 +1416,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = State::Local(Local::open(dir.path()).unwrap());
-            let w = s.inbound("wx1", "o1", Window::opened_by("text", None, 1000)).await.unwrap();
-            assert_eq!(w.quota, 5);
-            // A click inside a message window does not shorten it.
-            let w2 = s.inbound("wx1", "o1", Window::opened_by("event", Some("CLICK"), 1010)).await.unwrap();
-            assert_eq!(w2, w);
-            assert_eq!(s.sent("o1").await.unwrap().sent, 1);
+            let w = s.inbound("wx1", "o1", Touch::of("text", None, 1000)).await.unwrap().window;
+            assert_eq!(w.message.quota, 5);
+            // A click inside a message window opens its own beside it.
+            let w2 = s.inbound("wx1", "o1", Touch::of("event", Some("CLICK"), 1010)).await.unwrap().window;
+            assert_eq!((w2.message, w2.event.quota), (w.message, 3));
+            assert_eq!(s.sent("o1", 2000).await.unwrap().message.sent, 1);
+            s.inbound("wx1", "o1", Touch::of("event", Some("unsubscribe"), 2001)).await.unwrap();
             s.put_media(MediaRecord {
                 id: "m1".into(),
                 appid: "wx1".into(),
@@ -1088,13 +1433,15 @@ mod tests {
                 error: String::new(),
                 created_at: 1,
                 owner: String::new(),
+                media_at: 0,
             })
             .await
             .unwrap();
         }
         let s = State::Local(Local::open(dir.path()).unwrap());
         let f = s.follower("o1").await.unwrap().unwrap();
-        assert_eq!((f.appid.as_str(), f.window.sent), ("wx1", 1));
+        assert_eq!((f.appid.as_str(), f.window.message.sent, f.window.event.quota), ("wx1", 1, 3));
+        assert_eq!((f.unsubscribed, f.window.message.closes_at), (true, 2001));
         assert_eq!(s.pending_media().await.len(), 1);
         // Retention takes old media records, never followers.
         s.trim(100).await;
@@ -1111,20 +1458,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = std::sync::Arc::new(State::Local(Local::open(dir.path()).unwrap()));
-            s.inbound("wx1", "o1", Window::opened_by("text", None, 1000)).await.unwrap();
+            let now = 1000 + 3600;
+            s.inbound("wx1", "o1", Touch::of("text", None, 1000)).await.unwrap();
+            // Quota aside (WeChat would refuse past 5): each reply is counted in order.
+            if let State::Local(l) = &*s {
+                l.followers.lock().get_mut("o1").unwrap().window.message.quota = 1000;
+            }
             let sends: Vec<_> = (0..200)
                 .map(|_| {
                     let s = s.clone();
-                    tokio::spawn(async move { s.sent("o1").await })
+                    tokio::spawn(async move { s.sent("o1", now).await })
                 })
                 .collect();
             for t in sends {
                 t.await.unwrap();
             }
-            assert_eq!(s.follower("o1").await.unwrap().unwrap().window.sent, 200);
+            assert_eq!(s.follower("o1").await.unwrap().unwrap().window.message.sent, 200);
         }
         let s = State::Local(Local::open(dir.path()).unwrap());
-        assert_eq!(s.follower("o1").await.unwrap().unwrap().window.sent, 200, "the file has the last update");
+        assert_eq!(
+            s.follower("o1").await.unwrap().unwrap().window.message.sent,
+            200,
+            "the file has the last update"
+        );
     }
 
     fn media(id: &str) -> MediaRecord {
@@ -1138,6 +1494,7 @@ mod tests {
             error: String::new(),
             created_at: 1,
             owner: String::new(),
+            media_at: 0,
         }
     }
 
@@ -1148,7 +1505,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = Local::open(dir.path()).unwrap();
         written(l.submit(|c| c.execute_batch("PRAGMA query_only = ON"))).await.unwrap();
-        let opens = Window::opened_by("text", None, 1000);
+        let opens = Touch::of("text", None, 1000);
         let e = l.inbound("wx1", "o1", opens).await.unwrap_err();
         assert!(e.to_string().contains("cannot record WeChat state"), "{e}");
         assert_eq!(l.follower("o1"), None);
@@ -1160,12 +1517,13 @@ mod tests {
         assert_eq!(l.reserve_upload("bob", 7, 100, 100).await, Err(e.0.clone()), "nothing was counted");
         // The file takes writes again: WeChat's retry records the follower.
         written(l.submit(|c| c.execute_batch("PRAGMA query_only = OFF"))).await.unwrap();
-        assert_eq!(l.inbound("wx1", "o1", opens).await.unwrap(), opens.unwrap());
+        let recorded = l.inbound("wx1", "o1", opens).await.unwrap();
+        assert_eq!(recorded.window, after(&[("text", None, 1000)]));
         l.put_media(media("m1")).await.unwrap();
         l.grant("m1", "bob").await.unwrap();
         drop(l);
         let l = Local::open(dir.path()).unwrap();
-        assert_eq!(l.follower("o1").map(|f| f.window), opens);
+        assert_eq!(l.follower("o1").map(|f| f.window), Some(recorded.window));
         assert_eq!(l.media("m1"), Some(media("m1")));
         assert!(l.is_reader("m1", "bob"));
     }
