@@ -560,9 +560,9 @@ impl StoreConfig {
             }
         }
         // Parse the URLs as the clients will (and without printing them).
-        match crate::store::redis_conn::Target::from_config(self) {
+        match crate::redis_conn::Target::from_config(self) {
             Ok(_) => Ok(()),
-            Err(crate::store::redis_conn::ConnError::Invalid { key, reason }) => bad(key, reason),
+            Err(crate::redis_conn::ConnError::Invalid { key, reason }) => bad(key, reason),
             Err(e) => bad("store.redis_url", e.to_string()),
         }
     }

@@ -22,6 +22,7 @@ pub mod hub;
 pub mod inbox;
 pub mod ingest;
 pub mod rate;
+pub mod redis_conn;
 pub mod store;
 pub mod tail;
 pub mod wechat;
@@ -116,7 +117,7 @@ pub async fn run(
     // How to reach Redis (one server, or the master the sentinels name), for every user of it.
     let redis_target = match config.store.engine {
         Engine::Redis => {
-            Some(store::redis_conn::Target::from_config(&config.store).map_err(store::StoreError::from)?)
+            Some(redis_conn::Target::from_config(&config.store).map_err(store::StoreError::from)?)
         }
         Engine::Sqlite => None,
     };

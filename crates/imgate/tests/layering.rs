@@ -22,6 +22,9 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("inbox", &["http", "hub", "auth", "wechat", "ingest"]),
     // Configuration is read first and passed down: it depends on nothing.
     ("config", &["http", "hub", "store", "ingest", "auth", "wechat"]),
+    // How to reach Redis: made from the configuration alone, for the store, the inbox and
+    // the channel alike.
+    ("redis_conn", &["http", "hub", "store", "ingest", "auth", "wechat", "inbox"]),
     // The file an operator reads and writes is made from the configuration alone.
     ("config_file", &["http", "hub", "store", "ingest", "auth", "wechat"]),
     // A backup copies files: it needs to know where they are, nothing of what runs on them.

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::model::Conversation;
 use super::{Conversations, Edit, InboxError, Presence};
-use crate::store::redis_conn::{Conn, Target};
+use crate::redis_conn::{Conn, Target};
 use crate::store::{StoreError, Unavailable};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);

@@ -12,7 +12,6 @@ use imgate_protocol::EncodedMessage;
 
 pub mod lock;
 pub mod redis;
-pub mod redis_conn;
 pub mod sqlite;
 
 /// A message to commit to one mailbox.
@@ -213,3 +212,12 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type DynStore = Arc<dyn Store>;
+
+impl From<crate::redis_conn::ConnError> for StoreError {
+    fn from(e: crate::redis_conn::ConnError) -> Self {
+        match e {
+            crate::redis_conn::ConnError::Redis(r) => Unavailable::Redis(r).into(),
+            other => Unavailable::Failed(other.to_string()).into(),
+        }
+    }
+}

@@ -29,9 +29,9 @@ use redis::aio::ConnectionManagerConfig;
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 
-use super::redis_conn::{Conn, Target};
 use super::{Appended, Erased, Fanout, NewMessage, Store, StoreError, Stored, Unavailable};
 use crate::config::StoreConfig;
+use crate::redis_conn::{Conn, Target};
 
 /// How long one Redis command may take before the request fails (503, nothing stored:
 /// the script either ran whole or not at all).

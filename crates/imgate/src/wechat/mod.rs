@@ -208,7 +208,7 @@ impl Wechat {
     pub fn new(
         cfg: &WechatConfig,
         data_dir: &std::path::Path,
-        redis: Option<crate::store::redis_conn::Conn>,
+        redis: Option<crate::redis_conn::Conn>,
         retention: Duration,
     ) -> std::io::Result<Option<Arc<Wechat>>> {
         if cfg.accounts.is_empty() {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::store::redis_conn::Conn;
+use crate::redis_conn::Conn;
 use imgate_wechat::SharedTokens;
 
 pub struct RedisTokens {

@@ -918,7 +918,7 @@ impl State {
 /// `imgate:wx:m:<id>` (with a set of those still pending). A node that cannot reach
 /// Redis answers as if it knew nothing, and says so in its log.
 pub struct Shared {
-    conn: crate::store::redis_conn::Conn,
+    conn: crate::redis_conn::Conn,
     /// How long a media record lives after its last change (store.retention_max_age).
     ttl_secs: u64,
 }
@@ -1019,7 +1019,7 @@ fn windows_of(v: &[Option<i64>]) -> (Windows, bool) {
 }
 
 impl Shared {
-    pub fn new(conn: crate::store::redis_conn::Conn, retention: std::time::Duration) -> Shared {
+    pub fn new(conn: crate::redis_conn::Conn, retention: std::time::Duration) -> Shared {
         Shared { conn, ttl_secs: retention.as_secs().max(60) }
     }
 

@@ -47,15 +47,6 @@ pub enum ConnError {
     Redis(#[from] RedisError),
 }
 
-impl From<ConnError> for super::StoreError {
-    fn from(e: ConnError) -> Self {
-        match e {
-            ConnError::Redis(r) => super::Unavailable::Redis(r).into(),
-            other => super::Unavailable::Failed(other.to_string()).into(),
-        }
-    }
-}
-
 /// Where Redis is, as `[store]` says. Cheap to clone.
 #[derive(Clone)]
 pub struct Target(Arc<Mode>);
