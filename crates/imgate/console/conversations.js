@@ -31,6 +31,10 @@ const P = '/im_component/wx_official_account';
 const PAGE = 50;
 /** Changes that come together (a burst of messages) ask the server once. */
 const SETTLE_MS = 150;
+/** A conversation between two gateway users reaches the index up to a second after its
+ *  message (docs/inbox.md): a 404 is asked again this much later, a few times. */
+const INDEX_LAG_MS = 1500;
+const INDEX_LAG_TRIES = 3;
 /** Contacts of the newest history page asked about at the start (see load). */
 const MAX_ASKED = 50;
 
@@ -51,6 +55,8 @@ export class Conversations extends EventTarget {
     this.gen = 0;
     this.pending = new Map();   // contact → a refresh in flight (and whether to ask again)
     this.unlisted = new Map();  // contact → [[frame, opts]] not listed, while the server is asked
+    this.lagging = new Map();   // contact → 404s so far (the index may not have it yet)
+    this.laterTimers = new Map(); // contact → the refresh once the index has caught up
     this.countsTimer = null;
   }
 
@@ -240,7 +246,11 @@ export class Conversations extends EventTarget {
             this.#ensure(contact).local = true;
             for (const [f, opts] of waiting) this.ingest(f, opts);
           }
+          const tries = (this.lagging.get(contact) || 0) + 1;
+          this.lagging.set(contact, tries);
+          if (tries < INDEX_LAG_TRIES) setTimeout(() => gen === this.gen && this.refresh(contact), INDEX_LAG_MS);
         } else if (r.ok) {
+          this.lagging.delete(contact);
           const o = (await r.json()).data;
           if (o?.contact_id !== undefined && (this.items.has(contact) || this.#inRange(o))) this.#fromServer(o);
         }
@@ -266,7 +276,7 @@ export class Conversations extends EventTarget {
     const s = summary(o);
     if (s.company) c.company = s.company;
     if (s.wechat) c.wechat = true;
-    Object.assign(c, { unread: s.unread, state: s.state, assignee: s.assignee, waiting_since: s.waiting_since, at: s.at, local: false });
+    Object.assign(c, { unread: s.unread, state: s.state, assignee: s.assignee, waiting_since: s.waiting_since, at: s.at, direct: s.direct, local: false });
     // A live message already shown may be newer than the server's answer (it was asked
     // before the message was committed): keep the newer.
     if (s.last && (!c.last || s.last.seq >= (c.last.seq || 0))) c.last = c.last?.id === s.last.id ? { ...s.last, msg: c.last.msg, name: c.last.name } : s.last;
@@ -326,8 +336,20 @@ export class Conversations extends EventTarget {
     if (changed) this.#changed(c.contact);
     if (live && this.server && !c.local) {
       this.refresh(contact);
+      // Between gateway users the index has the message a second later: ask once more then.
+      if (c.direct) this.#later(contact);
       this.#recount();
     }
+  }
+
+  /** One more refresh of `contact` once the index has caught up (debounced). */
+  #later(contact) {
+    clearTimeout(this.laterTimers.get(contact));
+    const gen = this.gen;
+    this.laterTimers.set(contact, setTimeout(() => {
+      this.laterTimers.delete(contact);
+      if (gen === this.gen) this.refresh(contact);
+    }, INDEX_LAG_MS));
   }
 
   /** The person was erased: their row goes, and whatever was waiting to be listed. */
