@@ -241,7 +241,14 @@ export class Conversations extends EventTarget {
         if (gen !== this.gen) return;
         const waiting = this.unlisted.get(contact);
         this.unlisted.delete(contact);
-        if (r.status === 404) {
+        if (r.ok) {
+          this.lagging.delete(contact);
+          const o = (await r.json()).data;
+          if (o?.contact_id !== undefined && (this.items.has(contact) || this.#inRange(o))) this.#fromServer(o);
+        } else {
+          // 404: not in the index (yet: a pair of gateway users lands a second late); any
+          // other answer (a token that just expired, a node restarting): the server could
+          // not say. Either way what came is shown, and the server asked again later.
           if (waiting && !this.items.has(contact) && this.holds({ local: true })) {
             this.#ensure(contact).local = true;
             for (const [f, opts] of waiting) this.ingest(f, opts);
@@ -249,10 +256,6 @@ export class Conversations extends EventTarget {
           const tries = (this.lagging.get(contact) || 0) + 1;
           this.lagging.set(contact, tries);
           if (tries < INDEX_LAG_TRIES) setTimeout(() => gen === this.gen && this.refresh(contact), INDEX_LAG_MS);
-        } else if (r.ok) {
-          this.lagging.delete(contact);
-          const o = (await r.json()).data;
-          if (o?.contact_id !== undefined && (this.items.has(contact) || this.#inRange(o))) this.#fromServer(o);
         }
       } catch { /* the next frame asks again */ } finally {
         this.pending.delete(contact);

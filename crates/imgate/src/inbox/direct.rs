@@ -195,6 +195,13 @@ impl Indexer {
     }
 }
 
+impl Drop for Indexer {
+    /// The server is going away: write what is pending now, not at the next tick.
+    fn drop(&mut self) {
+        self.dirty.full.notify_one();
+    }
+}
+
 async fn run(convs: DynConversations, dirty: Arc<Dirty>) {
     loop {
         let last = Arc::strong_count(&dirty) == 1;
@@ -205,7 +212,7 @@ async fn run(convs: DynConversations, dirty: Arc<Dirty>) {
             }
         }
         write(&convs, &dirty).await;
-        if last {
+        if last || Arc::strong_count(&dirty) == 1 {
             return;
         }
     }
