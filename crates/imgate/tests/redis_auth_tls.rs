@@ -30,19 +30,7 @@ impl Server {
 
     /// `redis-server ARGS` in `dir`, as given (a config file must come first).
     fn run(port: u16, dir: &str, args: &[&str]) -> Server {
-        let child = Command::new("redis-server")
-            .current_dir(dir)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let deadline = Instant::now() + PATIENCE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server on {port} did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server(child)
+        Server(redis_server(port, Some(std::path::Path::new(dir)), args))
     }
 }
 

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -27,18 +27,7 @@ struct Proc {
 
 impl Proc {
     fn start(port: u16, args: &[&str]) -> Proc {
-        let child = Command::new("redis-server")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let deadline = Instant::now() + PATIENCE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server on {port} did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Proc { port, child }
+        Proc { port, child: redis_server(port, None, args) }
     }
 
     fn server(port: u16, dir: &Path, extra: &[&str]) -> Proc {

@@ -324,6 +324,27 @@ pub struct Redis {
     child: Option<std::process::Child>,
 }
 
+/// `redis-server ARGS` (run in `dir` when given: a config file then comes first), once it
+/// accepts connections on `port`; fails the test after [`PATIENCE`].
+pub fn redis_server(port: u16, dir: Option<&Path>, args: &[&str]) -> std::process::Child {
+    let mut cmd = std::process::Command::new("redis-server");
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let child = cmd
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "redis-server on {port} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 impl Redis {
     pub fn start() -> Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
