@@ -23,13 +23,18 @@ use tokio_util::sync::CancellationToken;
 use super::{CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED, Charge, Hub, Next, Outbound, Queue};
 use crate::config::HubConfig;
 use crate::ingest::{Ingest, Sender};
-use crate::store::{DynStore, Store, StoreError};
+use crate::store::{DynStore, Store, StoreError, Stored, Unavailable};
 
 /// Messages read from the mailbox per query while replaying (and at most
 /// `hub.queue_max_bytes` of them).
 const REPLAY_PAGE: usize = 256;
 /// How often a replay short of budget (`hub.total_queue_max_bytes`) looks again.
 const BUDGET_RETRY: Duration = Duration::from_millis(50);
+/// How long a replay keeps asking a mailbox the store cannot read right now (a Redis
+/// failover, a reconnect) before it closes the connection, and the first pause between
+/// tries (doubling, at most a second).
+const READ_PATIENCE: Duration = Duration::from_secs(10);
+const READ_RETRY: Duration = Duration::from_millis(100);
 /// Live frames written before one flush.
 const WRITE_BATCH: usize = 64;
 /// How long a close handshake may take before the socket is dropped.
@@ -272,12 +277,15 @@ impl Conn {
                 return Ok(());
             }
             let mut charge = reserve(&self.ctx, max_bytes, self.flushed).await?;
-            let page = self
-                .ctx
-                .store
-                .read_after(&self.user, self.last_sent, limit, max_bytes)
-                .await
-                .map_err(store_stop)?;
+            let page = read_page(
+                self.ctx.store.as_ref(),
+                &self.ctx.shutdown,
+                &self.user,
+                self.last_sent,
+                limit,
+                max_bytes,
+            )
+            .await?;
             charge.resize(page.iter().map(|m| m.frame.as_stored().len()).sum());
             // A short page usually means the end; but retention may have taken rows from
             // under this one, so only an empty page is sure.
@@ -431,6 +439,38 @@ async fn reserve(ctx: &ConnContext, bytes: usize, flushed: u64) -> Result<Charge
         }
         if Instant::now() >= deadline {
             return Err(no_budget(flushed));
+        }
+    }
+}
+
+/// A page of `user`'s mailbox after `after`. A store that cannot answer for a moment (a
+/// Redis failover closes every client's connection; the next call reconnects) is asked
+/// again for up to `READ_PATIENCE`, so that a live connection rides through it instead of
+/// making every client reconnect at once. A damaged record will not heal: no retry.
+async fn read_page(
+    store: &dyn Store,
+    shutdown: &CancellationToken,
+    user: &str,
+    after: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<Stored>, Stop> {
+    let give_up = Instant::now() + READ_PATIENCE;
+    let mut pause = READ_RETRY;
+    loop {
+        match store.read_after(user, after, limit, max_bytes).await {
+            Ok(page) => return Ok(page),
+            Err(StoreError::Closed) => return Err(shutting_down()),
+            Err(e @ StoreError::Unavailable(Unavailable::Damaged(_))) => return Err(store_stop(e)),
+            Err(e) if Instant::now() + pause > give_up => return Err(store_stop(e)),
+            Err(e) => {
+                tracing::debug!(error = %e, user, "a mailbox could not be read; asking again");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(shutting_down()),
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
         }
     }
 }
@@ -626,5 +666,111 @@ mod tests {
         assert_eq!(hub.delivered("u"), None);
         store.go.notify_one();
         assert_eq!(tokio::time::timeout(patience, start).await.expect("the start ends").unwrap(), 5);
+    }
+
+    /// A store whose `read_after` fails with `error()` `fails` times, then reads an
+    /// empty page.
+    struct Flaky {
+        fails: AtomicU64,
+        calls: AtomicU64,
+        error: fn() -> Unavailable,
+    }
+
+    impl Flaky {
+        fn new(fails: u64, error: fn() -> Unavailable) -> Flaky {
+            Flaky { fails: AtomicU64::new(fails), calls: AtomicU64::new(0), error }
+        }
+    }
+
+    #[async_trait]
+    impl Store for Flaky {
+        async fn delivered(&self, _: &str) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn set_delivered(&self, _: &str, _: u64) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn append(&self, _: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+            Err(StoreError::Closed)
+        }
+        async fn read_after(&self, _: &str, _: u64, _: usize, _: usize) -> Result<Vec<Stored>, StoreError> {
+            self.calls.fetch_add(1, Ordering::AcqRel);
+            if self.fails.load(Ordering::Acquire) > 0 {
+                self.fails.fetch_sub(1, Ordering::AcqRel);
+                return Err(StoreError::Unavailable((self.error)()));
+            }
+            Ok(Vec::new())
+        }
+        async fn history(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: Option<u64>,
+            _: usize,
+        ) -> Result<Vec<Stored>, StoreError> {
+            Err(StoreError::Closed)
+        }
+        async fn last_seq(&self, _: &str) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn trim(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        async fn erase(&self, _: &str) -> Result<crate::store::Erased, StoreError> {
+            Err(StoreError::Closed)
+        }
+        async fn ready(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn close(&self) {}
+    }
+
+    fn redis_gone() -> Unavailable {
+        Unavailable::Redis(::redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )))
+    }
+
+    fn code(stop: Result<Vec<Stored>, Stop>) -> Option<u16> {
+        match stop {
+            Err(Stop::Close(code, _)) => Some(code),
+            Err(Stop::Gone) => Some(0),
+            Ok(_) => None,
+        }
+    }
+
+    /// A failover: the first reads fail, a later one answers, and the connection lives on.
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_rides_through_a_store_that_fails_for_a_moment() {
+        let store = Flaky::new(3, redis_gone);
+        let page = read_page(&store, &CancellationToken::new(), "u", 0, 10, 1 << 20).await;
+        assert_eq!(code(page), None);
+        assert_eq!(store.calls.load(Ordering::Acquire), 4);
+    }
+
+    /// A store that stays away: the connection is closed (1011, reconnect later), after
+    /// READ_PATIENCE and not before.
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_gives_up_on_a_store_that_stays_away() {
+        let store = Flaky::new(u64::MAX, redis_gone);
+        let began = Instant::now();
+        let page = read_page(&store, &CancellationToken::new(), "u", 0, 10, 1 << 20).await;
+        assert_eq!(code(page), Some(1011));
+        let waited = began.elapsed();
+        assert!(waited <= READ_PATIENCE && waited >= READ_PATIENCE - Duration::from_secs(1), "{waited:?}");
+    }
+
+    /// A damaged record is not asked for again; a shutdown ends the waiting at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_damaged_mailbox_closes_at_once_and_shutdown_ends_the_wait() {
+        let store = Flaky::new(u64::MAX, || Unavailable::Damaged("bad record".into()));
+        let page = read_page(&store, &CancellationToken::new(), "u", 0, 10, 1 << 20).await;
+        assert_eq!((code(page), store.calls.load(Ordering::Acquire)), (Some(1011), 1));
+
+        let store = Flaky::new(u64::MAX, redis_gone);
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let page = read_page(&store, &shutdown, "u", 0, 10, 1 << 20).await;
+        assert_eq!((code(page), store.calls.load(Ordering::Acquire)), (Some(1001), 1));
     }
 }
