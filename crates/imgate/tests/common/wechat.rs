@@ -38,3 +38,23 @@ pub fn aim(c: &mut Config, base: &str, agents: &[&str]) {
     c.wechat.api_base = base.to_owned();
     c.wechat.accounts.push(account(agents));
 }
+
+/// A follower's text through the test account's (plaintext) callback on the server at
+/// `http` (its base URL), stamped `now` (the channel's clock, which a test may move).
+pub async fn text_from(http: &str, now: i64, from: &str, text: &str, msg_id: u64) {
+    use imgate_wechat::callback::{Keys, seal};
+    let xml = format!(
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>{from}</FromUserName><CreateTime>{now}</CreateTime>\
+         <MsgType>text</MsgType><Content>{text}</Content><MsgId>{msg_id}</MsgId></xml>"
+    );
+    let keys = Keys { token: TOKEN, appid: APPID, cipher: None };
+    let (body, q) = seal(&xml, keys, &now.to_string(), &msg_id.to_string());
+    let r = reqwest::Client::new()
+        .post(format!("{http}/im_component/wx_official_account/callback/{APPID}"))
+        .query(&q)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+}
