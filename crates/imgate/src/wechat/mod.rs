@@ -627,7 +627,21 @@ impl Wechat {
             Some(p) => p,
             None => {
                 acct.pace().await;
-                self.fetch_profile(acct, openid).await?
+                // WeChat has the remark already: a failed fetch must not say otherwise. The
+                // rest comes with the follower's next message (fetched_at 0 is overdue).
+                match self.fetch_profile(acct, openid).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(contact = %openid, error = %e, "profile fetch failed; the remark is kept");
+                        let subscribe = i64::from(self.subscribed(openid).await.unwrap_or(true));
+                        let info = imgate_wechat::UserInfo {
+                            openid: openid.to_owned(),
+                            subscribe,
+                            ..Default::default()
+                        };
+                        Profile { info, fetched_at: 0 }
+                    }
+                }
             }
         };
         profile.info.remark = remark.to_owned();
