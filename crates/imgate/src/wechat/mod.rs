@@ -129,8 +129,8 @@ pub struct Account {
     tokens: TokenCache,
     /// A plaintext callback came although the account has a key: said once.
     warned_plaintext: std::sync::atomic::AtomicBool,
-    /// When this node's next `user/info` call of the account may go.
-    profile_pace: parking_lot::Mutex<tokio::time::Instant>,
+    /// This node's `user/info` calls of the account, [`PROFILE_CALLS_PER_SEC`] at most.
+    profile_pace: Pacer,
     /// Profile fetches of the account waiting or under way on this node.
     profile_queue: std::sync::atomic::AtomicUsize,
 }
@@ -142,10 +142,28 @@ impl Account {
 
     /// Wait for this node's next `user/info` slot of the account ([`PROFILE_CALLS_PER_SEC`]).
     async fn pace(&self) {
+        self.profile_pace.wait().await;
+    }
+}
+
+/// Calls spaced `every` apart: each caller is given the next free slot and sleeps until it
+/// (no lock is held while it sleeps; callers go in the order they asked).
+struct Pacer {
+    next: parking_lot::Mutex<Option<tokio::time::Instant>>,
+    every: Duration,
+}
+
+impl Pacer {
+    fn new(every: Duration) -> Pacer {
+        Pacer { next: parking_lot::Mutex::new(None), every }
+    }
+
+    async fn wait(&self) {
         let slot = {
-            let mut next = self.profile_pace.lock();
-            let slot = (*next).max(tokio::time::Instant::now());
-            *next = slot + Duration::from_millis(1000 / PROFILE_CALLS_PER_SEC);
+            let mut next = self.next.lock();
+            let now = tokio::time::Instant::now();
+            let slot = next.map_or(now, |n| n.max(now));
+            *next = Some(slot + self.every);
             slot
         };
         tokio::time::sleep_until(slot).await;
@@ -299,7 +317,7 @@ impl Wechat {
                     .flatten(),
                 tokens: TokenCache::new(api.clone(), &a.appid, &a.secret, mode, shared_tokens.clone()),
                 warned_plaintext: Default::default(),
-                profile_pace: parking_lot::Mutex::new(tokio::time::Instant::now()),
+                profile_pace: Pacer::new(Duration::from_millis(1000 / PROFILE_CALLS_PER_SEC)),
                 profile_queue: Default::default(),
             })
             .collect();
@@ -1087,5 +1105,38 @@ fn extension(content_type: &str) -> &'static str {
         "audio/mpeg" | "audio/mp3" => "mp3",
         "video/mp4" => "mp4",
         _ => "bin",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Profile fetches of one account go at most PROFILE_CALLS_PER_SEC a second, however
+    /// many wait; after a quiet spell the next goes at once.
+    #[tokio::test(start_paused = true)]
+    async fn profile_calls_are_paced() {
+        let pacer = Arc::new(Pacer::new(Duration::from_millis(1000 / PROFILE_CALLS_PER_SEC)));
+        let start = tokio::time::Instant::now();
+        let waits: Vec<_> = (0..12)
+            .map(|_| {
+                let p = pacer.clone();
+                tokio::spawn(async move {
+                    p.wait().await;
+                    tokio::time::Instant::now()
+                })
+            })
+            .collect();
+        let mut at = Vec::new();
+        for w in waits {
+            at.push((w.await.unwrap() - start).as_millis());
+        }
+        at.sort_unstable();
+        let want: Vec<u128> = (0..12).map(|i| i * 200).collect();
+        assert_eq!(at, want);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let before = tokio::time::Instant::now();
+        pacer.wait().await;
+        assert_eq!(tokio::time::Instant::now(), before, "no wait after a quiet spell");
     }
 }
