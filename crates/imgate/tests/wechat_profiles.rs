@@ -154,6 +154,31 @@ async fn a_followers_profile_is_fetched_once_and_daily_redis() {
     a_followers_profile_is_fetched_once_and_daily(Engine::Redis).await;
 }
 
+/// Two nodes see a new follower at once: only one asks WeChat (the other sees its claim).
+#[tokio::test]
+async fn one_node_fetches_a_profile_for_all() {
+    let r = rig(Engine::Redis, 2).await;
+    let (a, b) = (&r.nodes[0], &r.nodes[1]);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    r.wechat.0.lock().hold_user_info = Some(gate.clone());
+    let asked = || r.wechat.0.lock().user_info_asked.clone();
+    text_from(&a.http(""), r.clock.now(), "oAnna", "hello", 1).await;
+    eventually("node a never asked for oAnna's profile", || async { (asked() == ["oAnna"]).then_some(()) })
+        .await;
+    // While a's fetch is under way, oAnna writes to b, then oBob does: b's fetch of oBob
+    // comes after any of oAnna's it would make (one account's calls go in turn).
+    text_from(&b.http(""), r.clock.now(), "oAnna", "still there?", 2).await;
+    text_from(&b.http(""), r.clock.now(), "oBob", "hi", 3).await;
+    eventually("node b never asked for oBob's profile", || async {
+        asked().contains(&"oBob".to_owned()).then_some(())
+    })
+    .await;
+    assert_eq!(asked(), ["oAnna", "oBob"], "b asked for oAnna's profile too");
+    gate.add_permits(10);
+    assert_eq!(profile_of(b, "oAnna").await["unionid"], "oUnionAnna");
+    assert_eq!(asked(), ["oAnna", "oBob"]);
+}
+
 /// An agent's remark: to WeChat, into the profile (every node), and onto the follower's
 /// frames as `data.name`; refusals answered plainly, nothing changed.
 async fn an_agents_remark_names_the_follower(engine: Engine) {

@@ -68,6 +68,11 @@ pub struct Inner {
     pub users: HashMap<String, imgate_wechat::UserInfo>,
     /// `user/info` calls answered (with a profile or not).
     pub user_info_calls: u64,
+    /// The openid of each `user/info` call, in the order they came.
+    pub user_info_asked: Vec<String>,
+    /// When set, `user/info` calls wait for a permit of it before answering (a test holds
+    /// a fetch in flight); they are in `user_info_asked` already.
+    pub hold_user_info: Option<Arc<tokio::sync::Semaphore>>,
     /// How many more `user/info` and `updateremark` calls the day's quota allows (None:
     /// no limit); at 0 they answer 45009.
     pub user_quota: Option<u64>,
@@ -393,6 +398,14 @@ fn over_user_quota(st: &mut Inner) -> Option<Response> {
 async fn user_info(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
     if let Some(r) = s.check(&q) {
         return r;
+    }
+    let hold = {
+        let mut st = s.0.lock();
+        st.user_info_asked.push(q.get("openid").cloned().unwrap_or_default());
+        st.hold_user_info.clone()
+    };
+    if let Some(gate) = hold {
+        let _ = gate.acquire().await;
     }
     let mut st = s.0.lock();
     st.user_info_calls += 1;
