@@ -112,7 +112,9 @@ function start() {
     title();
     if (state.sound) beep();
     if (window.Notification && Notification.permission === 'granted') {
-      try { new Notification(contact, { body: preview(d), tag: contact }); } catch { /* not allowed here */ }
+      // A follower's name (their remark) where agents gave one.
+      const title = (d.window !== undefined && d.name) || source.get(contact)?.name || contact;
+      try { new Notification(title, { body: preview(d), tag: contact }); } catch { /* not allowed here */ }
     }
   }
 
