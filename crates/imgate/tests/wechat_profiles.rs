@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::wechat::text_from;
+use common::wechat::{event_from, text_from};
 use common::*;
 use imgate::config::{Config, Engine};
 use imgate::wechat::standin::StandIn;
@@ -142,6 +142,22 @@ async fn a_followers_profile_is_fetched_once_and_daily(engine: Engine) {
     })
     .await;
     assert_eq!(r.wechat.0.lock().user_info_calls, 2);
+    // She is named, then unfollows: asked again at once, WeChat says only that she left,
+    // and what was known of her (her name too) stays.
+    let (status, body) = put_remark(a, "agent1", "oAnna", r#"{"remark":"Anna"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    r.wechat.0.lock().users.get_mut("oAnna").unwrap().subscribe = 0;
+    event_from(&b.http(""), r.clock.now(), "oAnna", "unsubscribe").await;
+    let p = eventually("the profile did not follow the unsubscribe", || async {
+        let p = profile_of(a, "oAnna").await;
+        (p["subscribed"] == false).then_some(p)
+    })
+    .await;
+    assert_eq!(
+        (p["remark"].as_str(), p["unionid"].as_str(), p["tags"].clone()),
+        (Some("Anna"), Some("oUnionAnna"), json!([2, 101, 7]))
+    );
+    assert_eq!(r.wechat.0.lock().user_info_calls, 3);
 }
 
 #[tokio::test]

@@ -485,7 +485,11 @@ impl Wechat {
         let follower = self.state.inbound(&acct.config.appid, &openid, touch).await?;
         let window = follower.window;
         let profile = follower.profile;
-        let profile_due = profile.as_ref().is_none_or(|p| now - p.fetched_at >= PROFILE_MAX_AGE_SECS);
+        // (Un)following changes what user/info says (subscription, time, scene): ask again.
+        let profile_due = profile.as_ref().is_none_or(|p| now - p.fetched_at >= PROFILE_MAX_AGE_SECS)
+            || touch
+                .subscribed
+                .is_some_and(|s| profile.as_ref().is_some_and(|p| (p.info.subscribe == 1) != s));
         if let Some(media_id) = xml.non_empty("MediaId")
             && matches!(content.msg_type.as_str(), "image" | "voice" | "video" | "shortvideo")
         {
@@ -568,7 +572,7 @@ impl Wechat {
             );
             return;
         }
-        let (w, openid) = (self.clone(), openid.to_owned());
+        let (w, openid, asked_at) = (self.clone(), openid.to_owned(), self.clock.now());
         tokio::spawn(async move {
             let acct = &w.accounts[index];
             for wait in PROFILE_RETRIES {
@@ -577,11 +581,8 @@ impl Wechat {
                 if !w.state.claim_profile_fetch(&openid, PROFILE_CLAIM).await {
                     break;
                 }
-                // Or did, since this follower's message was read.
-                let fresh = w
-                    .profile(&openid)
-                    .await
-                    .is_some_and(|p| w.clock.now() - p.fetched_at < PROFILE_MAX_AGE_SECS);
+                // Or did, since this refresh was asked for.
+                let fresh = w.profile(&openid).await.is_some_and(|p| p.fetched_at > asked_at);
                 if fresh {
                     w.state.release_profile_fetch(&openid).await;
                     break;
@@ -608,7 +609,16 @@ impl Wechat {
 
     /// `user/info` now, kept with the follower (unless erased meanwhile).
     async fn fetch_profile(&self, acct: &Account, openid: &str) -> Result<Profile, WechatError> {
-        let info = acct.tokens.call(|token| async move { self.api.user_info(&token, openid).await }).await?;
+        let mut info =
+            acct.tokens.call(|token| async move { self.api.user_info(&token, openid).await }).await?;
+        // Of someone who unfollowed WeChat says only that (and the unionid): what was known
+        // of them, their remark included, stays.
+        if info.subscribe == 0
+            && let Some(before) = self.profile(openid).await
+        {
+            let unionid = if info.unionid.is_empty() { before.info.unionid.clone() } else { info.unionid };
+            info = imgate_wechat::UserInfo { subscribe: 0, unionid, ..before.info };
+        }
         let profile = Profile { info, fetched_at: self.clock.now() };
         if self.state.put_profile(openid, profile.clone()).await? {
             self.profile_changed(acct, openid, &profile);
