@@ -121,8 +121,9 @@ const errors = [];
 function watch(p, label) {
   p.setDefaultTimeout(WAIT);
   // Refusals the tests provoke (403 not the assignee, 409 claimed, 404 a gateway user's
-  // conversation) are logged by the browser as failed requests: expected.
-  const expected = (m) => /status of (403|404|409)/.test(m.text()) && m.location()?.url?.includes(`${P}/conversations`);
+  // conversation, 400 a remark too long) are logged by the browser as failed requests: expected.
+  const expected = (m) => (/status of (403|404|409)/.test(m.text()) && m.location()?.url?.includes(`${P}/conversations`))
+    || (/status of 400/.test(m.text()) && m.location()?.url?.includes('/remark'));
   p.on('console', (m) => m.type() === 'error' && !expected(m) && errors.push(`${label}: ${m.text()}`));
   p.on('pageerror', (e) => errors.push(`${label}: ${e}`));
 }
@@ -450,6 +451,43 @@ test('keyboard and language: the inbox\'s shortcuts under ?, every string in bot
   });
   check(han.length === 0, `no Chinese in the English page's own strings (${han.join(' | ')})`);
   check((await p.evaluate(() => window.imgate.i18n.missing())).length === 0, 'no key missing from the en table');
+  await p.context().close();
+});
+
+test('followers with names: the profile shows the unionid; a remark set in the console names the follower in the list, the header and the other agent\'s list', async () => {
+  await follower('oNamed', '我的快递到了吗？');
+  const one = await agentPage('agent1', { lang: 'zh-CN', viewport: { width: 1200, height: 760 } });
+  const p = await agentPage('agent2', { lang: 'en-US', viewport: { width: 1200, height: 760 } });
+  const contact = () => api('agent1', 'contact', { params: { contact_id: 'oNamed' } });
+  const unionid = await until('the follower\'s profile (user/info)', async () => (await contact()).wechat.profile?.unionid);
+  await openConv(one, 'oNamed');
+  await one.locator('#profile:not([hidden])').waitFor();
+  check((await one.locator('#profile-text').textContent()).includes(unionid), `the profile shows the unionid (${unionid})`);
+  await one.locator('#rename').click();
+  await one.locator('#remark-input').fill('李安娜（VIP）');
+  await one.keyboard.press('Enter');
+  const name = (q, c) => row(q, c).locator('.name').textContent();
+  await until('the row to show the name', async () => await name(one, 'oNamed') === '李安娜（VIP）');
+  check(await one.locator('#contact-name').textContent() === '李安娜（VIP）', 'the header shows the name');
+  check(await row(one, 'oNamed').getAttribute('title') === 'oNamed', 'the openid stays in the row\'s title');
+  check((await contact()).wechat.profile.remark === '李安娜（VIP）', 'the gateway keeps it (WeChat took it: updateremark)');
+  // The other agent: named by the follower's next message (data.name), and by the index on a new page.
+  await reach(p, 'oNamed');
+  await follower('oNamed', '在吗？');
+  await until('agent2\'s row to show the name', async () => await name(p, 'oNamed') === '李安娜（VIP）');
+  await p.reload();
+  await p.locator('#state.connected').waitFor();
+  await reach(p, 'oNamed');
+  await until('the name from the index after a reload', async () => await name(p, 'oNamed') === '李安娜（VIP）');
+  // Over 30 characters: WeChat's limit, said plainly; the name stays.
+  await one.locator('#rename').click();
+  await one.locator('#remark-input').evaluate((i) => i.removeAttribute('maxlength'));
+  await one.locator('#remark-input').fill('名'.repeat(31));
+  await one.keyboard.press('Enter');
+  await one.locator('#act-error:not([hidden])', { hasText: '31' }).waitFor();
+  check(await one.locator('#contact-name').textContent() === '李安娜（VIP）', 'a refused name changes nothing');
+  await one.locator('#remark-cancel').click();
+  await one.context().close();
   await p.context().close();
 });
 

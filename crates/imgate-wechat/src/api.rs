@@ -1,4 +1,5 @@
-//! WeChat's HTTP API: access tokens, customer-service messages, media. The base URL is
+//! WeChat's HTTP API: access tokens, customer-service messages, media, followers' profiles
+//! (`user/info`, `user/info/updateremark`). The base URL is
 //! configurable, so tests point it at a stand-in.
 //!
 //! Access tokens travel in query strings: errors are reported without URLs, so a token
@@ -54,6 +55,31 @@ pub struct Token {
     pub value: String,
     pub expires_in: u64,
 }
+
+/// A follower as `cgi-bin/user/info` describes them. Since December 2021 WeChat gives no
+/// nickname or avatar: the remark an agent set is the only name there is. An unsubscribed
+/// follower's answer has only `subscribe: 0`, the openid and (sometimes) the unionid.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct UserInfo {
+    /// 1 while they follow the account, 0 after they unfollowed.
+    pub subscribe: i64,
+    pub openid: String,
+    /// Unix seconds of their latest subscription.
+    pub subscribe_time: i64,
+    /// How they came: `ADD_SCENE_QR_CODE`, `ADD_SCENE_SEARCH`, …
+    pub subscribe_scene: String,
+    /// The same person across the company's accounts (only when the account is bound to an
+    /// Open Platform account).
+    pub unionid: String,
+    pub remark: String,
+    pub tagid_list: Vec<i64>,
+    /// `zh_CN`, `en`, …
+    pub language: String,
+}
+
+/// How long a remark WeChat's `user/info/updateremark` takes, in characters.
+pub const REMARK_MAX_CHARS: usize = 30;
 
 /// Downloaded media.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -267,6 +293,55 @@ impl Api {
             let resp = self
                 .http
                 .post(self.url("/cgi-bin/message/custom/send"))
+                .query(&[("access_token", token)])
+                .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
+                .body(json)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            Self::answer(resp).await.map(|_| ())
+        })
+        .await
+    }
+
+    /// `GET cgi-bin/user/info`: what WeChat says of follower `openid`.
+    pub async fn user_info(&self, token: &str, openid: &str) -> Result<UserInfo, ApiError> {
+        observed("user/info", async {
+            let resp = self
+                .http
+                .get(self.url("/cgi-bin/user/info"))
+                .query(&[("access_token", token), ("openid", openid), ("lang", "zh_CN")])
+                .send()
+                .await
+                .map_err(unreachable)?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(unreachable)?;
+            let bad = || {
+                ApiError::BadAnswer(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ))
+            };
+            let v: Value = serde_json::from_slice(&body).map_err(|_| bad())?;
+            let errcode = v.get("errcode").and_then(Value::as_i64).unwrap_or(0);
+            if errcode != 0 {
+                let errmsg = v.get("errmsg").and_then(Value::as_str).unwrap_or_default().to_owned();
+                return Err(ApiError::WeChat { errcode, errmsg });
+            }
+            serde_json::from_value(v).map_err(|_| bad())
+        })
+        .await
+    }
+
+    /// `POST cgi-bin/user/info/updateremark`: the follower's remark becomes `remark` (empty:
+    /// none). WeChat takes at most [`REMARK_MAX_CHARS`] characters.
+    pub async fn update_remark(&self, token: &str, openid: &str, remark: &str) -> Result<(), ApiError> {
+        observed("user/info/updateremark", async {
+            let body = serde_json::json!({"openid": openid, "remark": remark});
+            let json = serde_json::to_vec(&body).map_err(|e| ApiError::BadAnswer(e.to_string()))?;
+            let resp = self
+                .http
+                .post(self.url("/cgi-bin/user/info/updateremark"))
                 .query(&[("access_token", token)])
                 .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
                 .body(json)

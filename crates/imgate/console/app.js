@@ -14,7 +14,7 @@ import { ListView } from './list.js';
 import { preview } from './messages.js';
 import { state, thread } from './state.js';
 import { ThreadView } from './thread.js';
-import { $, data, el } from './util.js';
+import { $, clock, data, el } from './util.js';
 
 const { t } = i18n;
 const P = '/im_component/wx_official_account';
@@ -112,7 +112,9 @@ function start() {
     title();
     if (state.sound) beep();
     if (window.Notification && Notification.permission === 'granted') {
-      try { new Notification(contact, { body: preview(d), tag: contact }); } catch { /* not allowed here */ }
+      // A follower's name (their remark) where agents gave one.
+      const title = (d.window !== undefined && d.name) || source.get(contact)?.name || contact;
+      try { new Notification(title, { body: preview(d), tag: contact }); } catch { /* not allowed here */ }
     }
   }
 
@@ -157,8 +159,10 @@ function start() {
     $('act-error').hidden = true;
     $('compose-error').hidden = true;
     document.body.classList.add('show-conv');
-    $('contact-name').textContent = contact;
+    $('remark-form').hidden = true;
+    renderName(th);
     renderMeta(th);
+    renderProfile(th);
     $('composer').hidden = false;
     view.show(th);
     composer.show(th);
@@ -167,6 +171,83 @@ function start() {
     renderActions();
     await view.loadNewest(th);
   }
+
+  /** The header's name: the follower's remark, else their id (kept in the title). */
+  function renderName(th) {
+    const name = source.get(th.contact)?.name || th.profile?.remark || '';
+    $('contact-name').textContent = name || th.contact;
+    $('contact-name').title = name ? th.contact : '';
+  }
+
+  /** A WeChat follower's profile: unionid, subscription, scene, tags, language; and the
+   *  agents' remark, which names them. */
+  function renderProfile(th) {
+    const p = th.profile;
+    $('profile').hidden = !p;
+    $('rename').hidden = !p;
+    if (!p) return;
+    const parts = [];
+    // UnionID is WeChat's name for it in every language.
+    if (p.unionid) parts.push([el('abbr', { translate: 'no' }, 'UnionID'), ' ', data(p.unionid)]);
+    parts.push([t(p.subscribed ? 'profile.subscribed' : 'profile.unsubscribed'), ...(p.subscribed && p.subscribe_time ? [' ', clock(p.subscribe_time)] : [])]);
+    if (p.subscribe_scene) parts.push([t('profile.scene'), ' ', data(p.subscribe_scene)]);
+    if (p.tags?.length) parts.push([t('profile.tags'), ' ', data(p.tags.join(', '))]);
+    if (p.language) parts.push([t('profile.language'), ' ', data(p.language)]);
+    $('profile-text').replaceChildren(...parts.flatMap((x, i) => (i ? [' · ', ...x] : x)));
+  }
+
+  function editRemark() {
+    const th = state.current !== null && thread(state.current);
+    if (!th?.profile) return;
+    $('remark-input').value = th.profile.remark || '';
+    $('remark-form').hidden = false;
+    $('remark-input').focus();
+  }
+
+  async function saveRemark(e) {
+    e.preventDefault();
+    const contact = state.current;
+    if (contact === null) return;
+    const th = thread(contact);
+    const remark = $('remark-input').value.trim();
+    $('act-error').hidden = true;
+    try {
+      const r = await fetch(client.url(`${P}/contacts/${encodeURIComponent(contact)}/remark`), {
+        method: 'PUT',
+        headers: { ...client.headers(), 'content-type': 'application/json' },
+        body: JSON.stringify({ remark }),
+      });
+      const j = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error(j.result?.message || String(r.status));
+      th.profile = j.data.profile;
+      source.setName(contact, th.profile.remark);
+      if (contact !== state.current) return;
+      $('remark-form').hidden = true;
+      renderName(th);
+      renderProfile(th);
+      $('rename').focus();
+    } catch (err) {
+      if (contact !== state.current) return;
+      $('act-error').hidden = false;
+      $('act-error').replaceChildren(t('remark.failed'), data(err.message));
+    }
+  }
+  $('rename').addEventListener('click', editRemark);
+  $('remark-form').addEventListener('submit', saveRemark);
+  $('remark-cancel').addEventListener('click', () => {
+    $('remark-form').hidden = true;
+    $('rename').focus();
+  });
+  $('remark-input').addEventListener('keydown', (e) => {
+    if (e.key !== 'Escape') return;
+    e.stopPropagation();
+    $('remark-form').hidden = true;
+    $('rename').focus();
+  });
+  // A name learnt from a frame or the index shows in the header too.
+  source.addEventListener('change', (e) => {
+    if (e.detail.contact === state.current) renderName(thread(state.current));
+  });
 
   function renderMeta(th) {
     const s = source.get(th.contact);
@@ -188,10 +269,16 @@ function start() {
       th.wechat = w;
       if (w.company_id) th.company = w.company_id;
       source.setAccount(th.contact, { company: th.company, wechat: true });
+      if (w.profile) {
+        th.profile = w.profile;
+        source.setName(th.contact, w.profile.remark);
+      }
       // A live frame that came meanwhile is newer than this answer.
       if (w.window && th.windowVersion === version) view.setWindow(th, w.window);
       if (th.contact === state.current) {
         renderMeta(th);
+        renderName(th);
+        renderProfile(th);
         composer.count();
       }
     } catch { /* shown as a plain conversation */ }
@@ -326,6 +413,7 @@ function start() {
     if (state.current !== null) {
       const th = thread(state.current);
       renderMeta(th);
+      renderProfile(th);
       view.refresh(th);
       view.renderWindow(th);
       composer.count();

@@ -18,12 +18,14 @@
 //   list.markRead(contact)       the agent has seen it
 //   list.act(contact, action, body)            claim | transfer | resolve | reopen | notes
 //   list.setAccount(contact, {company, wechat})
+//   list.setName(contact, name)  the follower's name (their remark) is now `name`
 //   list.forget(contact)         the person was erased (frame 107): the row goes
 //   list.get(contact)            -> Summary | undefined
 //   list.compare(a, b)           the list's order
 //   events: 'change' {contact}, 'remove' {contact}, 'reset', 'counts'
 //
-// A Summary: { contact, company, wechat, unread, last: { id, seq, time, out, name, msg_type, msg },
+// A Summary: { contact, name (a follower's remark, or ''), company, wechat, unread,
+//              last: { id, seq, time, out, name, msg_type, msg },
 //              and with the index: state, assignee, waiting_since, local (not in the index) }
 
 const P = '/im_component/wx_official_account';
@@ -71,7 +73,7 @@ export class Conversations extends EventTarget {
   #ensure(contact) {
     let c = this.items.get(contact);
     if (!c) {
-      c = { contact, company: '', wechat: false, unread: 0, last: null };
+      c = { contact, name: '', company: '', wechat: false, unread: 0, last: null };
       this.items.set(contact, c);
     }
     return c;
@@ -279,6 +281,7 @@ export class Conversations extends EventTarget {
     const s = summary(o);
     if (s.company) c.company = s.company;
     if (s.wechat) c.wechat = true;
+    if (s.wechat) c.name = s.name;
     Object.assign(c, { unread: s.unread, state: s.state, assignee: s.assignee, waiting_since: s.waiting_since, at: s.at, direct: s.direct, local: false });
     // A live message already shown may be newer than the server's answer (it was asked
     // before the message was committed): keep the newer.
@@ -324,6 +327,12 @@ export class Conversations extends EventTarget {
     }
     const c = this.#ensure(contact);
     if (d.company_id) c.company = d.company_id;
+    // A WeChat follower's own frame (it carries their window) names them: their remark.
+    if (!out && d.window !== undefined && typeof d.name === 'string' && c.name !== d.name) {
+      c.name = d.name;
+      c.wechat = true;
+      this.#changed(contact);
+    }
     const last = lastOf(d);
     const newer = !c.last || c.last.id === d.id || last.time > c.last.time || (last.time === c.last.time && (last.seq || Infinity) >= (c.last.seq || 0));
     let changed = false;
@@ -395,6 +404,13 @@ export class Conversations extends EventTarget {
     if (c.last) this.#changed(contact);
   }
 
+  setName(contact, name) {
+    const c = this.items.get(contact);
+    if (!c || c.name === name) return;
+    c.name = name;
+    this.#changed(contact);
+  }
+
   /** With the index, the server's order: waiting first (the longest waiting first), then
    *  the latest message first. Without it, newest first. */
   compare(a, b) {
@@ -422,6 +438,7 @@ function summary(o) {
   const l = o.last_message;
   return {
     contact: o.contact_id || '',
+    name: o.profile?.name || '',
     company: o.company_id || '',
     wechat: Boolean(o.appid),
     direct: o.kind === 'user',

@@ -152,6 +152,10 @@ export class ListView {
 
   #fill(r, c) {
     if (!c) return;
+    // A follower's name (their remark) instead of their openid, which stays in the title.
+    const name = c.name || c.contact || t('unknown');
+    if (r.name.textContent !== name) r.name.textContent = name;
+    r.button.title = c.name ? c.contact : '';
     const last = c.last;
     const time = last ? clock(last.time, { short: true }) : '';
     if (r.time.textContent !== time) r.time.textContent = time;

@@ -200,7 +200,8 @@ impl Ingest {
         let code = inbound.content.code;
         let data = MessageData {
             id: id.clone(),
-            name: String::new(),
+            // The remark an agent gave the follower (WeChat gives no nickname).
+            name: inbound.name(),
             avatar: String::new(),
             msg_type: inbound.content.msg_type,
             contact_id: inbound.openid.clone(),
@@ -238,7 +239,10 @@ impl Ingest {
             // The message is committed: a failure here leaves the conversation's index behind,
             // not the message lost, so it is logged rather than refused (a refusal would
             // make WeChat retry a message the dedupe then drops).
-            if let Err(e) = inbox.inbound(&inbound.appid, &data.company_id, &inbound.openid, &seqs, m).await {
+            let profile = inbound.profile.as_ref().map(|p| p.to_json());
+            if let Err(e) =
+                inbox.inbound(&inbound.appid, &data.company_id, &inbound.openid, &seqs, m, profile).await
+            {
                 tracing::warn!(contact = %inbound.openid, error = %e, "conversation not updated");
             }
         }

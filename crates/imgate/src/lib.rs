@@ -149,6 +149,18 @@ pub async fn run(
     if let Some(i) = &inbox {
         i.clone().spawn_sweeper(cancel.clone());
     }
+    // A follower's profile (fetched, or a remark set) shows in their conversation.
+    if let (Some(w), Some(i)) = (&wechat, &inbox) {
+        let i = i.clone();
+        w.on_profile(Box::new(move |appid, openid, profile| {
+            let i = i.clone();
+            tokio::spawn(async move {
+                if let Err(e) = i.profile(&appid, &openid, profile).await {
+                    tracing::warn!(contact = %openid, error = %e, "conversation's profile not updated");
+                }
+            });
+        }));
+    }
     let ingest = Arc::new(
         Ingest::new(
             store.clone(),

@@ -132,6 +132,12 @@ async fn a_follower_is_forgotten_everywhere(engine: Engine) {
     eventually("F's picture was never downloaded", || async { file.exists().then_some(()) }).await;
     let (_, conv) = s.get(&format!("{P}/conversations/oF?userid=agent1")).await;
     assert_eq!(conv["data"]["contact_id"], "oF", "{conv}");
+    // F's profile (user/info), fetched when F first wrote.
+    let unionid = eventually("F's profile was never fetched", || async {
+        let (_, c) = s.get(&format!("{P}/contact?userid=agent1&contact_id=oF")).await;
+        c["data"]["wechat"]["profile"]["unionid"].as_str().map(str::to_owned)
+    })
+    .await;
     let before = [history(s, "agent1").await, history(s, "agent2").await];
     assert!(before[1].iter().any(|(_, c, _)| c == "oF"), "{:?}", before[1]);
 
@@ -171,6 +177,7 @@ async fn a_follower_is_forgotten_everywhere(engine: Engine) {
         assert!(!has(&file("inbox.sqlite3"), "F says hi"), "inbox.sqlite3 keeps F's words");
         assert!(has(&file("inbox.sqlite3"), "G says hi"), "inbox.sqlite3 keeps G's conversation");
         assert!(!has(&file("wechat.sqlite3"), &media_id), "wechat.sqlite3 keeps F's media record");
+        assert!(!has(&file("wechat.sqlite3"), &unionid), "wechat.sqlite3 keeps F's profile");
     }
     // The picture's file and record are gone.
     assert!(!file.exists(), "{} is still on disk", file.display());
@@ -192,6 +199,22 @@ async fn a_follower_is_forgotten_everywhere(engine: Engine) {
     // The channel no longer knows F as a follower.
     let (_, contact) = s.get(&format!("{P}/contact?userid=agent1&contact_id=oF")).await;
     assert_eq!(contact["data"]["wechat"], Value::Null, "{contact}");
+    if let Some(redis) = &r._redis {
+        // Nothing of F's profile is left in Redis either.
+        let mut c =
+            redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("imgate:wx:*").query_async(&mut c).await.unwrap();
+        let mut left = Vec::new();
+        for k in keys.iter().filter(|k| k.starts_with("imgate:wx:f:") || k.starts_with("imgate:wx:m:")) {
+            // Not every key is a hash (a set of pending media): those answer an error.
+            let v: Vec<String> = redis::cmd("HGETALL").arg(k).query_async(&mut c).await.unwrap_or_default();
+            if v.iter().any(|x| x.contains(&unionid)) {
+                left.push(k.clone());
+            }
+        }
+        assert_eq!(left, Vec::<String>::new(), "F's profile is still in Redis");
+        assert!(!keys.contains(&"imgate:wx:f:oF".to_owned()), "{keys:?}");
+    }
     // The open socket was told.
     let told = frame_with(&mut live, 107).await;
     assert_eq!(

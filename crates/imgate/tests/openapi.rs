@@ -210,6 +210,7 @@ const WITH_EXAMPLES: &[&str] = &[
     "conversation_read",
     "set_canned",
     "set_presence",
+    "set_remark",
 ];
 
 /// imgate with one WeChat account (on the stand-in) of two agents.

@@ -135,6 +135,11 @@ async fn receive_once(
     let Some(inbound) = w.inbound(acct, &xml).await.map_err(refused)? else {
         return Ok("dropped");
     };
+    let due = inbound.profile_due.then(|| (inbound.appid.clone(), inbound.openid.clone()));
     let duplicate = state.ingest.wechat_inbound(inbound, &xml).await?.duplicate;
+    // Once committed (and its conversation made), so the profile lands on it.
+    if let Some((appid, openid)) = due {
+        w.refresh_profile(&appid, &openid);
+    }
     Ok(if duplicate { "duplicate" } else { "stored" })
 }

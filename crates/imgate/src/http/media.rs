@@ -367,8 +367,8 @@ pub async fn upload(
     Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&data)).into_response())
 }
 
-/// `GET P/contact?userid=U&contact_id=C`: the WeChat account a contact follows and their
-/// customer-service window, or `wechat: null` for a gateway user.
+/// `GET P/contact?userid=U&contact_id=C`: the WeChat account a contact follows, their
+/// customer-service window and profile, or `wechat: null` for a gateway user.
 pub async fn contact(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -394,8 +394,11 @@ pub async fn contact(
         }
         let window = w.window(contact).await.unwrap_or(Value::Null);
         let subscribed = w.subscribed(contact).await;
+        // What user/info said (null until first fetched), with the agents' remark.
+        let profile = w.profile(contact).await.map(|p| p.to_json());
         wechat = Some(json!({"appid": acct.config.appid, "original_id": acct.config.original_id,
-            "company_id": acct.config.company_id, "window": window, "subscribed": subscribed}));
+            "company_id": acct.config.company_id, "window": window, "subscribed": subscribed,
+            "profile": profile}));
     }
     let data = json!({"contact_id": contact, "wechat": wechat});
     Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&data)).into_response())

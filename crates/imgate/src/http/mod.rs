@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::QueryRejection;
 use axum::http::{HeaderMap, Uri};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::task::TaskTracker;
 
@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{PREFIX}/media/{{id}}/status"), get(media::status))
         .route(&format!("{PREFIX}/contact"), get(media::contact))
         .route(&format!("{PREFIX}/contacts/{{contact}}"), delete(contacts::erase))
+        .route(&format!("{PREFIX}/contacts/{{contact}}/remark"), put(contacts::remark))
         .route(&format!("{PREFIX}/msg"), get(ws::msg))
         .route("/send", post(send::send))
         .route(&format!("{PREFIX}/send"), post(send::send))

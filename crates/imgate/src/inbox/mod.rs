@@ -357,7 +357,8 @@ impl Inbox {
 
     /// A follower's message was committed to the agents' mailboxes (`seqs`: each agent's
     /// seq). The conversation is created or reopened, waits, counts unread; under
-    /// round_robin a new one is given to an agent.
+    /// round_robin a new one is given to an agent. `profile`: the follower's, when the
+    /// WeChat channel has it (a conversation may start after it was fetched).
     pub async fn inbound(
         &self,
         appid: &str,
@@ -365,11 +366,15 @@ impl Inbox {
         contact: &str,
         seqs: &[(String, u64)],
         m: Message<'_>,
+        profile: Option<Value>,
     ) -> Result<(), InboxError> {
         let Some(acct) = self.account(appid) else { return Ok(()) };
         let seqs = seqs.to_vec();
         let (before, after) = self
             .record(appid, company_id, contact, m, "in", move |c, at| {
+                if let Some(p) = &profile {
+                    c.set_profile(p);
+                }
                 c.state = ConvState::Open;
                 c.waiting_since.get_or_insert(at);
                 for (agent, seq) in &seqs {
@@ -386,6 +391,26 @@ impl Inbox {
         if acct.routing == Routing::RoundRobin && after.assignee.is_none() {
             self.route(acct, contact, &mut HashMap::new()).await?;
         }
+        Ok(())
+    }
+
+    /// The follower's profile was fetched or their remark set: their conversation (if
+    /// they have one) shows it. No frame: consoles read it with the conversation.
+    pub async fn profile(&self, appid: &str, contact: &str, profile: Value) -> Result<(), InboxError> {
+        self.convs
+            .update(
+                appid,
+                contact,
+                edit(move |cur| {
+                    let Some(mut c) = cur else { return Ok(None) };
+                    if c.profile.as_ref() == Some(&profile) {
+                        return Ok(None);
+                    }
+                    c.set_profile(&profile);
+                    Ok(Some(c))
+                }),
+            )
+            .await?;
         Ok(())
     }
 

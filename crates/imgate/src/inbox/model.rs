@@ -42,8 +42,12 @@ pub struct Conversation {
     /// Unix seconds of the last message, either way.
     pub last_at: i64,
     pub last_message: Option<Value>,
+    /// The follower's name: the remark an agent gave them (WeChat gives no nickname).
     pub profile_name: String,
     pub profile_avatar: String,
+    /// What WeChat's `user/info` says of the follower (the WeChat channel's `Profile`, as
+    /// JSON), once fetched.
+    pub profile: Option<Value>,
     /// Follower messages each agent has not read.
     pub unread: BTreeMap<String, u64>,
     /// The seq, in each agent's mailbox, of the follower's latest message: a read up to
@@ -116,8 +120,26 @@ impl Conversation {
                 }
                 m
             }),
-            "profile": {"name": self.profile_name, "avatar": self.profile_avatar},
+            "profile": self.profile_view(),
         })
+    }
+
+    /// `name` and `avatar`, and the follower's profile as WeChat gave it (`unionid`,
+    /// `subscribed`, …) once fetched.
+    fn profile_view(&self) -> Value {
+        let mut p = match &self.profile {
+            Some(Value::Object(m)) => Value::Object(m.clone()),
+            _ => json!({}),
+        };
+        p["name"] = json!(self.profile_name);
+        p["avatar"] = json!(self.profile_avatar);
+        p
+    }
+
+    /// Take the follower's profile (`remark` becomes the name).
+    pub fn set_profile(&mut self, profile: &Value) {
+        self.profile_name = profile.get("remark").and_then(Value::as_str).unwrap_or_default().to_owned();
+        self.profile = Some(profile.clone());
     }
 
     /// The list's order: waiting first, the longest waiting first; then the latest

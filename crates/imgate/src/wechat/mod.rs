@@ -23,7 +23,30 @@ pub mod standin;
 pub mod state;
 pub mod voice;
 
-use state::{Local, MediaRecord, NonceSeen, Quota, Shared, State, Touch};
+use state::{Local, MediaRecord, NonceSeen, Profile, Quota, Shared, State, Touch};
+
+/// How old a follower's profile may be: the follower's next message or event after that
+/// fetches it again (`user/info`).
+pub const PROFILE_MAX_AGE_SECS: i64 = 24 * 3600;
+
+/// `user/info` calls one node makes per second per account at most: WeChat's daily quota
+/// of the user APIs is shared with everything else the account runs.
+const PROFILE_CALLS_PER_SEC: u64 = 5;
+
+/// Profile fetches one account may have waiting on one node; past it a follower's fetch
+/// is skipped, and asked for again when they next write.
+const PROFILE_QUEUE_MAX: usize = 1000;
+
+/// Profile fetch attempts, and the waits before each (a failure is retried twice).
+const PROFILE_RETRIES: [Duration; 3] =
+    [Duration::from_secs(0), Duration::from_secs(60), Duration::from_secs(600)];
+
+/// How long one node holds a follower's fetch (with Redis, others leave it alone meanwhile).
+const PROFILE_CLAIM: Duration = Duration::from_secs(30);
+
+/// Told when a follower's profile changes (fetched, or a remark set): the account's appid,
+/// the openid and the profile as JSON. The server points it at the team inbox.
+pub type ProfileHook = Box<dyn Fn(String, String, Value) + Send + Sync>;
 
 /// How long a callback nonce is remembered when `wechat.callback_max_age` is 0 (the clock
 /// check off).
@@ -106,11 +129,44 @@ pub struct Account {
     tokens: TokenCache,
     /// A plaintext callback came although the account has a key: said once.
     warned_plaintext: std::sync::atomic::AtomicBool,
+    /// This node's `user/info` calls of the account, [`PROFILE_CALLS_PER_SEC`] at most.
+    profile_pace: Pacer,
+    /// Profile fetches of the account waiting or under way on this node.
+    profile_queue: std::sync::atomic::AtomicUsize,
 }
 
 impl Account {
     fn keys(&self) -> Keys<'_> {
         Keys { token: &self.config.token, appid: &self.config.appid, cipher: self.cipher.as_ref() }
+    }
+
+    /// Wait for this node's next `user/info` slot of the account ([`PROFILE_CALLS_PER_SEC`]).
+    async fn pace(&self) {
+        self.profile_pace.wait().await;
+    }
+}
+
+/// Calls spaced `every` apart: each caller is given the next free slot and sleeps until it
+/// (no lock is held while it sleeps; callers go in the order they asked).
+struct Pacer {
+    next: parking_lot::Mutex<Option<tokio::time::Instant>>,
+    every: Duration,
+}
+
+impl Pacer {
+    fn new(every: Duration) -> Pacer {
+        Pacer { next: parking_lot::Mutex::new(None), every }
+    }
+
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock();
+            let now = tokio::time::Instant::now();
+            let slot = next.map_or(now, |n| n.max(now));
+            *next = Some(slot + self.every);
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
     }
 }
 
@@ -170,6 +226,31 @@ pub struct Inbound {
     pub company_id: String,
     pub content: Content,
     pub window: Option<Value>,
+    /// The follower's profile as last fetched (its remark is the frame's `data.name`).
+    pub profile: Option<Profile>,
+    /// The profile is missing or older than [`PROFILE_MAX_AGE_SECS`]: fetch it once the
+    /// message is committed ([`Wechat::refresh_profile`]).
+    pub profile_due: bool,
+}
+
+impl Inbound {
+    /// The follower's name on frames: the remark an agent gave them.
+    pub fn name(&self) -> String {
+        self.profile.as_ref().map(|p| p.info.remark.clone()).unwrap_or_default()
+    }
+}
+
+/// Why a remark was not set.
+#[derive(Debug, thiserror::Error)]
+pub enum RemarkError {
+    #[error("the remark has {0} characters: WeChat takes at most {max}", max = imgate_wechat::REMARK_MAX_CHARS)]
+    TooLong(usize),
+    #[error("the remark has a control character (a line break, a tab…): WeChat shows one line")]
+    Control,
+    #[error("{0} is not a follower of any account here")]
+    NotFollower(String),
+    #[error(transparent)]
+    Wechat(#[from] WechatError),
 }
 
 pub struct Wechat {
@@ -182,6 +263,10 @@ pub struct Wechat {
     /// Bytes one user may upload per UTC day.
     upload_quota: u64,
     clock: Clock,
+    /// Followers whose profile this node is fetching.
+    fetching: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// Told of each profile change (the team inbox).
+    profile_hook: std::sync::OnceLock<ProfileHook>,
 }
 
 /// A message ready for `cgi-bin/message/custom/send`, and the upload its media id came
@@ -232,6 +317,8 @@ impl Wechat {
                     .flatten(),
                 tokens: TokenCache::new(api.clone(), &a.appid, &a.secret, mode, shared_tokens.clone()),
                 warned_plaintext: Default::default(),
+                profile_pace: Pacer::new(Duration::from_millis(1000 / PROFILE_CALLS_PER_SEC)),
+                profile_queue: Default::default(),
             })
             .collect();
         let media_dir =
@@ -250,6 +337,8 @@ impl Wechat {
             media_max: cfg.media_max,
             upload_quota: cfg.upload_quota_bytes,
             clock: cfg.clock.clone(),
+            fetching: Default::default(),
+            profile_hook: Default::default(),
         });
         let resume = w.clone();
         tokio::spawn(async move {
@@ -393,7 +482,14 @@ impl Wechat {
                 return Ok(None);
             }
         }
-        let window = self.state.inbound(&acct.config.appid, &openid, touch).await?.window;
+        let follower = self.state.inbound(&acct.config.appid, &openid, touch).await?;
+        let window = follower.window;
+        let profile = follower.profile;
+        // (Un)following changes what user/info says (subscription, time, scene): ask again.
+        let profile_due = profile.as_ref().is_none_or(|p| now - p.fetched_at >= PROFILE_MAX_AGE_SECS)
+            || touch
+                .subscribed
+                .is_some_and(|s| profile.as_ref().is_some_and(|p| (p.info.subscribe == 1) != s));
         if let Some(media_id) = xml.non_empty("MediaId")
             && matches!(content.msg_type.as_str(), "image" | "voice" | "video" | "shortvideo")
         {
@@ -412,6 +508,8 @@ impl Wechat {
                     company_id: acct.config.company_id.clone(),
                     content,
                     window: Some(window.to_json(now)),
+                    profile,
+                    profile_due,
                 }));
             }
             let rec = MediaRecord {
@@ -440,7 +538,146 @@ impl Wechat {
             company_id: acct.config.company_id.clone(),
             content,
             window: Some(window.to_json(now)),
+            profile,
+            profile_due,
         }))
+    }
+
+    /// Point profile changes at `hook` (once; the server gives it the team inbox).
+    pub fn on_profile(&self, hook: ProfileHook) {
+        let _ = self.profile_hook.set(hook);
+    }
+
+    /// The follower's profile as cached (no call to WeChat).
+    pub async fn profile(&self, openid: &str) -> Option<Profile> {
+        self.state.follower(openid).await.ok().flatten().and_then(|f| f.profile)
+    }
+
+    /// Fetch follower `openid`'s profile in the background, beside the delivery of their
+    /// message (which never waits for it): paced per account, one fetch of a follower at a
+    /// time (on every node, with Redis), a failure logged and retried later, an openid
+    /// WeChat does not know (40003) not retried.
+    pub fn refresh_profile(self: &Arc<Self>, appid: &str, openid: &str) {
+        let Some(index) = self.accounts.iter().position(|a| a.config.appid == appid) else { return };
+        if !self.fetching.lock().insert(openid.to_owned()) {
+            return;
+        }
+        let queued = &self.accounts[index].profile_queue;
+        if queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= PROFILE_QUEUE_MAX {
+            queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.fetching.lock().remove(openid);
+            tracing::debug!(
+                appid,
+                "profile fetches queue full: skipped; the follower's next message asks again"
+            );
+            return;
+        }
+        let (w, openid, asked_at) = (self.clone(), openid.to_owned(), self.clock.now());
+        tokio::spawn(async move {
+            let acct = &w.accounts[index];
+            for wait in PROFILE_RETRIES {
+                tokio::time::sleep(wait).await;
+                // Another node is fetching it.
+                if !w.state.claim_profile_fetch(&openid, PROFILE_CLAIM).await {
+                    break;
+                }
+                // Or did, since this refresh was asked for.
+                let fresh = w.profile(&openid).await.is_some_and(|p| p.fetched_at > asked_at);
+                if fresh {
+                    w.state.release_profile_fetch(&openid).await;
+                    break;
+                }
+                acct.pace().await;
+                let fetched = w.fetch_profile(acct, &openid).await;
+                w.state.release_profile_fetch(&openid).await;
+                match fetched {
+                    Ok(_) => break,
+                    Err(WechatError::Api(e)) if e.errcode() == Some(40003) => {
+                        tracing::warn!(contact = %openid, error = %e.explain(), "no profile: WeChat does not know the follower");
+                        break;
+                    }
+                    Err(e) => {
+                        metrics::counter!("imgate_wechat_profile_errors_total").increment(1);
+                        tracing::warn!(contact = %openid, error = %e, "profile fetch failed; will retry");
+                    }
+                }
+            }
+            acct.profile_queue.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            w.fetching.lock().remove(&openid);
+        });
+    }
+
+    /// `user/info` now, kept with the follower (unless erased meanwhile).
+    async fn fetch_profile(&self, acct: &Account, openid: &str) -> Result<Profile, WechatError> {
+        let mut info =
+            acct.tokens.call(|token| async move { self.api.user_info(&token, openid).await }).await?;
+        // Of someone who unfollowed WeChat says only that (and the unionid): what was known
+        // of them, their remark included, stays.
+        if info.subscribe == 0
+            && let Some(before) = self.profile(openid).await
+        {
+            let unionid = if info.unionid.is_empty() { before.info.unionid.clone() } else { info.unionid };
+            info = imgate_wechat::UserInfo { subscribe: 0, unionid, ..before.info };
+        }
+        let profile = Profile { info, fetched_at: self.clock.now() };
+        if self.state.put_profile(openid, profile.clone()).await? {
+            self.profile_changed(acct, openid, &profile);
+        }
+        Ok(profile)
+    }
+
+    fn profile_changed(&self, acct: &Account, openid: &str, profile: &Profile) {
+        if let Some(hook) = self.profile_hook.get() {
+            hook(acct.config.appid.clone(), openid.to_owned(), profile.to_json());
+        }
+    }
+
+    /// An agent names follower `openid`: WeChat's `user/info/updateremark`, then the
+    /// cached profile (fetched now if there is none) takes it. The profile afterwards.
+    pub async fn set_remark(
+        &self,
+        acct: &Account,
+        openid: &str,
+        remark: &str,
+    ) -> Result<Profile, RemarkError> {
+        let chars = remark.chars().count();
+        if chars > imgate_wechat::REMARK_MAX_CHARS {
+            return Err(RemarkError::TooLong(chars));
+        }
+        if remark.chars().any(char::is_control) {
+            return Err(RemarkError::Control);
+        }
+        acct.tokens
+            .call(|token| async move { self.api.update_remark(&token, openid, remark).await })
+            .await
+            .map_err(WechatError::from)?;
+        let mut profile = match self.profile(openid).await {
+            Some(p) => p,
+            None => {
+                acct.pace().await;
+                // WeChat has the remark already: a failed fetch must not say otherwise. The
+                // rest comes with the follower's next message (fetched_at 0 is overdue).
+                match self.fetch_profile(acct, openid).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(contact = %openid, error = %e, "profile fetch failed; the remark is kept");
+                        let subscribe = i64::from(self.subscribed(openid).await.unwrap_or(true));
+                        let info = imgate_wechat::UserInfo {
+                            openid: openid.to_owned(),
+                            subscribe,
+                            ..Default::default()
+                        };
+                        Profile { info, fetched_at: 0 }
+                    }
+                }
+            }
+        };
+        profile.info.remark = remark.to_owned();
+        if !self.state.put_profile(openid, profile.clone()).await.map_err(WechatError::from)? {
+            return Err(RemarkError::NotFollower(openid.to_owned()));
+        }
+        self.profile_changed(acct, openid, &profile);
+        Ok(profile)
     }
 
     /// Whether `event` reaches the agents: listed in the account's `deliver_events`
@@ -878,5 +1115,38 @@ fn extension(content_type: &str) -> &'static str {
         "audio/mpeg" | "audio/mp3" => "mp3",
         "video/mp4" => "mp4",
         _ => "bin",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Profile fetches of one account go at most PROFILE_CALLS_PER_SEC a second, however
+    /// many wait; after a quiet spell the next goes at once.
+    #[tokio::test(start_paused = true)]
+    async fn profile_calls_are_paced() {
+        let pacer = Arc::new(Pacer::new(Duration::from_millis(1000 / PROFILE_CALLS_PER_SEC)));
+        let start = tokio::time::Instant::now();
+        let waits: Vec<_> = (0..12)
+            .map(|_| {
+                let p = pacer.clone();
+                tokio::spawn(async move {
+                    p.wait().await;
+                    tokio::time::Instant::now()
+                })
+            })
+            .collect();
+        let mut at = Vec::new();
+        for w in waits {
+            at.push((w.await.unwrap() - start).as_millis());
+        }
+        at.sort_unstable();
+        let want: Vec<u128> = (0..12).map(|i| i * 200).collect();
+        assert_eq!(at, want);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let before = tokio::time::Instant::now();
+        pacer.wait().await;
+        assert_eq!(tokio::time::Instant::now(), before, "no wait after a quiet spell");
     }
 }

@@ -1,8 +1,9 @@
 //! A stand-in for WeChat's API servers, which no test machine can reach: access tokens
-//! (`token`, `stable_token`), `message/custom/send`, `media/upload`, `media/get` — with
-//! WeChat's answers and errors (temporary media expires after 3 days: 40007; uploads over
-//! WeChat's limits: 40005, 40009–40012, 45007; followers who unfollowed or turned
-//! messages off: 43004, 48002). The tests drive imgate against it; `imgate wechat
+//! (`token`, `stable_token`), `message/custom/send`, `media/upload`, `media/get`,
+//! `user/info` and `user/info/updateremark` — with WeChat's answers and errors (temporary
+//! media expires after 3 days: 40007; uploads over WeChat's limits: 40005, 40009–40012,
+//! 45007; followers who unfollowed or turned messages off: 43004, 48002; an openid not of
+//! the account: 40003; the daily quota of the user APIs: 45009). The tests drive imgate against it; `imgate wechat
 //! standin` runs it for people trying imgate without an Official Account.
 
 use std::collections::{HashMap, VecDeque};
@@ -61,6 +62,20 @@ pub struct Inner {
     /// Bytes of misbehaving media bodies handed to the connection so far. A client that
     /// stops reading stops it growing (past what the socket buffers hold).
     pub media_served: Arc<AtomicU64>,
+    /// Followers as `user/info` describes them, by openid. An openid not here that looks
+    /// like one (`o`, then letters, digits, `-` and `_`) is a follower since the stand-in's
+    /// start, with a unionid made from it; any other is not of the account (40003).
+    pub users: HashMap<String, imgate_wechat::UserInfo>,
+    /// `user/info` calls answered (with a profile or not).
+    pub user_info_calls: u64,
+    /// The openid of each `user/info` call, in the order they came.
+    pub user_info_asked: Vec<String>,
+    /// When set, `user/info` calls wait for a permit of it before answering (a test holds
+    /// a fetch in flight); they are in `user_info_asked` already.
+    pub hold_user_info: Option<Arc<tokio::sync::Semaphore>>,
+    /// How many more `user/info` and `updateremark` calls the day's quota allows (None:
+    /// no limit); at 0 they answer 45009.
+    pub user_quota: Option<u64>,
     next: u64,
 }
 
@@ -110,6 +125,8 @@ impl StandIn {
             .route("/cgi-bin/message/custom/send", post(custom_send))
             .route("/cgi-bin/media/upload", post(media_upload))
             .route("/cgi-bin/media/get", get(media_get))
+            .route("/cgi-bin/user/info", get(user_info))
+            .route("/cgi-bin/user/info/updateremark", post(update_remark))
             // Not WeChat's: for tests in other languages to arrange and inspect.
             .route("/standin/sent", get(sent))
             .route("/standin/close", post(close))
@@ -337,6 +354,109 @@ async fn refuse(State(s): State<StandIn>, Query(q): Query<HashMap<String, String
 /// Every media id issued so far expires now (media/get and custom/send answer 40007).
 async fn expire_media(State(s): State<StandIn>) -> Response {
     s.expire_media();
+    ok(json!({"errcode": 0, "errmsg": "ok"}))
+}
+
+/// The follower `openid` as `user/info` answers, arranged or made up (see [`Inner::users`]).
+fn user_of(st: &mut Inner, openid: &str) -> Option<imgate_wechat::UserInfo> {
+    if let Some(u) = st.users.get(openid) {
+        return Some(u.clone());
+    }
+    let looks = openid.len() > 1
+        && openid.len() <= 64
+        && openid.starts_with('o')
+        && openid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !looks {
+        return None;
+    }
+    let u = imgate_wechat::UserInfo {
+        subscribe: 1,
+        openid: openid.to_owned(),
+        subscribe_time: st.clock.now(),
+        subscribe_scene: "ADD_SCENE_QR_CODE".into(),
+        unionid: format!("oUnion-{}", &imgate_wechat::sign(&[openid])[..16]),
+        remark: String::new(),
+        tagid_list: vec![2],
+        language: "zh_CN".into(),
+    };
+    st.users.insert(openid.to_owned(), u.clone());
+    Some(u)
+}
+
+/// 45009 once the day's quota of the user APIs is used up; else counts one call.
+fn over_user_quota(st: &mut Inner) -> Option<Response> {
+    match &mut st.user_quota {
+        Some(0) => Some(wechat_error(45009, "reach max api daily quota limit")),
+        Some(n) => {
+            *n -= 1;
+            None
+        }
+        None => None,
+    }
+}
+
+async fn user_info(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(r) = s.check(&q) {
+        return r;
+    }
+    let hold = {
+        let mut st = s.0.lock();
+        st.user_info_asked.push(q.get("openid").cloned().unwrap_or_default());
+        st.hold_user_info.clone()
+    };
+    if let Some(gate) = hold {
+        let _ = gate.acquire().await;
+    }
+    let mut st = s.0.lock();
+    st.user_info_calls += 1;
+    if let Some(r) = over_user_quota(&mut st) {
+        return r;
+    }
+    let openid = q.get("openid").cloned().unwrap_or_default();
+    let Some(u) = user_of(&mut st, &openid) else { return wechat_error(40003, "invalid openid") };
+    if u.subscribe == 0 {
+        // WeChat says no more of someone who unfollowed.
+        let mut v = json!({"subscribe": 0, "openid": u.openid});
+        if !u.unionid.is_empty() {
+            v["unionid"] = json!(u.unionid);
+        }
+        return ok(v);
+    }
+    let mut v = serde_json::to_value(&u).unwrap_or_default();
+    // The fields WeChat still sends, that say nothing any more.
+    v["groupid"] = json!(0);
+    v["qr_scene"] = json!(0);
+    v["qr_scene_str"] = json!("");
+    ok(v)
+}
+
+async fn update_remark(
+    State(s): State<StandIn>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = s.check(&q) {
+        return r;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return wechat_error(47001, "data format error");
+    };
+    let (Some(openid), Some(remark)) = (v["openid"].as_str(), v["remark"].as_str()) else {
+        return wechat_error(47001, "data format error");
+    };
+    let mut st = s.0.lock();
+    if let Some(r) = over_user_quota(&mut st) {
+        return r;
+    }
+    if remark.chars().count() > imgate_wechat::REMARK_MAX_CHARS {
+        return wechat_error(45002, "content size out of limit");
+    }
+    if user_of(&mut st, openid).is_none() {
+        return wechat_error(40003, "invalid openid");
+    }
+    if let Some(u) = st.users.get_mut(openid) {
+        u.remark = remark.to_owned();
+    }
     ok(json!({"errcode": 0, "errmsg": "ok"}))
 }
 

@@ -1,5 +1,6 @@
-//! What imgate remembers about WeChat between restarts: each follower's account and
-//! customer-service window, and the media it downloaded or was given.
+//! What imgate remembers about WeChat between restarts: each follower's account,
+//! customer-service window and profile (`user/info`, kept with the follower so that an
+//! erasure takes it too), and the media it downloaded or was given.
 //!
 //! A small SQLite file beside the mailboxes (`wechat.sqlite3`), mirrored in memory; writes
 //! are rare (one per WeChat message) and go to disk before they are relied on: one writer
@@ -13,7 +14,7 @@ use std::sync::mpsc;
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -194,6 +195,37 @@ pub struct Follower {
     pub window: Windows,
     /// Their last word was `unsubscribe` (or WeChat said 43004).
     pub unsubscribed: bool,
+    /// What `user/info` said, once fetched.
+    pub profile: Option<Profile>,
+}
+
+/// A follower's profile: WeChat's `user/info` answer and when it was fetched. The remark
+/// an agent sets is written here too once WeChat took it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Profile {
+    #[serde(flatten)]
+    pub info: imgate_wechat::UserInfo,
+    /// Unix seconds.
+    pub fetched_at: i64,
+}
+
+impl Profile {
+    /// As `P/contact`, the team inbox and the console show it.
+    pub fn to_json(&self) -> Value {
+        let i = &self.info;
+        json!({"remark": i.remark, "unionid": i.unionid, "subscribed": i.subscribe == 1,
+            "subscribe_time": i.subscribe_time, "subscribe_scene": i.subscribe_scene,
+            "tags": i.tagid_list, "language": i.language, "fetched_at": self.fetched_at})
+    }
+
+    fn encode(p: &Option<Profile>) -> String {
+        p.as_ref().and_then(|p| serde_json::to_string(p).ok()).unwrap_or_default()
+    }
+
+    fn decode(s: &str) -> Option<Profile> {
+        (!s.is_empty()).then(|| serde_json::from_str(s).ok()).flatten()
+    }
 }
 
 /// A media file's record.
@@ -320,6 +352,9 @@ impl Local {
         let has_event = conn
             .prepare("SELECT 1 FROM pragma_table_info('followers') WHERE name = 'unsubscribed'")?
             .exists([])?;
+        // Files from before follower profiles.
+        let has_profile =
+            conn.prepare("SELECT 1 FROM pragma_table_info('followers') WHERE name = 'profile'")?.exists([])?;
         if !has_event {
             conn.execute_batch(
                 "ALTER TABLE followers ADD COLUMN ev_opened_at INTEGER NOT NULL DEFAULT 0; \
@@ -329,11 +364,14 @@ impl Local {
                  ALTER TABLE followers ADD COLUMN unsubscribed INTEGER NOT NULL DEFAULT 0;",
             )?;
         }
+        if !has_profile {
+            conn.execute_batch("ALTER TABLE followers ADD COLUMN profile TEXT NOT NULL DEFAULT ''")?;
+        }
         let mut followers = HashMap::new();
         {
             let mut s = conn.prepare(
                 "SELECT openid, appid, opened_at, closes_at, quota, sent, ev_opened_at, ev_closes_at, ev_quota, \
-                 ev_sent, unsubscribed FROM followers",
+                 ev_sent, unsubscribed, profile FROM followers",
             )?;
             let mut rows = s.query([])?;
             while let Some(r) = rows.next()? {
@@ -345,6 +383,7 @@ impl Local {
                     appid: r.get(1)?,
                     window: Windows { message, event },
                     unsubscribed: r.get(10)?,
+                    profile: Profile::decode(&r.get::<_, String>(11)?),
                 };
                 followers.insert(r.get(0)?, follower);
             }
@@ -440,6 +479,7 @@ impl Local {
                 appid: appid.to_owned(),
                 window: Windows::default(),
                 unsubscribed: false,
+                profile: None,
             });
             next.appid = appid.to_owned();
             next.window.apply(touch);
@@ -504,6 +544,19 @@ impl Local {
         };
         // WeChat holds the truth here; the writer logged a failure.
         let _ = written(pending).await;
+    }
+
+    /// Keep `profile` with follower `openid`; false (nothing kept) when imgate does not
+    /// know them (any more: an erasure while it was fetched must not bring them back).
+    async fn put_profile(&self, openid: &str, profile: Profile) -> Result<bool, StateUnavailable> {
+        let pending = {
+            let mut f = self.followers.lock();
+            let Some(entry) = f.get_mut(openid) else { return Ok(false) };
+            entry.profile = Some(profile);
+            self.save_follower(openid, entry)
+        };
+        written(pending).await?;
+        Ok(true)
     }
 
     async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
@@ -571,14 +624,16 @@ impl Local {
     fn save_follower(&self, openid: &str, f: &Follower) -> Pending {
         let (openid, appid, m, e, unsubscribed) =
             (openid.to_owned(), f.appid.clone(), f.window.message, f.window.event, f.unsubscribed);
+        let profile = Profile::encode(&f.profile);
         self.submit(move |c| {
             c.execute(
                 "INSERT INTO followers (openid, appid, opened_at, closes_at, quota, sent, ev_opened_at, ev_closes_at, \
-                 ev_quota, ev_sent, unsubscribed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ev_quota, ev_sent, unsubscribed, profile) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                  ON CONFLICT (openid) DO UPDATE SET appid = excluded.appid, opened_at = excluded.opened_at, \
                  closes_at = excluded.closes_at, quota = excluded.quota, sent = excluded.sent, \
                  ev_opened_at = excluded.ev_opened_at, ev_closes_at = excluded.ev_closes_at, \
-                 ev_quota = excluded.ev_quota, ev_sent = excluded.ev_sent, unsubscribed = excluded.unsubscribed",
+                 ev_quota = excluded.ev_quota, ev_sent = excluded.ev_sent, unsubscribed = excluded.unsubscribed, \
+                 profile = excluded.profile",
                 params![
                     openid,
                     appid,
@@ -590,7 +645,8 @@ impl Local {
                     e.closes_at,
                     e.quota,
                     e.sent,
-                    unsubscribed
+                    unsubscribed,
+                    profile
                 ],
             )
             .map(|_| ())
@@ -864,7 +920,37 @@ impl State {
         }
     }
 
-    /// Erasure: forget the follower `openid` (its account and window). True when known.
+    /// Keep `profile` with the follower `openid`: false (nothing kept) when not a follower
+    /// (erased while it was fetched). Redis errors are logged.
+    pub async fn put_profile(&self, openid: &str, profile: Profile) -> Result<bool, StateUnavailable> {
+        match self {
+            State::Local(l) => l.put_profile(openid, profile).await,
+            State::Redis(r) => r.put_profile(openid, &profile).await,
+        }
+    }
+
+    /// Whether this node may fetch `openid`'s profile now: no other fetch of it is under
+    /// way (with Redis, on any node) within `hold`. The claim lapses by itself.
+    pub async fn claim_profile_fetch(&self, openid: &str, hold: std::time::Duration) -> bool {
+        match self {
+            // The embedded engine has one node: the channel's in-flight set is enough.
+            State::Local(_) => true,
+            State::Redis(r) => r.claim_profile_fetch(openid, hold).await,
+        }
+    }
+
+    /// The fetch of `openid`'s profile is over (done or failed): another node may fetch it.
+    pub async fn release_profile_fetch(&self, openid: &str) {
+        if let State::Redis(r) = self {
+            let mut c = r.conn.clone();
+            let _: Option<i64> = Shared::warn(
+                redis::cmd("DEL").arg(format!("imgate:wx:pf:{openid}")).query_async(&mut c).await,
+            );
+        }
+    }
+
+    /// Erasure: forget the follower `openid` (its account, window and profile). True when
+    /// known.
     pub async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
         match self {
             State::Local(l) => l.forget_follower(openid).await,
@@ -963,7 +1049,14 @@ if ARGV[2] ~= '' then
     redis.call('HSET', k, p .. 'opened_at', ARGV[3], p .. 'closes_at', ARGV[4], p .. 'quota', ARGV[5], p .. 'sent', 0)
   end
 end
-return redis.call('HMGET', k, unpack(ARGV, 8))
+return {redis.call('HMGET', k, unpack(ARGV, 8)), redis.call('HGET', k, 'profile')}
+"#;
+
+/// A profile fetched is kept only for a follower still known (not erased meanwhile).
+const PUT_PROFILE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'profile', ARGV[1])
+return 1
 "#;
 
 /// A reply went out at ARGV[1]: counted against the open window that closes first.
@@ -1029,17 +1122,18 @@ impl Shared {
 
     async fn follower(&self, openid: &str) -> Result<Option<Follower>, String> {
         let mut c = self.conn.clone();
-        let (appid, w): (Option<String>, Vec<Option<i64>>) = redis::pipe()
+        let (appid, w, profile): (Option<String>, Vec<Option<i64>>, Option<String>) = redis::pipe()
             .hget(format!("imgate:wx:f:{openid}"), "appid")
             .cmd("HMGET")
             .arg(format!("imgate:wx:f:{openid}"))
             .arg(&FIELDS[..])
+            .hget(format!("imgate:wx:f:{openid}"), "profile")
             .query_async(&mut c)
             .await
             .map_err(|e| format!("redis: {e}"))?;
         Ok(appid.map(|appid| {
             let (window, unsubscribed) = windows_of(&w);
-            Follower { appid, window, unsubscribed }
+            Follower { appid, window, unsubscribed, profile: Profile::decode(&profile.unwrap_or_default()) }
         }))
     }
 
@@ -1055,7 +1149,7 @@ impl Shared {
             Some(false) => "0",
             None => "",
         };
-        let r: Option<Vec<Option<i64>>> = Self::warn(
+        let r: Option<(Vec<Option<i64>>, Option<String>)> = Self::warn(
             redis::Script::new(INBOUND)
                 .key(format!("imgate:wx:f:{openid}"))
                 .arg(appid)
@@ -1069,13 +1163,14 @@ impl Shared {
                 .invoke_async(&mut c)
                 .await,
         );
+        let profile = r.as_ref().and_then(|(_, p)| Profile::decode(p.as_deref().unwrap_or_default()));
         // Redis out of reach: what this message alone would make of a new follower.
-        let (window, unsubscribed) = r.map(|v| windows_of(&v)).unwrap_or_else(|| {
+        let (window, unsubscribed) = r.map(|(v, _)| windows_of(&v)).unwrap_or_else(|| {
             let mut w = Windows::default();
             w.apply(touch);
             (w, touch.subscribed == Some(false))
         });
-        Follower { appid: appid.to_owned(), window, unsubscribed }
+        Follower { appid: appid.to_owned(), window, unsubscribed, profile }
     }
 
     async fn sent(&self, openid: &str, now: i64) -> Option<Windows> {
@@ -1117,6 +1212,33 @@ impl Shared {
             2 => NonceSeen::Same,
             _ => NonceSeen::Other,
         })
+    }
+
+    async fn put_profile(&self, openid: &str, profile: &Profile) -> Result<bool, StateUnavailable> {
+        let mut c = self.conn.clone();
+        let n: i64 = redis::Script::new(PUT_PROFILE)
+            .key(format!("imgate:wx:f:{openid}"))
+            .arg(Profile::encode(&Some(profile.clone())))
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| StateUnavailable(format!("redis: {e}")))?;
+        Ok(n == 1)
+    }
+
+    async fn claim_profile_fetch(&self, openid: &str, hold: std::time::Duration) -> bool {
+        let mut c = self.conn.clone();
+        let set: Option<Option<String>> = Self::warn(
+            redis::cmd("SET")
+                .arg(format!("imgate:wx:pf:{openid}"))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(hold.as_millis().max(1) as u64)
+                .query_async(&mut c)
+                .await,
+        );
+        // Redis out of reach: no fetch (its profile could not be kept either).
+        set.is_some_and(|s| s.is_some())
     }
 
     async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
@@ -1450,6 +1572,39 @@ mod tests {
         drop(s);
         let s = State::Local(Local::open(dir.path()).unwrap());
         assert!(s.media("m1").await.is_none(), "gone from the file too");
+    }
+
+    /// A profile is kept with its follower, survives reopening, and is never kept for an
+    /// openid the file does not know (an erasure while it was fetched).
+    #[tokio::test]
+    async fn a_profile_is_kept_with_its_follower_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = Profile {
+            info: imgate_wechat::UserInfo {
+                subscribe: 1,
+                openid: "o1".into(),
+                unionid: "oU1".into(),
+                remark: "Anna".into(),
+                tagid_list: vec![2],
+                ..Default::default()
+            },
+            fetched_at: 1234,
+        };
+        {
+            let s = State::Local(Local::open(dir.path()).unwrap());
+            assert!(!s.put_profile("o1", profile.clone()).await.unwrap(), "not a follower yet");
+            s.inbound("wx1", "o1", Touch::of("text", None, 1000)).await.unwrap();
+            assert!(s.put_profile("o1", profile.clone()).await.unwrap());
+            // A later message keeps it.
+            let f = s.inbound("wx1", "o1", Touch::of("text", None, 1001)).await.unwrap();
+            assert_eq!(f.profile.as_ref(), Some(&profile));
+        }
+        let s = State::Local(Local::open(dir.path()).unwrap());
+        assert_eq!(s.follower("o1").await.unwrap().unwrap().profile, Some(profile.clone()));
+        assert_eq!(profile.to_json()["remark"], "Anna");
+        assert!(s.forget_follower("o1").await.unwrap());
+        assert!(!s.put_profile("o1", profile).await.unwrap(), "erased: not brought back");
+        assert_eq!(s.follower("o1").await.unwrap(), None);
     }
 
     /// Many updates of one follower at once: the file ends with the last.

@@ -38,3 +38,35 @@ pub fn aim(c: &mut Config, base: &str, agents: &[&str]) {
     c.wechat.api_base = base.to_owned();
     c.wechat.accounts.push(account(agents));
 }
+
+/// A follower's text through the test account's (plaintext) callback on the server at
+/// `http` (its base URL), stamped `now` (the channel's clock, which a test may move).
+pub async fn text_from(http: &str, now: i64, from: &str, text: &str, msg_id: u64) {
+    let inner = format!("<MsgType>text</MsgType><Content>{text}</Content><MsgId>{msg_id}</MsgId>");
+    callback(http, now, from, &inner, &msg_id.to_string()).await;
+}
+
+/// A follower's event (`subscribe`, `unsubscribe`, …), as [`text_from`] posts a text.
+pub async fn event_from(http: &str, now: i64, from: &str, event: &str) {
+    let inner = format!("<MsgType>event</MsgType><Event>{event}</Event>");
+    callback(http, now, from, &inner, &format!("{event}{now}")).await;
+}
+
+/// The callback of a message from `from` whose XML inside `<xml>` after CreateTime is
+/// `inner`, with `nonce`.
+pub async fn callback(http: &str, now: i64, from: &str, inner: &str, nonce: &str) {
+    use imgate_wechat::callback::{Keys, seal};
+    let xml = format!(
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>{from}</FromUserName><CreateTime>{now}</CreateTime>{inner}</xml>"
+    );
+    let keys = Keys { token: TOKEN, appid: APPID, cipher: None };
+    let (body, q) = seal(&xml, keys, &now.to_string(), nonce);
+    let r = reqwest::Client::new()
+        .post(format!("{http}/im_component/wx_official_account/callback/{APPID}"))
+        .query(&q)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+}
