@@ -491,9 +491,15 @@ impl Inbox {
     pub async fn get(&self, agent: &str, contact: &str) -> Result<Value, InboxError> {
         match self.find(agent, contact).await {
             Ok((_, c)) => Ok(c.view(agent)),
-            Err(e @ (InboxError::NotFound(_) | InboxError::NotAgent(_))) => {
-                Ok(self.find_direct(agent, contact).await?.ok_or(e)?.view(agent))
-            }
+            // Not a follower of the agent's accounts: a conversation with another gateway
+            // user, which reaches the index up to a second after its first message. Until
+            // then it is not found (404, asked again by the console), whether or not the
+            // asker is an agent of any account: a gateway user has conversations of its own.
+            Err(InboxError::NotFound(_) | InboxError::NotAgent(_)) => Ok(self
+                .find_direct(agent, contact)
+                .await?
+                .ok_or_else(|| InboxError::NotFound(contact.to_owned()))?
+                .view(agent)),
             Err(e) => Err(e),
         }
     }
