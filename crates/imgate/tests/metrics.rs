@@ -82,14 +82,20 @@ async fn live_delivery_is_timed_and_replays_are_counted_while_they_run() {
     // A replay from the start, run to its end.
     let mut replayed = s.connect("/?userid=metrics-live&since=0").await;
     assert_eq!(content(&replayed.frame().await), "x");
+    // The server times a delivery once its write returns, which may be after the client
+    // has the frame: wait for the sample rather than race it.
+    let delivered = |t: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("imgate_delivery_duration_seconds_count "))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    eventually("the live delivery timed", || async {
+        delivered(&scrape(&s).await).is_some_and(|n| n >= 1.0).then_some(())
+    })
+    .await;
     let text = scrape(&s).await;
-    let delivered = sample(&text, "imgate_delivery_duration_seconds_count", "");
-    assert!(delivered.is_none(), "labelled without labels: {text}");
-    let count = text
-        .lines()
-        .find_map(|l| l.strip_prefix("imgate_delivery_duration_seconds_count "))
-        .map(|v| v.parse::<f64>().unwrap());
-    assert!(count.is_some_and(|n| n >= 1.0), "{text}");
+    let labelled = sample(&text, "imgate_delivery_duration_seconds_count", "");
+    assert!(labelled.is_none(), "labelled without labels: {text}");
     // The replay ends after the frame, once a page comes back empty: wait for the gauge
     // to come back to 0 (it is 1 while the replay runs).
     let replays = |t: &str| {

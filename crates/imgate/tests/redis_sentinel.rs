@@ -108,6 +108,12 @@ impl Topology {
             cli_as(data_pw, r, &["info", "replication"]).await.contains("master_link_status:up")
         })
         .await;
+        // And the master lists it, online: that list is what the sentinel reads.
+        until("the master never listed its replica", PATIENCE, async || {
+            let info = cli_as(data_pw, m, &["info", "replication"]).await;
+            info.contains(&format!("port={r},state=online"))
+        })
+        .await;
         // The sentinel starts after the replica is linked, so that its first look at the
         // master already lists the replica (it looks again only every 10 s).
         let mut conf = format!(
@@ -122,7 +128,8 @@ impl Topology {
         std::fs::write(&path, conf).unwrap();
         let sentinel = Proc::start(s, &[path.to_str().unwrap(), "--sentinel"]);
         let sentinel_pw = passwords.map(|p| p.1);
-        until("the sentinel never saw the replica", PATIENCE, async || {
+        // A sentinel that missed it at its first look sees it at its next, 10 s later.
+        until("the sentinel never saw the replica", FAILOVER_PATIENCE, async || {
             cli_as(sentinel_pw, s, &["sentinel", "replicas", "mymaster"]).await.contains(&r.to_string())
         })
         .await;
