@@ -125,10 +125,11 @@ const errors = [];
 function watch(p, label = '') {
   p.setDefaultTimeout(WAIT);
   // A gateway without the team inbox answers its index with 404: the console's feature check.
-  // While the test has the gateway down, the page's requests are refused, as they should be.
+  // While the test has the gateway down, the page's requests are refused, as they should be
+  // (one on its way when the process is killed is reset instead).
   // With it, a conversation between gateway users is not in its index (404 for it).
   const expected = (m) => (m.text().includes('404') && m.location()?.url?.includes(`${P}/conversations`))
-    || (gatewayDown && /ERR_CONNECTION_REFUSED/.test(m.text()));
+    || (gatewayDown && /ERR_CONNECTION_(REFUSED|RESET)|ERR_EMPTY_RESPONSE/.test(m.text()));
   p.on('console', (m) => m.type() === 'error' && !expected(m) && errors.push(`${label}${m.text()}`));
   p.on('pageerror', (e) => errors.push(`${label}${e}`));
 }
