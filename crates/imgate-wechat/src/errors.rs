@@ -29,6 +29,8 @@ pub const CODES: &[(i64, &str)] = &[
     (43004, "the follower has unfollowed the account"),
     (43019, "the follower is on the account's blacklist: remove them from it to reply"),
     (44002, "the message is empty"),
+    (44003, "the news message has no article"),
+    (45008, "WeChat takes one article in a news message: send one"),
     (45001, "the media file is over WeChat's size limit"),
     (45002, "the message is too long"),
     (45007, "the voice message plays too long for WeChat (at most 60 seconds)"),

@@ -473,15 +473,17 @@ impl Ingest {
     /// Media of this gateway in a message: its sender must be able to see it, and its
     /// recipients `to` may then see it too (before they are told of the message).
     async fn share_media(&self, sender: &str, content: &Content, to: &[&str]) -> Result<(), IngestError> {
-        let (Some(w), Some(path)) = (&self.wechat, content.msg.get("media_path").and_then(Value::as_str))
-        else {
-            return Ok(());
-        };
-        w.share_media(sender, path, to).await.map_err(|e| match e {
-            WechatError::MediaForbidden(_) => IngestError::MediaForbidden(e.to_string()),
-            WechatError::State(e) => e.into(),
-            _ => IngestError::Unsendable(e.to_string()),
-        })
+        let Some(w) = &self.wechat else { return Ok(()) };
+        // `thumb`: a mini-program card's picture.
+        for key in ["media_path", "thumb"] {
+            let Some(path) = content.msg.get(key).and_then(Value::as_str) else { continue };
+            w.share_media(sender, path, to).await.map_err(|e| match e {
+                WechatError::MediaForbidden(_) => IngestError::MediaForbidden(e.to_string()),
+                WechatError::State(e) => e.into(),
+                _ => IngestError::Unsendable(e.to_string()),
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -199,7 +199,9 @@ pub enum WechatError {
     Content(#[from] imgate_protocol::ContentError),
     #[error(transparent)]
     CreateTime(#[from] imgate_protocol::CreateTimeError),
-    #[error("{0} messages cannot be sent to a WeChat follower (text, image, voice and video can)")]
+    #[error(
+        "{0} messages cannot be sent to a WeChat follower (text, image, voice, video, news, mpnewsarticle, msgmenu, miniprogrampage and typing can)"
+    )]
     Unsendable(String),
     #[error("media {0} is unknown or not ready: upload it first")]
     MediaMissing(String),
@@ -279,8 +281,10 @@ pub struct Prepared {
 struct Reupload {
     /// imgate's media record.
     id: String,
-    /// WeChat's media type, and the key of the message's JSON that holds the id.
+    /// WeChat's media type.
     kind: String,
+    /// Where the body holds the id (a JSON pointer: `/image/media_id`).
+    at: String,
     /// The id was reused from an earlier upload (not uploaded for this send).
     cached: bool,
 }
@@ -731,7 +735,9 @@ impl Wechat {
             tracing::info!(media = %m.id, "WeChat no longer knows the media id (40007): uploading it again");
             sent = match self.upload_media(acct, &m.id, &m.kind).await {
                 Ok(media_id) => {
-                    body[m.kind.as_str()]["media_id"] = Value::String(media_id);
+                    if let Some(v) = body.pointer_mut(&m.at) {
+                        *v = Value::String(media_id);
+                    }
                     self.post(acct, &body).await
                 }
                 Err(WechatError::Api(e)) => Err(e),
@@ -786,6 +792,45 @@ impl Wechat {
                 }
                 json!({"touser": openid, "msgtype": "video", "video": video})
             }
+            // WeChat takes one article (45008 for more).
+            "news" => {
+                let mut article = serde_json::Map::new();
+                for k in ["title", "description", "url", "picurl"] {
+                    let v = text(k);
+                    if !v.is_empty() {
+                        article.insert(k.into(), Value::String(v));
+                    }
+                }
+                json!({"touser": openid, "msgtype": "news", "news": {"articles": [article]}})
+            }
+            "mpnewsarticle" => json!({"touser": openid, "msgtype": "mpnewsarticle",
+                "mpnewsarticle": {"article_id": text("article_id")}}),
+            "msgmenu" => {
+                let list: Vec<Value> = msg
+                    .get("list")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|i| {
+                        json!({"id": i.get("id").cloned().unwrap_or_default(),
+                        "content": i.get("content").cloned().unwrap_or_default()})
+                    })
+                    .collect();
+                json!({"touser": openid, "msgtype": "msgmenu", "msgmenu": {"head_content": text("head_content"),
+                    "list": list, "tail_content": text("tail_content")}})
+            }
+            "miniprogrampage" => {
+                // The card's picture: WeChat's id as given, or the agent's upload (`thumb`),
+                // uploaded as an image.
+                let ids = json!({"media_id": msg.get("thumb_media_id"), "media_path": msg.get("thumb")});
+                let thumb;
+                (thumb, media) = self.media_id_for(acct, &ids, "image").await?;
+                if let Some(m) = media.as_mut() {
+                    m.at = "/miniprogrampage/thumb_media_id".into();
+                }
+                json!({"touser": openid, "msgtype": "miniprogrampage", "miniprogrampage": {"title": text("title"),
+                    "appid": text("appid"), "pagepath": text("pagepath"), "thumb_media_id": thumb}})
+            }
             other => return Err(WechatError::Unsendable(other.to_owned())),
         };
         Ok(Prepared { body, media })
@@ -827,14 +872,16 @@ impl Wechat {
         }
         let fresh = self.clock.now().saturating_sub(rec.media_at) < MEDIA_ID_REUSE_SECS;
         if !rec.media_id.is_empty() && rec.appid == acct.config.appid && fresh {
-            let again = Reupload { id: rec.id, kind: kind.to_owned(), cached: true };
+            let again =
+                Reupload { id: rec.id, kind: kind.to_owned(), at: format!("/{kind}/media_id"), cached: true };
             return Ok((rec.media_id, Some(again)));
         }
         let media_id = self.upload_media(acct, &rec.id, kind).await.map_err(|e| match e {
             WechatError::MediaMissing(_) => WechatError::MediaMissing(path.to_owned()),
             other => other,
         })?;
-        Ok((media_id, Some(Reupload { id: rec.id, kind: kind.to_owned(), cached: false })))
+        let at = format!("/{kind}/media_id");
+        Ok((media_id, Some(Reupload { id: rec.id, kind: kind.to_owned(), at, cached: false })))
     }
 
     /// Upload imgate's media `id` to WeChat as `kind` through `acct`; WeChat's new id,

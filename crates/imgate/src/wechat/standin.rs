@@ -1,5 +1,7 @@
 //! A stand-in for WeChat's API servers, which no test machine can reach: access tokens
-//! (`token`, `stable_token`), `message/custom/send`, `media/upload`, `media/get`,
+//! (`token`, `stable_token`), `message/custom/send` (text, image, voice, video, news,
+//! mpnewsarticle, msgmenu, miniprogrampage: one article at most, 45008; none, 44003),
+//! `media/upload`, `media/get`,
 //! `user/info` and `user/info/updateremark` — with WeChat's answers and errors (temporary
 //! media expires after 3 days: 40007; uploads over WeChat's limits: 40005, 40009–40012,
 //! 45007; followers who unfollowed or turned messages off: 43004, 48002; an openid not of
@@ -251,6 +253,39 @@ async fn custom_send(
         Some(kind @ ("image" | "voice" | "video")) => {
             let id = v[kind]["media_id"].as_str().unwrap_or_default();
             if !media_alive(&st, id) {
+                return wechat_error(40007, "invalid media_id");
+            }
+        }
+        Some("news") => {
+            let articles = v["news"]["articles"].as_array().cloned().unwrap_or_default();
+            if articles.is_empty() {
+                return wechat_error(44003, "empty news data");
+            }
+            if articles.len() > 1 {
+                return wechat_error(45008, "article size out of limit");
+            }
+            if !articles.iter().all(|a| a["title"].is_string() && a["url"].is_string()) {
+                return wechat_error(47001, "data format error");
+            }
+        }
+        Some("mpnewsarticle") if v["mpnewsarticle"]["article_id"].as_str().is_some_and(|a| !a.is_empty()) => {
+        }
+        Some("msgmenu") => {
+            let list = v["msgmenu"]["list"].as_array().cloned().unwrap_or_default();
+            let items_ok = list.iter().all(|i| i["id"].is_string() && i["content"].is_string());
+            if list.is_empty() || !items_ok {
+                return wechat_error(47001, "data format error");
+            }
+        }
+        Some("miniprogrampage") => {
+            let card = &v["miniprogrampage"];
+            if !["title", "appid", "pagepath"]
+                .iter()
+                .all(|k| card[*k].as_str().is_some_and(|s| !s.is_empty()))
+            {
+                return wechat_error(47001, "data format error");
+            }
+            if !media_alive(&st, card["thumb_media_id"].as_str().unwrap_or_default()) {
                 return wechat_error(40007, "invalid media_id");
             }
         }
