@@ -832,3 +832,18 @@ async fn wechat_refusals_of_the_new_types_are_explained() {
     assert_eq!(err["data"]["errcode"], 45015);
     assert!(err["result"]["message"].as_str().unwrap().contains("48-hour"), "{err}");
 }
+
+#[tokio::test]
+async fn a_followers_menu_choice_reaches_the_agent_as_an_answer_to_the_menu() {
+    let r = rig(false).await;
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    let now = now_ts();
+    r.callback(&format!(
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oF</FromUserName><CreateTime>{now}</CreateTime>\
+         <MsgType>text</MsgType><Content>满意</Content><MsgId>77</MsgId><bizmsgmenuid>101</bizmsgmenuid></xml>"
+    ))
+    .await;
+    let f = agent.frame().await;
+    assert_eq!(f["data"]["msg_type"], "text");
+    assert_eq!(f["data"]["msg"], serde_json::json!({"content": "满意", "bizmsgmenuid": "101"}));
+}
