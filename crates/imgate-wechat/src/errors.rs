@@ -41,6 +41,11 @@ pub const CODES: &[(i64, &str)] = &[
         "the 48-hour window has closed (the follower has not written for 48 hours) or the follower unfollowed: wait for them to write",
     ),
     (45047, "5 messages have already been sent since the follower last wrote: wait for them to write again"),
+    (
+        45080,
+        "WeChat shows typing only within 30 seconds of the follower's last message (not shown, no harm done)",
+    ),
+    (45081, "the follower already sees that you are typing (not shown again, no harm done)"),
     (47001, "WeChat could not parse the request (JSON/XML format error)"),
     (48001, "this account is not allowed to use the customer-service API (it needs to be verified)"),
     (

@@ -274,6 +274,9 @@ impl Ingest {
         if let Some(inbox) = &self.inbox {
             inbox.may_reply(&acct.config.appid, sender, &req.to).await?;
         }
+        if req.content.msg_type == "typing" {
+            return self.typing(w, acct, req).await;
+        }
         self.share_media(sender, &req.content, &[]).await?;
         let to = req.to.clone();
         // What WeChat cannot carry is refused before anything is kept or sent.
@@ -388,6 +391,19 @@ impl Ingest {
                 metrics::counter!("imgate_wechat_send_errors_total").increment(1);
                 let (errcode, errmsg) = wechat_code(&e);
                 Err(IngestError::Delivery { id, seq: first.seq, to, reason: e.to_string(), errcode, errmsg })
+            }
+        }
+    }
+
+    /// An agent is typing to a follower: passed to WeChat (throttled per conversation),
+    /// stored nowhere. The ack has seq 0: no mailbox holds it.
+    async fn typing(&self, w: &Wechat, acct: &Account, req: SendRequest) -> Result<Accepted, IngestError> {
+        let id = req.client_id.clone().unwrap_or_else(new_id);
+        match w.typing(acct, &req.to).await {
+            Ok(_) => Ok(Accepted { id, seq: 0, to: req.to, duplicate: false }),
+            Err(e) => {
+                let (errcode, errmsg) = wechat_code(&e);
+                Err(IngestError::Delivery { id, seq: 0, to: req.to, reason: e.to_string(), errcode, errmsg })
             }
         }
     }

@@ -847,3 +847,51 @@ async fn a_followers_menu_choice_reaches_the_agent_as_an_answer_to_the_menu() {
     assert_eq!(f["data"]["msg_type"], "text");
     assert_eq!(f["data"]["msg"], serde_json::json!({"content": "满意", "bizmsgmenuid": "101"}));
 }
+
+#[tokio::test]
+async fn typing_is_sent_once_per_conversation_every_few_seconds_and_stored_nowhere() {
+    let clock = imgate_wechat::Clock::default();
+    let r = rig_with(false, |c| c.wechat.clock = clock.clone()).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    r.callback(&text_from("oG", "hi", 2)).await;
+    let typing = |to: &str| post_typing(&r, to.to_owned());
+    let (status, ack) = typing("oF").await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["data"]["seq"], 0, "nothing stored: {ack}");
+    assert_eq!(ack["data"]["contact_id"], "oF");
+    // Within the throttle: answered, not sent again. Another conversation is its own.
+    assert_eq!(typing("oF").await.0, 200);
+    assert_eq!(typing("oG").await.0, 200);
+    let sent = |r: &Rig| r.wechat.0.lock().typing.clone();
+    assert_eq!(
+        sent(&r),
+        [
+            serde_json::json!({"touser": "oF", "command": "Typing"}),
+            serde_json::json!({"touser": "oG", "command": "Typing"})
+        ]
+    );
+    clock.advance(imgate::wechat::TYPING_EVERY_SECS);
+    assert_eq!(typing("oF").await.0, 200);
+    assert_eq!(sent(&r).len(), 3);
+    assert_eq!(history_types(&r.s, "oF").await, ["text"]);
+    assert!(r.wechat.0.lock().sent.is_empty(), "typing is not a message");
+    // A closed window is WeChat's refusal, in words.
+    r.wechat.0.lock().closed.push("oG".into());
+    clock.advance(imgate::wechat::TYPING_EVERY_SECS);
+    let (status, err) = typing("oG").await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["data"]["errcode"], 45015);
+    // Only the account's agents.
+    let (status, _) = post(
+        &r.s.http("/send?userid=mallory"),
+        "application/json",
+        reply("oF", "typing", serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+async fn post_typing(r: &Rig, to: String) -> (u16, Value) {
+    post(&r.s.http("/send?userid=agent1"), "application/json", reply(&to, "typing", serde_json::json!({})))
+        .await
+}

@@ -87,6 +87,14 @@ pub const MEDIA_ID_REUSE_SECS: i64 = 70 * 3600;
 /// every 5 seconds while the follower has the conversation open).
 const LOCATION_EVERY_SECS: i64 = 3600;
 
+/// How often one conversation's typing state is sent to WeChat at most (per node): WeChat
+/// shows it 15 s, and an agent's composer may report every keystroke.
+pub const TYPING_EVERY_SECS: i64 = 5;
+
+/// Conversations whose last typing time one node remembers; past it, those older than
+/// [`TYPING_EVERY_SECS`] are forgotten.
+const TYPING_REMEMBERED: usize = 10_000;
+
 /// The events counted by name when dropped; any other is counted as `other`, so that the
 /// metric's labels stay few.
 const KNOWN_EVENTS: &[&str] = &[
@@ -269,6 +277,8 @@ pub struct Wechat {
     fetching: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Told of each profile change (the team inbox).
     profile_hook: std::sync::OnceLock<ProfileHook>,
+    /// When each conversation's typing state was last sent (channel clock), by openid.
+    typing_at: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// A message ready for `cgi-bin/message/custom/send`, and the upload its media id came
@@ -343,6 +353,7 @@ impl Wechat {
             clock: cfg.clock.clone(),
             fetching: Default::default(),
             profile_hook: Default::default(),
+            typing_at: Default::default(),
         });
         let resume = w.clone();
         tokio::spawn(async move {
@@ -754,6 +765,39 @@ impl Wechat {
         sent?;
         let window = self.state.sent(openid, self.clock.now()).await.unwrap_or_default();
         Ok(window.to_json(self.clock.now()))
+    }
+
+    /// Show follower `openid` that an agent is typing (`message/custom/typing`), at most
+    /// once per conversation every [`TYPING_EVERY_SECS`] on this node. Whether it was sent
+    /// (false: throttled, or WeChat said it is not the time: 45080, 45081). Nothing is kept.
+    pub async fn typing(&self, acct: &Account, openid: &str) -> Result<bool, WechatError> {
+        let now = self.clock.now();
+        {
+            let mut at = self.typing_at.lock();
+            if at.get(openid).is_some_and(|t| now - t < TYPING_EVERY_SECS) {
+                return Ok(false);
+            }
+            if at.len() >= TYPING_REMEMBERED {
+                at.retain(|_, t| now - *t < TYPING_EVERY_SECS);
+            }
+            at.insert(openid.to_owned(), now);
+        }
+        let sent = acct
+            .tokens
+            .call(|token| async move { self.api.custom_typing(&token, openid, "Typing").await })
+            .await;
+        match sent {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.errcode(), Some(45080 | 45081)) => Ok(false),
+            Err(e) => {
+                // Not shown: the next keystroke may try again.
+                self.typing_at.lock().remove(openid);
+                if let Some(code) = e.errcode() {
+                    self.state.refused(openid, code, now).await;
+                }
+                Err(e.into())
+            }
+        }
     }
 
     async fn post(&self, acct: &Account, body: &Value) -> Result<(), ApiError> {

@@ -1,7 +1,7 @@
 //! A stand-in for WeChat's API servers, which no test machine can reach: access tokens
 //! (`token`, `stable_token`), `message/custom/send` (text, image, voice, video, news,
 //! mpnewsarticle, msgmenu, miniprogrampage: one article at most, 45008; none, 44003),
-//! `media/upload`, `media/get`,
+//! `message/custom/typing`, `media/upload`, `media/get`,
 //! `user/info` and `user/info/updateremark` — with WeChat's answers and errors (temporary
 //! media expires after 3 days: 40007; uploads over WeChat's limits: 40005, 40009–40012,
 //! 45007; followers who unfollowed or turned messages off: 43004, 48002; an openid not of
@@ -48,6 +48,8 @@ pub struct Inner {
     pub refusing: HashMap<String, i64>,
     /// Every accepted custom/send body, as bytes received.
     pub sent: Vec<Bytes>,
+    /// Every accepted custom/typing body.
+    pub typing: Vec<Value>,
     /// media_id → (bytes, content type)
     pub media: HashMap<String, (Bytes, String)>,
     /// When each uploaded media id was issued (by `clock`): WeChat keeps temporary media
@@ -125,6 +127,7 @@ impl StandIn {
             .route("/cgi-bin/token", get(token))
             .route("/cgi-bin/stable_token", post(stable_token))
             .route("/cgi-bin/message/custom/send", post(custom_send))
+            .route("/cgi-bin/message/custom/typing", post(custom_typing))
             .route("/cgi-bin/media/upload", post(media_upload))
             .route("/cgi-bin/media/get", get(media_get))
             .route("/cgi-bin/user/info", get(user_info))
@@ -292,6 +295,37 @@ async fn custom_send(
         _ => return wechat_error(40008, "invalid message type"),
     }
     st.sent.push(body);
+    ok(json!({"errcode": 0, "errmsg": "ok"}))
+}
+
+/// `message/custom/typing`: `{"touser","command":"Typing"|"CancelTyping"}`. A follower
+/// whose window is closed, or who refuses messages, refuses it as custom/send does.
+async fn custom_typing(
+    State(s): State<StandIn>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = s.check(&q) {
+        return r;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return wechat_error(47001, "data format error");
+    };
+    let touser = v["touser"].as_str().unwrap_or_default().to_owned();
+    if touser.is_empty() {
+        return wechat_error(40003, "invalid openid");
+    }
+    if !matches!(v["command"].as_str(), Some("Typing" | "CancelTyping")) {
+        return wechat_error(47001, "data format error");
+    }
+    let mut st = s.0.lock();
+    if st.closed.contains(&touser) {
+        return wechat_error(45015, "response out of time limit or subscription is canceled");
+    }
+    if let Some(&code) = st.refusing.get(&touser) {
+        return wechat_error(code, "refused");
+    }
+    st.typing.push(v);
     ok(json!({"errcode": 0, "errmsg": "ok"}))
 }
 
