@@ -54,6 +54,11 @@ pub const CODES: &[(i64, &str)] = &[
     ),
     (48004, "WeChat has blocked this API for the account (a violation): see mp.weixin.qq.com for details"),
     (50002, "the follower's WeChat account is restricted (frozen, closed or banned): they cannot be reached"),
+    (61452, "the customer-service account (kf_account) is invalid: check kf_accounts in wechat.accounts"),
+    (
+        65401,
+        "the customer-service account (kf_account) is not one of the account's: check kf_accounts in wechat.accounts",
+    ),
 ];
 
 /// What `errcode` means for the person who sent the message, if imgate knows.

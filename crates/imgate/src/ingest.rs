@@ -280,7 +280,7 @@ impl Ingest {
         self.share_media(sender, &req.content, &[]).await?;
         let to = req.to.clone();
         // What WeChat cannot carry is refused before anything is kept or sent.
-        let body = w.prepare(acct, &to, &req.content).await.map_err(|e| match e {
+        let body = w.prepare(acct, sender, &to, &req.content).await.map_err(|e| match e {
             WechatError::Unsendable(_) | WechatError::MediaMissing(_) | WechatError::MediaKind { .. } => {
                 IngestError::Unsendable(e.to_string())
             }

@@ -895,3 +895,81 @@ async fn post_typing(r: &Rig, to: String) -> (u16, Value) {
     post(&r.s.http("/send?userid=agent1"), "application/json", reply(&to, "typing", serde_json::json!({})))
         .await
 }
+
+#[tokio::test]
+async fn an_agents_kf_account_signs_its_replies() {
+    let (wechat, base) = common::wechat::standin().await;
+    let s = Server::start_with(|c| {
+        common::wechat::aim(c, &base, &["amy", "ben"]);
+        c.wechat.accounts[0].kf_accounts = [("amy".to_owned(), "kf2001@gh_x".to_owned())].into();
+    })
+    .await;
+    wechat.0.lock().kf_accounts.insert("kf2001@gh_x".into());
+    let r = Rig { s, wechat, cipher: None };
+    r.callback(&text_from("oF", "hi", 1)).await;
+    for who in ["amy", "ben"] {
+        let (status, ack) =
+            post(&r.s.http(&format!("/send?userid={who}")), "application/json", text_to("oF", who)).await;
+        assert_eq!(status, 200, "{ack}");
+    }
+    let news = serde_json::json!({"title": "t", "url": "https://example.com"});
+    let (status, ack) =
+        post(&r.s.http("/send?userid=amy"), "application/json", reply("oF", "news", news)).await;
+    assert_eq!(status, 200, "{ack}");
+    let sent: Vec<Value> =
+        r.wechat.0.lock().sent.iter().map(|b| serde_json::from_slice(b).unwrap()).collect();
+    let signed: Vec<&Value> = sent.iter().map(|v| &v["customservice"]).collect();
+    assert_eq!(
+        signed,
+        [
+            &serde_json::json!({"kf_account": "kf2001@gh_x"}),
+            &Value::Null,
+            &serde_json::json!({"kf_account": "kf2001@gh_x"})
+        ]
+    );
+    // A kf account WeChat does not know: its refusal, in words.
+    r.wechat.0.lock().kf_accounts.clear();
+    let (status, err) = post(&r.s.http("/send?userid=amy"), "application/json", text_to("oF", "again")).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["data"]["errcode"], 65401);
+    assert!(err["result"]["message"].as_str().unwrap().contains("kf_accounts"), "{err}");
+}
+
+#[test]
+fn kf_accounts_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imgate.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[[wechat.accounts]]\noriginal_id = \"{ORIGINAL}\"\nappid = \"{APPID}\"\ntoken = \"t\"\n\
+                 agents = [\"agent1\", \"agent2\"]\n{extra}"
+            ),
+        )
+        .unwrap();
+        imgate::config::Config::load(Some(&file), &Default::default())
+    };
+    let c = write("").unwrap();
+    assert!(c.wechat.accounts[0].kf_accounts.is_empty());
+    let c = write("kf_accounts = { agent1 = \"kf2001@gh_x\" }\n").unwrap();
+    assert_eq!(c.wechat.accounts[0].kf_accounts["agent1"], "kf2001@gh_x");
+    for bad in [
+        "kf_accounts = { mallory = \"kf2001@gh_x\" }\n",
+        "kf_accounts = { agent1 = \"kf2001\" }\n",
+        "kf_accounts = { agent1 = \"@gh_x\" }\n",
+        "kf_accounts = { agent1 = \"kf 1@gh_x\" }\n",
+    ] {
+        let err = write(bad).unwrap_err().to_string();
+        assert!(err.contains("kf_accounts"), "{bad}: {err}");
+    }
+    // And the binary says so with 64.
+    write("kf_accounts = { agent1 = \"nope\" }\n").unwrap_err();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+}

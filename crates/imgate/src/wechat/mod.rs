@@ -723,13 +723,20 @@ impl Wechat {
 
     /// What `send` will post for `content`: checks that WeChat can carry it and uploads
     /// its media. Nothing is sent to the follower yet.
+    /// `agent` sends it: with a customer-service account (`kf_accounts`), the message says
+    /// so (`customservice.kf_account`), and the follower sees that account's name.
     pub async fn prepare(
         &self,
         acct: &Account,
+        agent: &str,
         openid: &str,
         content: &Content,
     ) -> Result<Prepared, WechatError> {
-        self.custom_message(acct, openid, content).await
+        let mut prepared = self.custom_message(acct, openid, content).await?;
+        if let Some(kf) = acct.config.kf_accounts.get(agent) {
+            prepared.body["customservice"] = json!({"kf_account": kf});
+        }
+        Ok(prepared)
     }
 
     /// Post a prepared message to the follower through `acct`'s customer-service API.

@@ -1,7 +1,7 @@
 //! A stand-in for WeChat's API servers, which no test machine can reach: access tokens
 //! (`token`, `stable_token`), `message/custom/send` (text, image, voice, video, news,
 //! mpnewsarticle, msgmenu, miniprogrampage: one article at most, 45008; none, 44003),
-//! `message/custom/typing`, `media/upload`, `media/get`,
+//! `message/custom/typing`, `customservice.kf_account` (one not known: 65401), `media/upload`, `media/get`,
 //! `user/info` and `user/info/updateremark` — with WeChat's answers and errors (temporary
 //! media expires after 3 days: 40007; uploads over WeChat's limits: 40005, 40009–40012,
 //! 45007; followers who unfollowed or turned messages off: 43004, 48002; an openid not of
@@ -48,6 +48,9 @@ pub struct Inner {
     pub refusing: HashMap<String, i64>,
     /// Every accepted custom/send body, as bytes received.
     pub sent: Vec<Bytes>,
+    /// The account's customer-service accounts (`kf2001@gh_x`): a message naming another
+    /// in `customservice.kf_account` is refused with 65401.
+    pub kf_accounts: std::collections::HashSet<String>,
     /// Every accepted custom/typing body.
     pub typing: Vec<Value>,
     /// media_id → (bytes, content type)
@@ -250,6 +253,11 @@ async fn custom_send(
             _ => "refused",
         };
         return wechat_error(code, errmsg);
+    }
+    if let Some(kf) = v["customservice"]["kf_account"].as_str()
+        && !st.kf_accounts.contains(kf)
+    {
+        return wechat_error(65401, "invalid custom service account");
     }
     match v["msgtype"].as_str() {
         Some("text") if v["text"]["content"].is_string() => {}
