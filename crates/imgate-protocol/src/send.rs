@@ -245,6 +245,45 @@ mod tests {
     }
 
     #[test]
+    fn wechat_reply_types_name_the_first_field_that_is_wrong() {
+        let bad = |t: &str, field: &str, want: &'static str| {
+            Err(SendError::BadField { msg_type: t.into(), field: field.into(), want })
+        };
+        let req = |t: &str, msg: Value| {
+            json!({"data": {"msg_type": t, "contact_id": "o1", "msg": msg}}).to_string()
+        };
+        let news = json!({"title": "t", "url": "https://e.com", "description": null});
+        check(&req("news", news.clone()), Ok(("o1", "news", 1099, news)));
+        check(
+            &req("news", json!({"title": " ", "url": "u"})),
+            bad("news", "data.msg.title", "a non-empty string"),
+        );
+        check(
+            &req("news", json!({"title": "t", "url": "u", "description": 1})),
+            bad("news", "data.msg.description", "a string when given"),
+        );
+        check(
+            &req("mpnewsarticle", json!({})),
+            bad("mpnewsarticle", "data.msg.article_id", "a non-empty string"),
+        );
+        check(
+            &req("msgmenu", json!({"list": {"id": "1"}})),
+            bad("msgmenu", "data.msg.list", "a non-empty list of {\"id\",\"content\"} choices"),
+        );
+        check(
+            &req("msgmenu", json!({"list": [{"id": 1, "content": "yes"}]})),
+            bad("msgmenu", "data.msg.list[0].id", "a non-empty string"),
+        );
+        check(
+            &req("miniprogrampage", json!({"title": "t", "appid": "wx1", "pagepath": "p"})),
+            bad("miniprogrampage", "data.msg.thumb", "the media_path of an uploaded image"),
+        );
+        let card = json!({"title": "t", "appid": "wx1", "pagepath": "p", "thumb_media_id": "M"});
+        check(&req("miniprogrampage", card.clone()), Ok(("o1", "miniprogrampage", 1099, card)));
+        check(&req("typing", json!({})), Ok(("o1", "typing", 1099, json!({}))));
+    }
+
+    #[test]
     fn bad_requests_say_what_is_wrong() {
         check("{", Err(SendError::Json("EOF while parsing an object at line 1 column 1".into())));
         check(r#"{"data":{"msg_type":"text","msg":{"content":"x"}}}"#, Err(SendError::MissingRecipient));
