@@ -973,3 +973,25 @@ fn kf_accounts_are_read_and_checked() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn used_up_replies_refuse_the_new_types_in_words() {
+    let r = rig(false).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    r.wechat.0.lock().replies_left.insert("oF".into(), 1);
+    let article = serde_json::json!({"article_id": "A1"});
+    let (status, ack) = post(
+        &r.s.http("/send?userid=agent1"),
+        "application/json",
+        reply("oF", "mpnewsarticle", article.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{ack}");
+    let (status, err) =
+        post(&r.s.http("/send?userid=agent1"), "application/json", reply("oF", "mpnewsarticle", article))
+            .await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["data"]["errcode"], 45047);
+    assert!(err["result"]["message"].as_str().unwrap().contains("wait for them to write again"), "{err}");
+    assert_eq!(r.wechat.0.lock().sent.len(), 1);
+}

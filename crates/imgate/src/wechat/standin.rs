@@ -1,12 +1,14 @@
 //! A stand-in for WeChat's API servers, which no test machine can reach: access tokens
 //! (`token`, `stable_token`), `message/custom/send` (text, image, voice, video, news,
-//! mpnewsarticle, msgmenu, miniprogrampage: one article at most, 45008; none, 44003),
-//! `message/custom/typing`, `customservice.kf_account` (one not known: 65401), `media/upload`, `media/get`,
-//! `user/info` and `user/info/updateremark` — with WeChat's answers and errors (temporary
-//! media expires after 3 days: 40007; uploads over WeChat's limits: 40005, 40009–40012,
-//! 45007; followers who unfollowed or turned messages off: 43004, 48002; an openid not of
-//! the account: 40003; the daily quota of the user APIs: 45009). The tests drive imgate against it; `imgate wechat
-//! standin` runs it for people trying imgate without an Official Account.
+//! mpnewsarticle, msgmenu, miniprogrampage; `customservice.kf_account`),
+//! `message/custom/typing`, `media/upload`, `media/get`, `user/info` and
+//! `user/info/updateremark` — with WeChat's answers and errors (temporary media expires
+//! after 3 days: 40007; uploads over WeChat's limits: 40005, 40009–40012, 45007; followers
+//! who unfollowed or turned messages off: 43004, 48002; a follower's replies used up:
+//! 45047; more than one news article: 45008, none: 44003; a kf account not the account's:
+//! 65401; an openid not of the account: 40003; the daily quota of the user APIs: 45009).
+//! The tests drive imgate against it; `imgate wechat standin` runs it for people trying
+//! imgate without an Official Account.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -46,6 +48,10 @@ pub struct Inner {
     /// Followers custom/send refuses with WeChat's code: 43004 (unfollowed), 48002
     /// (turned messages off), 43019 (blacklisted)…
     pub refusing: HashMap<String, i64>,
+    /// Replies custom/send still takes per follower (WeChat's 5 per message the follower
+    /// sent); each accepted one uses one, and at 0 it answers 45047. A follower not here
+    /// has no limit: the stand-in does not see the callbacks that would reset it.
+    pub replies_left: HashMap<String, u32>,
     /// Every accepted custom/send body, as bytes received.
     pub sent: Vec<Bytes>,
     /// The account's customer-service accounts (`kf2001@gh_x`): a message naming another
@@ -254,6 +260,9 @@ async fn custom_send(
         };
         return wechat_error(code, errmsg);
     }
+    if st.replies_left.get(&touser) == Some(&0) {
+        return wechat_error(45047, "out of response count limit");
+    }
     if let Some(kf) = v["customservice"]["kf_account"].as_str()
         && !st.kf_accounts.contains(kf)
     {
@@ -301,6 +310,9 @@ async fn custom_send(
             }
         }
         _ => return wechat_error(40008, "invalid message type"),
+    }
+    if let Some(left) = st.replies_left.get_mut(&touser) {
+        *left -= 1;
     }
     st.sent.push(body);
     ok(json!({"errcode": 0, "errmsg": "ok"}))
