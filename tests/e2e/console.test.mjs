@@ -238,6 +238,19 @@ test('defect 12: WeChat emoticon codes show as emoji, events in words', async ()
   check(!/scancode_push|\[/.test(preview), `the list's preview names it in words (${preview})`);
 });
 
+test('WeChat reply types: a news article and a menu show as text, no raw JSON (#10)', async () => {
+  await simulate('--from', 'oFan14', '--text', '你们有什么活动？');
+  await post('agent1', 'oFan14', 'news', { title: '双十一活动', description: '全场八折', url: 'https://example.com/a' });
+  await post('agent1', 'oFan14', 'msgmenu', { head_content: '您对本次服务是否满意呢?', list: [{ id: '101', content: '满意' }, { id: '102', content: '不满意' }], tail_content: '欢迎再次光临' });
+  await openConv('oFan14');
+  const news = await bubble('双十一活动').textContent();
+  check(news.includes('全场八折') && !news.includes('{'), `a news reply shows its title and description (${news})`);
+  const items = await page.locator('#messages .bubble li').allTextContents();
+  check(JSON.stringify(items) === JSON.stringify(['满意 101', '不满意 102']), `a menu shows its choices (${JSON.stringify(items)})`);
+  const menu = await bubble('您对本次服务是否满意呢').textContent();
+  check(!menu.includes('{') && menu.includes('欢迎再次光临'), `and its head and tail, not JSON (${menu})`);
+});
+
 test('defect 12: messages older than today show the date and the time', async () => {
   await postText('olga', 'agent1', 'from yesterday');
   // The same messages seen two days later (a context of its own: the clock is the context's).

@@ -46,7 +46,8 @@ enum Kind {
 fn known_fields(msg_type: &str) -> &'static [(&'static str, &'static str, Kind)] {
     use Kind::*;
     match msg_type {
-        "text" => &[("Content", "content", Str)],
+        // A follower's choice in a menu message (msgmenu) comes back as text naming it.
+        "text" => &[("Content", "content", Str), ("bizmsgmenuid", "bizmsgmenuid", Str)],
         "image" => &[("PicUrl", "pic_url", Str), ("MediaId", "media_id", Str)],
         "voice" => &[
             ("MediaId", "media_id", Str),

@@ -22,6 +22,8 @@ pub enum SendError {
     MissingMedia(String),
     #[error("data.msg_type {0:?} is not a valid type name")]
     BadType(String),
+    #[error("a {msg_type} message needs {field}: {want}")]
+    BadField { msg_type: String, field: String, want: &'static str },
     #[error("data.msg_type \"status\" is imgate's own (the outcome of a reply to WeChat): it cannot be sent")]
     Reserved,
 }
@@ -142,7 +144,7 @@ pub fn parse_send_json(body: &[u8]) -> Result<SendRequest, SendError> {
         {
             return Err(SendError::MissingMedia(msg_type));
         }
-        _ => {}
+        _ => check_reply(&msg_type, &msg)?,
     }
     let code = code_for_type(&msg_type);
     Ok(SendRequest {
@@ -153,6 +155,64 @@ pub fn parse_send_json(body: &[u8]) -> Result<SendRequest, SendError> {
         avatar: d.avatar,
         company_id: d.company_id,
     })
+}
+
+/// The fields WeChat's customer-service API needs of the reply types beyond text and
+/// media (`news`, `mpnewsarticle`, `msgmenu`, `miniprogrampage`; `typing` needs none):
+/// checked here, the one place a send request is read, so that what WeChat would refuse is
+/// refused before anything is kept. The first field wrong is named.
+fn check_reply(msg_type: &str, msg: &Value) -> Result<(), SendError> {
+    let bad = |field: String, want| Err(SendError::BadField { msg_type: msg_type.to_owned(), field, want });
+    let filled = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).is_some_and(|s| !s.trim().is_empty());
+    // Optional text: absent, or a string.
+    let text_or_none = |v: &Value, k: &str| v.get(k).is_none_or(|x| x.is_null() || x.is_string());
+    const FILLED: &str = "a non-empty string";
+    const TEXT: &str = "a string when given";
+    let required: &[&str] = match msg_type {
+        "news" => &["title", "url"],
+        "mpnewsarticle" => &["article_id"],
+        "miniprogrampage" => &["title", "appid", "pagepath"],
+        "msgmenu" => &[],
+        _ => return Ok(()),
+    };
+    for k in required {
+        if !filled(msg, k) {
+            return bad(format!("data.msg.{k}"), FILLED);
+        }
+    }
+    match msg_type {
+        "news" => {
+            for k in ["description", "picurl"] {
+                if !text_or_none(msg, k) {
+                    return bad(format!("data.msg.{k}"), TEXT);
+                }
+            }
+        }
+        // The card's picture: an upload of this gateway (`thumb`), or WeChat's id of one.
+        "miniprogrampage" if !filled(msg, "thumb") && !filled(msg, "thumb_media_id") => {
+            return bad("data.msg.thumb".into(), "the media_path of an uploaded image");
+        }
+        "msgmenu" => {
+            for k in ["head_content", "tail_content"] {
+                if !text_or_none(msg, k) {
+                    return bad(format!("data.msg.{k}"), TEXT);
+                }
+            }
+            let list = msg.get("list").and_then(Value::as_array).filter(|l| !l.is_empty());
+            let Some(list) = list else {
+                return bad("data.msg.list".into(), "a non-empty list of {\"id\",\"content\"} choices");
+            };
+            for (i, item) in list.iter().enumerate() {
+                for k in ["id", "content"] {
+                    if !filled(item, k) {
+                        return bad(format!("data.msg.list[{i}].{k}"), FILLED);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -182,6 +242,45 @@ mod tests {
             r#"{"data":{"msg_type":"card","contact_id":"u","msg":{"a":1}}}"#,
             Ok(("u", "card", 1099, json!({"a": 1}))),
         );
+    }
+
+    #[test]
+    fn wechat_reply_types_name_the_first_field_that_is_wrong() {
+        let bad = |t: &str, field: &str, want: &'static str| {
+            Err(SendError::BadField { msg_type: t.into(), field: field.into(), want })
+        };
+        let req = |t: &str, msg: Value| {
+            json!({"data": {"msg_type": t, "contact_id": "o1", "msg": msg}}).to_string()
+        };
+        let news = json!({"title": "t", "url": "https://e.com", "description": null});
+        check(&req("news", news.clone()), Ok(("o1", "news", 1099, news)));
+        check(
+            &req("news", json!({"title": " ", "url": "u"})),
+            bad("news", "data.msg.title", "a non-empty string"),
+        );
+        check(
+            &req("news", json!({"title": "t", "url": "u", "description": 1})),
+            bad("news", "data.msg.description", "a string when given"),
+        );
+        check(
+            &req("mpnewsarticle", json!({})),
+            bad("mpnewsarticle", "data.msg.article_id", "a non-empty string"),
+        );
+        check(
+            &req("msgmenu", json!({"list": {"id": "1"}})),
+            bad("msgmenu", "data.msg.list", "a non-empty list of {\"id\",\"content\"} choices"),
+        );
+        check(
+            &req("msgmenu", json!({"list": [{"id": 1, "content": "yes"}]})),
+            bad("msgmenu", "data.msg.list[0].id", "a non-empty string"),
+        );
+        check(
+            &req("miniprogrampage", json!({"title": "t", "appid": "wx1", "pagepath": "p"})),
+            bad("miniprogrampage", "data.msg.thumb", "the media_path of an uploaded image"),
+        );
+        let card = json!({"title": "t", "appid": "wx1", "pagepath": "p", "thumb_media_id": "M"});
+        check(&req("miniprogrampage", card.clone()), Ok(("o1", "miniprogrampage", 1099, card)));
+        check(&req("typing", json!({})), Ok(("o1", "typing", 1099, json!({}))));
     }
 
     #[test]

@@ -304,6 +304,24 @@ impl Api {
         .await
     }
 
+    /// `POST cgi-bin/message/custom/typing`: the follower sees "typing…" for 15 s
+    /// (`command`: `Typing` or `CancelTyping`).
+    pub async fn custom_typing(&self, token: &str, openid: &str, command: &str) -> Result<(), ApiError> {
+        observed("message/custom/typing", async {
+            let body = serde_json::json!({"touser": openid, "command": command});
+            let resp = self
+                .http
+                .post(self.url("/cgi-bin/message/custom/typing"))
+                .query(&[("access_token", token)])
+                .json(&body)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            Self::answer(resp).await.map(|_| ())
+        })
+        .await
+    }
+
     /// `GET cgi-bin/user/info`: what WeChat says of follower `openid`.
     pub async fn user_info(&self, token: &str, openid: &str) -> Result<UserInfo, ApiError> {
         observed("user/info", async {

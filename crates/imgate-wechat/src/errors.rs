@@ -29,6 +29,8 @@ pub const CODES: &[(i64, &str)] = &[
     (43004, "the follower has unfollowed the account"),
     (43019, "the follower is on the account's blacklist: remove them from it to reply"),
     (44002, "the message is empty"),
+    (44003, "the news message has no article"),
+    (45008, "WeChat takes one article in a news message: send one"),
     (45001, "the media file is over WeChat's size limit"),
     (45002, "the message is too long"),
     (45007, "the voice message plays too long for WeChat (at most 60 seconds)"),
@@ -39,6 +41,11 @@ pub const CODES: &[(i64, &str)] = &[
         "the 48-hour window has closed (the follower has not written for 48 hours) or the follower unfollowed: wait for them to write",
     ),
     (45047, "5 messages have already been sent since the follower last wrote: wait for them to write again"),
+    (
+        45080,
+        "WeChat shows typing only within 30 seconds of the follower's last message (not shown, no harm done)",
+    ),
+    (45081, "the follower already sees that you are typing (not shown again, no harm done)"),
     (47001, "WeChat could not parse the request (JSON/XML format error)"),
     (48001, "this account is not allowed to use the customer-service API (it needs to be verified)"),
     (
@@ -47,6 +54,11 @@ pub const CODES: &[(i64, &str)] = &[
     ),
     (48004, "WeChat has blocked this API for the account (a violation): see mp.weixin.qq.com for details"),
     (50002, "the follower's WeChat account is restricted (frozen, closed or banned): they cannot be reached"),
+    (61452, "the customer-service account (kf_account) is invalid: check kf_accounts in wechat.accounts"),
+    (
+        65401,
+        "the customer-service account (kf_account) is not one of the account's: check kf_accounts in wechat.accounts",
+    ),
 ];
 
 /// What `errcode` means for the person who sent the message, if imgate knows.

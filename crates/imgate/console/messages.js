@@ -19,6 +19,8 @@ export function preview(m) {
     case 'link': return t('preview.link', { title: msg.title || '' });
     case 'event': return eventWords(msg).map((n) => (typeof n === 'string' ? n : n.textContent)).join('');
     case 'system': return t('preview.system');
+    case 'news': case 'miniprogrampage': return t('preview.link', { title: msg.title || '' });
+    case 'msgmenu': return msg.head_content || (msg.list || []).map((i) => i?.content).join(' / ');
     default: return msg.content || t('preview.other', { type: m.msg_type });
   }
 }
@@ -62,7 +64,11 @@ export function body(d, { media, zoom, alt, local }) {
     zoom(src);
   } });
   switch (d.msg_type) {
-    case 'text': return linkify(m.content || '');
+    // A follower's tap on a menu message's item: the item's id says which.
+    case 'text': return m.bizmsgmenuid ? [linkify(m.content || ''), el('div', { class: 'when' }, t('body.menu_answer'), data(m.bizmsgmenuid))] : linkify(m.content || '');
+    // Reply types sent to WeChat followers: their text, no composer.
+    case 'news': case 'miniprogrampage': return el('span', { class: 'card' }, el('strong', {}, m.title || ''), el('span', {}, m.description || m.pagepath || m.url || ''));
+    case 'msgmenu': return [m.head_content || '', el('ul', {}, ...(Array.isArray(m.list) ? m.list : []).map((i) => el('li', {}, String(i?.content ?? ''), ' ', data(String(i?.id ?? ''))))), m.tail_content || ''];
     case 'image': return local ? image(local) : media(m, image);
     case 'voice': return [media(m, voice), m.recognition ? el('div', { class: 'recognition' }, `“${m.recognition}”`) : null];
     case 'video': case 'shortvideo': return media(m, (src) => el('video', { controls: true, src, preload: 'metadata' }));

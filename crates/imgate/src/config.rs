@@ -141,6 +141,9 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
                                      the events (Event of MsgType event) that reach the agents; LOCATION
                                      only the first of a follower per hour. Others are answered
                                      success, stored nowhere, counted in imgate_wechat_events_dropped_total
+  kf_accounts = { agent1 = \"kf2001@gh_x\" }
+                                     agents' customer-service accounts: their replies carry
+                                     customservice.kf_account; an agent not here sends as the account
 
   [protocol]
   create_time_zone = \"+08:00\"        zone of a CreateTime written as YYYY-MM-DD HH:MM:SS
@@ -253,6 +256,9 @@ pub struct AccountConfig {
     pub reassign_after: Duration,
     /// The events that reach the agents (docs/wechat.md); the rest are answered and dropped.
     pub deliver_events: Vec<String>,
+    /// Agent → the account's customer-service account (`kf2001@gh_x`) its replies are sent
+    /// as (`customservice.kf_account`); an agent not here sends as the account.
+    pub kf_accounts: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for AccountConfig {
@@ -282,6 +288,7 @@ impl Default for AccountConfig {
             ]
             .map(String::from)
             .to_vec(),
+            kf_accounts: Default::default(),
         }
     }
 }
@@ -315,6 +322,7 @@ impl std::fmt::Debug for AccountConfig {
             .field("max_open_per_agent", &self.max_open_per_agent)
             .field("reassign_after", &self.reassign_after)
             .field("deliver_events", &self.deliver_events)
+            .field("kf_accounts", &self.kf_accounts)
             .finish()
     }
 }
@@ -814,6 +822,26 @@ impl Config {
             let event_name = |e: &String| {
                 !e.is_empty() && e.len() <= 64 && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             };
+            // WeChat's form: the account's name, @, the Official Account's WeChat id.
+            let kf_form = |k: &String| {
+                k.len() <= 64
+                    && k.split_once('@').is_some_and(|(n, id)| !n.is_empty() && !id.is_empty())
+                    && k.bytes().all(|b| b.is_ascii_graphic())
+            };
+            for (agent, kf) in &a.kf_accounts {
+                if !a.agents().contains(agent) {
+                    return bad(
+                        "wechat.accounts.kf_accounts",
+                        &format!("{agent:?} is not one of the account's agents"),
+                    );
+                }
+                if !kf_form(kf) {
+                    return bad(
+                        "wechat.accounts.kf_accounts",
+                        &format!("{kf:?} is not a customer-service account such as \"kf2001@gh_x\""),
+                    );
+                }
+            }
             if !a.deliver_events.iter().all(event_name) {
                 return bad(
                     "wechat.accounts.deliver_events",

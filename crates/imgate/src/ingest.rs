@@ -274,10 +274,13 @@ impl Ingest {
         if let Some(inbox) = &self.inbox {
             inbox.may_reply(&acct.config.appid, sender, &req.to).await?;
         }
+        if req.content.msg_type == "typing" {
+            return self.typing(w, acct, req).await;
+        }
         self.share_media(sender, &req.content, &[]).await?;
         let to = req.to.clone();
         // What WeChat cannot carry is refused before anything is kept or sent.
-        let body = w.prepare(acct, &to, &req.content).await.map_err(|e| match e {
+        let body = w.prepare(acct, sender, &to, &req.content).await.map_err(|e| match e {
             WechatError::Unsendable(_) | WechatError::MediaMissing(_) | WechatError::MediaKind { .. } => {
                 IngestError::Unsendable(e.to_string())
             }
@@ -392,6 +395,19 @@ impl Ingest {
         }
     }
 
+    /// An agent is typing to a follower: passed to WeChat (throttled per conversation),
+    /// stored nowhere. The ack has seq 0: no mailbox holds it.
+    async fn typing(&self, w: &Wechat, acct: &Account, req: SendRequest) -> Result<Accepted, IngestError> {
+        let id = req.client_id.clone().unwrap_or_else(new_id);
+        match w.typing(acct, &req.to).await {
+            Ok(_) => Ok(Accepted { id, seq: 0, to: req.to, duplicate: false }),
+            Err(e) => {
+                let (errcode, errmsg) = wechat_code(&e);
+                Err(IngestError::Delivery { id, seq: 0, to: req.to, reason: e.to_string(), errcode, errmsg })
+            }
+        }
+    }
+
     async fn commit(&self, l: Letter<'_>) -> Result<Accepted, IngestError> {
         let sender = sender_name(l.from);
         if sender.is_empty() {
@@ -473,15 +489,17 @@ impl Ingest {
     /// Media of this gateway in a message: its sender must be able to see it, and its
     /// recipients `to` may then see it too (before they are told of the message).
     async fn share_media(&self, sender: &str, content: &Content, to: &[&str]) -> Result<(), IngestError> {
-        let (Some(w), Some(path)) = (&self.wechat, content.msg.get("media_path").and_then(Value::as_str))
-        else {
-            return Ok(());
-        };
-        w.share_media(sender, path, to).await.map_err(|e| match e {
-            WechatError::MediaForbidden(_) => IngestError::MediaForbidden(e.to_string()),
-            WechatError::State(e) => e.into(),
-            _ => IngestError::Unsendable(e.to_string()),
-        })
+        let Some(w) = &self.wechat else { return Ok(()) };
+        // `thumb`: a mini-program card's picture.
+        for key in ["media_path", "thumb"] {
+            let Some(path) = content.msg.get(key).and_then(Value::as_str) else { continue };
+            w.share_media(sender, path, to).await.map_err(|e| match e {
+                WechatError::MediaForbidden(_) => IngestError::MediaForbidden(e.to_string()),
+                WechatError::State(e) => e.into(),
+                _ => IngestError::Unsendable(e.to_string()),
+            })?;
+        }
+        Ok(())
     }
 }
 

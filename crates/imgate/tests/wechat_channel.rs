@@ -669,3 +669,329 @@ async fn shutdown_waits_for_a_send_already_begun() {
     tokio::time::timeout(PATIENCE, stopping).await.expect("the server stops").unwrap().unwrap();
     assert_eq!(wechat.0.lock().sent.len(), 1);
 }
+
+/// A send request of `msg_type` with `msg` to `to`, as JSON.
+fn reply(to: &str, msg_type: &str, msg: Value) -> String {
+    serde_json::json!({"data": {"msg_type": msg_type, "contact_id": to, "msg": msg}}).to_string()
+}
+
+/// What agent1 has in its history with `contact`: each message's type.
+async fn history_types(s: &Server, contact: &str) -> Vec<String> {
+    let (_, h) =
+        s.get(&format!("/im_component/wx_official_account/history?userid=agent1&contact_id={contact}")).await;
+    h["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"]["msg_type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Upload `bytes` as agent1; the media path.
+async fn upload(r: &Rig, content_type: &str, bytes: &[u8]) -> String {
+    let up = reqwest::Client::new()
+        .post(r.s.http("/im_component/wx_official_account/media?userid=agent1"))
+        .header("content-type", content_type)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.status(), 200);
+    let up: Value = up.json().await.unwrap();
+    up["data"]["media_path"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn news_article_menu_and_mini_program_replies_go_as_wechat_documents_them() {
+    let r = rig(false).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    let thumb = upload(&r, "image/jpeg", b"\xff\xd8\xff a card picture").await;
+    let news = serde_json::json!({"title": "Happy Day", "description": "Is Really A Happy Day",
+        "url": "https://example.com/a", "picurl": "https://example.com/a.jpg"});
+    let menu = serde_json::json!({"head_content": "您对本次服务是否满意呢?",
+        "list": [{"id": "101", "content": "满意"}, {"id": "102", "content": "不满意"}], "tail_content": "欢迎再次光临"});
+    let card = serde_json::json!({"title": "A card", "appid": "wxminiapp01", "pagepath": "pages/index?x=1", "thumb": thumb});
+    for (t, m) in [
+        ("news", news),
+        ("mpnewsarticle", serde_json::json!({"article_id": "ARTICLE_ID_1"})),
+        ("msgmenu", menu),
+        ("miniprogrampage", card),
+    ] {
+        let (status, ack) =
+            post(&r.s.http("/send?userid=agent1"), "application/json", reply("oF", t, m)).await;
+        assert_eq!(status, 200, "{t}: {ack}");
+    }
+    let sent: Vec<Value> =
+        r.wechat.0.lock().sent.iter().map(|b| serde_json::from_slice(b).unwrap()).collect();
+    assert_eq!(sent.len(), 4);
+    assert_eq!(
+        sent[0],
+        serde_json::json!({"touser": "oF", "msgtype": "news", "news": {"articles": [{"title": "Happy Day",
+            "description": "Is Really A Happy Day", "url": "https://example.com/a", "picurl": "https://example.com/a.jpg"}]}})
+    );
+    assert_eq!(
+        sent[1],
+        serde_json::json!({"touser": "oF", "msgtype": "mpnewsarticle", "mpnewsarticle": {"article_id": "ARTICLE_ID_1"}})
+    );
+    assert_eq!(
+        sent[2],
+        serde_json::json!({"touser": "oF", "msgtype": "msgmenu", "msgmenu": {"head_content": "您对本次服务是否满意呢?",
+            "list": [{"id": "101", "content": "满意"}, {"id": "102", "content": "不满意"}], "tail_content": "欢迎再次光临"}})
+    );
+    let media_id = sent[3]["miniprogrampage"]["thumb_media_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sent[3],
+        serde_json::json!({"touser": "oF", "msgtype": "miniprogrampage", "miniprogrampage": {"title": "A card",
+            "appid": "wxminiapp01", "pagepath": "pages/index?x=1", "thumb_media_id": media_id}})
+    );
+    assert_eq!(r.wechat.0.lock().media[&media_id].0.to_vec(), b"\xff\xd8\xff a card picture".to_vec());
+    // Each is in the history as sent, with its status.
+    assert_eq!(
+        history_types(&r.s, "oF").await,
+        [
+            "text",
+            "news",
+            "status",
+            "mpnewsarticle",
+            "status",
+            "msgmenu",
+            "status",
+            "miniprogrampage",
+            "status"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_reply_with_bad_fields_is_refused_naming_the_field_and_nothing_is_kept() {
+    let r = rig(false).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    for (t, m, field) in [
+        ("news", serde_json::json!({"url": "https://example.com"}), "data.msg.title"),
+        ("news", serde_json::json!({"title": "t"}), "data.msg.url"),
+        ("news", serde_json::json!({"title": "t", "url": "https://e.com", "picurl": 3}), "data.msg.picurl"),
+        ("mpnewsarticle", serde_json::json!({"article_id": ""}), "data.msg.article_id"),
+        ("msgmenu", serde_json::json!({"head_content": "h"}), "data.msg.list"),
+        ("msgmenu", serde_json::json!({"list": []}), "data.msg.list"),
+        ("msgmenu", serde_json::json!({"list": [{"id": "1"}]}), "data.msg.list[0].content"),
+        (
+            "msgmenu",
+            serde_json::json!({"list": [{"id": "1", "content": "a"}, {"content": "b"}]}),
+            "data.msg.list[1].id",
+        ),
+        (
+            "miniprogrampage",
+            serde_json::json!({"title": "t", "pagepath": "p", "thumb": "x"}),
+            "data.msg.appid",
+        ),
+        (
+            "miniprogrampage",
+            serde_json::json!({"title": "t", "appid": "wx1", "pagepath": "p"}),
+            "data.msg.thumb",
+        ),
+    ] {
+        let (status, err) =
+            post(&r.s.http("/send?userid=agent1"), "application/json", reply("oF", t, m)).await;
+        assert_eq!(status, 400, "{t}: {err}");
+        assert_eq!(err["result"]["code"], -1, "{err}");
+        let words = err["result"]["message"].as_str().unwrap();
+        assert!(words.contains(field), "{t}: {words} should name {field}");
+    }
+    // A thumb that is no upload of this gateway.
+    let card = serde_json::json!({"title": "t", "appid": "wx1", "pagepath": "p",
+        "thumb": "/im_component/wx_official_account/media/nope"});
+    let (status, err) =
+        post(&r.s.http("/send?userid=agent1"), "application/json", reply("oF", "miniprogrampage", card))
+            .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(history_types(&r.s, "oF").await, ["text"]);
+    assert!(r.wechat.0.lock().sent.is_empty());
+}
+
+#[tokio::test]
+async fn wechat_refusals_of_the_new_types_are_explained() {
+    let r = rig(false).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    // WeChat takes one article: more is 45008.
+    r.wechat.0.lock().send_errors.push_back((45008, "article size out of limit".into()));
+    let news = serde_json::json!({"title": "t", "url": "https://example.com"});
+    let (status, err) =
+        post(&r.s.http("/send?userid=agent1"), "application/json", reply("oF", "news", news.clone())).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["data"]["errcode"], 45008);
+    assert!(err["result"]["message"].as_str().unwrap().contains("one article"), "{err}");
+    // An out-of-window reply of a new type: 45015, in words.
+    r.wechat.0.lock().closed.push("oF".into());
+    let (status, err) = post(
+        &r.s.http("/send?userid=agent1"),
+        "application/json",
+        reply("oF", "msgmenu", serde_json::json!({"list": [{"id": "1", "content": "yes"}]})),
+    )
+    .await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["data"]["errcode"], 45015);
+    assert!(err["result"]["message"].as_str().unwrap().contains("48-hour"), "{err}");
+}
+
+#[tokio::test]
+async fn a_followers_menu_choice_reaches_the_agent_as_an_answer_to_the_menu() {
+    let r = rig(false).await;
+    let mut agent = r.s.connect("/?userid=agent1").await;
+    let now = now_ts();
+    r.callback(&format!(
+        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>oF</FromUserName><CreateTime>{now}</CreateTime>\
+         <MsgType>text</MsgType><Content>满意</Content><MsgId>77</MsgId><bizmsgmenuid>101</bizmsgmenuid></xml>"
+    ))
+    .await;
+    let f = agent.frame().await;
+    assert_eq!(f["data"]["msg_type"], "text");
+    assert_eq!(f["data"]["msg"], serde_json::json!({"content": "满意", "bizmsgmenuid": "101"}));
+}
+
+#[tokio::test]
+async fn typing_is_sent_once_per_conversation_every_few_seconds_and_stored_nowhere() {
+    let clock = imgate_wechat::Clock::default();
+    let r = rig_with(false, |c| c.wechat.clock = clock.clone()).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    r.callback(&text_from("oG", "hi", 2)).await;
+    let typing = |to: &str| post_typing(&r, to.to_owned());
+    let (status, ack) = typing("oF").await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["data"]["seq"], 0, "nothing stored: {ack}");
+    assert_eq!(ack["data"]["contact_id"], "oF");
+    // Within the throttle: answered, not sent again. Another conversation is its own.
+    assert_eq!(typing("oF").await.0, 200);
+    assert_eq!(typing("oG").await.0, 200);
+    let sent = |r: &Rig| r.wechat.0.lock().typing.clone();
+    assert_eq!(
+        sent(&r),
+        [
+            serde_json::json!({"touser": "oF", "command": "Typing"}),
+            serde_json::json!({"touser": "oG", "command": "Typing"})
+        ]
+    );
+    clock.advance(imgate::wechat::TYPING_EVERY_SECS);
+    assert_eq!(typing("oF").await.0, 200);
+    assert_eq!(sent(&r).len(), 3);
+    assert_eq!(history_types(&r.s, "oF").await, ["text"]);
+    assert!(r.wechat.0.lock().sent.is_empty(), "typing is not a message");
+    // A closed window is WeChat's refusal, in words.
+    r.wechat.0.lock().closed.push("oG".into());
+    clock.advance(imgate::wechat::TYPING_EVERY_SECS);
+    let (status, err) = typing("oG").await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["data"]["errcode"], 45015);
+    // Only the account's agents.
+    let (status, _) = post(
+        &r.s.http("/send?userid=mallory"),
+        "application/json",
+        reply("oF", "typing", serde_json::json!({})),
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+async fn post_typing(r: &Rig, to: String) -> (u16, Value) {
+    post(&r.s.http("/send?userid=agent1"), "application/json", reply(&to, "typing", serde_json::json!({})))
+        .await
+}
+
+#[tokio::test]
+async fn an_agents_kf_account_signs_its_replies() {
+    let (wechat, base) = common::wechat::standin().await;
+    let s = Server::start_with(|c| {
+        common::wechat::aim(c, &base, &["amy", "ben"]);
+        c.wechat.accounts[0].kf_accounts = [("amy".to_owned(), "kf2001@gh_x".to_owned())].into();
+    })
+    .await;
+    wechat.0.lock().kf_accounts.insert("kf2001@gh_x".into());
+    let r = Rig { s, wechat, cipher: None };
+    r.callback(&text_from("oF", "hi", 1)).await;
+    for who in ["amy", "ben"] {
+        let (status, ack) =
+            post(&r.s.http(&format!("/send?userid={who}")), "application/json", text_to("oF", who)).await;
+        assert_eq!(status, 200, "{ack}");
+    }
+    let news = serde_json::json!({"title": "t", "url": "https://example.com"});
+    let (status, ack) =
+        post(&r.s.http("/send?userid=amy"), "application/json", reply("oF", "news", news)).await;
+    assert_eq!(status, 200, "{ack}");
+    let sent: Vec<Value> =
+        r.wechat.0.lock().sent.iter().map(|b| serde_json::from_slice(b).unwrap()).collect();
+    let signed: Vec<&Value> = sent.iter().map(|v| &v["customservice"]).collect();
+    assert_eq!(
+        signed,
+        [
+            &serde_json::json!({"kf_account": "kf2001@gh_x"}),
+            &Value::Null,
+            &serde_json::json!({"kf_account": "kf2001@gh_x"})
+        ]
+    );
+    // A kf account WeChat does not know: its refusal, in words.
+    r.wechat.0.lock().kf_accounts.clear();
+    let (status, err) = post(&r.s.http("/send?userid=amy"), "application/json", text_to("oF", "again")).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["data"]["errcode"], 65401);
+    assert!(err["result"]["message"].as_str().unwrap().contains("kf_accounts"), "{err}");
+}
+
+#[test]
+fn kf_accounts_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imgate.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "[[wechat.accounts]]\noriginal_id = \"{ORIGINAL}\"\nappid = \"{APPID}\"\ntoken = \"t\"\n\
+                 agents = [\"agent1\", \"agent2\"]\n{extra}"
+            ),
+        )
+        .unwrap();
+        imgate::config::Config::load(Some(&file), &Default::default())
+    };
+    let c = write("").unwrap();
+    assert!(c.wechat.accounts[0].kf_accounts.is_empty());
+    let c = write("kf_accounts = { agent1 = \"kf2001@gh_x\" }\n").unwrap();
+    assert_eq!(c.wechat.accounts[0].kf_accounts["agent1"], "kf2001@gh_x");
+    for bad in [
+        "kf_accounts = { mallory = \"kf2001@gh_x\" }\n",
+        "kf_accounts = { agent1 = \"kf2001\" }\n",
+        "kf_accounts = { agent1 = \"@gh_x\" }\n",
+        "kf_accounts = { agent1 = \"kf 1@gh_x\" }\n",
+    ] {
+        let err = write(bad).unwrap_err().to_string();
+        assert!(err.contains("kf_accounts"), "{bad}: {err}");
+    }
+    // And the binary says so with 64.
+    write("kf_accounts = { agent1 = \"nope\" }\n").unwrap_err();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn used_up_replies_refuse_the_new_types_in_words() {
+    let r = rig(false).await;
+    r.callback(&text_from("oF", "hi", 1)).await;
+    r.wechat.0.lock().replies_left.insert("oF".into(), 1);
+    let article = serde_json::json!({"article_id": "A1"});
+    let (status, ack) = post(
+        &r.s.http("/send?userid=agent1"),
+        "application/json",
+        reply("oF", "mpnewsarticle", article.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{ack}");
+    let (status, err) =
+        post(&r.s.http("/send?userid=agent1"), "application/json", reply("oF", "mpnewsarticle", article))
+            .await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["data"]["errcode"], 45047);
+    assert!(err["result"]["message"].as_str().unwrap().contains("wait for them to write again"), "{err}");
+    assert_eq!(r.wechat.0.lock().sent.len(), 1);
+}

@@ -87,6 +87,14 @@ pub const MEDIA_ID_REUSE_SECS: i64 = 70 * 3600;
 /// every 5 seconds while the follower has the conversation open).
 const LOCATION_EVERY_SECS: i64 = 3600;
 
+/// How often one conversation's typing state is sent to WeChat at most (per node): WeChat
+/// shows it 15 s, and an agent's composer may report every keystroke.
+pub const TYPING_EVERY_SECS: i64 = 5;
+
+/// Conversations whose last typing time one node remembers; past it, those older than
+/// [`TYPING_EVERY_SECS`] are forgotten.
+const TYPING_REMEMBERED: usize = 10_000;
+
 /// The events counted by name when dropped; any other is counted as `other`, so that the
 /// metric's labels stay few.
 const KNOWN_EVENTS: &[&str] = &[
@@ -199,7 +207,9 @@ pub enum WechatError {
     Content(#[from] imgate_protocol::ContentError),
     #[error(transparent)]
     CreateTime(#[from] imgate_protocol::CreateTimeError),
-    #[error("{0} messages cannot be sent to a WeChat follower (text, image, voice and video can)")]
+    #[error(
+        "{0} messages cannot be sent to a WeChat follower (text, image, voice, video, news, mpnewsarticle, msgmenu, miniprogrampage and typing can)"
+    )]
     Unsendable(String),
     #[error("media {0} is unknown or not ready: upload it first")]
     MediaMissing(String),
@@ -267,6 +277,8 @@ pub struct Wechat {
     fetching: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Told of each profile change (the team inbox).
     profile_hook: std::sync::OnceLock<ProfileHook>,
+    /// When each conversation's typing state was last sent (channel clock), by openid.
+    typing_at: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// A message ready for `cgi-bin/message/custom/send`, and the upload its media id came
@@ -279,8 +291,10 @@ pub struct Prepared {
 struct Reupload {
     /// imgate's media record.
     id: String,
-    /// WeChat's media type, and the key of the message's JSON that holds the id.
+    /// WeChat's media type.
     kind: String,
+    /// Where the body holds the id (a JSON pointer: `/image/media_id`).
+    at: String,
     /// The id was reused from an earlier upload (not uploaded for this send).
     cached: bool,
 }
@@ -339,6 +353,7 @@ impl Wechat {
             clock: cfg.clock.clone(),
             fetching: Default::default(),
             profile_hook: Default::default(),
+            typing_at: Default::default(),
         });
         let resume = w.clone();
         tokio::spawn(async move {
@@ -708,13 +723,20 @@ impl Wechat {
 
     /// What `send` will post for `content`: checks that WeChat can carry it and uploads
     /// its media. Nothing is sent to the follower yet.
+    /// `agent` sends it: with a customer-service account (`kf_accounts`), the message says
+    /// so (`customservice.kf_account`), and the follower sees that account's name.
     pub async fn prepare(
         &self,
         acct: &Account,
+        agent: &str,
         openid: &str,
         content: &Content,
     ) -> Result<Prepared, WechatError> {
-        self.custom_message(acct, openid, content).await
+        let mut prepared = self.custom_message(acct, openid, content).await?;
+        if let Some(kf) = acct.config.kf_accounts.get(agent) {
+            prepared.body["customservice"] = json!({"kf_account": kf});
+        }
+        Ok(prepared)
     }
 
     /// Post a prepared message to the follower through `acct`'s customer-service API.
@@ -731,7 +753,9 @@ impl Wechat {
             tracing::info!(media = %m.id, "WeChat no longer knows the media id (40007): uploading it again");
             sent = match self.upload_media(acct, &m.id, &m.kind).await {
                 Ok(media_id) => {
-                    body[m.kind.as_str()]["media_id"] = Value::String(media_id);
+                    if let Some(v) = body.pointer_mut(&m.at) {
+                        *v = Value::String(media_id);
+                    }
                     self.post(acct, &body).await
                 }
                 Err(WechatError::Api(e)) => Err(e),
@@ -748,6 +772,39 @@ impl Wechat {
         sent?;
         let window = self.state.sent(openid, self.clock.now()).await.unwrap_or_default();
         Ok(window.to_json(self.clock.now()))
+    }
+
+    /// Show follower `openid` that an agent is typing (`message/custom/typing`), at most
+    /// once per conversation every [`TYPING_EVERY_SECS`] on this node. Whether it was sent
+    /// (false: throttled, or WeChat said it is not the time: 45080, 45081). Nothing is kept.
+    pub async fn typing(&self, acct: &Account, openid: &str) -> Result<bool, WechatError> {
+        let now = self.clock.now();
+        {
+            let mut at = self.typing_at.lock();
+            if at.get(openid).is_some_and(|t| now - t < TYPING_EVERY_SECS) {
+                return Ok(false);
+            }
+            if at.len() >= TYPING_REMEMBERED {
+                at.retain(|_, t| now - *t < TYPING_EVERY_SECS);
+            }
+            at.insert(openid.to_owned(), now);
+        }
+        let sent = acct
+            .tokens
+            .call(|token| async move { self.api.custom_typing(&token, openid, "Typing").await })
+            .await;
+        match sent {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.errcode(), Some(45080 | 45081)) => Ok(false),
+            Err(e) => {
+                // Not shown: the next keystroke may try again.
+                self.typing_at.lock().remove(openid);
+                if let Some(code) = e.errcode() {
+                    self.state.refused(openid, code, now).await;
+                }
+                Err(e.into())
+            }
+        }
     }
 
     async fn post(&self, acct: &Account, body: &Value) -> Result<(), ApiError> {
@@ -785,6 +842,45 @@ impl Wechat {
                     }
                 }
                 json!({"touser": openid, "msgtype": "video", "video": video})
+            }
+            // WeChat takes one article (45008 for more).
+            "news" => {
+                let mut article = serde_json::Map::new();
+                for k in ["title", "description", "url", "picurl"] {
+                    let v = text(k);
+                    if !v.is_empty() {
+                        article.insert(k.into(), Value::String(v));
+                    }
+                }
+                json!({"touser": openid, "msgtype": "news", "news": {"articles": [article]}})
+            }
+            "mpnewsarticle" => json!({"touser": openid, "msgtype": "mpnewsarticle",
+                "mpnewsarticle": {"article_id": text("article_id")}}),
+            "msgmenu" => {
+                let list: Vec<Value> = msg
+                    .get("list")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|i| {
+                        json!({"id": i.get("id").cloned().unwrap_or_default(),
+                        "content": i.get("content").cloned().unwrap_or_default()})
+                    })
+                    .collect();
+                json!({"touser": openid, "msgtype": "msgmenu", "msgmenu": {"head_content": text("head_content"),
+                    "list": list, "tail_content": text("tail_content")}})
+            }
+            "miniprogrampage" => {
+                // The card's picture: WeChat's id as given, or the agent's upload (`thumb`),
+                // uploaded as an image.
+                let ids = json!({"media_id": msg.get("thumb_media_id"), "media_path": msg.get("thumb")});
+                let thumb;
+                (thumb, media) = self.media_id_for(acct, &ids, "image").await?;
+                if let Some(m) = media.as_mut() {
+                    m.at = "/miniprogrampage/thumb_media_id".into();
+                }
+                json!({"touser": openid, "msgtype": "miniprogrampage", "miniprogrampage": {"title": text("title"),
+                    "appid": text("appid"), "pagepath": text("pagepath"), "thumb_media_id": thumb}})
             }
             other => return Err(WechatError::Unsendable(other.to_owned())),
         };
@@ -827,14 +923,16 @@ impl Wechat {
         }
         let fresh = self.clock.now().saturating_sub(rec.media_at) < MEDIA_ID_REUSE_SECS;
         if !rec.media_id.is_empty() && rec.appid == acct.config.appid && fresh {
-            let again = Reupload { id: rec.id, kind: kind.to_owned(), cached: true };
+            let again =
+                Reupload { id: rec.id, kind: kind.to_owned(), at: format!("/{kind}/media_id"), cached: true };
             return Ok((rec.media_id, Some(again)));
         }
         let media_id = self.upload_media(acct, &rec.id, kind).await.map_err(|e| match e {
             WechatError::MediaMissing(_) => WechatError::MediaMissing(path.to_owned()),
             other => other,
         })?;
-        Ok((media_id, Some(Reupload { id: rec.id, kind: kind.to_owned(), cached: false })))
+        let at = format!("/{kind}/media_id");
+        Ok((media_id, Some(Reupload { id: rec.id, kind: kind.to_owned(), at, cached: false })))
     }
 
     /// Upload imgate's media `id` to WeChat as `kind` through `acct`; WeChat's new id,

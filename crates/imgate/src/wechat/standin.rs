@@ -1,10 +1,14 @@
 //! A stand-in for WeChat's API servers, which no test machine can reach: access tokens
-//! (`token`, `stable_token`), `message/custom/send`, `media/upload`, `media/get`,
-//! `user/info` and `user/info/updateremark` — with WeChat's answers and errors (temporary
-//! media expires after 3 days: 40007; uploads over WeChat's limits: 40005, 40009–40012,
-//! 45007; followers who unfollowed or turned messages off: 43004, 48002; an openid not of
-//! the account: 40003; the daily quota of the user APIs: 45009). The tests drive imgate against it; `imgate wechat
-//! standin` runs it for people trying imgate without an Official Account.
+//! (`token`, `stable_token`), `message/custom/send` (text, image, voice, video, news,
+//! mpnewsarticle, msgmenu, miniprogrampage; `customservice.kf_account`),
+//! `message/custom/typing`, `media/upload`, `media/get`, `user/info` and
+//! `user/info/updateremark` — with WeChat's answers and errors (temporary media expires
+//! after 3 days: 40007; uploads over WeChat's limits: 40005, 40009–40012, 45007; followers
+//! who unfollowed or turned messages off: 43004, 48002; a follower's replies used up:
+//! 45047; more than one news article: 45008, none: 44003; a kf account not the account's:
+//! 65401; an openid not of the account: 40003; the daily quota of the user APIs: 45009).
+//! The tests drive imgate against it; `imgate wechat standin` runs it for people trying
+//! imgate without an Official Account.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -44,8 +48,17 @@ pub struct Inner {
     /// Followers custom/send refuses with WeChat's code: 43004 (unfollowed), 48002
     /// (turned messages off), 43019 (blacklisted)…
     pub refusing: HashMap<String, i64>,
+    /// Replies custom/send still takes per follower (WeChat's 5 per message the follower
+    /// sent); each accepted one uses one, and at 0 it answers 45047. A follower not here
+    /// has no limit: the stand-in does not see the callbacks that would reset it.
+    pub replies_left: HashMap<String, u32>,
     /// Every accepted custom/send body, as bytes received.
     pub sent: Vec<Bytes>,
+    /// The account's customer-service accounts (`kf2001@gh_x`): a message naming another
+    /// in `customservice.kf_account` is refused with 65401.
+    pub kf_accounts: std::collections::HashSet<String>,
+    /// Every accepted custom/typing body.
+    pub typing: Vec<Value>,
     /// media_id → (bytes, content type)
     pub media: HashMap<String, (Bytes, String)>,
     /// When each uploaded media id was issued (by `clock`): WeChat keeps temporary media
@@ -123,6 +136,7 @@ impl StandIn {
             .route("/cgi-bin/token", get(token))
             .route("/cgi-bin/stable_token", post(stable_token))
             .route("/cgi-bin/message/custom/send", post(custom_send))
+            .route("/cgi-bin/message/custom/typing", post(custom_typing))
             .route("/cgi-bin/media/upload", post(media_upload))
             .route("/cgi-bin/media/get", get(media_get))
             .route("/cgi-bin/user/info", get(user_info))
@@ -246,6 +260,14 @@ async fn custom_send(
         };
         return wechat_error(code, errmsg);
     }
+    if st.replies_left.get(&touser) == Some(&0) {
+        return wechat_error(45047, "out of response count limit");
+    }
+    if let Some(kf) = v["customservice"]["kf_account"].as_str()
+        && !st.kf_accounts.contains(kf)
+    {
+        return wechat_error(65401, "invalid custom service account");
+    }
     match v["msgtype"].as_str() {
         Some("text") if v["text"]["content"].is_string() => {}
         Some(kind @ ("image" | "voice" | "video")) => {
@@ -254,9 +276,76 @@ async fn custom_send(
                 return wechat_error(40007, "invalid media_id");
             }
         }
+        Some("news") => {
+            let articles = v["news"]["articles"].as_array().cloned().unwrap_or_default();
+            if articles.is_empty() {
+                return wechat_error(44003, "empty news data");
+            }
+            if articles.len() > 1 {
+                return wechat_error(45008, "article size out of limit");
+            }
+            if !articles.iter().all(|a| a["title"].is_string() && a["url"].is_string()) {
+                return wechat_error(47001, "data format error");
+            }
+        }
+        Some("mpnewsarticle") if v["mpnewsarticle"]["article_id"].as_str().is_some_and(|a| !a.is_empty()) => {
+        }
+        Some("msgmenu") => {
+            let list = v["msgmenu"]["list"].as_array().cloned().unwrap_or_default();
+            let items_ok = list.iter().all(|i| i["id"].is_string() && i["content"].is_string());
+            if list.is_empty() || !items_ok {
+                return wechat_error(47001, "data format error");
+            }
+        }
+        Some("miniprogrampage") => {
+            let card = &v["miniprogrampage"];
+            if !["title", "appid", "pagepath"]
+                .iter()
+                .all(|k| card[*k].as_str().is_some_and(|s| !s.is_empty()))
+            {
+                return wechat_error(47001, "data format error");
+            }
+            if !media_alive(&st, card["thumb_media_id"].as_str().unwrap_or_default()) {
+                return wechat_error(40007, "invalid media_id");
+            }
+        }
         _ => return wechat_error(40008, "invalid message type"),
     }
+    if let Some(left) = st.replies_left.get_mut(&touser) {
+        *left -= 1;
+    }
     st.sent.push(body);
+    ok(json!({"errcode": 0, "errmsg": "ok"}))
+}
+
+/// `message/custom/typing`: `{"touser","command":"Typing"|"CancelTyping"}`. A follower
+/// whose window is closed, or who refuses messages, refuses it as custom/send does.
+async fn custom_typing(
+    State(s): State<StandIn>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = s.check(&q) {
+        return r;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return wechat_error(47001, "data format error");
+    };
+    let touser = v["touser"].as_str().unwrap_or_default().to_owned();
+    if touser.is_empty() {
+        return wechat_error(40003, "invalid openid");
+    }
+    if !matches!(v["command"].as_str(), Some("Typing" | "CancelTyping")) {
+        return wechat_error(47001, "data format error");
+    }
+    let mut st = s.0.lock();
+    if st.closed.contains(&touser) {
+        return wechat_error(45015, "response out of time limit or subscription is canceled");
+    }
+    if let Some(&code) = st.refusing.get(&touser) {
+        return wechat_error(code, "refused");
+    }
+    st.typing.push(v);
     ok(json!({"errcode": 0, "errmsg": "ok"}))
 }
 
