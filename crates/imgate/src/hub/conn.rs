@@ -594,17 +594,34 @@ mod tests {
     use super::*;
     use crate::store::{Appended, NewMessage, Stored};
 
-    /// A store whose `delivered` reads the mark, says so, and returns it only when let
-    /// go: a connection's start can be held between its two reads.
-    #[derive(Default)]
-    struct Held {
+    /// A store for the connection's logic alone. `delivered` reads the mark, says so
+    /// (`read`), and returns it only when let go (`go`): a connection's start can be held
+    /// between its two reads. `read_after` fails with `error()` `fails` times, then reads
+    /// an empty page. The rest is refused.
+    struct Stub {
         mark: AtomicU64,
         read: Notify,
         go: Notify,
+        fails: AtomicU64,
+        calls: AtomicU64,
+        error: fn() -> Unavailable,
+    }
+
+    impl Stub {
+        fn new(fails: u64, error: fn() -> Unavailable) -> Stub {
+            Stub {
+                mark: AtomicU64::new(0),
+                read: Notify::new(),
+                go: Notify::new(),
+                fails: AtomicU64::new(fails),
+                calls: AtomicU64::new(0),
+                error,
+            }
+        }
     }
 
     #[async_trait]
-    impl Store for Held {
+    impl Store for Stub {
         async fn delivered(&self, _: &str) -> Result<u64, StoreError> {
             let mark = self.mark.load(Ordering::Acquire);
             self.read.notify_one();
@@ -619,7 +636,12 @@ mod tests {
             Err(StoreError::Closed)
         }
         async fn read_after(&self, _: &str, _: u64, _: usize, _: usize) -> Result<Vec<Stored>, StoreError> {
-            Err(StoreError::Closed)
+            self.calls.fetch_add(1, Ordering::AcqRel);
+            if self.fails.load(Ordering::Acquire) > 0 {
+                self.fails.fetch_sub(1, Ordering::AcqRel);
+                return Err(StoreError::Unavailable((self.error)()));
+            }
+            Ok(Vec::new())
         }
         async fn history(
             &self,
@@ -651,7 +673,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_start_during_a_close_does_not_replay_what_was_shown() {
         let hub = Hub::new(&HubConfig::default());
-        let store = Arc::new(Held::default());
+        let store = Arc::new(Stub::new(0, redis_gone));
         let closing = hub.register(&"u".into()).unwrap();
         closing.delivered.store(5, Ordering::Release);
         let start = tokio::spawn({
@@ -666,63 +688,6 @@ mod tests {
         assert_eq!(hub.delivered("u"), None);
         store.go.notify_one();
         assert_eq!(tokio::time::timeout(patience, start).await.expect("the start ends").unwrap(), 5);
-    }
-
-    /// A store whose `read_after` fails with `error()` `fails` times, then reads an
-    /// empty page.
-    struct Flaky {
-        fails: AtomicU64,
-        calls: AtomicU64,
-        error: fn() -> Unavailable,
-    }
-
-    impl Flaky {
-        fn new(fails: u64, error: fn() -> Unavailable) -> Flaky {
-            Flaky { fails: AtomicU64::new(fails), calls: AtomicU64::new(0), error }
-        }
-    }
-
-    #[async_trait]
-    impl Store for Flaky {
-        async fn delivered(&self, _: &str) -> Result<u64, StoreError> {
-            Ok(0)
-        }
-        async fn set_delivered(&self, _: &str, _: u64) -> Result<(), StoreError> {
-            Ok(())
-        }
-        async fn append(&self, _: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
-            Err(StoreError::Closed)
-        }
-        async fn read_after(&self, _: &str, _: u64, _: usize, _: usize) -> Result<Vec<Stored>, StoreError> {
-            self.calls.fetch_add(1, Ordering::AcqRel);
-            if self.fails.load(Ordering::Acquire) > 0 {
-                self.fails.fetch_sub(1, Ordering::AcqRel);
-                return Err(StoreError::Unavailable((self.error)()));
-            }
-            Ok(Vec::new())
-        }
-        async fn history(
-            &self,
-            _: &str,
-            _: Option<&str>,
-            _: Option<u64>,
-            _: usize,
-        ) -> Result<Vec<Stored>, StoreError> {
-            Err(StoreError::Closed)
-        }
-        async fn last_seq(&self, _: &str) -> Result<u64, StoreError> {
-            Ok(0)
-        }
-        async fn trim(&self) -> Result<u64, StoreError> {
-            Ok(0)
-        }
-        async fn erase(&self, _: &str) -> Result<crate::store::Erased, StoreError> {
-            Err(StoreError::Closed)
-        }
-        async fn ready(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        async fn close(&self) {}
     }
 
     fn redis_gone() -> Unavailable {
@@ -742,7 +707,7 @@ mod tests {
     /// A failover: the first reads fail, a later one answers, and the connection lives on.
     #[tokio::test(start_paused = true)]
     async fn a_replay_rides_through_a_store_that_fails_for_a_moment() {
-        let store = Flaky::new(3, redis_gone);
+        let store = Stub::new(3, redis_gone);
         let page = read_page(&store, &CancellationToken::new(), "u", 0, 10, 1 << 20).await;
         assert_eq!(code(page), None);
         assert_eq!(store.calls.load(Ordering::Acquire), 4);
@@ -752,7 +717,7 @@ mod tests {
     /// READ_PATIENCE and not before.
     #[tokio::test(start_paused = true)]
     async fn a_replay_gives_up_on_a_store_that_stays_away() {
-        let store = Flaky::new(u64::MAX, redis_gone);
+        let store = Stub::new(u64::MAX, redis_gone);
         let began = Instant::now();
         let page = read_page(&store, &CancellationToken::new(), "u", 0, 10, 1 << 20).await;
         assert_eq!(code(page), Some(1011));
@@ -763,11 +728,11 @@ mod tests {
     /// A damaged record is not asked for again; a shutdown ends the waiting at once.
     #[tokio::test(start_paused = true)]
     async fn a_damaged_mailbox_closes_at_once_and_shutdown_ends_the_wait() {
-        let store = Flaky::new(u64::MAX, || Unavailable::Damaged("bad record".into()));
+        let store = Stub::new(u64::MAX, || Unavailable::Damaged("bad record".into()));
         let page = read_page(&store, &CancellationToken::new(), "u", 0, 10, 1 << 20).await;
         assert_eq!((code(page), store.calls.load(Ordering::Acquire)), (Some(1011), 1));
 
-        let store = Flaky::new(u64::MAX, redis_gone);
+        let store = Stub::new(u64::MAX, redis_gone);
         let shutdown = CancellationToken::new();
         shutdown.cancel();
         let page = read_page(&store, &shutdown, "u", 0, 10, 1 << 20).await;
