@@ -9,33 +9,14 @@ use std::time::Duration;
 
 use common::*;
 use imgate::config::{AccountConfig, Config, Engine, Routing};
+use common::wechat::{APPID, ORIGINAL, standin, text_from};
 use imgate::wechat::standin::StandIn;
-use imgate_wechat::callback::{Keys, seal};
 use serde_json::{Value, json};
 
-const APPID: &str = "wx2c2769f8efd9abc2";
-const ORIGINAL: &str = "gh_10f6c3c3ac5a";
 const P: &str = "/im_component/wx_official_account";
 
-async fn standin() -> (StandIn, String) {
-    let wechat = StandIn::new(&[(APPID, "secret")]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(wechat.clone().serve(listener));
-    (wechat, api)
-}
-
 fn account(routing: Routing, agents: &[&str]) -> AccountConfig {
-    AccountConfig {
-        original_id: ORIGINAL.into(),
-        appid: APPID.into(),
-        secret: "secret".into(),
-        token: "tok".into(),
-        company_id: "acme".into(),
-        agents: agents.iter().map(|a| a.to_string()).collect(),
-        routing,
-        ..Default::default()
-    }
+    AccountConfig { routing, ..common::wechat::account(agents) }
 }
 
 fn configure(c: &mut Config, api: &str, acct: AccountConfig) {
@@ -49,22 +30,10 @@ async fn gateway(routing: Routing, agents: &[&str]) -> (Server, StandIn) {
     (Server::start_with(move |c| configure(c, &api, acct)).await, wechat)
 }
 
-/// A follower's text message through WeChat's (plaintext) callback.
+/// A follower's text message through WeChat's (plaintext) callback, stamped now.
 async fn say(base: &str, openid: &str, text: &str, msg_id: u64) {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let xml = format!(
-        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>{openid}</FromUserName><CreateTime>{now}</CreateTime><MsgType>text</MsgType><Content>{text}</Content><MsgId>{msg_id}</MsgId></xml>"
-    );
-    let keys = Keys { token: "tok", appid: APPID, cipher: None };
-    let (body, q) = seal(&xml, keys, &now.to_string(), &msg_id.to_string());
-    let r = reqwest::Client::new()
-        .post(format!("{base}{P}/callback/{APPID}"))
-        .query(&q)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    text_from(base, now, openid, text, msg_id).await;
 }
 
 async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
