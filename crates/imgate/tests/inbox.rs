@@ -7,9 +7,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use common::wechat::{APPID, ORIGINAL, standin, text_from};
 use common::*;
 use imgate::config::{AccountConfig, Config, Engine, Routing};
-use common::wechat::{APPID, ORIGINAL, standin, text_from};
 use imgate::wechat::standin::StandIn;
 use serde_json::{Value, json};
 
@@ -28,6 +28,41 @@ async fn gateway(routing: Routing, agents: &[&str]) -> (Server, StandIn) {
     let (wechat, api) = standin().await;
     let acct = account(routing, agents);
     (Server::start_with(move |c| configure(c, &api, acct)).await, wechat)
+}
+
+/// Two nodes on one Redis serving the test account (`routing`, `agents`), sharing the
+/// stand-in and the media directory, both ready. The servers go before what they use.
+struct TwoNodes {
+    a: Server,
+    b: Server,
+    _redis: Redis,
+    _wechat: StandIn,
+    _media: tempfile::TempDir,
+}
+
+async fn two_nodes(routing: Routing, agents: &[&str]) -> TwoNodes {
+    let redis = Redis::start();
+    let (wechat, api) = standin().await;
+    let media = tempfile::tempdir().unwrap();
+    let node = || {
+        let (api, url, media) = (api.clone(), redis.url(), media.path().to_owned());
+        let acct = account(routing, agents);
+        Server::start_with(move |c| {
+            c.store.engine = Engine::Redis;
+            c.store.redis_url = url;
+            c.wechat.media_dir = media;
+            configure(c, &api, acct);
+        })
+    };
+    let (a, b) = (node().await, node().await);
+    for base in [a.http(""), b.http("")] {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while reqwest::get(format!("{base}/readyz")).await.unwrap().status() != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "node never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    TwoNodes { a, b, _redis: redis, _wechat: wechat, _media: media }
 }
 
 /// A follower's text message through WeChat's (plaintext) callback, stamped now.
@@ -173,29 +208,9 @@ async fn a_claim_race_is_won_by_exactly_one() {
 
 #[tokio::test]
 async fn a_claim_race_across_two_nodes_on_one_redis_is_won_by_exactly_one() {
-    let redis = Redis::start();
-    let (_w, api) = standin().await;
-    let media = tempfile::tempdir().unwrap();
     let agents = ["a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8"];
-    let node = || {
-        let (api, url, media, acct) =
-            (api.clone(), redis.url(), media.path().to_owned(), account(Routing::Claim, &agents));
-        Server::start_with(move |c| {
-            c.store.engine = Engine::Redis;
-            c.store.redis_url = url;
-            c.wechat.media_dir = media;
-            configure(c, &api, acct);
-        })
-    };
-    let (a, b) = (node().await, node().await);
-    let (base_a, base_b) = (a.http(""), b.http(""));
-    for base in [&base_a, &base_b] {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while reqwest::get(format!("{base}/readyz")).await.unwrap().status() != 200 {
-            assert!(tokio::time::Instant::now() < deadline, "node never ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    let nodes = two_nodes(Routing::Claim, &agents).await;
+    let (base_a, base_b) = (nodes.a.http(""), nodes.b.http(""));
     for round in 0..5u64 {
         let contact = format!("oRace{round}");
         say(&base_a, &contact, "hello", 100 + round).await;
@@ -679,24 +694,12 @@ async fn in_token_mode_agents_act_as_their_token_and_a_crm_with_an_api_key() {
 
 #[tokio::test]
 async fn round_robin_counts_agents_online_on_either_node() {
-    let redis = Redis::start();
-    let (_w, api) = standin().await;
-    let media = tempfile::tempdir().unwrap();
-    let node = || {
-        let (api, url, media) = (api.clone(), redis.url(), media.path().to_owned());
-        let acct = account(Routing::RoundRobin, &["a", "b", "c"]);
-        Server::start_with(move |c| {
-            c.store.engine = Engine::Redis;
-            c.store.redis_url = url;
-            c.wechat.media_dir = media;
-            configure(c, &api, acct);
-        })
-    };
-    let (n1, n2) = (node().await, node().await);
+    let nodes = two_nodes(Routing::RoundRobin, &["a", "b", "c"]).await;
+    let (n1, n2) = (&nodes.a, &nodes.b);
     let (b1, b2) = (n1.http(""), n2.http(""));
     // a on node 1, b on node 2; c nowhere.
-    let _a = online(&b2, &n1, "a").await;
-    let _b = online(&b1, &n2, "b").await;
+    let _a = online(&b2, n1, "a").await;
+    let _b = online(&b1, n2, "b").await;
     for (i, f) in ["o1", "o2", "o3", "o4"].iter().enumerate() {
         let base = if i % 2 == 0 { &b1 } else { &b2 };
         say(base, f, "hi", i as u64 + 1).await;
@@ -886,23 +889,11 @@ async fn conversations_between_gateway_users_are_listed_with_redis() {
 /// nodes). Without it, every router read the same loads and chose the same agent.
 #[tokio::test]
 async fn round_robin_spreads_conversations_arriving_at_once_on_two_nodes() {
-    let redis = Redis::start();
-    let (_w, api) = standin().await;
-    let media = tempfile::tempdir().unwrap();
-    let node = || {
-        let (api, url, media) = (api.clone(), redis.url(), media.path().to_owned());
-        let acct = account(Routing::RoundRobin, &["a", "b"]);
-        Server::start_with(move |c| {
-            c.store.engine = Engine::Redis;
-            c.store.redis_url = url;
-            c.wechat.media_dir = media;
-            configure(c, &api, acct);
-        })
-    };
-    let (n1, n2) = (node().await, node().await);
+    let nodes = two_nodes(Routing::RoundRobin, &["a", "b"]).await;
+    let (n1, n2) = (&nodes.a, &nodes.b);
     let (b1, b2) = (n1.http(""), n2.http(""));
-    let _a = online(&b1, &n1, "a").await;
-    let _b = online(&b2, &n2, "b").await;
+    let _a = online(&b1, n1, "a").await;
+    let _b = online(&b2, n2, "b").await;
     let followers: Vec<String> = (0..16).map(|i| format!("oBurst{i:02}")).collect();
     let says = followers.iter().enumerate().map(|(i, f)| {
         let base = if i % 2 == 0 { b1.clone() } else { b2.clone() };
