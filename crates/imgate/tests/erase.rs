@@ -117,6 +117,14 @@ async fn a_follower_is_forgotten_everywhere(engine: Engine) {
     // F writes, with a picture; G writes; agent1 answers both; a gateway user writes too.
     text_from(s, "oF", "F says hi", 1).await;
     callback(s, "oF", "<MsgType>image</MsgType><PicUrl>x</PicUrl><MediaId>MID-F</MediaId>", 2).await;
+    // F's position report: the channel remembers when F's last one was delivered.
+    callback(
+        s,
+        "oF",
+        "<MsgType>event</MsgType><Event>LOCATION</Event><Latitude>31.2</Latitude><Longitude>121.5</Longitude><Precision>65</Precision>",
+        4,
+    )
+    .await;
     text_from(s, "oG", "G says hi", 3).await;
     for (to, text) in [("oF", "hello F"), ("oG", "hello G")] {
         let (status, ack) = post(&s.http("/send?userid=agent1"), "application/json", text_to(to, text)).await;
@@ -144,10 +152,11 @@ async fn a_follower_is_forgotten_everywhere(engine: Engine) {
     let (status, body) = delete(s, "oF", &[]).await;
     assert_eq!(status, 200, "{body}");
     let d = &body["data"];
-    // F's two messages, agent1's reply and its status frame, in both agents' mailboxes.
+    // F's two messages and position report, agent1's reply and its status frame, in both
+    // agents' mailboxes.
     assert_eq!(
         (d["contact_id"].as_str(), d["messages"].as_u64(), d["mailboxes"].as_u64()),
-        (Some("oF"), Some(8), Some(2)),
+        (Some("oF"), Some(10), Some(2)),
         "{body}"
     );
     assert_eq!(
@@ -213,7 +222,9 @@ async fn a_follower_is_forgotten_everywhere(engine: Engine) {
             }
         }
         assert_eq!(left, Vec::<String>::new(), "F's profile is still in Redis");
-        assert!(!keys.contains(&"imgate:wx:f:oF".to_owned()), "{keys:?}");
+        // Nor any key that names F (the follower, the LOCATION throttle, a profile claim).
+        let named: Vec<&String> = keys.iter().filter(|k| k.ends_with(":oF")).collect();
+        assert_eq!(named, Vec::<&String>::new(), "{keys:?}");
     }
     // The open socket was told.
     let told = frame_with(&mut live, 107).await;

@@ -1084,7 +1084,8 @@ impl Wechat {
             };
             media += u64::from(had || file);
         }
-        let follower = self.state.forget_follower(contact).await?;
+        let appids: Vec<&str> = self.accounts.iter().map(|a| a.config.appid.as_str()).collect();
+        let follower = self.state.forget_follower(contact, &appids).await?;
         Ok((follower, media))
     }
 

@@ -951,10 +951,14 @@ impl State {
 
     /// Erasure: forget the follower `openid` (its account, window and profile). True when
     /// known.
-    pub async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
+    /// Its LOCATION throttle in each of `appids` goes too.
+    pub async fn forget_follower(&self, openid: &str, appids: &[&str]) -> Result<bool, StateUnavailable> {
         match self {
-            State::Local(l) => l.forget_follower(openid).await,
-            State::Redis(r) => r.forget_follower(openid).await,
+            State::Local(l) => {
+                l.locations.lock().retain(|(_, o), _| o != openid);
+                l.forget_follower(openid).await
+            }
+            State::Redis(r) => r.forget_follower(openid, appids).await,
         }
     }
 
@@ -1241,15 +1245,19 @@ impl Shared {
         set.is_some_and(|s| s.is_some())
     }
 
-    async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
+    async fn forget_follower(&self, openid: &str, appids: &[&str]) -> Result<bool, StateUnavailable> {
         let mut c = self.conn.clone();
         // Unlike the other writes here, a failure is the caller's: an erasure must not
-        // answer 200 for what it did not remove.
-        let n: i64 = redis::cmd("DEL")
-            .arg(format!("imgate:wx:f:{openid}"))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| StateUnavailable(format!("redis: {e}")))?;
+        // answer 200 for what it did not remove. The follower's hash, then the keys that
+        // name them: the LOCATION throttle per account and a profile fetch's claim.
+        let mut del = redis::pipe();
+        del.del(format!("imgate:wx:f:{openid}"));
+        for appid in appids {
+            del.del(format!("imgate:wx:loc:{appid}:{openid}")).ignore();
+        }
+        del.del(format!("imgate:wx:pf:{openid}")).ignore();
+        let (n,): (i64,) =
+            del.query_async(&mut c).await.map_err(|e| StateUnavailable(format!("redis: {e}")))?;
         Ok(n > 0)
     }
 
@@ -1602,7 +1610,11 @@ mod tests {
         let s = State::Local(Local::open(dir.path()).unwrap());
         assert_eq!(s.follower("o1").await.unwrap().unwrap().profile, Some(profile.clone()));
         assert_eq!(profile.to_json()["remark"], "Anna");
-        assert!(s.forget_follower("o1").await.unwrap());
+        // Its LOCATION throttle goes with it: a report after the erasure is a first again.
+        assert!(s.first_location("wx1", "o1", 2000, 3600).await);
+        assert!(!s.first_location("wx1", "o1", 2001, 3600).await);
+        assert!(s.forget_follower("o1", &["wx1"]).await.unwrap());
+        assert!(s.first_location("wx1", "o1", 2002, 3600).await);
         assert!(!s.put_profile("o1", profile).await.unwrap(), "erased: not brought back");
         assert_eq!(s.follower("o1").await.unwrap(), None);
     }
