@@ -483,3 +483,30 @@ engines! {
     sqlite => Sqlite::new(),
     redis => Redis::new(),
 }
+
+/// Work over every user runs on one node a period (#12): two nodes on one Redis, and the
+/// lease goes to the first that asks; the other, and the first again, are refused until
+/// it runs out. Another lease is another name.
+#[tokio::test]
+async fn a_lease_goes_to_one_node_on_one_redis_until_it_runs_out() {
+    let e = Redis::new();
+    let (a, _) = open(&e);
+    let (b, _) = open(&e);
+    let period = Duration::from_secs(60);
+    assert!(a.lease("retention", period).await.unwrap());
+    assert!(!b.lease("retention", period).await.unwrap());
+    assert!(!a.lease("retention", period).await.unwrap());
+    assert!(b.lease("other-work", period).await.unwrap());
+    // A short lease runs out; then it is anyone's again.
+    assert!(a.lease("short", Duration::from_millis(50)).await.unwrap());
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while !b.lease("short", Duration::from_secs(60)).await.unwrap() {
+        assert!(tokio::time::Instant::now() < deadline, "the lease never ran out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One process alone (the embedded store) always gets it.
+    let s = Sqlite::new();
+    let (one, _) = open(&s);
+    assert!(one.lease("retention", period).await.unwrap());
+    assert!(one.lease("retention", period).await.unwrap());
+}

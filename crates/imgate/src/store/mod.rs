@@ -196,6 +196,13 @@ pub trait Store: Send + Sync + 'static {
     /// The server calls it every minute.
     async fn trim(&self) -> Result<u64, StoreError>;
 
+    /// Take the lease `name` for `ttl` unless a process (this one included) holds it:
+    /// work over every user (retention) runs on one node at a time, once per period. A
+    /// store only one process opens always grants it.
+    async fn lease(&self, _name: &str, _ttl: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
     /// Erase `contact` (docs/operations.md, "Erasure"): remove every message whose other
     /// party is `contact`, in every mailbox, and every message of `contact`'s own mailbox,
     /// with their dedupe keys. Nothing is fanned out. Seqs are not reused: each mailbox's

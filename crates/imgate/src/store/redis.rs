@@ -600,6 +600,22 @@ impl Store for RedisStore {
         Ok(erased)
     }
 
+    async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        // Held until it expires, not released: the period, not the run, is what one node
+        // takes. Nodes share the key, so none runs the work twice in one period.
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:lease:{name}", self.prefix))
+            .arg(std::process::id())
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(taken.is_some())
+    }
+
     async fn ready(&self) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut c).await.map_err(unavailable)?;
