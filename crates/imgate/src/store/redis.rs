@@ -350,6 +350,9 @@ async fn subscribe(
                 // Whatever was published while we were away is only in the mailboxes.
                 fanout.resync();
                 let mut messages = pubsub.into_on_message();
+                // What this node hears of the broker, whoever it is for (#12: a node that
+                // hears every node's users pays for it).
+                let received = metrics::counter!("imgate_broker_messages_received_total");
                 while let Ok(Some(msg)) = tokio::time::timeout(SILENCE, messages.next()).await {
                     let payload = msg.get_payload_bytes();
                     let Ok(text) = std::str::from_utf8(payload) else { continue };
@@ -366,6 +369,7 @@ async fn subscribe(
                         continue;
                     };
                     let Ok(seq) = seq.parse::<u64>() else { continue };
+                    received.increment(1);
                     fanout.committed(user, seq, &EncodedMessage::from_stored(frame.to_owned()));
                 }
                 subscribed.store(false, Ordering::Release);
