@@ -336,7 +336,18 @@ impl Ingest {
         }
         let outcome = w.send(acct, &to, body).await;
         let (status, window) = match &outcome {
-            Ok(window) => (json!({"ref": id, "status": "sent"}), Some(window.clone())),
+            Ok(sent) => {
+                let mut status = json!({"ref": id, "status": "sent"});
+                if let Some(msgid) = sent.msgid {
+                    // Kept before the status frame is, so that the finish event, which
+                    // may come at once, finds it. Unkept, the message stays `sent`.
+                    if let Err(e) = w.remember_template(acct, msgid, &id, &to).await {
+                        tracing::warn!(contact = %to, error = %e, "template msgid not kept: its outcome will not be shown");
+                    }
+                    status["msgid"] = json!(msgid.to_string());
+                }
+                (status, Some(sent.window.clone()))
+            }
             Err(e) => {
                 let (errcode, errmsg) = wechat_code(e);
                 let status = json!({"ref": id, "status": "failed", "reason": e.to_string(), "errcode": errcode,

@@ -23,7 +23,7 @@ pub mod standin;
 pub mod state;
 pub mod voice;
 
-use state::{Local, MediaRecord, NonceSeen, Profile, Quota, Shared, State, Touch};
+use state::{Local, MediaRecord, NonceSeen, Profile, Quota, Shared, State, TemplateSend, Touch};
 
 /// How old a follower's profile may be: the follower's next message or event after that
 /// fetches it again (`user/info`).
@@ -208,7 +208,7 @@ pub enum WechatError {
     #[error(transparent)]
     CreateTime(#[from] imgate_protocol::CreateTimeError),
     #[error(
-        "{0} messages cannot be sent to a WeChat follower (text, image, voice, video, news, mpnewsarticle, msgmenu, miniprogrampage and typing can)"
+        "{0} messages cannot be sent to a WeChat follower (text, image, voice, video, news, mpnewsarticle, msgmenu, miniprogrampage, template and typing can)"
     )]
     Unsendable(String),
     #[error("media {0} is unknown or not ready: upload it first")]
@@ -286,6 +286,16 @@ pub struct Wechat {
 pub struct Prepared {
     body: Value,
     media: Option<Reupload>,
+    /// A template message: `message/template/send`, which needs no window.
+    template: bool,
+}
+
+/// What became of a send WeChat took.
+pub struct Sent {
+    /// The follower's window afterwards.
+    pub window: Value,
+    /// WeChat's id of a template message: its TEMPLATESENDJOBFINISH names it.
+    pub msgid: Option<u64>,
 }
 
 struct Reupload {
@@ -733,7 +743,10 @@ impl Wechat {
         content: &Content,
     ) -> Result<Prepared, WechatError> {
         let mut prepared = self.custom_message(acct, openid, content).await?;
-        if let Some(kf) = acct.config.kf_accounts.get(agent) {
+        // A template comes from the account itself: no customer-service account signs it.
+        if !prepared.template
+            && let Some(kf) = acct.config.kf_accounts.get(agent)
+        {
             prepared.body["customservice"] = json!({"kf_account": kf});
         }
         Ok(prepared)
@@ -743,8 +756,23 @@ impl Wechat {
     /// Returns the window afterwards.
     /// Media whose id WeChat no longer knows (40007: expired after 3 days, or dropped) is
     /// uploaded again once, from imgate's copy, and the message sent once more.
-    pub async fn send(&self, acct: &Account, openid: &str, prepared: Prepared) -> Result<Value, WechatError> {
-        let Prepared { mut body, media } = prepared;
+    pub async fn send(&self, acct: &Account, openid: &str, prepared: Prepared) -> Result<Sent, WechatError> {
+        let Prepared { mut body, media, template } = prepared;
+        if template {
+            let body = &body;
+            let sent =
+                acct.tokens.call(|token| async move { self.api.template_send(&token, body).await }).await;
+            if let Err(e) = &sent
+                && let Some(code) = e.errcode()
+            {
+                // 43004: unfollowed, as for any send.
+                self.state.refused(openid, code, self.clock.now()).await;
+            }
+            let msgid = sent?;
+            // No window is used: the follower's window stays as it was.
+            let window = self.window(openid).await.unwrap_or_else(|| json!({"open": false}));
+            return Ok(Sent { window, msgid: Some(msgid) });
+        }
         let mut sent = self.post(acct, &body).await;
         if let Err(e) = &sent
             && e.errcode() == Some(40007)
@@ -771,7 +799,23 @@ impl Wechat {
         }
         sent?;
         let window = self.state.sent(openid, self.clock.now()).await.unwrap_or_default();
-        Ok(window.to_json(self.clock.now()))
+        Ok(Sent { window: window.to_json(self.clock.now()), msgid: None })
+    }
+
+    /// Remember template message `reference` to `openid`, which WeChat took as `msgid`.
+    pub async fn remember_template(
+        &self,
+        acct: &Account,
+        msgid: u64,
+        reference: &str,
+        openid: &str,
+    ) -> Result<(), StateUnavailable> {
+        let t = TemplateSend {
+            reference: reference.to_owned(),
+            openid: openid.to_owned(),
+            sent_at: self.clock.now(),
+        };
+        self.state.put_template(&acct.config.appid, msgid, t).await
     }
 
     /// Show follower `openid` that an agent is typing (`message/custom/typing`), at most
@@ -882,9 +926,21 @@ impl Wechat {
                 json!({"touser": openid, "msgtype": "miniprogrampage", "miniprogrampage": {"title": text("title"),
                     "appid": text("appid"), "pagepath": text("pagepath"), "thumb_media_id": thumb}})
             }
+            "template" => {
+                // As the agent gave it, checked where the request was read (send.rs).
+                let mut body = json!({"touser": openid, "template_id": text("template_id"),
+                    "data": msg.get("data").cloned().unwrap_or_else(|| json!({}))});
+                if let Some(url) = msg.get("url").and_then(Value::as_str).filter(|u| !u.is_empty()) {
+                    body["url"] = json!(url);
+                }
+                if let Some(mp) = msg.get("miniprogram").filter(|m| m.is_object()) {
+                    body["miniprogram"] = mp.clone();
+                }
+                return Ok(Prepared { body, media: None, template: true });
+            }
             other => return Err(WechatError::Unsendable(other.to_owned())),
         };
-        Ok(Prepared { body, media })
+        Ok(Prepared { body, media, template: false })
     }
 
     /// WeChat's media id for a message: given as `media_id`, or for the imgate media

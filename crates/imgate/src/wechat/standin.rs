@@ -2,11 +2,14 @@
 //! (`token`, `stable_token`), `message/custom/send` (text, image, voice, video, news,
 //! mpnewsarticle, msgmenu, miniprogrampage; `customservice.kf_account`),
 //! `message/custom/typing`, `media/upload`, `media/get`, `user/info` and
-//! `user/info/updateremark` — with WeChat's answers and errors (temporary media expires
+//! `user/info/updateremark`, `message/template/send` and
+//! `template/get_all_private_template` — with WeChat's answers and errors (temporary media expires
 //! after 3 days: 40007; uploads over WeChat's limits: 40005, 40009–40012, 45007; followers
 //! who unfollowed or turned messages off: 43004, 48002; a follower's replies used up:
 //! 45047; more than one news article: 45008, none: 44003; a kf account not the account's:
-//! 65401; an openid not of the account: 40003; the daily quota of the user APIs: 45009).
+//! 65401; an openid not of the account: 40003; the daily quota of the user APIs: 45009;
+//! a template_id not the account's: 40037; a template to someone who unfollowed: 43004; the
+//! daily quota of templates: 45009).
 //! The tests drive imgate against it; `imgate wechat standin` runs it for people trying
 //! imgate without an Official Account.
 
@@ -89,7 +92,42 @@ pub struct Inner {
     /// How many more `user/info` and `updateremark` calls the day's quota allows (None:
     /// no limit); at 0 they answer 45009.
     pub user_quota: Option<u64>,
+    /// The account's templates (`template/get_all_private_template`).
+    pub templates: Vec<imgate_wechat::Template>,
+    /// Every accepted `message/template/send` body.
+    pub template_sent: Vec<Value>,
+    /// The msgid of each accepted template message → the follower it went to.
+    pub template_msgids: HashMap<u64, String>,
+    /// How many more template messages today's quota allows (None: no limit); at 0
+    /// `message/template/send` answers 45009.
+    pub template_quota: Option<u64>,
     next: u64,
+}
+
+/// Two templates as WeChat lists them (from its documentation's examples).
+fn sample_templates() -> Vec<imgate_wechat::Template> {
+    let t = |id: &str, title: &str, content: &str, example: &str| imgate_wechat::Template {
+        template_id: id.into(),
+        title: title.into(),
+        primary_industry: "IT科技".into(),
+        deputy_industry: "互联网|电子商务".into(),
+        content: content.into(),
+        example: example.into(),
+    };
+    vec![
+        t(
+            "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY",
+            "订单发货提醒",
+            "{{first.DATA}}\n订单编号：{{keyword1.DATA}}\n快递公司：{{keyword2.DATA}}\n{{remark.DATA}}",
+            "您的订单已发货\n订单编号：A1001\n快递公司：顺丰速运\n感谢惠顾",
+        ),
+        t(
+            "iPk5sOIt5X_flOVKn5GrTFpncEYTojx6ddbt8WYoV5s",
+            "服务进度提醒",
+            "{{first.DATA}}\n服务内容：{{keyword1.DATA}}\n处理进度：{{keyword2.DATA}}\n{{remark.DATA}}",
+            "您的咨询已有回复\n服务内容：售后咨询\n处理进度：已回复\n请回复本公众号继续咨询",
+        ),
+    ]
 }
 
 /// How a media/get answer misbehaves.
@@ -127,7 +165,11 @@ fn ok(v: Value) -> Response {
 impl StandIn {
     pub fn new(apps: &[(&str, &str)]) -> StandIn {
         let s = StandIn::default();
-        s.0.lock().apps = apps.iter().map(|(a, s)| (a.to_string(), s.to_string())).collect();
+        {
+            let mut st = s.0.lock();
+            st.apps = apps.iter().map(|(a, s)| (a.to_string(), s.to_string())).collect();
+            st.templates = sample_templates();
+        }
         s
     }
 
@@ -141,6 +183,7 @@ impl StandIn {
             .route("/cgi-bin/media/get", get(media_get))
             .route("/cgi-bin/user/info", get(user_info))
             .route("/cgi-bin/user/info/updateremark", post(update_remark))
+            .route("/cgi-bin/message/template/send", post(template_send))
             // Not WeChat's: for tests in other languages to arrange and inspect.
             .route("/standin/sent", get(sent))
             .route("/standin/close", post(close))
@@ -603,4 +646,42 @@ fn stream_of(served: Arc<AtomicU64>, total: u64, stall: bool) -> axum::body::Bod
     } else {
         axum::body::Body::from_stream(bytes)
     }
+}
+
+/// `message/template/send`: `{touser, template_id, url?, miniprogram?, data}`. No window
+/// is needed; the follower must follow the account, and the template be one of its own.
+async fn template_send(
+    State(s): State<StandIn>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = s.check(&q) {
+        return r;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return wechat_error(47001, "data format error");
+    };
+    let mut st = s.0.lock();
+    let touser = v["touser"].as_str().unwrap_or_default().to_owned();
+    let Some(user) = user_of(&mut st, &touser) else { return wechat_error(40003, "invalid openid") };
+    let template_id = v["template_id"].as_str().unwrap_or_default();
+    if !st.templates.iter().any(|t| t.template_id == template_id) {
+        return wechat_error(40037, "invalid template_id");
+    }
+    if user.subscribe == 0 || st.refusing.get(&touser) == Some(&43004) {
+        return wechat_error(43004, "require subscribe");
+    }
+    if !v["data"].is_object() {
+        return wechat_error(47001, "data format error");
+    }
+    match &mut st.template_quota {
+        Some(0) => return wechat_error(45009, "reach max api daily quota limit"),
+        Some(n) => *n -= 1,
+        None => {}
+    }
+    st.next += 1;
+    let msgid = 200_228_332 + st.next;
+    st.template_msgids.insert(msgid, touser);
+    st.template_sent.push(v);
+    ok(json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
 }
