@@ -10,7 +10,7 @@ use common::*;
 use imgate::wechat::standin::StandIn;
 use serde_json::{Value, json};
 
-use common::wechat::text_from;
+use common::wechat::{APPID, ORIGINAL, TOKEN, text_from};
 
 struct Rig {
     s: Server,
@@ -22,6 +22,13 @@ const TPL: &str = "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY";
 async fn rig() -> Rig {
     let (wechat, base) = common::wechat::standin().await;
     let s = Server::start_with(|c| common::wechat::aim(c, &base, &["agent1", "agent2"])).await;
+    // Where the stand-in posts its event callbacks, as WeChat posts to the URL the admin
+    // console names.
+    wechat.0.lock().callback = Some(imgate::wechat::standin::CallbackTarget {
+        url: s.http(&format!("/im_component/wx_official_account/callback/{APPID}")),
+        token: TOKEN.into(),
+        original_id: ORIGINAL.into(),
+    });
     Rig { s, wechat }
 }
 
@@ -153,4 +160,52 @@ async fn wechat_refusals_of_templates_are_explained() {
         .collect();
     assert_eq!(outcomes, ["failed", "failed"]);
     assert!(r.wechat.0.lock().template_sent.is_empty());
+}
+
+#[tokio::test]
+async fn templatesendjobfinish_makes_a_template_delivered_or_failed() {
+    let r = rig().await;
+    let mut agent = r.s.connect("/?userid=agent2").await;
+    for (i, o) in ["oA", "oB", "oC"].into_iter().enumerate() {
+        text_from(&r.s.http(""), now(), o, "hi", i as u64 + 1).await;
+    }
+    let mut ids = Vec::new();
+    for o in ["oA", "oB", "oC"] {
+        let (status, ack) =
+            post(&r.s.http("/send?userid=agent1"), "application/json", template(o, order_shipped())).await;
+        assert_eq!(status, 200, "{ack}");
+        ids.push(ack["data"]["id"].as_str().unwrap().to_owned());
+    }
+    let msgids: Vec<u64> = {
+        let st = r.wechat.0.lock();
+        let mut m: Vec<(u64, String)> = st.template_msgids.iter().map(|(k, v)| (*k, v.clone())).collect();
+        m.sort_by(|a, b| a.1.cmp(&b.1));
+        m.into_iter().map(|(k, _)| k).collect()
+    };
+    agent.frames(3 * 3).await; // the texts, the copies and their statuses
+    for (msgid, how) in msgids.iter().zip(["success", "failed:user block", "failed: system failed"]) {
+        let answer = r.wechat.finish_template(*msgid, how).await.unwrap();
+        assert_eq!(answer, "success");
+    }
+    // WeChat retries a callback it thinks was not taken: one frame still.
+    let again = r.wechat.finish_template(msgids[0], "success").await.unwrap();
+    assert_eq!(again, "success");
+    // A msgid imgate never sent: answered, stored nowhere.
+    assert_eq!(r.wechat.finish_template(999_999, "success").await.unwrap(), "success");
+    let frames = agent.frames(3).await;
+    let got: Vec<Value> = frames.iter().map(|f| f["data"]["msg"].clone()).collect();
+    assert_eq!(
+        got,
+        [
+            json!({"ref": ids[0], "status": "delivered", "msgid": msgids[0].to_string()}),
+            json!({"ref": ids[1], "status": "failed", "msgid": msgids[1].to_string(), "wechat_status": "failed:user block",
+                "reason": "the follower has blocked template messages from this account"}),
+            json!({"ref": ids[2], "status": "failed", "msgid": msgids[2].to_string(), "wechat_status": "failed: system failed",
+                "reason": "WeChat could not deliver it (a failure on WeChat's side)"}),
+        ]
+    );
+    assert!(frames.iter().all(|f| f["result"]["code"] == 103));
+    assert_eq!(frames[0]["data"]["contact_id"], "oA");
+    let h = history(&r.s, "oA").await;
+    assert_eq!(types(&h), ["text", "template", "status", "status"]);
 }

@@ -298,6 +298,18 @@ pub struct Sent {
     pub msgid: Option<u64>,
 }
 
+/// WeChat's TEMPLATESENDJOBFINISH about a template message imgate sent.
+pub struct TemplateDone {
+    pub openid: String,
+    pub appid: String,
+    pub agents: Vec<String>,
+    pub company_id: String,
+    pub msgid: u64,
+    /// The status frame's `msg`: `delivered`, or `failed` with WeChat's `Status` and why.
+    pub status: Value,
+    pub window: Option<Value>,
+}
+
 struct Reupload {
     /// imgate's media record.
     id: String,
@@ -816,6 +828,43 @@ impl Wechat {
             sent_at: self.clock.now(),
         };
         self.state.put_template(&acct.config.appid, msgid, t).await
+    }
+
+    /// A TEMPLATESENDJOBFINISH about a template message imgate sent: its outcome. `None`
+    /// for any other callback, or a msgid imgate does not know (sent by other software
+    /// of the account, or forgotten by retention).
+    pub async fn template_finished(&self, acct: &Account, xml: &XmlMessage) -> Option<TemplateDone> {
+        if xml.get("MsgType") != Some("event") || xml.get("Event") != Some("TEMPLATESENDJOBFINISH") {
+            return None;
+        }
+        let msgid: u64 = xml.non_empty("MsgID").or_else(|| xml.non_empty("MsgId"))?.trim().parse().ok()?;
+        let sent = self.state.template(&acct.config.appid, msgid).await?;
+        let wechat = xml.get("Status").unwrap_or_default().trim().to_owned();
+        let mut status = json!({"ref": sent.reference, "status": "delivered", "msgid": msgid.to_string()});
+        if wechat != "success" {
+            // WeChat's words: `failed:user block` (the follower refuses the account's
+            // templates), `failed: system failed` (WeChat's side).
+            let reason = if wechat.contains("user block") {
+                "the follower has blocked template messages from this account"
+            } else if wechat.contains("system failed") {
+                "WeChat could not deliver it (a failure on WeChat's side)"
+            } else {
+                "WeChat did not deliver it"
+            };
+            status["status"] = json!("failed");
+            status["wechat_status"] = json!(wechat);
+            status["reason"] = json!(reason);
+        }
+        let window = self.window(&sent.openid).await;
+        Some(TemplateDone {
+            openid: sent.openid,
+            appid: acct.config.appid.clone(),
+            agents: acct.config.agents(),
+            company_id: acct.config.company_id.clone(),
+            msgid,
+            status,
+            window,
+        })
     }
 
     /// Show follower `openid` that an agent is typing (`message/custom/typing`), at most

@@ -9,7 +9,8 @@
 //! 45047; more than one news article: 45008, none: 44003; a kf account not the account's:
 //! 65401; an openid not of the account: 40003; the daily quota of the user APIs: 45009;
 //! a template_id not the account's: 40037; a template to someone who unfollowed: 43004; the
-//! daily quota of templates: 45009).
+//! daily quota of templates: 45009). Like WeChat, it posts a TEMPLATESENDJOBFINISH event
+//! to the gateway's callback URL for a template it took ([`StandIn::finish_template`]).
 //! The tests drive imgate against it; `imgate wechat standin` runs it for people trying
 //! imgate without an Official Account.
 
@@ -101,7 +102,19 @@ pub struct Inner {
     /// How many more template messages today's quota allows (None: no limit); at 0
     /// `message/template/send` answers 45009.
     pub template_quota: Option<u64>,
+    /// Where event callbacks go (TEMPLATESENDJOBFINISH), as the admin console's server
+    /// configuration says.
+    pub callback: Option<CallbackTarget>,
     next: u64,
+}
+
+/// The gateway's callback URL and the account's token and original id: what WeChat needs
+/// to post (plaintext, signed) events to it.
+#[derive(Clone, Debug)]
+pub struct CallbackTarget {
+    pub url: String,
+    pub token: String,
+    pub original_id: String,
 }
 
 /// Two templates as WeChat lists them (from its documentation's examples).
@@ -173,6 +186,32 @@ impl StandIn {
         s
     }
 
+    /// Post WeChat's TEMPLATESENDJOBFINISH for template message `msgid` to the callback
+    /// target, with `status` as WeChat writes it (`success`, `failed:user block`,
+    /// `failed: system failed`); the gateway's answer. The follower is the one the message
+    /// went to (a msgid the stand-in never gave names `oUnknownFollower`).
+    pub async fn finish_template(&self, msgid: u64, status: &str) -> Result<String, String> {
+        use imgate_wechat::callback::{Keys, seal};
+        let (target, openid, now) = {
+            let st = self.0.lock();
+            let target = st.callback.clone().ok_or("no callback target: set one first")?;
+            let openid = st.template_msgids.get(&msgid).cloned().unwrap_or_else(|| "oUnknownFollower".into());
+            (target, openid, st.clock.now())
+        };
+        let xml = format!(
+            "<xml><ToUserName><![CDATA[{}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>\
+             <CreateTime>{now}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+             <Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>{msgid}</MsgID>\
+             <Status><![CDATA[{status}]]></Status></xml>",
+            target.original_id
+        );
+        let nonce = format!("{}", rand::random::<u32>());
+        let keys = Keys { token: &target.token, appid: "", cipher: None };
+        let (body, query) = seal(&xml, keys, &now.to_string(), &nonce);
+        let (code, text) = super::cli::reqwest_post(&target.url, &query, body).await?;
+        if code == 200 { Ok(text) } else { Err(format!("HTTP {code}: {text}")) }
+    }
+
     pub fn router(&self) -> Router {
         Router::new()
             .route("/cgi-bin/token", get(token))
@@ -189,6 +228,7 @@ impl StandIn {
             .route("/standin/close", post(close))
             .route("/standin/expire_media", post(expire_media))
             .route("/standin/refuse", post(refuse))
+            .route("/standin/template_finish", post(template_finish))
             // Uploads up to WeChat's largest (10 MB video) and past it, to refuse them as
             // WeChat does rather than at axum's 2 MB default.
             .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
@@ -684,4 +724,17 @@ async fn template_send(
     st.template_msgids.insert(msgid, touser);
     st.template_sent.push(v);
     ok(json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
+}
+
+/// `?msgid=&status=`: post the TEMPLATESENDJOBFINISH of that message to the callback
+/// target (`status` defaults to `success`).
+async fn template_finish(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(msgid) = q.get("msgid").and_then(|m| m.parse::<u64>().ok()) else {
+        return wechat_error(40035, "invalid args");
+    };
+    let status = q.get("status").map_or("success", String::as_str);
+    match s.finish_template(msgid, status).await {
+        Ok(answer) => ok(json!({"errcode": 0, "errmsg": "ok", "answer": answer})),
+        Err(e) => wechat_error(-1, &e),
+    }
 }
