@@ -363,6 +363,42 @@ impl Api {
         .await
     }
 
+    /// `GET cgi-bin/template/get_all_private_template`: the account's templates.
+    pub async fn templates(&self, token: &str) -> Result<Vec<Template>, ApiError> {
+        observed("template/get_all_private_template", async {
+            let resp = self
+                .http
+                .get(self.url("/cgi-bin/template/get_all_private_template"))
+                .query(&[("access_token", token)])
+                .send()
+                .await
+                .map_err(unreachable)?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(unreachable)?;
+            let bad = || {
+                ApiError::BadAnswer(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ))
+            };
+            #[derive(Deserialize)]
+            struct List {
+                #[serde(default)]
+                errcode: i64,
+                #[serde(default)]
+                errmsg: String,
+                #[serde(default)]
+                template_list: Vec<Template>,
+            }
+            let l: List = serde_json::from_slice(&body).map_err(|_| bad())?;
+            if l.errcode != 0 {
+                return Err(ApiError::WeChat { errcode: l.errcode, errmsg: l.errmsg });
+            }
+            Ok(l.template_list)
+        })
+        .await
+    }
+
     /// `POST cgi-bin/message/custom/typing`: the follower sees "typing…" for 15 s
     /// (`command`: `Typing` or `CancelTyping`).
     pub async fn custom_typing(&self, token: &str, openid: &str, command: &str) -> Result<(), ApiError> {

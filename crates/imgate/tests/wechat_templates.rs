@@ -209,3 +209,48 @@ async fn templatesendjobfinish_makes_a_template_delivered_or_failed() {
     let h = history(&r.s, "oA").await;
     assert_eq!(types(&h), ["text", "template", "status", "status"]);
 }
+
+#[tokio::test]
+async fn agents_list_the_accounts_templates_with_their_fields_cached() {
+    let r = rig().await;
+    text_from(&r.s.http(""), now(), "oF", "hi", 1).await;
+    let path = "/im_component/wx_official_account/templates?userid=agent1&contact_id=oF";
+    let (status, body) = r.s.get(path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["code"], 0);
+    assert_eq!(body["data"]["appid"], APPID);
+    let list = body["data"]["templates"].as_array().unwrap();
+    let ids: Vec<&str> = list.iter().map(|t| t["template_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [TPL, "iPk5sOIt5X_flOVKn5GrTFpncEYTojx6ddbt8WYoV5s"]);
+    assert_eq!(list[0]["title"], "订单发货提醒");
+    assert_eq!(list[0]["fields"], json!(["first", "keyword1", "keyword2", "remark"]));
+    assert!(list[0]["content"].as_str().unwrap().contains("{{keyword1.DATA}}"));
+    // Cached: asked again, WeChat is not.
+    let (status, _) = r.s.get(path).await;
+    assert_eq!(status, 200);
+    assert_eq!(r.wechat.0.lock().template_list_calls, 1);
+    // A template added since: asking for its id fetches the list again.
+    let mut added = r.wechat.0.lock().templates[0].clone();
+    added.template_id = "newTemplate1".into();
+    r.wechat.0.lock().templates.push(added);
+    let (status, body) = r.s.get(&format!("{path}&template_id=newTemplate1")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["templates"].as_array().unwrap().len(), 3);
+    assert_eq!(r.wechat.0.lock().template_list_calls, 2);
+    // A template WeChat no longer knows (deleted since): the list is asked for again.
+    let mut gone = order_shipped();
+    gone["template_id"] = json!("deletedTemplate");
+    let (status, _) = post(&r.s.http("/send?userid=agent1"), "application/json", template("oF", gone)).await;
+    assert_eq!(status, 422);
+    let (status, _) = r.s.get(path).await;
+    assert_eq!(status, 200);
+    assert_eq!(r.wechat.0.lock().template_list_calls, 3);
+    // Only the account's agents.
+    let (status, body) =
+        r.s.get("/im_component/wx_official_account/templates?userid=mallory&contact_id=oF").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["result"]["code"], -1);
+    let (status, _) =
+        r.s.get("/im_component/wx_official_account/templates?userid=agent1&contact_id=oNobody").await;
+    assert_eq!(status, 404);
+}

@@ -91,6 +91,10 @@ const LOCATION_EVERY_SECS: i64 = 3600;
 /// shows it 15 s, and an agent's composer may report every keystroke.
 pub const TYPING_EVERY_SECS: i64 = 5;
 
+/// How long one node reuses an account's template list (`template/get_all_private_template`)
+/// before asking WeChat again; a template id not in it is asked for at once.
+pub const TEMPLATES_MAX_AGE_SECS: i64 = 3600;
+
 /// Conversations whose last typing time one node remembers; past it, those older than
 /// [`TYPING_EVERY_SECS`] are forgotten.
 const TYPING_REMEMBERED: usize = 10_000;
@@ -263,6 +267,9 @@ pub enum RemarkError {
     Wechat(#[from] WechatError),
 }
 
+/// An account's templates, shared by the requests that read them.
+pub type Templates = Arc<Vec<imgate_wechat::Template>>;
+
 pub struct Wechat {
     accounts: Vec<Account>,
     callback_max_age: Duration,
@@ -279,6 +286,8 @@ pub struct Wechat {
     profile_hook: std::sync::OnceLock<ProfileHook>,
     /// When each conversation's typing state was last sent (channel clock), by openid.
     typing_at: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
+    /// Each account's templates as last fetched (channel clock), by appid.
+    templates: parking_lot::Mutex<std::collections::HashMap<String, (i64, Templates)>>,
 }
 
 /// A message ready for `cgi-bin/message/custom/send`, and the upload its media id came
@@ -376,6 +385,7 @@ impl Wechat {
             fetching: Default::default(),
             profile_hook: Default::default(),
             typing_at: Default::default(),
+            templates: Default::default(),
         });
         let resume = w.clone();
         tokio::spawn(async move {
@@ -779,6 +789,11 @@ impl Wechat {
             {
                 // 43004: unfollowed, as for any send.
                 self.state.refused(openid, code, self.clock.now()).await;
+                // 40037: the template is gone (deleted in the admin console): the list
+                // the console picks from is stale.
+                if code == 40037 {
+                    self.templates.lock().remove(&acct.config.appid);
+                }
             }
             let msgid = sent?;
             // No window is used: the follower's window stays as it was.
@@ -812,6 +827,22 @@ impl Wechat {
         sent?;
         let window = self.state.sent(openid, self.clock.now()).await.unwrap_or_default();
         Ok(Sent { window: window.to_json(self.clock.now()), msgid: None })
+    }
+
+    /// The account's templates: cached up to [`TEMPLATES_MAX_AGE_SECS`], fetched again
+    /// sooner when `want` (a template id) is not among them (added since).
+    pub async fn templates(&self, acct: &Account, want: Option<&str>) -> Result<Templates, WechatError> {
+        let now = self.clock.now();
+        let cached = self.templates.lock().get(&acct.config.appid).cloned();
+        if let Some((at, list)) = cached
+            && now - at < TEMPLATES_MAX_AGE_SECS
+            && want.is_none_or(|id| list.iter().any(|t| t.template_id == id))
+        {
+            return Ok(list);
+        }
+        let list = Arc::new(acct.tokens.call(|token| async move { self.api.templates(&token).await }).await?);
+        self.templates.lock().insert(acct.config.appid.clone(), (now, list.clone()));
+        Ok(list)
     }
 
     /// Remember template message `reference` to `openid`, which WeChat took as `msgid`.

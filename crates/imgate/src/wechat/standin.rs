@@ -95,6 +95,8 @@ pub struct Inner {
     pub user_quota: Option<u64>,
     /// The account's templates (`template/get_all_private_template`).
     pub templates: Vec<imgate_wechat::Template>,
+    /// `template/get_all_private_template` calls answered.
+    pub template_list_calls: u64,
     /// Every accepted `message/template/send` body.
     pub template_sent: Vec<Value>,
     /// The msgid of each accepted template message → the follower it went to.
@@ -223,6 +225,7 @@ impl StandIn {
             .route("/cgi-bin/user/info", get(user_info))
             .route("/cgi-bin/user/info/updateremark", post(update_remark))
             .route("/cgi-bin/message/template/send", post(template_send))
+            .route("/cgi-bin/template/get_all_private_template", get(template_list))
             // Not WeChat's: for tests in other languages to arrange and inspect.
             .route("/standin/sent", get(sent))
             .route("/standin/close", post(close))
@@ -724,6 +727,15 @@ async fn template_send(
     st.template_msgids.insert(msgid, touser);
     st.template_sent.push(v);
     ok(json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
+}
+
+async fn template_list(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(r) = s.check(&q) {
+        return r;
+    }
+    let mut st = s.0.lock();
+    st.template_list_calls += 1;
+    ok(json!({"template_list": st.templates}))
 }
 
 /// `?msgid=&status=`: post the TEMPLATESENDJOBFINISH of that message to the callback
