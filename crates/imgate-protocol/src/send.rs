@@ -158,7 +158,8 @@ pub fn parse_send_json(body: &[u8]) -> Result<SendRequest, SendError> {
 }
 
 /// The fields WeChat's customer-service API needs of the reply types beyond text and
-/// media (`news`, `mpnewsarticle`, `msgmenu`, `miniprogrampage`; `typing` needs none):
+/// media (`news`, `mpnewsarticle`, `msgmenu`, `miniprogrampage`; `typing` needs none), and
+/// of a `template` (`message/template/send`):
 /// checked here, the one place a send request is read, so that what WeChat would refuse is
 /// refused before anything is kept. The first field wrong is named.
 fn check_reply(msg_type: &str, msg: &Value) -> Result<(), SendError> {
@@ -173,6 +174,7 @@ fn check_reply(msg_type: &str, msg: &Value) -> Result<(), SendError> {
         "mpnewsarticle" => &["article_id"],
         "miniprogrampage" => &["title", "appid", "pagepath"],
         "msgmenu" => &[],
+        "template" => &["template_id"],
         _ => return Ok(()),
     };
     for k in required {
@@ -207,6 +209,46 @@ fn check_reply(msg_type: &str, msg: &Value) -> Result<(), SendError> {
                     if !filled(item, k) {
                         return bad(format!("data.msg.list[{i}].{k}"), FILLED);
                     }
+                }
+            }
+        }
+        "template" => {
+            if !text_or_none(msg, "url") {
+                return bad("data.msg.url".into(), TEXT);
+            }
+            match msg.get("miniprogram") {
+                None | Some(Value::Null) => {}
+                Some(m @ Value::Object(_)) => {
+                    if !filled(m, "appid") {
+                        return bad("data.msg.miniprogram.appid".into(), FILLED);
+                    }
+                    if !text_or_none(m, "pagepath") {
+                        return bad("data.msg.miniprogram.pagepath".into(), TEXT);
+                    }
+                }
+                Some(_) => {
+                    return bad(
+                        "data.msg.miniprogram".into(),
+                        "an object {\"appid\",\"pagepath\"} when given",
+                    );
+                }
+            }
+            // The template's fields: `{{first.DATA}}` in its content is `data.first.value`.
+            let Some(data) = msg.get("data").and_then(Value::as_object) else {
+                return bad(
+                    "data.msg.data".into(),
+                    "an object of the template's fields, {\"KEY\":{\"value\":\"…\"}}",
+                );
+            };
+            for (k, field) in data {
+                if !field.is_object() {
+                    return bad(format!("data.msg.data.{}", shown(k)), "an object {\"value\":\"…\"}");
+                }
+                if !field.get("value").is_some_and(Value::is_string) {
+                    return bad(format!("data.msg.data.{}.value", shown(k)), "a string");
+                }
+                if !text_or_none(field, "color") {
+                    return bad(format!("data.msg.data.{}.color", shown(k)), TEXT);
                 }
             }
         }
@@ -281,6 +323,16 @@ mod tests {
         let card = json!({"title": "t", "appid": "wx1", "pagepath": "p", "thumb_media_id": "M"});
         check(&req("miniprogrampage", card.clone()), Ok(("o1", "miniprogrampage", 1099, card)));
         check(&req("typing", json!({})), Ok(("o1", "typing", 1099, json!({}))));
+        let tpl = json!({"template_id": "T", "data": {"first": {"value": "x", "color": "#173177"}}});
+        check(&req("template", tpl.clone()), Ok(("o1", "template", 1099, tpl)));
+        check(
+            &req("template", json!({"template_id": "T", "data": {"first": {"value": 2}}})),
+            bad("template", "data.msg.data.first.value", "a string"),
+        );
+        check(
+            &req("template", json!({"template_id": "T", "miniprogram": {"appid": ""}, "data": {}})),
+            bad("template", "data.msg.miniprogram.appid", "a non-empty string"),
+        );
     }
 
     #[test]

@@ -121,6 +121,43 @@ struct Answer {
     media_id: Option<String>,
     #[serde(default)]
     video_url: Option<String>,
+    /// `message/template/send`'s id of the message, which its TEMPLATESENDJOBFINISH names.
+    #[serde(default)]
+    msgid: Option<u64>,
+}
+
+/// One of the account's templates, as `template/get_all_private_template` lists it.
+/// `content` names its fields: `{{first.DATA}}` is the field `first`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct Template {
+    pub template_id: String,
+    pub title: String,
+    pub primary_industry: String,
+    pub deputy_industry: String,
+    pub content: String,
+    pub example: String,
+}
+
+impl Template {
+    /// The fields `content` names, in order, once each: `{{first.DATA}}` → `first`.
+    pub fn fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut rest = self.content.as_str();
+        while let Some(start) = rest.find("{{") {
+            rest = &rest[start + 2..];
+            let Some(end) = rest.find("}}") else { break };
+            let inner = rest[..end].trim();
+            rest = &rest[end + 2..];
+            if let Some(key) = inner.strip_suffix(".DATA").map(str::trim)
+                && !key.is_empty()
+                && !out.iter().any(|k| k == key)
+            {
+                out.push(key.to_owned());
+            }
+        }
+        out
+    }
 }
 
 /// Times one API call in `imgate_wechat_api_duration_seconds`, by `api` and `outcome`:
@@ -304,6 +341,64 @@ impl Api {
         .await
     }
 
+    /// `POST cgi-bin/message/template/send`, which needs no customer-service window:
+    /// WeChat's `msgid` of the message (its TEMPLATESENDJOBFINISH event names it).
+    pub async fn template_send(&self, token: &str, body: &Value) -> Result<u64, ApiError> {
+        observed("message/template/send", async {
+            let json = serde_json::to_vec(body).map_err(|e| ApiError::BadAnswer(e.to_string()))?;
+            let resp = self
+                .http
+                .post(self.url("/cgi-bin/message/template/send"))
+                .query(&[("access_token", token)])
+                .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
+                .body(json)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            Self::answer(resp)
+                .await?
+                .msgid
+                .ok_or_else(|| ApiError::BadAnswer("no msgid in the answer".into()))
+        })
+        .await
+    }
+
+    /// `GET cgi-bin/template/get_all_private_template`: the account's templates.
+    pub async fn templates(&self, token: &str) -> Result<Vec<Template>, ApiError> {
+        observed("template/get_all_private_template", async {
+            let resp = self
+                .http
+                .get(self.url("/cgi-bin/template/get_all_private_template"))
+                .query(&[("access_token", token)])
+                .send()
+                .await
+                .map_err(unreachable)?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(unreachable)?;
+            let bad = || {
+                ApiError::BadAnswer(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ))
+            };
+            #[derive(Deserialize)]
+            struct List {
+                #[serde(default)]
+                errcode: i64,
+                #[serde(default)]
+                errmsg: String,
+                #[serde(default)]
+                template_list: Vec<Template>,
+            }
+            let l: List = serde_json::from_slice(&body).map_err(|_| bad())?;
+            if l.errcode != 0 {
+                return Err(ApiError::WeChat { errcode: l.errcode, errmsg: l.errmsg });
+            }
+            Ok(l.template_list)
+        })
+        .await
+    }
+
     /// `POST cgi-bin/message/custom/typing`: the follower sees "typing…" for 15 s
     /// (`command`: `Typing` or `CancelTyping`).
     pub async fn custom_typing(&self, token: &str, openid: &str, command: &str) -> Result<(), ApiError> {
@@ -472,5 +567,20 @@ impl Api {
             Ok(Media::Bytes { bytes, content_type })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Template;
+
+    #[test]
+    fn a_templates_fields_are_read_from_its_content() {
+        let t = Template {
+            content: "{{first.DATA}}\n订单号：{{keyword1.DATA}}\n时间：{{ keyword2.DATA }}\n{{first.DATA}}{{bad}}{{remark.DATA}}"
+                .into(),
+            ..Default::default()
+        };
+        assert_eq!(t.fields(), ["first", "keyword1", "keyword2", "remark"]);
     }
 }

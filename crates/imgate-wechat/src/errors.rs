@@ -19,6 +19,10 @@ pub const CODES: &[(i64, &str)] = &[
     (40010, "the voice file is too large for WeChat (at most 2 MB)"),
     (40013, "the AppID is invalid: check wechat.accounts in the configuration"),
     (40014, "the access token was refused (expired, or replaced by another caller)"),
+    (
+        40037,
+        "WeChat does not know this template_id: it is not one of the account's templates (added under 模板消息 in the admin console)",
+    ),
     (40033, "the message has characters WeChat refuses (\\uxxxx escapes): send the text as UTF-8"),
     (40125, "the AppSecret is wrong: check wechat.accounts in the configuration"),
     (

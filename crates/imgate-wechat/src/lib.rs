@@ -14,7 +14,7 @@ pub mod limits;
 pub mod signature;
 pub mod token;
 
-pub use api::{Api, ApiError, Media, REMARK_MAX_CHARS, UserInfo, install_tls_provider};
+pub use api::{Api, ApiError, Media, REMARK_MAX_CHARS, Template, UserInfo, install_tls_provider};
 pub use callback::{CallbackError, CallbackQuery, open_callback};
 pub use clock::Clock;
 pub use crypto::{Cipher, CryptoError};

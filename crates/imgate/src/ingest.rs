@@ -16,7 +16,7 @@ use time::UtcOffset;
 
 use crate::inbox::{Inbox, InboxError};
 use crate::store::{DynStore, NewMessage, StoreError};
-use crate::wechat::{Account, Inbound, Wechat, WechatError};
+use crate::wechat::{Account, Inbound, TemplateDone, Wechat, WechatError};
 
 /// A committed message, as its sender is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -336,7 +336,18 @@ impl Ingest {
         }
         let outcome = w.send(acct, &to, body).await;
         let (status, window) = match &outcome {
-            Ok(window) => (json!({"ref": id, "status": "sent"}), Some(window.clone())),
+            Ok(sent) => {
+                let mut status = json!({"ref": id, "status": "sent"});
+                if let Some(msgid) = sent.msgid {
+                    // Kept before the status frame is, so that the finish event, which
+                    // may come at once, finds it. Unkept, the message stays `sent`.
+                    if let Err(e) = w.remember_template(acct, msgid, &id, &to).await {
+                        tracing::warn!(contact = %to, error = %e, "template msgid not kept: its outcome will not be shown");
+                    }
+                    status["msgid"] = json!(msgid.to_string());
+                }
+                (status, Some(sent.window.clone()))
+            }
             Err(e) => {
                 let (errcode, errmsg) = wechat_code(e);
                 let status = json!({"ref": id, "status": "failed", "reason": e.to_string(), "errcode": errcode,
@@ -393,6 +404,42 @@ impl Ingest {
                 Err(IngestError::Delivery { id, seq: first.seq, to, reason: e.to_string(), errcode, errmsg })
             }
         }
+    }
+
+    /// WeChat's TEMPLATESENDJOBFINISH about a template message imgate sent: a status frame
+    /// (code 103) with its outcome, to the mailboxes of the account's agents, as for the
+    /// send's own. WeChat's retries of the callback are one frame (deduplicated by msgid).
+    pub async fn template_done(&self, done: TemplateDone) -> Result<Accepted, IngestError> {
+        let note = MessageData {
+            id: new_id(),
+            name: String::new(),
+            avatar: String::new(),
+            msg_type: "status".into(),
+            contact_id: done.openid.clone(),
+            company_id: done.company_id,
+            send_time: now(),
+            msg: done.status,
+            direction: Some("out".into()),
+            status: None,
+            window: done.window,
+        };
+        let frame = EncodedMessage::encode(&note, Code::STATUS);
+        let dedupe = dedupe_key("wechat", &["TEMPLATESENDJOBFINISH", &done.appid, &done.msgid.to_string()]);
+        let notes: Vec<NewMessage> = done
+            .agents
+            .iter()
+            .map(|r| NewMessage {
+                user: r.clone(),
+                id: note.id.clone(),
+                contact: done.openid.clone(),
+                dedupe_key: Some(dedupe.clone()),
+                frame: frame.clone(),
+            })
+            .collect();
+        let stored = self.store.append(notes).await?;
+        let first = stored.first().ok_or(IngestError::MissingRecipient)?;
+        let duplicate = stored.iter().all(|a| a.duplicate);
+        Ok(Accepted { id: first.id.clone(), seq: first.seq, to: done.openid, duplicate })
     }
 
     /// An agent is typing to a follower: passed to WeChat (throttled per conversation),

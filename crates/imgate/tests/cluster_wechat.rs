@@ -166,3 +166,31 @@ async fn a_refused_token_is_refreshed_once_for_all_nodes() {
     assert_eq!(wechat.0.lock().sent.len(), 10);
     assert_eq!(tokens(&wechat), (2, 2), "one refresh for both");
 }
+
+/// A template sent through node A; WeChat's TEMPLATESENDJOBFINISH reaches node B, which
+/// finds the msgid A kept in Redis and tells the agents it was delivered.
+#[tokio::test]
+async fn a_templates_outcome_is_found_by_any_node() {
+    let Cluster { wechat, a, b, _redis, _media } = cluster().await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    common::wechat::text_from(&a.http(""), now, "oX", "hi", 1).await;
+    let msg = serde_json::json!({"data": {"msg_type": "template", "contact_id": "oX", "msg": {
+        "template_id": "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY", "data": {"first": {"value": "x"}}}}});
+    let (status, ack) = post(&a.http("/send?userid=agent"), "application/json", msg.to_string()).await;
+    assert_eq!(status, 200, "{ack}");
+    let msgid = *wechat.0.lock().template_msgids.keys().next().unwrap();
+    wechat.0.lock().callback = Some(imgate::wechat::standin::CallbackTarget {
+        url: b.http(&format!("/im_component/wx_official_account/callback/{APPID}")),
+        token: TOKEN.into(),
+        original_id: ORIGINAL.into(),
+    });
+    // After the copy and its `sent` status.
+    let since = ack["data"]["seq"].as_u64().unwrap() + 1;
+    let mut agent = b.connect(&format!("/?userid=agent&since={since}")).await;
+    assert_eq!(wechat.finish_template(msgid, "success").await.unwrap(), "success");
+    let f = agent.frame().await;
+    assert_eq!(
+        f["data"]["msg"],
+        serde_json::json!({"ref": ack["data"]["id"], "status": "delivered", "msgid": msgid.to_string()})
+    );
+}

@@ -132,6 +132,11 @@ async fn receive_once(
         std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not valid UTF-8".into()))?;
     let xml = w.open(acct, &q, text).map_err(refused)?;
     w.check_nonce(acct, &q, &xml).await.map_err(refused)?;
+    // The outcome of a template message imgate sent: its status frame. The event itself
+    // then goes as `deliver_events` says (by default, nowhere).
+    if let Some(done) = w.template_finished(acct, &xml).await {
+        state.ingest.template_done(done).await?;
+    }
     let Some(inbound) = w.inbound(acct, &xml).await.map_err(refused)? else {
         return Ok("dropped");
     };

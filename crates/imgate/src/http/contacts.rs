@@ -4,6 +4,10 @@
 //!
 //! `PUT P/contacts/{contact_id}/remark?userid=U`: an agent names a follower (docs/wechat.md,
 //! "Follower profiles").
+//!
+//! `GET P/templates?userid=U&contact_id=C`: the templates of the account follower C
+//! follows, for an agent's template message when the window has closed (docs/wechat.md,
+//! "Template messages").
 
 use std::collections::HashMap;
 
@@ -120,4 +124,53 @@ fn remark_error(e: RemarkError) -> ApiError {
         Some(code) => ApiError::Delivery { refused: true, reason, details: json!({"errcode": code}) },
         None => ApiError::Delivery { refused: false, reason, details: json!({}) },
     }
+}
+
+pub async fn templates(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = Params::from(query)?;
+    let caller = state.caller(&headers, &params)?;
+    let user =
+        caller.user().ok_or_else(|| ApiError::BadRequest("missing userid: which agent asks?".into()))?;
+    let w = state
+        .wechat
+        .as_ref()
+        .ok_or_else(|| ApiError::NoSuch("no WeChat account is configured (wechat.accounts)".into()))?;
+    let contact = params.get("contact_id").unwrap_or_default();
+    if contact.is_empty() {
+        return Err(ApiError::BadRequest("missing contact_id: the follower the template is for".into()));
+    }
+    imgate_protocol::check_id("the contact id", contact).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let acct = w.follower_account(contact).await?.ok_or_else(|| {
+        ApiError::NoSuch(format!("{contact} is not a follower known here (they have not written)"))
+    })?;
+    if !w.is_agent(user, &acct.config.appid) {
+        return Err(ApiError::Forbidden(format!(
+            "{user} is not an agent of the WeChat account {contact} follows"
+        )));
+    }
+    let want = params.get("template_id").filter(|t| !t.is_empty());
+    let list = w.templates(acct, want).await.map_err(|e| match e {
+        WechatError::Api(api) => {
+            let reason = format!("the templates could not be fetched: {}", api.explain());
+            match api.errcode() {
+                Some(45009 | 45011) => ApiError::TooMany(reason),
+                Some(code) => ApiError::Delivery { refused: true, reason, details: json!({"errcode": code}) },
+                None => ApiError::Delivery { refused: false, reason, details: json!({}) },
+            }
+        }
+        other => ApiError::Unprocessable(other.to_string()),
+    })?;
+    let templates: Vec<Value> = list
+        .iter()
+        .map(|t| {
+            json!({"template_id": t.template_id, "title": t.title, "content": t.content, "example": t.example,
+                "primary_industry": t.primary_industry, "deputy_industry": t.deputy_industry, "fields": t.fields()})
+        })
+        .collect();
+    let data = json!({"appid": acct.config.appid, "contact_id": contact, "templates": templates});
+    Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&data)).into_response())
 }

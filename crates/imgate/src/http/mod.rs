@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{PREFIX}/contact"), get(media::contact))
         .route(&format!("{PREFIX}/contacts/{{contact}}"), delete(contacts::erase))
         .route(&format!("{PREFIX}/contacts/{{contact}}/remark"), put(contacts::remark))
+        .route(&format!("{PREFIX}/templates"), get(contacts::templates))
         .route(&format!("{PREFIX}/msg"), get(ws::msg))
         .route("/send", post(send::send))
         .route(&format!("{PREFIX}/send"), post(send::send))

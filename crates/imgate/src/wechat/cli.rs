@@ -180,7 +180,11 @@ async fn upload(
         .map_err(|e| format!("uploading the {kind} to {base}: {e}"))
 }
 
-async fn reqwest_post(url: &str, query: &[(String, String)], body: String) -> Result<(u16, String), String> {
+pub(crate) async fn reqwest_post(
+    url: &str,
+    query: &[(String, String)],
+    body: String,
+) -> Result<(u16, String), String> {
     let mut u = url::Url::parse(url).map_err(|e| e.to_string())?;
     u.query_pairs_mut().extend_pairs(query);
     // A plain HTTP/1.1 POST over a socket: WeChat's servers are no fancier.
@@ -204,12 +208,23 @@ async fn reqwest_post(url: &str, query: &[(String, String)], body: String) -> Re
 }
 
 pub async fn standin(a: StandinArgs) -> ExitCode {
-    let apps: Vec<(String, String)> = match Config::load(a.config.as_deref(), &Overrides::default()) {
-        Ok(c) => c.wechat.accounts.iter().map(|x| (x.appid.clone(), x.secret.clone())).collect(),
+    let config = match Config::load(a.config.as_deref(), &Overrides::default()) {
+        Ok(c) => c,
         Err(e) => return fail(e),
     };
+    let apps: Vec<(String, String)> =
+        config.wechat.accounts.iter().map(|x| (x.appid.clone(), x.secret.clone())).collect();
     let pairs: Vec<(&str, &str)> = apps.iter().map(|(a, s)| (a.as_str(), s.as_str())).collect();
     let s = super::standin::StandIn::new(&pairs);
+    // Events (TEMPLATESENDJOBFINISH) go to the first account's callback on the gateway
+    // the configuration describes, as WeChat's go to the URL its admin console names.
+    if let Some(acct) = config.wechat.accounts.first() {
+        s.0.lock().callback = Some(super::standin::CallbackTarget {
+            url: format!("http://{}/im_component/wx_official_account/callback/{}", config.listen, acct.appid),
+            token: acct.token.clone(),
+            original_id: acct.original_id.clone(),
+        });
+    }
     let listener = match tokio::net::TcpListener::bind(a.listen).await {
         Ok(l) => l,
         Err(e) => return fail(format!("cannot listen on {}: {e}", a.listen)),

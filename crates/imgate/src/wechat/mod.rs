@@ -23,7 +23,7 @@ pub mod standin;
 pub mod state;
 pub mod voice;
 
-use state::{Local, MediaRecord, NonceSeen, Profile, Quota, Shared, State, Touch};
+use state::{Local, MediaRecord, NonceSeen, Profile, Quota, Shared, State, TemplateSend, Touch};
 
 /// How old a follower's profile may be: the follower's next message or event after that
 /// fetches it again (`user/info`).
@@ -90,6 +90,10 @@ const LOCATION_EVERY_SECS: i64 = 3600;
 /// How often one conversation's typing state is sent to WeChat at most (per node): WeChat
 /// shows it 15 s, and an agent's composer may report every keystroke.
 pub const TYPING_EVERY_SECS: i64 = 5;
+
+/// How long one node reuses an account's template list (`template/get_all_private_template`)
+/// before asking WeChat again; a template id not in it is asked for at once.
+pub const TEMPLATES_MAX_AGE_SECS: i64 = 3600;
 
 /// Conversations whose last typing time one node remembers; past it, those older than
 /// [`TYPING_EVERY_SECS`] are forgotten.
@@ -208,7 +212,7 @@ pub enum WechatError {
     #[error(transparent)]
     CreateTime(#[from] imgate_protocol::CreateTimeError),
     #[error(
-        "{0} messages cannot be sent to a WeChat follower (text, image, voice, video, news, mpnewsarticle, msgmenu, miniprogrampage and typing can)"
+        "{0} messages cannot be sent to a WeChat follower (text, image, voice, video, news, mpnewsarticle, msgmenu, miniprogrampage, template and typing can)"
     )]
     Unsendable(String),
     #[error("media {0} is unknown or not ready: upload it first")]
@@ -263,6 +267,9 @@ pub enum RemarkError {
     Wechat(#[from] WechatError),
 }
 
+/// An account's templates, shared by the requests that read them.
+pub type Templates = Arc<Vec<imgate_wechat::Template>>;
+
 pub struct Wechat {
     accounts: Vec<Account>,
     callback_max_age: Duration,
@@ -279,6 +286,8 @@ pub struct Wechat {
     profile_hook: std::sync::OnceLock<ProfileHook>,
     /// When each conversation's typing state was last sent (channel clock), by openid.
     typing_at: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
+    /// Each account's templates as last fetched (channel clock), by appid.
+    templates: parking_lot::Mutex<std::collections::HashMap<String, (i64, Templates)>>,
 }
 
 /// A message ready for `cgi-bin/message/custom/send`, and the upload its media id came
@@ -286,6 +295,28 @@ pub struct Wechat {
 pub struct Prepared {
     body: Value,
     media: Option<Reupload>,
+    /// A template message: `message/template/send`, which needs no window.
+    template: bool,
+}
+
+/// What became of a send WeChat took.
+pub struct Sent {
+    /// The follower's window afterwards.
+    pub window: Value,
+    /// WeChat's id of a template message: its TEMPLATESENDJOBFINISH names it.
+    pub msgid: Option<u64>,
+}
+
+/// WeChat's TEMPLATESENDJOBFINISH about a template message imgate sent.
+pub struct TemplateDone {
+    pub openid: String,
+    pub appid: String,
+    pub agents: Vec<String>,
+    pub company_id: String,
+    pub msgid: u64,
+    /// The status frame's `msg`: `delivered`, or `failed` with WeChat's `Status` and why.
+    pub status: Value,
+    pub window: Option<Value>,
 }
 
 struct Reupload {
@@ -354,6 +385,7 @@ impl Wechat {
             fetching: Default::default(),
             profile_hook: Default::default(),
             typing_at: Default::default(),
+            templates: Default::default(),
         });
         let resume = w.clone();
         tokio::spawn(async move {
@@ -733,7 +765,10 @@ impl Wechat {
         content: &Content,
     ) -> Result<Prepared, WechatError> {
         let mut prepared = self.custom_message(acct, openid, content).await?;
-        if let Some(kf) = acct.config.kf_accounts.get(agent) {
+        // A template comes from the account itself: no customer-service account signs it.
+        if !prepared.template
+            && let Some(kf) = acct.config.kf_accounts.get(agent)
+        {
             prepared.body["customservice"] = json!({"kf_account": kf});
         }
         Ok(prepared)
@@ -743,8 +778,28 @@ impl Wechat {
     /// Returns the window afterwards.
     /// Media whose id WeChat no longer knows (40007: expired after 3 days, or dropped) is
     /// uploaded again once, from imgate's copy, and the message sent once more.
-    pub async fn send(&self, acct: &Account, openid: &str, prepared: Prepared) -> Result<Value, WechatError> {
-        let Prepared { mut body, media } = prepared;
+    pub async fn send(&self, acct: &Account, openid: &str, prepared: Prepared) -> Result<Sent, WechatError> {
+        let Prepared { mut body, media, template } = prepared;
+        if template {
+            let body = &body;
+            let sent =
+                acct.tokens.call(|token| async move { self.api.template_send(&token, body).await }).await;
+            if let Err(e) = &sent
+                && let Some(code) = e.errcode()
+            {
+                // 43004: unfollowed, as for any send.
+                self.state.refused(openid, code, self.clock.now()).await;
+                // 40037: the template is gone (deleted in the admin console): the list
+                // the console picks from is stale.
+                if code == 40037 {
+                    self.templates.lock().remove(&acct.config.appid);
+                }
+            }
+            let msgid = sent?;
+            // No window is used: the follower's window stays as it was.
+            let window = self.window(openid).await.unwrap_or_else(|| json!({"open": false}));
+            return Ok(Sent { window, msgid: Some(msgid) });
+        }
         let mut sent = self.post(acct, &body).await;
         if let Err(e) = &sent
             && e.errcode() == Some(40007)
@@ -771,7 +826,76 @@ impl Wechat {
         }
         sent?;
         let window = self.state.sent(openid, self.clock.now()).await.unwrap_or_default();
-        Ok(window.to_json(self.clock.now()))
+        Ok(Sent { window: window.to_json(self.clock.now()), msgid: None })
+    }
+
+    /// The account's templates: cached up to [`TEMPLATES_MAX_AGE_SECS`], fetched again
+    /// sooner when `want` (a template id) is not among them (added since).
+    pub async fn templates(&self, acct: &Account, want: Option<&str>) -> Result<Templates, WechatError> {
+        let now = self.clock.now();
+        let cached = self.templates.lock().get(&acct.config.appid).cloned();
+        if let Some((at, list)) = cached
+            && now - at < TEMPLATES_MAX_AGE_SECS
+            && want.is_none_or(|id| list.iter().any(|t| t.template_id == id))
+        {
+            return Ok(list);
+        }
+        let list = Arc::new(acct.tokens.call(|token| async move { self.api.templates(&token).await }).await?);
+        self.templates.lock().insert(acct.config.appid.clone(), (now, list.clone()));
+        Ok(list)
+    }
+
+    /// Remember template message `reference` to `openid`, which WeChat took as `msgid`.
+    pub async fn remember_template(
+        &self,
+        acct: &Account,
+        msgid: u64,
+        reference: &str,
+        openid: &str,
+    ) -> Result<(), StateUnavailable> {
+        let t = TemplateSend {
+            reference: reference.to_owned(),
+            openid: openid.to_owned(),
+            sent_at: self.clock.now(),
+        };
+        self.state.put_template(&acct.config.appid, msgid, t).await
+    }
+
+    /// A TEMPLATESENDJOBFINISH about a template message imgate sent: its outcome. `None`
+    /// for any other callback, or a msgid imgate does not know (sent by other software
+    /// of the account, or forgotten by retention).
+    pub async fn template_finished(&self, acct: &Account, xml: &XmlMessage) -> Option<TemplateDone> {
+        if xml.get("MsgType") != Some("event") || xml.get("Event") != Some("TEMPLATESENDJOBFINISH") {
+            return None;
+        }
+        let msgid: u64 = xml.non_empty("MsgID").or_else(|| xml.non_empty("MsgId"))?.trim().parse().ok()?;
+        let sent = self.state.template(&acct.config.appid, msgid).await?;
+        let wechat = xml.get("Status").unwrap_or_default().trim().to_owned();
+        let mut status = json!({"ref": sent.reference, "status": "delivered", "msgid": msgid.to_string()});
+        if wechat != "success" {
+            // WeChat's words: `failed:user block` (the follower refuses the account's
+            // templates), `failed: system failed` (WeChat's side).
+            let reason = if wechat.contains("user block") {
+                "the follower has blocked template messages from this account"
+            } else if wechat.contains("system failed") {
+                "WeChat could not deliver it (a failure on WeChat's side)"
+            } else {
+                "WeChat did not deliver it"
+            };
+            status["status"] = json!("failed");
+            status["wechat_status"] = json!(wechat);
+            status["reason"] = json!(reason);
+        }
+        let window = self.window(&sent.openid).await;
+        Some(TemplateDone {
+            openid: sent.openid,
+            appid: acct.config.appid.clone(),
+            agents: acct.config.agents(),
+            company_id: acct.config.company_id.clone(),
+            msgid,
+            status,
+            window,
+        })
     }
 
     /// Show follower `openid` that an agent is typing (`message/custom/typing`), at most
@@ -882,9 +1006,21 @@ impl Wechat {
                 json!({"touser": openid, "msgtype": "miniprogrampage", "miniprogrampage": {"title": text("title"),
                     "appid": text("appid"), "pagepath": text("pagepath"), "thumb_media_id": thumb}})
             }
+            "template" => {
+                // As the agent gave it, checked where the request was read (send.rs).
+                let mut body = json!({"touser": openid, "template_id": text("template_id"),
+                    "data": msg.get("data").cloned().unwrap_or_else(|| json!({}))});
+                if let Some(url) = msg.get("url").and_then(Value::as_str).filter(|u| !u.is_empty()) {
+                    body["url"] = json!(url);
+                }
+                if let Some(mp) = msg.get("miniprogram").filter(|m| m.is_object()) {
+                    body["miniprogram"] = mp.clone();
+                }
+                return Ok(Prepared { body, media: None, template: true });
+            }
             other => return Err(WechatError::Unsendable(other.to_owned())),
         };
-        Ok(Prepared { body, media })
+        Ok(Prepared { body, media, template: false })
     }
 
     /// WeChat's media id for a message: given as `media_id`, or for the imgate media

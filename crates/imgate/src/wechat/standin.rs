@@ -2,11 +2,15 @@
 //! (`token`, `stable_token`), `message/custom/send` (text, image, voice, video, news,
 //! mpnewsarticle, msgmenu, miniprogrampage; `customservice.kf_account`),
 //! `message/custom/typing`, `media/upload`, `media/get`, `user/info` and
-//! `user/info/updateremark` — with WeChat's answers and errors (temporary media expires
+//! `user/info/updateremark`, `message/template/send` and
+//! `template/get_all_private_template` — with WeChat's answers and errors (temporary media expires
 //! after 3 days: 40007; uploads over WeChat's limits: 40005, 40009–40012, 45007; followers
 //! who unfollowed or turned messages off: 43004, 48002; a follower's replies used up:
 //! 45047; more than one news article: 45008, none: 44003; a kf account not the account's:
-//! 65401; an openid not of the account: 40003; the daily quota of the user APIs: 45009).
+//! 65401; an openid not of the account: 40003; the daily quota of the user APIs: 45009;
+//! a template_id not the account's: 40037; a template to someone who unfollowed: 43004; the
+//! daily quota of templates: 45009). Like WeChat, it posts a TEMPLATESENDJOBFINISH event
+//! to the gateway's callback URL for a template it took ([`StandIn::finish_template`]).
 //! The tests drive imgate against it; `imgate wechat standin` runs it for people trying
 //! imgate without an Official Account.
 
@@ -89,7 +93,56 @@ pub struct Inner {
     /// How many more `user/info` and `updateremark` calls the day's quota allows (None:
     /// no limit); at 0 they answer 45009.
     pub user_quota: Option<u64>,
+    /// The account's templates (`template/get_all_private_template`).
+    pub templates: Vec<imgate_wechat::Template>,
+    /// `template/get_all_private_template` calls answered.
+    pub template_list_calls: u64,
+    /// Every accepted `message/template/send` body.
+    pub template_sent: Vec<Value>,
+    /// The msgid of each accepted template message → the follower it went to.
+    pub template_msgids: HashMap<u64, String>,
+    /// How many more template messages today's quota allows (None: no limit); at 0
+    /// `message/template/send` answers 45009.
+    pub template_quota: Option<u64>,
+    /// Where event callbacks go (TEMPLATESENDJOBFINISH), as the admin console's server
+    /// configuration says.
+    pub callback: Option<CallbackTarget>,
     next: u64,
+}
+
+/// The gateway's callback URL and the account's token and original id: what WeChat needs
+/// to post (plaintext, signed) events to it.
+#[derive(Clone, Debug)]
+pub struct CallbackTarget {
+    pub url: String,
+    pub token: String,
+    pub original_id: String,
+}
+
+/// Two templates as WeChat lists them (from its documentation's examples).
+fn sample_templates() -> Vec<imgate_wechat::Template> {
+    let t = |id: &str, title: &str, content: &str, example: &str| imgate_wechat::Template {
+        template_id: id.into(),
+        title: title.into(),
+        primary_industry: "IT科技".into(),
+        deputy_industry: "互联网|电子商务".into(),
+        content: content.into(),
+        example: example.into(),
+    };
+    vec![
+        t(
+            "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY",
+            "订单发货提醒",
+            "{{first.DATA}}\n订单编号：{{keyword1.DATA}}\n快递公司：{{keyword2.DATA}}\n{{remark.DATA}}",
+            "您的订单已发货\n订单编号：A1001\n快递公司：顺丰速运\n感谢惠顾",
+        ),
+        t(
+            "iPk5sOIt5X_flOVKn5GrTFpncEYTojx6ddbt8WYoV5s",
+            "服务进度提醒",
+            "{{first.DATA}}\n服务内容：{{keyword1.DATA}}\n处理进度：{{keyword2.DATA}}\n{{remark.DATA}}",
+            "您的咨询已有回复\n服务内容：售后咨询\n处理进度：已回复\n请回复本公众号继续咨询",
+        ),
+    ]
 }
 
 /// How a media/get answer misbehaves.
@@ -127,8 +180,38 @@ fn ok(v: Value) -> Response {
 impl StandIn {
     pub fn new(apps: &[(&str, &str)]) -> StandIn {
         let s = StandIn::default();
-        s.0.lock().apps = apps.iter().map(|(a, s)| (a.to_string(), s.to_string())).collect();
+        {
+            let mut st = s.0.lock();
+            st.apps = apps.iter().map(|(a, s)| (a.to_string(), s.to_string())).collect();
+            st.templates = sample_templates();
+        }
         s
+    }
+
+    /// Post WeChat's TEMPLATESENDJOBFINISH for template message `msgid` to the callback
+    /// target, with `status` as WeChat writes it (`success`, `failed:user block`,
+    /// `failed: system failed`); the gateway's answer. The follower is the one the message
+    /// went to (a msgid the stand-in never gave names `oUnknownFollower`).
+    pub async fn finish_template(&self, msgid: u64, status: &str) -> Result<String, String> {
+        use imgate_wechat::callback::{Keys, seal};
+        let (target, openid, now) = {
+            let st = self.0.lock();
+            let target = st.callback.clone().ok_or("no callback target: set one first")?;
+            let openid = st.template_msgids.get(&msgid).cloned().unwrap_or_else(|| "oUnknownFollower".into());
+            (target, openid, st.clock.now())
+        };
+        let xml = format!(
+            "<xml><ToUserName><![CDATA[{}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>\
+             <CreateTime>{now}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+             <Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>{msgid}</MsgID>\
+             <Status><![CDATA[{status}]]></Status></xml>",
+            target.original_id
+        );
+        let nonce = format!("{}", rand::random::<u32>());
+        let keys = Keys { token: &target.token, appid: "", cipher: None };
+        let (body, query) = seal(&xml, keys, &now.to_string(), &nonce);
+        let (code, text) = super::cli::reqwest_post(&target.url, &query, body).await?;
+        if code == 200 { Ok(text) } else { Err(format!("HTTP {code}: {text}")) }
     }
 
     pub fn router(&self) -> Router {
@@ -141,11 +224,14 @@ impl StandIn {
             .route("/cgi-bin/media/get", get(media_get))
             .route("/cgi-bin/user/info", get(user_info))
             .route("/cgi-bin/user/info/updateremark", post(update_remark))
+            .route("/cgi-bin/message/template/send", post(template_send))
+            .route("/cgi-bin/template/get_all_private_template", get(template_list))
             // Not WeChat's: for tests in other languages to arrange and inspect.
             .route("/standin/sent", get(sent))
             .route("/standin/close", post(close))
             .route("/standin/expire_media", post(expire_media))
             .route("/standin/refuse", post(refuse))
+            .route("/standin/template_finish", post(template_finish))
             // Uploads up to WeChat's largest (10 MB video) and past it, to refuse them as
             // WeChat does rather than at axum's 2 MB default.
             .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
@@ -602,5 +688,65 @@ fn stream_of(served: Arc<AtomicU64>, total: u64, stall: bool) -> axum::body::Bod
         axum::body::Body::from_stream(bytes.chain(futures_util::stream::pending()))
     } else {
         axum::body::Body::from_stream(bytes)
+    }
+}
+
+/// `message/template/send`: `{touser, template_id, url?, miniprogram?, data}`. No window
+/// is needed; the follower must follow the account, and the template be one of its own.
+async fn template_send(
+    State(s): State<StandIn>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = s.check(&q) {
+        return r;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return wechat_error(47001, "data format error");
+    };
+    let mut st = s.0.lock();
+    let touser = v["touser"].as_str().unwrap_or_default().to_owned();
+    let Some(user) = user_of(&mut st, &touser) else { return wechat_error(40003, "invalid openid") };
+    let template_id = v["template_id"].as_str().unwrap_or_default();
+    if !st.templates.iter().any(|t| t.template_id == template_id) {
+        return wechat_error(40037, "invalid template_id");
+    }
+    if user.subscribe == 0 || st.refusing.get(&touser) == Some(&43004) {
+        return wechat_error(43004, "require subscribe");
+    }
+    if !v["data"].is_object() {
+        return wechat_error(47001, "data format error");
+    }
+    match &mut st.template_quota {
+        Some(0) => return wechat_error(45009, "reach max api daily quota limit"),
+        Some(n) => *n -= 1,
+        None => {}
+    }
+    st.next += 1;
+    let msgid = 200_228_332 + st.next;
+    st.template_msgids.insert(msgid, touser);
+    st.template_sent.push(v);
+    ok(json!({"errcode": 0, "errmsg": "ok", "msgid": msgid}))
+}
+
+async fn template_list(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(r) = s.check(&q) {
+        return r;
+    }
+    let mut st = s.0.lock();
+    st.template_list_calls += 1;
+    ok(json!({"template_list": st.templates}))
+}
+
+/// `?msgid=&status=`: post the TEMPLATESENDJOBFINISH of that message to the callback
+/// target (`status` defaults to `success`).
+async fn template_finish(State(s): State<StandIn>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(msgid) = q.get("msgid").and_then(|m| m.parse::<u64>().ok()) else {
+        return wechat_error(40035, "invalid args");
+    };
+    let status = q.get("status").map_or("success", String::as_str);
+    match s.finish_template(msgid, status).await {
+        Ok(answer) => ok(json!({"errcode": 0, "errmsg": "ok", "answer": answer})),
+        Err(e) => wechat_error(-1, &e),
     }
 }

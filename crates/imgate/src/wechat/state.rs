@@ -44,6 +44,14 @@ CREATE TABLE IF NOT EXISTS media_readers (
     user TEXT NOT NULL,
     PRIMARY KEY (id, user)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS template_sends (
+    appid TEXT NOT NULL,
+    msgid INTEGER NOT NULL,
+    ref TEXT NOT NULL,
+    openid TEXT NOT NULL,
+    sent_at INTEGER NOT NULL,
+    PRIMARY KEY (appid, msgid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS upload_usage (
     user TEXT NOT NULL,
     day INTEGER NOT NULL,
@@ -249,6 +257,16 @@ pub struct MediaRecord {
     pub media_at: i64,
 }
 
+/// A template message WeChat took (`message/template/send`): which message it was, so
+/// that its TEMPLATESENDJOBFINISH (naming WeChat's msgid) can tell its outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateSend {
+    /// The message's id (`msg.ref` of its status frames).
+    pub reference: String,
+    pub openid: String,
+    pub sent_at: i64,
+}
+
 /// A write to the file, and where its outcome goes.
 type Job = (Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>, oneshot::Sender<Result<(), String>>);
 
@@ -269,6 +287,8 @@ pub struct Local {
     nonces: Mutex<Nonces>,
     /// When each conversation's last LOCATION report was delivered, by appid and openid.
     locations: Mutex<HashMap<(String, String), i64>>,
+    /// Template messages sent, by appid and WeChat's msgid.
+    templates: Mutex<HashMap<(String, u64), TemplateSend>>,
 }
 
 /// How many callback nonces one node remembers at most (the embedded backend). A
@@ -427,6 +447,15 @@ impl Local {
                     .insert((r.get::<_, String>(0)?, r.get::<_, i64>(1)?), r.get::<_, i64>(2)?.max(0) as u64);
             }
         }
+        let mut templates = HashMap::new();
+        {
+            let mut s = conn.prepare("SELECT appid, msgid, ref, openid, sent_at FROM template_sends")?;
+            let mut rows = s.query([])?;
+            while let Some(r) = rows.next()? {
+                let t = TemplateSend { reference: r.get(2)?, openid: r.get(3)?, sent_at: r.get(4)? };
+                templates.insert((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64), t);
+            }
+        }
         let (writer, jobs) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("wechat-state".into())
@@ -448,7 +477,24 @@ impl Local {
             usage: Mutex::new(usage),
             nonces: Mutex::new(Nonces::default()),
             locations: Mutex::new(HashMap::new()),
+            templates: Mutex::new(templates),
         })
+    }
+
+    async fn put_template(&self, appid: &str, msgid: u64, t: TemplateSend) -> Result<(), StateUnavailable> {
+        let pending = {
+            let mut m = self.templates.lock();
+            m.insert((appid.to_owned(), msgid), t.clone());
+            let appid = appid.to_owned();
+            self.submit(move |c| {
+                c.execute(
+                    "INSERT OR REPLACE INTO template_sends (appid, msgid, ref, openid, sent_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![appid, msgid as i64, t.reference, t.openid, t.sent_at],
+                )
+                .map(|_| ())
+            })
+        };
+        written(pending).await
     }
 
     /// Queue a write behind those submitted before it. Call it with the memory's lock
@@ -563,10 +609,12 @@ impl Local {
         let (had, pending) = {
             let mut f = self.followers.lock();
             let had = f.remove(openid).is_some();
+            self.templates.lock().retain(|_, t| t.openid != openid);
             let o = openid.to_owned();
             (
                 had,
                 self.submit(move |c| {
+                    c.execute("DELETE FROM template_sends WHERE openid = ?1", [&o])?;
                     c.execute("DELETE FROM followers WHERE openid = ?1", [o])?;
                     // Earlier images of the page are in the WAL: fold it in and empty it.
                     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -597,6 +645,19 @@ impl Local {
     }
 
     async fn trim(&self, cutoff: i64) {
+        let old_templates = {
+            let mut t = self.templates.lock();
+            let before = t.len();
+            t.retain(|_, s| s.sent_at >= cutoff);
+            (t.len() != before).then(|| {
+                self.submit(move |c| {
+                    c.execute("DELETE FROM template_sends WHERE sent_at < ?1", [cutoff]).map(|_| ())
+                })
+            })
+        };
+        if let Some(p) = old_templates {
+            let _ = written(p).await;
+        }
         let pending = {
             let mut m = self.media.lock();
             let old: Vec<String> =
@@ -991,6 +1052,51 @@ impl State {
                 }
             }
             State::Redis(r) => r.first_location(appid, openid, every).await,
+        }
+    }
+
+    /// Remember a template message WeChat took, by its `msgid`, until retention forgets
+    /// it (its finish event comes within seconds, or minutes when WeChat is busy).
+    pub async fn put_template(
+        &self,
+        appid: &str,
+        msgid: u64,
+        t: TemplateSend,
+    ) -> Result<(), StateUnavailable> {
+        match self {
+            State::Local(l) => l.put_template(appid, msgid, t).await,
+            State::Redis(r) => {
+                let mut c = r.conn.clone();
+                let v = format!("{}\n{}\n{}", t.reference, t.openid, t.sent_at);
+                redis::cmd("SET")
+                    .arg(format!("imgate:wx:tpl:{appid}:{msgid}"))
+                    .arg(v)
+                    .arg("EX")
+                    .arg(r.ttl_secs)
+                    .query_async::<()>(&mut c)
+                    .await
+                    .map_err(|e| StateUnavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// The template message `msgid` of `appid`, if imgate sent it.
+    pub async fn template(&self, appid: &str, msgid: u64) -> Option<TemplateSend> {
+        match self {
+            State::Local(l) => l.templates.lock().get(&(appid.to_owned(), msgid)).cloned(),
+            State::Redis(r) => {
+                let mut c = r.conn.clone();
+                let v: Option<String> = Shared::warn(
+                    redis::cmd("GET").arg(format!("imgate:wx:tpl:{appid}:{msgid}")).query_async(&mut c).await,
+                )
+                .flatten();
+                let v = v?;
+                let mut parts = v.splitn(3, '\n');
+                let reference = parts.next()?.to_owned();
+                let openid = parts.next()?.to_owned();
+                let sent_at = parts.next()?.parse().ok()?;
+                Some(TemplateSend { reference, openid, sent_at })
+            }
         }
     }
 
