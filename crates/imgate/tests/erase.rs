@@ -130,6 +130,11 @@ async fn a_follower_is_forgotten_everywhere(engine: Engine) {
         let (status, ack) = post(&s.http("/send?userid=agent1"), "application/json", text_to(to, text)).await;
         assert_eq!(status, 200, "{ack}");
     }
+    // A template message to F (WeChat's msgid names F until its finish event).
+    let tpl = serde_json::json!({"data": {"msg_type": "template", "contact_id": "oF", "msg": {
+        "template_id": "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY", "data": {"first": {"value": "shipped"}}}}});
+    let (status, ack) = post(&s.http("/send?userid=agent1"), "application/json", tpl.to_string()).await;
+    assert_eq!(status, 200, "{ack}");
     let (status, ack) =
         post(&s.http("/send?userid=u1"), "application/json", text_to("agent1", "from u1")).await;
     assert_eq!(status, 200, "{ack}");
@@ -152,11 +157,11 @@ async fn a_follower_is_forgotten_everywhere(engine: Engine) {
     let (status, body) = delete(s, "oF", &[]).await;
     assert_eq!(status, 200, "{body}");
     let d = &body["data"];
-    // F's two messages and position report, agent1's reply and its status frame, in both
-    // agents' mailboxes.
+    // F's two messages and position report, agent1's reply and template and their status
+    // frames, in both agents' mailboxes.
     assert_eq!(
         (d["contact_id"].as_str(), d["messages"].as_u64(), d["mailboxes"].as_u64()),
-        (Some("oF"), Some(10), Some(2)),
+        (Some("oF"), Some(14), Some(2)),
         "{body}"
     );
     assert_eq!(
@@ -223,7 +228,8 @@ async fn a_follower_is_forgotten_everywhere(engine: Engine) {
         }
         assert_eq!(left, Vec::<String>::new(), "F's profile is still in Redis");
         // Nor any key that names F (the follower, the LOCATION throttle, a profile claim).
-        let named: Vec<&String> = keys.iter().filter(|k| k.ends_with(":oF")).collect();
+        let named: Vec<&String> =
+            keys.iter().filter(|k| k.ends_with(":oF") || k.starts_with("imgate:wx:tpl:")).collect();
         assert_eq!(named, Vec::<&String>::new(), "{keys:?}");
     }
     // The open socket was told.

@@ -1068,11 +1068,20 @@ impl State {
             State::Redis(r) => {
                 let mut c = r.conn.clone();
                 let v = format!("{}\n{}\n{}", t.reference, t.openid, t.sent_at);
-                redis::cmd("SET")
+                // With a list of them per follower, so that an erasure finds them.
+                let of = format!("imgate:wx:tpl:of:{}", t.openid);
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
                     .arg(format!("imgate:wx:tpl:{appid}:{msgid}"))
                     .arg(v)
                     .arg("EX")
                     .arg(r.ttl_secs)
+                    .ignore()
+                    .sadd(&of, format!("{appid}:{msgid}"))
+                    .ignore()
+                    .expire(&of, r.ttl_secs as i64)
+                    .ignore()
                     .query_async::<()>(&mut c)
                     .await
                     .map_err(|e| StateUnavailable(e.to_string()))
@@ -1362,6 +1371,17 @@ impl Shared {
             del.del(format!("imgate:wx:loc:{appid}:{openid}")).ignore();
         }
         del.del(format!("imgate:wx:pf:{openid}")).ignore();
+        // The template messages sent to them (each record names the follower).
+        let of = format!("imgate:wx:tpl:of:{openid}");
+        let sent: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&of)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| StateUnavailable(format!("redis: {e}")))?;
+        for t in sent {
+            del.del(format!("imgate:wx:tpl:{t}")).ignore();
+        }
+        del.del(&of).ignore();
         let (n,): (i64,) =
             del.query_async(&mut c).await.map_err(|e| StateUnavailable(format!("redis: {e}")))?;
         Ok(n > 0)
