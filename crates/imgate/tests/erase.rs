@@ -117,12 +117,13 @@ async fn a_follower_is_forgotten_everywhere(engine: Engine) {
     // F writes, with a picture; G writes; agent1 answers both; a gateway user writes too.
     text_from(s, "oF", "F says hi", 1).await;
     callback(s, "oF", "<MsgType>image</MsgType><PicUrl>x</PicUrl><MediaId>MID-F</MediaId>", 2).await;
-    // F's position report: the channel remembers when F's last one was delivered.
+    // F's position report: the channel remembers when F's last one was delivered. (Its
+    // MsgId is the callback's nonce here: one no other callback of this test uses.)
     callback(
         s,
         "oF",
         "<MsgType>event</MsgType><Event>LOCATION</Event><Latitude>31.2</Latitude><Longitude>121.5</Longitude><Precision>65</Precision>",
-        4,
+        9,
     )
     .await;
     text_from(s, "oG", "G says hi", 3).await;
