@@ -357,6 +357,55 @@ test('defect 5: the box opens as soon as the follower writes again', async () =>
   check(await page.locator('#closed').textContent() === zh('closed.time'), 'closed again, the box says why');
 });
 
+test('template picker (#10): on a closed window a template goes out with its fields, sent then delivered', async () => {
+  const asked = [];
+  page.on('request', (r) => r.url().includes(`${P}/templates`) && asked.push(r.url()));
+  await simulate('--from', 'oTpl2', '--text', '你好');
+  await simulate('--from', 'oTpl', '--text', '我的订单发货了吗');
+  await openConv('oTpl');
+  await page.locator(WINDOW_OPEN).waitFor();
+  check(await page.locator('#template-open').isHidden(), 'no template picker while the window is open');
+  await fetch(`${STANDIN}/standin/close?openid=oTpl`, { method: 'POST' });
+  await page.locator('#text').fill('您好？');
+  await page.keyboard.press('Enter');
+  await page.locator('#closed:not([hidden])').waitFor();
+  await page.locator('#template-open').click();
+  await page.locator('#template-select option', { hasText: '订单发货提醒' }).waitFor({ state: 'attached' });
+  const titles = await page.locator('#template-select option').allTextContents();
+  check(JSON.stringify(titles) === JSON.stringify(['订单发货提醒', '服务进度提醒']), `the account's templates are offered (${JSON.stringify(titles)})`);
+  await page.locator('#template-select').selectOption({ label: '订单发货提醒' });
+  const inputs = page.locator('#template-fields input');
+  const fields = await inputs.evaluateAll((l) => l.map((i) => i.dataset.field));
+  check(JSON.stringify(fields) === JSON.stringify(['first', 'keyword1', 'keyword2', 'remark']), `one input per field (${JSON.stringify(fields)})`);
+  const label = await inputs.nth(1).getAttribute('aria-label');
+  check(label.includes('keyword1') && label.includes('订单发货提醒'), `a field is labelled by its key and the template's title (${label})`);
+  const values = { first: '您的订单已发货', keyword1: 'PH20261128001', keyword2: '顺丰速运', remark: '有问题请回复本公众号' };
+  for (const [k, v] of Object.entries(values)) await page.locator(`#template-fields input[data-field="${k}"]`).fill(v);
+  await page.locator('#template-send').click();
+  const got = await until('the stand-in to receive the template', async () => {
+    const all = await (await fetch(`${STANDIN}/standin/template_sent`)).json();
+    return all.sent.find((b) => b.touser === 'oTpl') && all;
+  });
+  const body = got.sent.find((b) => b.touser === 'oTpl');
+  check(body.template_id === 'ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY', 'message/template/send names the chosen template');
+  const sentValues = Object.fromEntries(Object.entries(body.data).map(([k, v]) => [k, v.value]));
+  check(JSON.stringify(sentValues) === JSON.stringify(values), `with the values typed (${JSON.stringify(sentValues)})`);
+  const out = page.locator('.msg.out', { hasText: '订单发货提醒' });
+  await out.and(page.locator('[data-state="sent"]')).waitFor();
+  check((await out.textContent()).includes('PH20261128001'), 'the bubble shows the template\'s title and values');
+  const msgid = Object.entries(got.msgids).find(([, o]) => o === 'oTpl')[0];
+  await fetch(`${STANDIN}/standin/template_finish?msgid=${msgid}&status=success`, { method: 'POST' });
+  await out.and(page.locator('[data-state="delivered"]')).waitFor();
+  check((await out.locator('.when').textContent()).includes(zh('msg.delivered')), 'WeChat\'s TEMPLATESENDJOBFINISH makes it delivered');
+  // Another conversation and back: the picker again, its list from the page's cache.
+  await openConv('oTpl2');
+  check(await page.locator('#template-open').isHidden(), 'another conversation, its window open: no picker');
+  await openConv('oTpl');
+  await page.locator('#template-open').click();
+  await page.locator('#template-select option', { hasText: '服务进度提醒' }).waitFor({ state: 'attached' });
+  check(asked.length === 1, `the templates are fetched once per account (${asked.length})`);
+});
+
 test('defect 3: history never takes the reply window back', async () => {
   await simulate('--from', 'oFan3', '--text', '第一条');
   await fetch(`${STANDIN}/standin/close?openid=oFan3`, { method: 'POST' });
