@@ -4,8 +4,9 @@
 
 import { newId } from './client.js';
 import { t } from './i18n.js';
+import { templateTitles } from './messages.js';
 import { state, thread, windowOpen } from './state.js';
-import { $, el, utf8Bytes } from './util.js';
+import { $, data, el, utf8Bytes } from './util.js';
 
 const P = '/im_component/wx_official_account';
 /** WeChat's limit for a text reply (custom-send), in UTF-8 bytes. */
@@ -64,6 +65,12 @@ export class Composer {
       addEventListener(type, (e) => [...(e.dataTransfer?.types || [])].includes('Files') && e.preventDefault());
     }
     client.addEventListener('state', (e) => e.detail === 'connected' && this.#flush());
+    // The template picker, offered when the window has closed.
+    this.templates = new Map(); // account → Promise of its templates: asked once per page
+    this.tpl = [];              // the open conversation's account's templates
+    $('template-open').addEventListener('click', () => this.#togglePicker());
+    $('template-select').addEventListener('change', () => this.#fields());
+    $('template-send').addEventListener('click', () => this.#sendTemplate());
   }
 
   #files(e, dt) {
@@ -75,6 +82,7 @@ export class Composer {
 
   /** The open conversation changed: its own draft. */
   show(th) {
+    this.#closePicker();
     this.text.value = th ? th.draft : '';
     this.count();
   }
@@ -109,7 +117,77 @@ export class Composer {
     // A note is internal: the WeChat window does not restrict it.
     $('text').disabled = !open && !this.note;
     $('file').disabled = !open || this.note;
+    // A WeChat follower's closed window: a template still reaches them.
+    const th = state.current === null ? null : thread(state.current);
+    const picker = !open && !this.note && Boolean(th?.wechat || th?.window);
+    $('template').hidden = !picker;
+    if (!picker) this.#closePicker();
     this.count();
+  }
+
+  // --- template messages: the account's templates, one input per field --------------------------
+
+  #closePicker() {
+    $('template-form').hidden = true;
+    $('template-open').setAttribute('aria-expanded', 'false');
+  }
+
+  async #togglePicker() {
+    if (!$('template-form').hidden || state.current === null) return this.#closePicker();
+    const th = thread(state.current);
+    $('template-form').hidden = false;
+    $('template-open').setAttribute('aria-expanded', 'true');
+    const err = $('template-error');
+    err.hidden = true;
+    try {
+      const list = await this.#templates(th);
+      if (state.current !== th.contact) return;
+      this.tpl = list;
+      $('template-select').replaceChildren(...list.map((x) => el('option', { value: x.template_id }, x.title || x.template_id)));
+      this.#fields();
+    } catch (e) {
+      err.hidden = false;
+      err.replaceChildren(t('template.failed'), data(e.message));
+    }
+  }
+
+  /** GET P/templates, once per account (a failure is asked again next time). */
+  #templates(th) {
+    const key = th.wechat?.original_id || th.company || th.contact;
+    let p = this.templates.get(key);
+    if (!p) {
+      p = fetch(this.client.url(`${P}/templates`, { contact_id: th.contact }), { headers: this.client.headers() }).then(async (r) => {
+        const j = await r.json().catch(() => ({}));
+        if (!r.ok) throw new Error(j.result?.message || String(r.status));
+        const list = Array.isArray(j.data?.templates) ? j.data.templates : [];
+        for (const x of list) templateTitles.set(x.template_id, x.title);
+        return list;
+      });
+      p.catch(() => this.templates.delete(key));
+      this.templates.set(key, p);
+    }
+    return p;
+  }
+
+  /** One input per field of the chosen template, named by its line in the template
+   *  (`订单编号：{{keyword1.DATA}}` → 订单编号), its key and the template's title. */
+  #fields() {
+    const x = this.tpl.find((y) => y.template_id === $('template-select').value);
+    const names = {};
+    for (const m of String(x?.content || '').matchAll(/^(.*?)\{\{(\w+)\.DATA\}\}/gm)) names[m[2]] = m[1].replace(/[：:]\s*$/, '').trim();
+    $('template-fields').replaceChildren(...(Array.isArray(x?.fields) ? x.fields : []).map((k) => el('label', { translate: 'no' },
+      el('span', { translate: 'no' }, names[k] ? `${names[k]} · ${k}` : k), ' ',
+      el('input', { 'data-field': k, autocomplete: 'off', 'aria-label': `${x.title} · ${names[k] || ''} ${k}` }))));
+  }
+
+  #sendTemplate() {
+    const id = $('template-select').value;
+    if (state.current === null || !id) return;
+    const inputs = [...$('template-fields').querySelectorAll('input')];
+    const values = Object.fromEntries(inputs.map((i) => [i.dataset.field, { value: i.value }]));
+    for (const i of inputs) i.value = '';
+    this.#closePicker();
+    this.send(thread(state.current), 'template', { template_id: id, data: values });
   }
 
   /** Note mode on or off: the box looks different and says so, and its text goes to the

@@ -6,6 +6,8 @@ import { emojify } from './emoji.js';
 import { data, el, linkify, safeUrl } from './util.js';
 
 const P = '/im_component/wx_official_account';
+/** template_id → title, as the account's list (GET P/templates) names them. */
+export const templateTitles = new Map();
 
 /** One line for the list (and notifications). `m` has msg_type and msg. */
 export function preview(m) {
@@ -21,6 +23,7 @@ export function preview(m) {
     case 'system': return t('preview.system');
     case 'news': case 'miniprogrampage': return t('preview.link', { title: msg.title || '' });
     case 'msgmenu': return msg.head_content || (msg.list || []).map((i) => i?.content).join(' / ');
+    case 'template': return t('preview.template', { title: templateTitles.get(msg.template_id) || '' });
     default: return msg.content || t('preview.other', { type: m.msg_type });
   }
 }
@@ -69,6 +72,9 @@ export function body(d, { media, zoom, alt, local }) {
     // Reply types sent to WeChat followers: their text, no composer.
     case 'news': case 'miniprogrampage': return el('span', { class: 'card' }, el('strong', {}, m.title || ''), el('span', {}, m.description || m.pagepath || m.url || ''));
     case 'msgmenu': return [m.head_content || '', el('ul', {}, ...(Array.isArray(m.list) ? m.list : []).map((i) => el('li', {}, String(i?.content ?? ''), ' ', data(String(i?.id ?? ''))))), m.tail_content || ''];
+    // A template message: its title (once the account's list is known) and the values sent.
+    case 'template': return el('span', { class: 'card template' }, el('strong', {}, templateTitles.get(m.template_id) || t('body.template')),
+      el('dl', {}, ...Object.entries(m.data && typeof m.data === 'object' ? m.data : {}).flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, String(v?.value ?? ''))])));
     case 'image': return local ? image(local) : media(m, image);
     case 'voice': return [media(m, voice), m.recognition ? el('div', { class: 'recognition' }, `“${m.recognition}”`) : null];
     case 'video': case 'shortvideo': return media(m, (src) => el('video', { controls: true, src, preload: 'metadata' }));

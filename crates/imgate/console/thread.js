@@ -86,7 +86,8 @@ export class ThreadView {
       th.statuses.add(d.id);
       const m = th.messages.get(d.msg?.ref);
       if (m) {
-        m.state = d.msg.status === 'sent' ? 'sent' : 'failed';
+        // A template's later word from WeChat (TEMPLATESENDJOBFINISH): delivered or failed.
+        m.state = ['sent', 'delivered'].includes(d.msg.status) ? d.msg.status : 'failed';
         m.error = d.msg.reason || '';
         m.errcode = d.msg.errcode;
         this.render(th, m);
@@ -292,7 +293,7 @@ export class ThreadView {
       const retry = windowOpen(th.window) ? el('button', { type: 'button', class: 'retry', onclick: () => this.onRetry(th, m) }, t('retry')) : null;
       return el('span', { class: 'failed' }, t('msg.failed'), reason, retry);
     }
-    return el('span', {}, t('msg.sent'));
+    return el('span', {}, t(m.state === 'delivered' ? 'msg.delivered' : 'msg.sent'));
   }
 
   // --- where the view is ------------------------------------------------------------------------

@@ -75,6 +75,8 @@ enum ConfigCommand {
 }
 
 #[derive(Subcommand)]
+// Parsed once at startup: the size of the arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 enum WechatCommand {
     /// Post a callback to a running gateway, signed and encrypted exactly as WeChat does.
     Simulate(imgate::wechat::cli::SimulateArgs),

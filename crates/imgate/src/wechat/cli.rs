@@ -25,6 +25,10 @@ pub struct SimulateArgs {
     /// A text message.
     #[arg(long, group = "kind")]
     pub text: Option<String>,
+    /// With --text: the follower's tap on a menu message's item (`bizmsgmenuid`, the
+    /// item's id), as WeChat sends it.
+    #[arg(long, requires = "text")]
+    pub menu_choice: Option<String>,
     /// An image message: the file is uploaded to WeChat's API (`wechat.api_base`, e.g. a
     /// stand-in) and its media id sent, as WeChat does.
     #[arg(long, group = "kind")]
@@ -128,6 +132,9 @@ async fn message(
     if let Some(text) = &a.text {
         x.set("MsgType", "text");
         x.set("Content", text.clone());
+        if let Some(id) = &a.menu_choice {
+            x.set("bizmsgmenuid", id.clone());
+        }
         x.set("MsgId", msg_id());
     } else if let Some(file) = &a.image {
         x.set("MsgType", "image");

@@ -232,6 +232,7 @@ impl StandIn {
             .route("/standin/expire_media", post(expire_media))
             .route("/standin/refuse", post(refuse))
             .route("/standin/template_finish", post(template_finish))
+            .route("/standin/template_sent", get(template_sent))
             // Uploads up to WeChat's largest (10 MB video) and past it, to refuse them as
             // WeChat does rather than at axum's 2 MB default.
             .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
@@ -736,6 +737,15 @@ async fn template_list(State(s): State<StandIn>, Query(q): Query<HashMap<String,
     let mut st = s.0.lock();
     st.template_list_calls += 1;
     ok(json!({"template_list": st.templates}))
+}
+
+/// What `message/template/send` took: `{"sent":[body…],"msgids":{"N":openid}}` (the msgid
+/// of each, to post its TEMPLATESENDJOBFINISH with `/standin/template_finish`).
+async fn template_sent(State(s): State<StandIn>) -> Response {
+    let st = s.0.lock();
+    let msgids: serde_json::Map<String, Value> =
+        st.template_msgids.iter().map(|(id, o)| (id.to_string(), Value::String(o.clone()))).collect();
+    ok(json!({"sent": st.template_sent, "msgids": msgids}))
 }
 
 /// `?msgid=&status=`: post the TEMPLATESENDJOBFINISH of that message to the callback
