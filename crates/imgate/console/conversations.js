@@ -447,6 +447,6 @@ function summary(o) {
     assignee: o.assignee ?? null,
     waiting_since: o.waiting_since ?? null,
     at: Number(o.last_at || 0),
-    last: l ? { id: l.id, seq: Number(l.seq || 0), time: Number(o.last_at || 0), out: l.direction === 'out', name: '', msg_type: l.msg_type, msg: l.msg_type === 'text' ? { content: l.preview || '' } : {} } : null,
+    last: l ? { id: l.id, seq: Number(l.seq || 0), time: Number(o.last_at || 0), out: l.direction === 'out', name: '', msg_type: l.msg_type, msg: { content: l.preview || '' } } : null,
   };
 }

@@ -21,8 +21,9 @@ export function preview(m) {
     case 'link': return t('preview.link', { title: msg.title || '' });
     case 'event': return eventWords(msg).map((n) => (typeof n === 'string' ? n : n.textContent)).join('');
     case 'system': return t('preview.system');
-    case 'news': case 'miniprogrampage': return t('preview.link', { title: msg.title || '' });
-    case 'msgmenu': return msg.head_content || (msg.list || []).map((i) => i?.content).join(' / ');
+    // From the server's list, a row carries only the words it shows, as `content`.
+    case 'news': case 'miniprogrampage': return t('preview.link', { title: msg.title || msg.content || '' });
+    case 'msgmenu': return msg.head_content || (msg.list || []).map((i) => i?.content).join(' / ') || msg.content || '';
     case 'template': return t('preview.template', { title: templateTitles.get(msg.template_id) || '' });
     default: return msg.content || t('preview.other', { type: m.msg_type });
   }

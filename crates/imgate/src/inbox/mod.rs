@@ -158,11 +158,13 @@ pub struct Message<'a> {
 }
 
 impl Message<'_> {
+    /// The words a list shows for it: a text's content, a menu's heading, a card's title;
+    /// else its type.
     fn text(&self) -> String {
-        match self.msg.get("content").and_then(Value::as_str) {
-            Some(t) => t.to_owned(),
-            None => format!("[{}]", self.msg_type),
-        }
+        ["content", "head_content", "title"]
+            .iter()
+            .find_map(|k| self.msg.get(*k).and_then(Value::as_str).filter(|t| !t.is_empty()))
+            .map_or_else(|| format!("[{}]", self.msg_type), str::to_owned)
     }
 
     fn last(&self, direction: &str) -> Value {
@@ -1027,5 +1029,27 @@ impl Inbox {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A list row shows words for every kind of message: a menu its heading, a card its
+    /// title (a menu once showed nothing after "你:").
+    #[test]
+    fn a_rows_preview_has_words_for_menus_and_cards() {
+        let preview = |msg_type: &str, msg: Value| {
+            Message { id: "1", msg_type, msg: &msg }.last("out")["preview"].clone()
+        };
+        assert_eq!(preview("text", json!({"content": "hi"})), "hi");
+        assert_eq!(
+            preview("msgmenu", json!({"head_content": "请选择", "list": [{"id": "1", "content": "a"}]})),
+            "请选择"
+        );
+        assert_eq!(preview("news", json!({"title": "新品", "url": "https://example.com"})), "新品");
+        assert_eq!(preview("image", json!({"media_path": "/m/1"})), "[image]");
+        assert_eq!(preview("msgmenu", json!({"head_content": "", "list": []})), "[msgmenu]");
     }
 }
