@@ -408,6 +408,23 @@ test('template picker (#10): on a closed window a template goes out with its fie
   check(asked.length === 1, `the templates are fetched once per account (${asked.length})`);
 });
 
+test('typing (#10): while the agent types, the follower is told once, and nothing is kept', async () => {
+  await simulate('--from', 'oType', '--text', '在吗');
+  await openConv('oType');
+  await page.locator(WINDOW_OPEN).waitFor();
+  const calls = async () => (await (await fetch(`${STANDIN}/standin/typing`)).json()).typing.filter((b) => b.touser === 'oType');
+  check((await calls()).length === 0, 'nothing before the agent types');
+  // Seven keystrokes in about 0.1 s, all within the console's 5 s throttle (50 times over).
+  await page.locator('#text').pressSequentially('您好，请稍等片', { delay: 15 });
+  const got = await until('the stand-in to hear the typing', async () => {
+    const c = await calls();
+    return c.length > 0 && c;
+  });
+  check(got.length === 1 && got[0].command === 'Typing', `message/custom/typing once for the burst, Typing (${JSON.stringify(got)})`);
+  check(await page.locator('.msg.out').count() === 0, 'no bubble for it');
+  await page.locator('#text').fill('');
+});
+
 test('the WeChat screenshot (#10): a named follower, a voice, a menu and the answer, the template picker', async () => {
   await simulate('--from', 'oShot', '--voice', AMR, '--recognition', '你好，我的快递到哪了？');
   const r = await fetch(`${BASE}${P}/contacts/oShot/remark?userid=agent1`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ remark: '李安娜（VIP）' }) });

@@ -13,6 +13,8 @@ const P = '/im_component/wx_official_account';
 export const MAX_TEXT_BYTES = 2048;
 /** The gateway's limit for an internal note, in characters. */
 export const MAX_NOTE_CHARS = 4000;
+/** How often the console tells a follower the agent is typing, at most. */
+const TYPING_EVERY_MS = 5000;
 /** Canned replies offered at once after `/`. */
 const CANNED_SHOWN = 8;
 
@@ -45,6 +47,7 @@ export class Composer {
       if (state.current !== null) thread(state.current).draft = this.text.value;
       this.count();
       this.#offer();
+      this.#typing();
     });
     this.text.addEventListener('blur', () => setTimeout(() => this.#closeMenu(), 150));
     $('note-mode').addEventListener('click', () => this.setNote(!this.note));
@@ -71,6 +74,19 @@ export class Composer {
     $('template-open').addEventListener('click', () => this.#togglePicker());
     $('template-select').addEventListener('change', () => this.#fields());
     $('template-send').addEventListener('click', () => this.#sendTemplate());
+  }
+
+  /** A WeChat follower sees "typing…" while the agent types: at most one a conversation
+   *  every TYPING_EVERY_MS (WeChat shows it for 15 s; the gateway throttles too). Stored
+   *  nowhere; a refusal (a closed window) is nobody's concern. */
+  #typing() {
+    if (this.note || !this.open || state.current === null || !this.text.value) return;
+    const th = thread(state.current);
+    if (!th.wechat || this.client.state !== 'connected') return;
+    const now = Date.now();
+    if (now - (th.typingAt || 0) < TYPING_EVERY_MS) return;
+    th.typingAt = now;
+    this.client.send({ contact_id: th.contact, msg_type: 'typing', msg: {} }).catch(() => {});
   }
 
   #files(e, dt) {

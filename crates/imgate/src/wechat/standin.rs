@@ -233,6 +233,7 @@ impl StandIn {
             .route("/standin/refuse", post(refuse))
             .route("/standin/template_finish", post(template_finish))
             .route("/standin/template_sent", get(template_sent))
+            .route("/standin/typing", get(typing_sent))
             // Uploads up to WeChat's largest (10 MB video) and past it, to refuse them as
             // WeChat does rather than at axum's 2 MB default.
             .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
@@ -746,6 +747,11 @@ async fn template_sent(State(s): State<StandIn>) -> Response {
     let msgids: serde_json::Map<String, Value> =
         st.template_msgids.iter().map(|(id, o)| (id.to_string(), Value::String(o.clone()))).collect();
     ok(json!({"sent": st.template_sent, "msgids": msgids}))
+}
+
+/// Every `custom/typing` body accepted, in order: `{"typing": [...]}`.
+async fn typing_sent(State(s): State<StandIn>) -> Response {
+    ok(json!({"typing": s.0.lock().typing}))
 }
 
 /// `?msgid=&status=`: post the TEMPLATESENDJOBFINISH of that message to the callback
