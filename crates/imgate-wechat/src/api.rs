@@ -249,6 +249,22 @@ impl Api {
         format!("{}{path}", self.base)
     }
 
+    /// `POST` `body` to `path` with the access token, as UTF-8 JSON as it is (`\u` escapes
+    /// were shown literally to followers): WeChat's answer, or its refusal.
+    async fn post_json(&self, path: &str, token: &str, body: &Value) -> Result<Answer, ApiError> {
+        let json = serde_json::to_vec(body).map_err(|e| ApiError::BadAnswer(e.to_string()))?;
+        let resp = self
+            .http
+            .post(self.url(path))
+            .query(&[("access_token", token)])
+            .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(json)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        Self::answer(resp).await
+    }
+
     async fn answer(resp: reqwest::Response) -> Result<Answer, ApiError> {
         let status = resp.status();
         let body = resp.bytes().await.map_err(unreachable)?;
@@ -326,17 +342,7 @@ impl Api {
     /// were shown literally to followers.
     pub async fn custom_send(&self, token: &str, body: &Value) -> Result<(), ApiError> {
         observed("message/custom/send", async {
-            let json = serde_json::to_vec(body).map_err(|e| ApiError::BadAnswer(e.to_string()))?;
-            let resp = self
-                .http
-                .post(self.url("/cgi-bin/message/custom/send"))
-                .query(&[("access_token", token)])
-                .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
-                .body(json)
-                .send()
-                .await
-                .map_err(unreachable)?;
-            Self::answer(resp).await.map(|_| ())
+            self.post_json("/cgi-bin/message/custom/send", token, body).await.map(|_| ())
         })
         .await
     }
@@ -345,17 +351,7 @@ impl Api {
     /// WeChat's `msgid` of the message (its TEMPLATESENDJOBFINISH event names it).
     pub async fn template_send(&self, token: &str, body: &Value) -> Result<u64, ApiError> {
         observed("message/template/send", async {
-            let json = serde_json::to_vec(body).map_err(|e| ApiError::BadAnswer(e.to_string()))?;
-            let resp = self
-                .http
-                .post(self.url("/cgi-bin/message/template/send"))
-                .query(&[("access_token", token)])
-                .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
-                .body(json)
-                .send()
-                .await
-                .map_err(unreachable)?;
-            Self::answer(resp)
+            self.post_json("/cgi-bin/message/template/send", token, body)
                 .await?
                 .msgid
                 .ok_or_else(|| ApiError::BadAnswer("no msgid in the answer".into()))
@@ -404,15 +400,7 @@ impl Api {
     pub async fn custom_typing(&self, token: &str, openid: &str, command: &str) -> Result<(), ApiError> {
         observed("message/custom/typing", async {
             let body = serde_json::json!({"touser": openid, "command": command});
-            let resp = self
-                .http
-                .post(self.url("/cgi-bin/message/custom/typing"))
-                .query(&[("access_token", token)])
-                .json(&body)
-                .send()
-                .await
-                .map_err(unreachable)?;
-            Self::answer(resp).await.map(|_| ())
+            self.post_json("/cgi-bin/message/custom/typing", token, &body).await.map(|_| ())
         })
         .await
     }
@@ -451,17 +439,7 @@ impl Api {
     pub async fn update_remark(&self, token: &str, openid: &str, remark: &str) -> Result<(), ApiError> {
         observed("user/info/updateremark", async {
             let body = serde_json::json!({"openid": openid, "remark": remark});
-            let json = serde_json::to_vec(&body).map_err(|e| ApiError::BadAnswer(e.to_string()))?;
-            let resp = self
-                .http
-                .post(self.url("/cgi-bin/user/info/updateremark"))
-                .query(&[("access_token", token)])
-                .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
-                .body(json)
-                .send()
-                .await
-                .map_err(unreachable)?;
-            Self::answer(resp).await.map(|_| ())
+            self.post_json("/cgi-bin/user/info/updateremark", token, &body).await.map(|_| ())
         })
         .await
     }
