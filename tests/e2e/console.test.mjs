@@ -383,6 +383,7 @@ test('template picker (#10): on a closed window a template goes out with its fie
   check(label.includes('keyword1') && label.includes('订单发货提醒'), `a field is labelled by its key and the template's title (${label})`);
   const values = { first: '您的订单已发货', keyword1: 'PH20261128001', keyword2: '顺丰速运', remark: '有问题请回复本公众号' };
   for (const [k, v] of Object.entries(values)) await page.locator(`#template-fields input[data-field="${k}"]`).fill(v);
+  await page.locator('#template-url').fill('https://parcelhub.example/track?no=PH20261128001');
   await page.locator('#template-send').click();
   const got = await until('the stand-in to receive the template', async () => {
     const all = await (await fetch(`${STANDIN}/standin/template_sent`)).json();
@@ -392,6 +393,8 @@ test('template picker (#10): on a closed window a template goes out with its fie
   check(body.template_id === 'ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY', 'message/template/send names the chosen template');
   const sentValues = Object.fromEntries(Object.entries(body.data).map(([k, v]) => [k, v.value]));
   check(JSON.stringify(sentValues) === JSON.stringify(values), `with the values typed (${JSON.stringify(sentValues)})`);
+  check(body.url === 'https://parcelhub.example/track?no=PH20261128001', `and the link a tap opens (${body.url})`);
+  check(!('miniprogram' in body), 'no mini program given, none sent');
   const out = page.locator('.msg.out', { hasText: '订单发货提醒' });
   await out.and(page.locator('[data-state="sent"]')).waitFor();
   check((await out.textContent()).includes('PH20261128001'), 'the bubble shows the template\'s title and values');
@@ -423,6 +426,86 @@ test('typing (#10): while the agent types, the follower is told once, and nothin
   check(got.length === 1 && got[0].command === 'Typing', `message/custom/typing once for the burst, Typing (${JSON.stringify(got)})`);
   check(await page.locator('.msg.out').count() === 0, 'no bubble for it');
   await page.locator('#text').fill('');
+});
+
+test('card composer (#10): a link card, a menu and a mini program card go out from the console', async () => {
+  await simulate('--from', 'oCard', '--text', '有什么活动吗');
+  await openConv('oCard');
+  await page.locator(WINDOW_OPEN).waitFor();
+  const sentOf = async (type) => (await (await fetch(`${STANDIN}/standin/sent`)).json()).filter((b) => b.touser === 'oCard' && b.msgtype === type);
+  const openCard = async (kind) => {
+    if (await page.locator('#card-form').isHidden()) await page.locator('#card-open').click();
+    await page.locator('#card-kind').selectOption(kind);
+  };
+  // A link card: its title left out, the form says so and nothing goes.
+  await openCard('news');
+  await page.locator('#card-url').fill('https://parcelhub.example/sale');
+  await page.locator('#card-send').click();
+  await page.locator('#card-error:not([hidden])').waitFor();
+  check((await page.locator('#card-error').textContent()).includes(zh('card.title')), 'the missing title is named');
+  await page.locator('#card-title').fill('双十二寄件半价');
+  await page.locator('#card-description').fill('12 月 12 日全天');
+  await page.locator('#card-send').click();
+  const [news] = await until('the stand-in to receive the link card', async () => { const s = await sentOf('news'); return s.length && s; });
+  const article = news.news.articles[0];
+  check(article.title === '双十二寄件半价' && article.url === 'https://parcelhub.example/sale' && article.description === '12 月 12 日全天', `custom/send took the card as typed (${JSON.stringify(article)})`);
+  check(!('picurl' in article), 'no picture link given, none sent');
+  await page.locator('.msg.out[data-state="sent"]', { hasText: '双十二寄件半价' }).waitFor();
+  check(await page.locator('#card-form').isHidden(), 'the form closes once the card is on its way');
+  // A menu: one choice a line, numbered; the follower's tap comes back as its answer.
+  await openCard('msgmenu');
+  await page.locator('#card-head_content').fill('您对本次服务满意吗？');
+  await page.locator('#card-list').fill('满意\n\n不满意\n');
+  await page.locator('#card-send').click();
+  const [menu] = await until('the stand-in to receive the menu', async () => { const s = await sentOf('msgmenu'); return s.length && s; });
+  check(JSON.stringify(menu.msgmenu.list) === JSON.stringify([{ id: '1', content: '满意' }, { id: '2', content: '不满意' }]), `the choices, numbered, blank lines left out (${JSON.stringify(menu.msgmenu.list)})`);
+  await page.locator('.msg.out[data-state="sent"]', { hasText: '您对本次服务满意吗' }).waitFor();
+  await simulate('--from', 'oCard', '--text', '满意', '--menu-choice', '1');
+  await page.locator('.msg.in .bubble', { hasText: zh('body.menu_answer').trim() }).waitFor();
+  // A mini program card: its cover is uploaded first and named by WeChat's media id.
+  await openCard('miniprogrampage');
+  await page.locator('#card-title').fill('查快递');
+  await page.locator('#card-appid').fill('wx0123456789abcdef');
+  await page.locator('#card-pagepath').fill('pages/track/index?no=PH1');
+  await page.locator('#card-thumb').setInputFiles(PNG);
+  await page.locator('#card-send').click();
+  const [mp] = await until('the stand-in to receive the mini program card', async () => { const s = await sentOf('miniprogrampage'); return s.length && s; });
+  const card = mp.miniprogrampage;
+  check(card.title === '查快递' && card.appid === 'wx0123456789abcdef' && card.pagepath === 'pages/track/index?no=PH1', `the card as typed (${JSON.stringify(card)})`);
+  check(typeof card.thumb_media_id === 'string' && card.thumb_media_id.length > 0, 'with the uploaded cover\'s media id');
+  await page.locator('.msg.out[data-state="sent"]', { hasText: '查快递' }).waitFor();
+  // A note, or a closed window: no card button.
+  await page.locator('#note-mode').click();
+  check(await page.locator('#card-open').isHidden(), 'no card in note mode');
+  await page.locator('#note-mode').click();
+  await fetch(`${STANDIN}/standin/close?openid=oCard`, { method: 'POST' });
+  await page.locator('#text').fill('还有别的问题吗？');
+  await page.keyboard.press('Enter');
+  await page.locator('#closed:not([hidden])').waitFor();
+  check(await page.locator('#card-open').isHidden(), 'no card on a closed window');
+});
+
+test('defect 4 (#10): overlapping windows show each, with its time and the replies left in it', async () => {
+  const lines = await page.evaluate(async () => {
+    const { windowLine } = await import('/console/thread.js');
+    const now = 1_800_000_000;
+    const message = { kind: 'message', open: true, closes_at: now + 47 * 3600 + 30 * 60, remaining: 4, quota: 5 };
+    const event = { kind: 'event', open: true, closes_at: now + 50, remaining: 3, quota: 3 };
+    const top = { open: true, closes_at: message.closes_at, remaining: 4, quota: 5 };
+    return {
+      both: windowLine({ ...top, windows: [message, event] }, now),
+      eventGone: windowLine({ ...top, windows: [message, { ...event, closes_at: now - 1 }] }, now),
+      eventUsed: windowLine({ ...top, windows: [message, { ...event, remaining: 0 }] }, now),
+      closed: windowLine({ ...top, open: false, windows: [message] }, now),
+    };
+  });
+  const each = (kind, left, remaining, quota) => zh('window.each', { kind: zh(`window.kind.${kind}`), left, remaining, quota });
+  const want = `${each('message', zh('dur.hm', { h: 47, m: 30 }), 4, 5)} · ${each('event', zh('dur.m', { m: 1 }), 3, 3)}`;
+  check(lines.both === want, `both windows, each with its own quota (${lines.both})`);
+  const one = zh('window.open', { left: zh('dur.hm', { h: 47, m: 30 }), remaining: 4, quota: 5 });
+  check(lines.eventGone === one, `the click's minute over: the one window (${lines.eventGone})`);
+  check(lines.eventUsed === one, `its 3 replies used: the one window (${lines.eventUsed})`);
+  check(lines.closed === zh('window.closed'), `closed (${lines.closed})`);
 });
 
 test('the WeChat screenshot (#10): a named follower, a voice, a menu and the answer, the template picker', async () => {

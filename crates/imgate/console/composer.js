@@ -3,6 +3,7 @@
 // images from the clip, a paste or a drop.
 
 import { newId } from './client.js';
+import { CardComposer } from './cards.js';
 import { t } from './i18n.js';
 import { templateTitles } from './messages.js';
 import { state, thread, windowOpen } from './state.js';
@@ -74,6 +75,8 @@ export class Composer {
     $('template-open').addEventListener('click', () => this.#togglePicker());
     $('template-select').addEventListener('change', () => this.#fields());
     $('template-send').addEventListener('click', () => this.#sendTemplate());
+    // Link cards, menus and mini program cards, offered while the window is open.
+    this.cards = new CardComposer(this);
   }
 
   /** A WeChat follower sees "typing…" while the agent types: at most one a conversation
@@ -99,6 +102,7 @@ export class Composer {
   /** The open conversation changed: its own draft. */
   show(th) {
     this.#closePicker();
+    this.cards.close();
     this.text.value = th ? th.draft : '';
     this.count();
   }
@@ -138,6 +142,7 @@ export class Composer {
     const picker = !open && !this.note && Boolean(th?.wechat || th?.window);
     $('template').hidden = !picker;
     if (!picker) this.#closePicker();
+    this.cards.offer(open && !this.note && Boolean(th?.wechat || th?.window));
     this.count();
   }
 
@@ -201,9 +206,17 @@ export class Composer {
     if (state.current === null || !id) return;
     const inputs = [...$('template-fields').querySelectorAll('input')];
     const values = Object.fromEntries(inputs.map((i) => [i.dataset.field, { value: i.value }]));
-    for (const i of inputs) i.value = '';
+    const msg = { template_id: id, data: values };
+    // Where a tap on it leads, if anywhere: a page, or a mini program's page (WeChat
+    // prefers the mini program and falls back to the page).
+    const url = $('template-url').value.trim();
+    const appid = $('template-mp-appid').value.trim();
+    const pagepath = $('template-mp-pagepath').value.trim();
+    if (url) msg.url = url;
+    if (appid || pagepath) msg.miniprogram = { appid, pagepath };
+    for (const i of [...inputs, $('template-url'), $('template-mp-appid'), $('template-mp-pagepath')]) i.value = '';
     this.#closePicker();
-    this.send(thread(state.current), 'template', { template_id: id, data: values });
+    this.send(thread(state.current), 'template', msg);
   }
 
   /** Note mode on or off: the box looks different and says so, and its text goes to the

@@ -346,16 +346,18 @@ export class ThreadView {
       this.#setOpen(th, true);
       return;
     }
-    const left = w.closes_at - Date.now() / 1000;
+    const now = Date.now() / 1000;
+    const left = w.closes_at - now;
     const open = windowOpen(w);
     p.hidden = false;
     p.className = open ? 'window' : 'window closed';
-    p.textContent = open ? t('window.open', { left: duration(left), remaining: w.remaining, quota: w.quota }) : t('window.closed');
+    p.textContent = windowLine(w, now);
     closed.hidden = open;
     closed.textContent = open ? '' : left <= 0 ? t('closed.time') : t('closed.quota', { quota: w.quota });
     this.#setOpen(th, open);
-    // The countdown's next minute, or the moment it closes.
-    if (open) this.timer = setTimeout(() => this.renderWindow(th), Math.min(60_000, Math.max(1000, left * 1000 + 50)));
+    // The countdown's next minute, or the moment a window closes.
+    const soonest = Math.min(left, ...openWindows(w, now).map((x) => x.closes_at - now));
+    if (open) this.timer = setTimeout(() => this.renderWindow(th), Math.min(60_000, Math.max(1000, soonest * 1000 + 50)));
   }
 
   #setOpen(th, open) {
@@ -367,6 +369,18 @@ export class ThreadView {
     }
     this.onWindow(open);
   }
+}
+
+/** The windows of `w` (the gateway's `windows`) a reply can use at `now`. */
+const openWindows = (w, now) => (Array.isArray(w?.windows) ? w.windows : []).filter((x) => x.closes_at > now && x.remaining > 0);
+
+/** The window line: the window a reply can use; when WeChat's windows overlap (48 h after a
+ *  message, a minute after a click), each with its time and the replies left in it. */
+export function windowLine(w, now = Date.now() / 1000) {
+  if (!windowOpen(w, now)) return t('window.closed');
+  const each = openWindows(w, now);
+  if (each.length < 2) return t('window.open', { left: duration(w.closes_at - now), remaining: w.remaining, quota: w.quota });
+  return each.map((x) => t('window.each', { kind: t(`window.kind.${x.kind}`), left: duration(x.closes_at - now), remaining: x.remaining, quota: x.quota })).join(' · ');
 }
 
 /** A conversation's change (104) in words (names as data). */
