@@ -58,12 +58,10 @@ async fn upgrade(
     imgate_protocol::check_id("userid", &user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let since = params.number("since")?;
     let hub_cfg = &state.config.hub;
-    let have = state.hub.connections(&user);
-    if have >= hub_cfg.max_connections_per_user {
-        return Err(ApiError::TooMany(format!(
-            "user {user:?} already has {have} connections, the most allowed"
-        )));
-    }
+    // The place is held from here: connections racing in cannot pass the limit together.
+    let place = state.hub.reserve(&user.as_str().into()).map_err(|e| {
+        ApiError::TooMany(format!("user {user:?} already has {} connections, the most allowed", e.0))
+    })?;
     let frame_max = state.config.limits.ws_frame_max;
     let mut ws = ws
         .read_buffer_size(hub_cfg.read_buffer_size)
@@ -98,7 +96,7 @@ async fn upgrade(
             if let Some(i) = &inbox {
                 i.connected(&user).await;
             }
-            conn::serve(ctx, socket, user.clone(), start).await;
+            conn::serve(ctx, socket, user.clone(), start, place).await;
             if let Some(i) = &inbox {
                 i.disconnected(&user).await;
             }

@@ -20,7 +20,7 @@ use imgate_protocol::{ack_frame, error_frame, error_frame_with, heartbeat_frame,
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED, Charge, Hub, Next, Outbound, Queue};
+use super::{CLOSE_IDLE, CLOSE_SLOW, CLOSE_TOKEN_EXPIRED, Charge, Hub, Next, Outbound, Queue, Reservation};
 use crate::config::HubConfig;
 use crate::ingest::{Ingest, Sender};
 use crate::store::{DynStore, Store, StoreError, Stored, Unavailable};
@@ -115,8 +115,8 @@ async fn delivered_mark(hub: &Hub, store: &dyn Store, user: &str) -> Result<u64,
 
 type Pending = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
-/// Serve one connection of `user` until it ends.
-pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start: Start) {
+/// Serve one connection of `user` until it ends, in the hub's `place` held for it.
+pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start: Start, place: Reservation) {
     let mut c = Conn {
         ctx,
         socket,
@@ -134,21 +134,19 @@ pub async fn serve(ctx: Arc<ConnContext>, socket: WebSocket, user: String, start
     // what then also arrives live.
     let stop = match Box::pin(c.replay()).await {
         Err(stop) => stop,
-        Ok(()) => match c.ctx.hub.register(&c.user) {
-            Err(e) => Stop::Close(1008, e.to_string()),
-            Ok(reg) => {
-                state.now("live");
-                c.mark = Some(reg.delivered.clone());
-                c.queue = Some(reg.queue.clone());
-                let stop = c.run().await;
-                // Persist the mark before leaving the hub: a connection starting
-                // meanwhile reads the hub's mark, one starting after reads the store's
-                // (the reads go in the other order: see `delivered_mark`).
-                c.persist().await;
-                drop(reg);
-                stop
-            }
-        },
+        Ok(()) => {
+            let reg = c.ctx.hub.register(place);
+            state.now("live");
+            c.mark = Some(reg.delivered.clone());
+            c.queue = Some(reg.queue.clone());
+            let stop = c.run().await;
+            // Persist the mark before leaving the hub: a connection starting
+            // meanwhile reads the hub's mark, one starting after reads the store's
+            // (the reads go in the other order: see `delivered_mark`).
+            c.persist().await;
+            drop(reg);
+            stop
+        }
     };
     if let Stop::Close(code, reason) = stop {
         state.now("closing");
@@ -674,7 +672,7 @@ mod tests {
     async fn a_start_during_a_close_does_not_replay_what_was_shown() {
         let hub = Hub::new(&HubConfig::default());
         let store = Arc::new(Stub::new(0, redis_gone));
-        let closing = hub.register(&"u".into()).unwrap();
+        let closing = hub.register(hub.reserve(&"u".into()).unwrap());
         closing.delivered.store(5, Ordering::Release);
         let start = tokio::spawn({
             let (hub, store) = (hub.clone(), store.clone());

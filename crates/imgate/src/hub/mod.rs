@@ -57,6 +57,9 @@ struct UserEntry {
 /// Users whose names hash to one shard, and their connections.
 type Shard = HashMap<Arc<str>, UserEntry>;
 
+/// Places held for connections being set up, by user (of one shard).
+type Held = HashMap<Arc<str>, usize>;
+
 /// A connection's place in the hub; leaves the hub when dropped.
 pub struct Registration {
     hub: Arc<Hub>,
@@ -74,12 +77,34 @@ impl Drop for Registration {
     }
 }
 
+/// A place held for a connection being set up (between the limit check, before the
+/// handshake, and its registration, after the replay): counted against the user's limit,
+/// so that connections racing in cannot pass it together. Given back when dropped.
+pub struct Reservation {
+    hub: Arc<Hub>,
+    user: Arc<str>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut pending = self.hub.pending[self.hub.index(&self.user)].lock();
+        if let Some(n) = pending.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&self.user);
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("user already has {0} connections, the most allowed")]
 pub struct TooManyConnections(pub usize);
 
 pub struct Hub {
     shards: Box<[RwLock<Shard>]>,
+    /// Places reserved per user, by the shard of the user (see [`Reservation`]).
+    pending: Box<[parking_lot::Mutex<Held>]>,
     hasher: RandomState,
     next_id: AtomicU64,
     bounds: Bounds,
@@ -91,6 +116,7 @@ impl Hub {
     pub fn new(config: &HubConfig) -> Arc<Hub> {
         Arc::new(Hub {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            pending: (0..SHARDS).map(|_| parking_lot::Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
             bounds: Bounds { frames: config.queue_capacity, bytes: config.queue_max_bytes },
@@ -104,27 +130,48 @@ impl Hub {
         &self.budget
     }
 
-    fn shard(&self, user: &str) -> &RwLock<Shard> {
-        &self.shards[self.hasher.hash_one(user) as usize % SHARDS]
+    fn index(&self, user: &str) -> usize {
+        self.hasher.hash_one(user) as usize % SHARDS
     }
 
-    /// Add a connection for `user`. Messages committed from now on are queued to it.
-    pub fn register(self: &Arc<Self>, user: &Arc<str>) -> Result<Registration, TooManyConnections> {
+    fn shard(&self, user: &str) -> &RwLock<Shard> {
+        &self.shards[self.index(user)]
+    }
+
+    /// Hold a place for a connection of `user`, if the user's live connections and the
+    /// places held leave one ([`HubConfig::max_connections_per_user`]).
+    pub fn reserve(self: &Arc<Self>, user: &Arc<str>) -> Result<Reservation, TooManyConnections> {
+        let i = self.index(user);
+        // Registrations take the shard's write lock: none changes the count meanwhile.
+        let shard = self.shards[i].read();
+        let mut pending = self.pending[i].lock();
+        let held = pending.get(user).copied().unwrap_or(0);
+        let have = shard.get(user).map_or(0, |e| e.slots.len()) + held;
+        if have >= self.max_per_user {
+            return Err(TooManyConnections(have));
+        }
+        pending.insert(user.clone(), held + 1);
+        Ok(Reservation { hub: self.clone(), user: user.clone() })
+    }
+
+    /// Add the connection `place` was held for. Messages committed from now on are
+    /// queued to it.
+    pub fn register(self: &Arc<Self>, place: Reservation) -> Registration {
+        let user = place.user.clone();
         let queue = Arc::new(Queue::new(self.bounds, self.budget.clone()));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let delivered = {
-            let mut shard = self.shard(user).write();
+            let mut shard = self.shard(&user).write();
             let entry = shard.entry(user.clone()).or_default();
-            if entry.slots.len() >= self.max_per_user {
-                return Err(TooManyConnections(entry.slots.len()));
-            }
             // Most users have one connection: room for exactly one, not Vec's four.
             entry.slots.reserve_exact(1);
             entry.slots.push(Slot { id, queue: queue.clone() });
             entry.delivered.clone()
         };
+        // The place is a slot now (counted twice for a moment: never too few).
+        drop(place);
         metrics::gauge!("imgate_connections").increment(1.0);
-        Ok(Registration { hub: self.clone(), user: user.clone(), id, queue, delivered })
+        Registration { hub: self.clone(), user, id, queue, delivered }
     }
 
     fn remove(&self, user: &str, id: u64) {
@@ -142,6 +189,7 @@ impl Hub {
     }
 
     /// Number of live connections of `user`.
+    #[cfg(test)]
     pub fn connections(&self, user: &str) -> usize {
         self.shard(user).read().get(user).map_or(0, |e| e.slots.len())
     }
@@ -209,6 +257,10 @@ impl Fanout for Hub {
 mod tests {
     use super::*;
 
+    fn join(hub: &Arc<Hub>, user: &str) -> Registration {
+        hub.register(hub.reserve(&user.into()).unwrap())
+    }
+
     fn out(seq: u64) -> Outbound {
         Outbound { seq, frame: Utf8Bytes::from(format!("{seq}")), committed: std::time::Instant::now() }
     }
@@ -226,9 +278,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn every_connection_of_a_user_gets_each_frame() {
         let hub = hub(4, 8);
-        let a = hub.register(&"u".into()).unwrap();
-        let b = hub.register(&"u".into()).unwrap();
-        let other = hub.register(&"v".into()).unwrap();
+        let a = join(&hub, "u");
+        let b = join(&hub, "u");
+        let other = join(&hub, "v");
         assert_eq!(hub.publish("u", out(1)), 2);
         for r in [&a, &b] {
             assert!(matches!(next(&r.queue).await, Next::Frame(o) if o.seq == 1));
@@ -244,8 +296,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_kicks_only_that_connection() {
         let hub = hub(2, 8);
-        let slow = hub.register(&"u".into()).unwrap();
-        let fast = hub.register(&"u".into()).unwrap();
+        let slow = join(&hub, "u");
+        let fast = join(&hub, "u");
         for seq in 1..=3 {
             hub.publish("u", out(seq));
             assert!(matches!(next(&fast.queue).await, Next::Frame(o) if o.seq == seq));
@@ -257,9 +309,15 @@ mod tests {
     #[test]
     fn connection_limit() {
         let hub = hub(2, 2);
-        let _a = hub.register(&"u".into()).unwrap();
-        let _b = hub.register(&"u".into()).unwrap();
-        assert!(hub.register(&"u".into()).is_err());
-        assert!(hub.register(&"v".into()).is_ok());
+        let _a = join(&hub, "u");
+        // A place held counts as a connection: two racing in cannot both pass the limit.
+        let held = hub.reserve(&"u".into()).unwrap();
+        assert!(hub.reserve(&"u".into()).is_err());
+        assert!(hub.reserve(&"v".into()).is_ok());
+        drop(held);
+        let b = hub.reserve(&"u".into()).unwrap();
+        let _b = hub.register(b);
+        assert!(hub.reserve(&"u".into()).is_err());
+        assert_eq!(hub.connections("u"), 2);
     }
 }
