@@ -461,6 +461,7 @@ test('followers with names: the profile shows the unionid; a remark set in the c
   const contact = () => api('agent1', 'contact', { params: { contact_id: 'oNamed' } });
   const unionid = await until('the follower\'s profile (user/info)', async () => (await contact()).wechat.profile?.unionid);
   await openConv(one, 'oNamed');
+  await openConv(p, 'oNamed');
   await one.locator('#profile:not([hidden])').waitFor();
   check((await one.locator('#profile-text').textContent()).includes(unionid), `the profile shows the unionid (${unionid})`);
   await one.locator('#rename').click();
@@ -471,10 +472,16 @@ test('followers with names: the profile shows the unionid; a remark set in the c
   check(await one.locator('#contact-name').textContent() === '李安娜（VIP）', 'the header shows the name');
   check(await row(one, 'oNamed').getAttribute('title') === 'oNamed', 'the openid stays in the row\'s title');
   check((await contact()).wechat.profile.remark === '李安娜（VIP）', 'the gateway keeps it (WeChat took it: updateremark)');
-  // The other agent: named by the follower's next message (data.name), and by the index on a new page.
-  await reach(p, 'oNamed');
-  await follower('oNamed', '在吗？');
+  // The other agent, with the conversation open, hears it at once (104, action remark): the
+  // list, the header, and a line saying who named the follower.
   await until('agent2\'s row to show the name', async () => await name(p, 'oNamed') === '李安娜（VIP）');
+  await p.waitForFunction((n) => document.getElementById('contact-name').textContent === n, '李安娜（VIP）');
+  const told = await p.locator('.notice[data-event="conv.remark"]').textContent();
+  check(told.includes('agent1') && told.includes('李安娜（VIP）'), `agent2 sees who named the follower (${told})`);
+  // The follower's next message carries the name (data.name), and the index has it on a new page.
+  await follower('oNamed', '在吗？');
+  await p.locator('.msg.in .bubble', { hasText: '在吗？' }).waitFor();
+  check(await name(p, 'oNamed') === '李安娜（VIP）', 'the next message keeps the name');
   await p.reload();
   await p.locator('#state.connected').waitFor();
   await reach(p, 'oNamed');

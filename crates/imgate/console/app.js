@@ -104,6 +104,7 @@ function start() {
     // At phone width with the list shown, the open conversation is not in view.
     const inView = contact === state.current && (!narrow() || document.body.classList.contains('show-conv'));
     source.ingest(f, { live, open: inView, hidden: document.hidden });
+    if (code === 104 && d.msg?.action === 'remark' && typeof d.msg.name === 'string') renamed(contact, d.msg.name);
   }
 
   function notify(contact, d) {
@@ -170,6 +171,14 @@ function start() {
     loadContact(th);
     renderActions();
     await view.loadNewest(th);
+  }
+
+  /** Another agent (or this one elsewhere) named the follower: the open header and
+   *  profile follow (the list follows its own frame). */
+  function renamed(contact, name) {
+    const th = thread(contact);
+    if (th.profile) th.profile = { ...th.profile, remark: name };
+    if (contact === state.current) renderName(th);
   }
 
   /** The header's name: the follower's remark, else their id (kept in the title). */

@@ -308,6 +308,8 @@ export class Conversations extends EventTarget {
         const c = this.items.get(contact);
         if (d.msg?.state) c.state = d.msg.state;
         if (d.msg && 'assignee' in d.msg) c.assignee = d.msg.assignee ?? null;
+        // An agent named the follower (their remark): every console names them at once.
+        if (d.msg?.action === 'remark' && typeof d.msg.name === 'string') c.name = d.msg.name;
         this.#changed(contact);
       }
       if (live && this.server) {

@@ -392,6 +392,7 @@ export function convNotice(m) {
     resolve: () => (m.by ? tData('conv.resolve', { by: m.by }) : [t('conv.resolve.auto')]),
     reopen: () => (m.by ? tData('conv.reopen', { by: m.by }) : [t('conv.reopen.auto')]),
     assign: () => tData('conv.assign', { to: p.to }),
+    remark: () => (m.name ? tData('conv.remark', { by: m.by || '', name: m.name }) : tData('conv.remark.clear', { by: m.by || '' })),
     unassign: () => [t('conv.unassign')],
   }[m.action];
   const text = line ? line() : tData('conv.other', { action: m.action || '' });

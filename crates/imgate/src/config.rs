@@ -221,6 +221,10 @@ pub struct WechatConfig {
     /// days). Not a key.
     #[serde(skip)]
     pub clock: imgate_wechat::Clock,
+    /// How often a node looks for profiles over a day old (the daily refresh of followers
+    /// who do not write). Not a key: tests shorten it.
+    #[serde(skip)]
+    pub profile_sweep_every: Duration,
 }
 
 impl Default for WechatConfig {
@@ -235,6 +239,7 @@ impl Default for WechatConfig {
             callback_max_age: Duration::from_secs(300),
             accounts: Vec::new(),
             clock: imgate_wechat::Clock::default(),
+            profile_sweep_every: Duration::from_secs(60),
         }
     }
 }

@@ -158,6 +158,9 @@ pub async fn run(
     if let Some(i) = &inbox {
         i.clone().spawn_sweeper(cancel.clone());
     }
+    if let Some(w) = &wechat {
+        w.spawn_profile_sweeper(config.wechat.profile_sweep_every, cancel.clone());
+    }
     // A follower's profile (fetched, or a remark set) shows in their conversation.
     if let (Some(w), Some(i)) = (&wechat, &inbox) {
         let i = i.clone();

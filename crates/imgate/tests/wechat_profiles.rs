@@ -23,8 +23,14 @@ struct Rig {
     clock: imgate_wechat::Clock,
 }
 
-/// `n` nodes (more than one only on Redis) on one stand-in, agents agent1 and agent2.
+/// `n` nodes (more than one only on Redis) on one stand-in, agents agent1 and agent2. No
+/// daily sweep after the first (at start): the tests here count every `user/info` call.
 async fn rig(engine: Engine, n: usize) -> Rig {
+    rig_sweeping(engine, n, std::time::Duration::from_secs(365 * 24 * 3600)).await
+}
+
+/// As [`rig`], the daily refresh looking for old profiles every `sweep`.
+async fn rig_sweeping(engine: Engine, n: usize, sweep: std::time::Duration) -> Rig {
     let redis = (engine == Engine::Redis).then(Redis::start);
     let (wechat, api) = common::wechat::standin().await;
     let clock = wechat.0.lock().clock.clone();
@@ -55,6 +61,7 @@ async fn rig(engine: Engine, n: usize) -> Rig {
             }
             common::wechat::aim(c, &api, &["agent1", "agent2"]);
             c.wechat.clock = clock;
+            c.wechat.profile_sweep_every = sweep;
         })
         .await;
         s.ready().await;
@@ -170,6 +177,51 @@ async fn a_followers_profile_is_fetched_once_and_daily_redis() {
     a_followers_profile_is_fetched_once_and_daily(Engine::Redis).await;
 }
 
+/// A follower who never writes again is still asked for once a day (the sweep), by one
+/// node; one who unfollowed is not asked again until they follow again.
+async fn a_quiet_followers_profile_is_refreshed_daily(engine: Engine) {
+    let n = if engine == Engine::Redis { 2 } else { 1 };
+    // A sweep every 50 ms: many sweeps within each day of the stand-in's clock.
+    let r = rig_sweeping(engine, n, std::time::Duration::from_millis(50)).await;
+    let (a, b) = (&r.nodes[0], &r.nodes[n - 1]);
+    text_from(&a.http(""), r.clock.now(), "oAnna", "hello", 1).await;
+    text_from(&b.http(""), r.clock.now(), "oBob", "hi", 2).await;
+    profile_of(a, "oAnna").await;
+    profile_of(a, "oBob").await;
+    // oBob unfollows (asked again at once: WeChat says he left).
+    r.wechat.0.lock().users.get_mut("oBob").unwrap().subscribe = 0;
+    event_from(&a.http(""), r.clock.now(), "oBob", "unsubscribe").await;
+    eventually("oBob's leaving is not in his profile", || async {
+        (profile_of(b, "oBob").await["subscribed"] == false).then_some(())
+    })
+    .await;
+    let calls = |who: &str| r.wechat.0.lock().user_info_asked.iter().filter(|o| *o == who).count();
+    assert_eq!((calls("oAnna"), calls("oBob")), (1, 2));
+    // Neither writes again. A day later WeChat has news of oAnna (a tag): the sweep asks.
+    let tags = [2, 101, 101, 102];
+    for day in 1..=2usize {
+        r.wechat.0.lock().users.get_mut("oAnna").unwrap().tagid_list.push(tags[day + 1]);
+        r.clock.advance(24 * 3600 + 1);
+        let want = json!(tags[..day + 2]);
+        eventually(&format!("day {day}: oAnna's profile was not fetched again"), || async {
+            (profile_of(b, "oAnna").await["tags"] == want).then_some(())
+        })
+        .await;
+        assert_eq!(calls("oAnna"), 1 + day, "day {day}: asked once a day, on one node");
+    }
+    assert_eq!(calls("oBob"), 2, "who unfollowed is not asked again");
+}
+
+#[tokio::test]
+async fn a_quiet_followers_profile_is_refreshed_daily_sqlite() {
+    a_quiet_followers_profile_is_refreshed_daily(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_quiet_followers_profile_is_refreshed_daily_redis() {
+    a_quiet_followers_profile_is_refreshed_daily(Engine::Redis).await;
+}
+
 /// Two nodes see a new follower at once: only one asks WeChat (the other sees its claim).
 #[tokio::test]
 async fn one_node_fetches_a_profile_for_all() {
@@ -217,6 +269,19 @@ async fn an_agents_remark_names_the_follower(engine: Engine) {
         (c["data"]["profile"]["name"] == "Anna Li 李安娜").then_some(())
     })
     .await;
+    // Every agent hears it at once (on every node): a conversation frame saying who named her.
+    let told = loop {
+        let f = live.frame().await;
+        if f["result"]["code"] == 104 {
+            break f;
+        }
+    };
+    let m = &told["data"]["msg"];
+    assert_eq!(
+        (m["action"].as_str(), m["by"].as_str(), m["name"].as_str(), told["data"]["contact_id"].as_str()),
+        (Some("remark"), Some("agent1"), Some("Anna Li 李安娜"), Some("oAnna")),
+        "{told}"
+    );
     // Her frames carry it from now on, and the list finds her by it.
     text_from(&a.http(""), r.clock.now(), "oAnna", "named now", 2).await;
     let f = next_text(&mut live).await;

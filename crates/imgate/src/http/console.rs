@@ -17,6 +17,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("list.js", "text/javascript; charset=utf-8", include_str!("../../console/list.js")),
     ("thread.js", "text/javascript; charset=utf-8", include_str!("../../console/thread.js")),
     ("composer.js", "text/javascript; charset=utf-8", include_str!("../../console/composer.js")),
+    ("cards.js", "text/javascript; charset=utf-8", include_str!("../../console/cards.js")),
     ("messages.js", "text/javascript; charset=utf-8", include_str!("../../console/messages.js")),
     ("util.js", "text/javascript; charset=utf-8", include_str!("../../console/util.js")),
     ("i18n.js", "text/javascript; charset=utf-8", include_str!("../../console/i18n.js")),
@@ -58,4 +59,22 @@ pub fn index() -> Response {
 /// `GET /console/{file}`.
 pub async fn file(Path(name): Path<String>) -> Result<Response, ApiError> {
     serve(&name)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every file of the console's directory is in the binary (a module left out is a 404
+    /// the page cannot start without), and nothing else is.
+    #[test]
+    fn every_console_file_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("console");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = super::FILES.iter().map(|(n, _, _)| (*n).to_owned()).collect();
+        embedded.sort();
+        assert_eq!(embedded, on_disk);
+    }
 }

@@ -103,6 +103,12 @@ pub async fn remark(
     }
     let profile = w.set_remark(acct, &contact, remark).await.map_err(remark_error)?;
     tracing::info!(contact = %contact, by = %user, "follower's remark set");
+    if let Some(inbox) = &state.inbox
+        && let Err(e) = inbox.remarked(&acct.config.appid, &contact, user, profile.to_json()).await
+    {
+        // WeChat has the remark and the follower's record too: consoles learn it later.
+        tracing::warn!(contact = %contact, error = %e, "agents not told of the remark");
+    }
     let data = json!({"contact_id": contact, "profile": profile.to_json()});
     Ok(([(header::CONTENT_TYPE, "application/json")], ok_frame(&data)).into_response())
 }

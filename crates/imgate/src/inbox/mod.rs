@@ -416,6 +416,29 @@ impl Inbox {
         Ok(())
     }
 
+    /// Agent `by` named the follower `contact` (their remark, `profile` afterwards): the
+    /// conversation shows the new profile, and every agent of the account hears it (104,
+    /// action `remark`, the new name in `name`), so that each console names the follower
+    /// at once. No conversation yet: nothing to tell.
+    pub async fn remarked(
+        &self,
+        appid: &str,
+        contact: &str,
+        by: &str,
+        profile: Value,
+    ) -> Result<(), InboxError> {
+        let Some(acct) = self.account(appid) else { return Ok(()) };
+        let name = profile.get("remark").and_then(Value::as_str).unwrap_or_default().to_owned();
+        // Before the frame: a console that reads the conversation on hearing it sees the name.
+        self.profile(appid, contact, profile).await?;
+        let Some(c) = self.convs.get(appid, contact).await? else { return Ok(()) };
+        metrics::counter!("imgate_inbox_changes_total", "action" => "remark").increment(1);
+        let msg = json!({"action": "remark", "by": by, "name": name, "state": c.state.as_str(),
+            "assignee": c.assignee});
+        self.tell(&acct.agents(), &c.company_id, contact, Code::CONVERSATION, by, msg).await?;
+        Ok(())
+    }
+
     /// Whether `agent` may reply to `contact` of account `appid`: under claim and
     /// round_robin only the assignee does.
     pub async fn may_reply(&self, appid: &str, agent: &str, contact: &str) -> Result<(), InboxError> {

@@ -26,7 +26,7 @@ pub mod voice;
 use state::{Local, MediaRecord, NonceSeen, Profile, Quota, Shared, State, TemplateSend, Touch};
 
 /// How old a follower's profile may be: the follower's next message or event after that
-/// fetches it again (`user/info`).
+/// fetches it again (`user/info`), and so does the daily sweep for those who are quiet.
 pub const PROFILE_MAX_AGE_SECS: i64 = 24 * 3600;
 
 /// `user/info` calls one node makes per second per account at most: WeChat's daily quota
@@ -40,6 +40,10 @@ const PROFILE_QUEUE_MAX: usize = 1000;
 /// Profile fetch attempts, and the waits before each (a failure is retried twice).
 const PROFILE_RETRIES: [Duration; 3] =
     [Duration::from_secs(0), Duration::from_secs(60), Duration::from_secs(600)];
+
+/// Profiles over a day old that one sweep asks for at most: with a sweep a minute, 86,400
+/// a day, a sixth of the pace ([`PROFILE_CALLS_PER_SEC`]), leaving room for new followers.
+const PROFILE_SWEEP_BATCH: usize = 60;
 
 /// How long one node holds a follower's fetch (with Redis, others leave it alone meanwhile).
 const PROFILE_CLAIM: Duration = Duration::from_secs(30);
@@ -652,6 +656,41 @@ impl Wechat {
             acct.profile_queue.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             w.fetching.lock().remove(&openid);
         });
+    }
+
+    /// The daily refresh, every `every` until `stop`: followers whose profile is over a
+    /// day old, though they did not write, are asked for again (a few a time, paced as
+    /// any fetch). On Redis one node sweeps at a time.
+    pub fn spawn_profile_sweeper(
+        self: &Arc<Self>,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let w = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => w.sweep_profiles(every).await,
+                }
+            }
+        });
+    }
+
+    async fn sweep_profiles(self: &Arc<Self>, every: Duration) {
+        if !self.state.lease("profiles", every - every / 10).await {
+            return;
+        }
+        let now = self.clock.now();
+        let due = self.state.stale_profiles(now - PROFILE_MAX_AGE_SECS, now, PROFILE_SWEEP_BATCH).await;
+        if !due.is_empty() {
+            tracing::debug!(followers = due.len(), "profiles over a day old: fetching again");
+        }
+        for (openid, appid) in due {
+            self.refresh_profile(&appid, &openid);
+        }
     }
 
     /// `user/info` now, kept with the follower (unless erased meanwhile).

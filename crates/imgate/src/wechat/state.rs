@@ -289,6 +289,9 @@ pub struct Local {
     locations: Mutex<HashMap<(String, String), i64>>,
     /// Template messages sent, by appid and WeChat's msgid.
     templates: Mutex<HashMap<(String, u64), TemplateSend>>,
+    /// When the daily sweep last asked for a follower's profile (an answer that never
+    /// comes, 40003, is not asked again before the day is over), by openid.
+    profile_tried: Mutex<HashMap<String, i64>>,
 }
 
 /// How many callback nonces one node remembers at most (the embedded backend). A
@@ -478,6 +481,7 @@ impl Local {
             nonces: Mutex::new(Nonces::default()),
             locations: Mutex::new(HashMap::new()),
             templates: Mutex::new(templates),
+            profile_tried: Mutex::new(HashMap::new()),
         })
     }
 
@@ -603,6 +607,33 @@ impl Local {
         };
         written(pending).await?;
         Ok(true)
+    }
+
+    /// Followers (openid, appid) whose profile was fetched before `before` and not asked
+    /// for since `before` either, oldest first, `limit` at most; each is marked asked at
+    /// `now`. Followers who left are not asked: following again fetches it.
+    fn stale_profiles(&self, before: i64, now: i64, limit: usize) -> Vec<(String, String)> {
+        let mut tried = self.profile_tried.lock();
+        let mut due: Vec<(i64, String, String)> = self
+            .followers
+            .lock()
+            .iter()
+            .filter(|(_, f)| !f.unsubscribed)
+            .filter_map(|(o, f)| {
+                let p = f.profile.as_ref().filter(|p| p.info.subscribe == 1 && p.fetched_at < before)?;
+                let at = tried.get(o).copied().unwrap_or(0).max(p.fetched_at);
+                (at < before).then(|| (at, o.clone(), f.appid.clone()))
+            })
+            .collect();
+        due.sort_unstable();
+        due.truncate(limit);
+        tried.retain(|_, at| *at >= before);
+        due.into_iter()
+            .map(|(_, o, a)| {
+                tried.insert(o.clone(), now);
+                (o, a)
+            })
+            .collect()
     }
 
     async fn forget_follower(&self, openid: &str) -> Result<bool, StateUnavailable> {
@@ -1010,6 +1041,39 @@ impl State {
         }
     }
 
+    /// The daily refresh: up to `limit` followers (openid, appid) whose profile is older
+    /// than `before` and was not asked for since, oldest first, each marked asked at `now`
+    /// (a fetch that fails for good is not asked again before the next day). Followers who
+    /// left are not among them.
+    pub async fn stale_profiles(&self, before: i64, now: i64, limit: usize) -> Vec<(String, String)> {
+        match self {
+            State::Local(l) => l.stale_profiles(before, now, limit),
+            State::Redis(r) => r.stale_profiles(before, now, limit).await,
+        }
+    }
+
+    /// Whether this node runs the periodic `job` now: on Redis one node per `hold` (the
+    /// lease lapses by itself), embedded always.
+    pub async fn lease(&self, job: &str, hold: std::time::Duration) -> bool {
+        match self {
+            State::Local(_) => true,
+            State::Redis(r) => {
+                let mut c = r.conn.clone();
+                let set: Option<Option<String>> = Shared::warn(
+                    redis::cmd("SET")
+                        .arg(format!("imgate:wx:lease:{job}"))
+                        .arg(1)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(hold.as_millis().max(1) as u64)
+                        .query_async(&mut c)
+                        .await,
+                );
+                set.is_some_and(|s| s.is_some())
+            }
+        }
+    }
+
     /// Erasure: forget the follower `openid` (its account, window and profile). True when
     /// known.
     /// Its LOCATION throttle in each of `appids` goes too.
@@ -1170,6 +1234,9 @@ if ARGV[2] ~= '' then
 end
 return {redis.call('HMGET', k, unpack(ARGV, 8)), redis.call('HGET', k, 'profile')}
 "#;
+
+/// The followers with a profile, scored by when it was fetched (the daily refresh).
+const PROFILES: &str = "imgate:wx:profiles";
 
 /// A profile fetched is kept only for a follower still known (not erased meanwhile).
 const PUT_PROFILE: &str = r#"
@@ -1341,7 +1408,71 @@ impl Shared {
             .invoke_async(&mut c)
             .await
             .map_err(|e| StateUnavailable(format!("redis: {e}")))?;
+        if n == 1 {
+            // The daily refresh's index, by when it was fetched (a key of its own: a
+            // Cluster keeps it apart from the follower's).
+            let _: Option<i64> = Self::warn(
+                redis::cmd("ZADD")
+                    .arg(PROFILES)
+                    .arg(profile.fetched_at)
+                    .arg(openid)
+                    .query_async(&mut c)
+                    .await,
+            );
+        }
         Ok(n == 1)
+    }
+
+    async fn stale_profiles(&self, before: i64, now: i64, limit: usize) -> Vec<(String, String)> {
+        let mut c = self.conn.clone();
+        // Anything left over (erased, or gone with retention) is dropped on the way.
+        let mut due = Vec::new();
+        let mut gone = Vec::new();
+        let mut start = 0;
+        while due.len() < limit {
+            let page: Vec<String> = match Self::warn(
+                redis::cmd("ZRANGE")
+                    .arg(PROFILES)
+                    .arg("-inf")
+                    .arg(format!("({before}"))
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(start)
+                    .arg(limit)
+                    .query_async(&mut c)
+                    .await,
+            ) {
+                Some(p) => p,
+                None => return Vec::new(),
+            };
+            if page.is_empty() {
+                break;
+            }
+            start += page.len();
+            for openid in page {
+                match self.follower(&openid).await {
+                    Ok(Some(f))
+                        if !f.unsubscribed && f.profile.as_ref().is_some_and(|p| p.info.subscribe == 1) =>
+                    {
+                        if due.len() < limit {
+                            due.push((openid, f.appid));
+                        }
+                    }
+                    Ok(_) => gone.push(openid),
+                    Err(_) => return Vec::new(),
+                }
+            }
+        }
+        let mut p = redis::pipe();
+        for o in &gone {
+            p.zrem(PROFILES, o).ignore();
+        }
+        // Asked now: not again before the day is over, whatever the answer.
+        for (o, _) in &due {
+            p.cmd("ZADD").arg(PROFILES).arg("XX").arg(now).arg(o).ignore();
+        }
+        let _: Option<()> = Self::warn(p.query_async(&mut c).await);
+        due
     }
 
     async fn claim_profile_fetch(&self, openid: &str, hold: std::time::Duration) -> bool {
@@ -1371,6 +1502,7 @@ impl Shared {
             del.del(format!("imgate:wx:loc:{appid}:{openid}")).ignore();
         }
         del.del(format!("imgate:wx:pf:{openid}")).ignore();
+        del.zrem(PROFILES, openid).ignore();
         // The template messages sent to them (each record names the follower).
         let of = format!("imgate:wx:tpl:of:{openid}");
         let sent: Vec<String> = redis::cmd("SMEMBERS")
