@@ -365,3 +365,75 @@ async fn a_subscription_that_goes_quiet_is_replaced_and_nothing_acknowledged_is_
     }
     assert_eq!(got, acked[1..], "each acknowledged message once, in commit order");
 }
+
+/// The messages a node heard from the broker (`imgate_broker_messages_received_total`).
+async fn heard(bin: &Binary) -> f64 {
+    let text = reqwest::get(bin.http("/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("imgate_broker_messages_received_total "))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// How many subscribers Redis counts on `user`'s channel.
+async fn listeners(redis: &Redis, user: &str) -> i64 {
+    let mut c = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("imgate:u:{}:{user}", user.len()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    n[0].1
+}
+
+/// A node hears only its own users (#12): per-user channels, subscribed while the node
+/// holds a connection of the user. Shown by each node's own count of what it heard.
+#[tokio::test]
+async fn a_node_hears_none_of_the_messages_of_users_it_does_not_hold() {
+    let redis = Redis::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node(da.path(), &redis).await;
+    let b = node(db.path(), &redis).await;
+    ready(&a, true).await;
+    ready(&b, true).await;
+    let mut u1 = Client::connect(&a.ws("/?userid=u1")).await;
+    let mut u2 = Client::connect(&b.ws("/?userid=u2")).await;
+    let mut u3 = Client::connect(&a.ws("/?userid=u3")).await;
+    let send = |bin: &Binary, to: &str, text: &str| {
+        let (url, body) = (bin.http("/send?userid=p"), text_to(to, text));
+        async move { assert_eq!(post(&url, "application/json", body).await.0, 200) }
+    };
+    // Someone connected nowhere, then u1 (held by a) through b, u2 (held by b) through a.
+    for i in 0..4 {
+        send(&a, "nobody", &format!("n{i}")).await;
+    }
+    for i in 0..5 {
+        send(&b, "u1", &format!("a{i}")).await;
+    }
+    for i in 0..3 {
+        send(&a, "u2", &format!("b{i}")).await;
+    }
+    for i in 0..5 {
+        assert_eq!(u1.frame().await["data"]["msg"]["content"], format!("a{i}"));
+    }
+    for i in 0..3 {
+        assert_eq!(u2.frame().await["data"]["msg"]["content"], format!("b{i}"));
+    }
+    // Each node heard its own users' messages, and no other (a channel carries its
+    // messages in order: what a node heard of "nobody" came before the last of its own).
+    assert_eq!((heard(&a).await, heard(&b).await), (5.0, 3.0));
+    // u1's only connection closes: a stops listening for u1.
+    drop(u1);
+    eventually("a still listens for u1 after its connection closed", || async {
+        (listeners(&redis, "u1").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(listeners(&redis, "u3").await, 1, "a listens for u3, which it still holds");
+    send(&b, "u1", "unheard").await;
+    send(&b, "u3", "heard").await;
+    assert_eq!(u3.frame().await["data"]["msg"]["content"], "heard");
+    assert_eq!(heard(&a).await, 6.0, "a heard u3's message, not u1's");
+    // u1 is still reachable: its mailbox has it for its next connection, on any node.
+    let mut again = Client::connect(&b.ws("/?userid=u1&since=5")).await;
+    assert_eq!(again.frame().await["data"]["msg"]["content"], "unheard");
+}

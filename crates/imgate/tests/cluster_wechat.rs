@@ -164,7 +164,12 @@ async fn a_refused_token_is_refreshed_once_for_all_nodes() {
         assert_eq!(status, 200, "{ack}");
     }
     assert_eq!(wechat.0.lock().sent.len(), 10);
-    assert_eq!(tokens(&wechat), (2, 2), "one refresh for both");
+    // One new token for both nodes. A node that cannot hear Redis in time (a loaded
+    // machine) asks WeChat itself rather than not at all: stable_token then hands it the
+    // same token, so a request more or less is allowed, a refresh per send is not.
+    let (fetches, requests) = tokens(&wechat);
+    assert_eq!(fetches, 2, "one refresh for both");
+    assert!(requests <= 4, "{requests} token requests for 8 refused sends");
 }
 
 /// A template sent through node A; WeChat's TEMPLATESENDJOBFINISH reaches node B, which

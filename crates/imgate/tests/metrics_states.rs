@@ -70,35 +70,3 @@ async fn the_broker_lag_is_exported_with_redis() {
     .await;
     assert!(lag >= 0.0, "{lag}");
 }
-
-/// With Redis, what a node hears of the broker is counted: two nodes, five sends through
-/// one, and each node hears all five (today's single fan-out channel; the count is how
-/// anyone sees that cost). Both nodes run in this process and export through its one
-/// recorder, so the count is theirs together: ten, not five.
-#[tokio::test]
-async fn messages_heard_from_the_broker_are_counted_with_redis() {
-    let redis = Redis::start();
-    let node = || {
-        let url = redis.url();
-        Server::start_with(move |c| {
-            c.store.engine = imgate::config::Engine::Redis;
-            c.store.redis_url = url;
-        })
-    };
-    let (a, b) = (node().await, node().await);
-    a.ready().await;
-    b.ready().await;
-    for i in 0..5 {
-        let (status, _) = a.post("/send?userid=p", "application/json", text_to("u", &i.to_string())).await;
-        assert_eq!(status, 200);
-    }
-    let heard = |t: &str| {
-        t.lines()
-            .find_map(|l| l.strip_prefix("imgate_broker_messages_received_total "))
-            .map(|v| v.parse::<f64>().unwrap())
-    };
-    eventually("both nodes heard the five messages", || async {
-        heard(&scrape(&b).await).is_some_and(|n| n >= 10.0).then_some(())
-    })
-    .await;
-}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imgate::config::StoreConfig;
-use imgate::store::{Appended, DynStore, Erased, Fanout, StoreError};
+use imgate::store::{Appended, DynStore, Erased, Fanout, StoreError, Watch};
 use imgate_protocol::EncodedMessage;
 use parking_lot::Mutex;
 use tempfile::TempDir;
@@ -38,6 +38,7 @@ const SENTINEL: &str = "~sentinel";
 /// an earlier commit is in the list, not lost behind a count; fails if the sentinel never
 /// comes (the Redis engine fans out through pub/sub, a moment after the commit).
 async fn fanned(store: &DynStore, rec: &Recorder) -> Vec<(String, u64, String)> {
+    let _w = watching(store, &[SENTINEL]).await;
     store.append(vec![msg(SENTINEL, "sentinel", "x", None)]).await.unwrap();
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     loop {
@@ -54,6 +55,17 @@ async fn fanned(store: &DynStore, rec: &Recorder) -> Vec<(String, u64, String)> 
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Watch `users` ([`imgate::store::Store::watch`]: an engine with a broker fans out only
+/// the commits of users watched), once the store is ready.
+async fn watching(store: &DynStore, users: &[&str]) -> Vec<Watch> {
+    let mut held = Vec::new();
+    for u in users {
+        held.push(store.watch(u).await);
+    }
+    common::eventually("the store is ready", || async { store.ready().await.ok() }).await;
+    held
 }
 
 struct Sqlite(TempDir);
@@ -110,6 +122,7 @@ async fn ids(store: &DynStore, user: &str, after: u64) -> Vec<(u64, String)> {
 
 async fn seqs_start_at_one_per_mailbox_in_slice_order(e: impl Engine) {
     let (store, rec) = open(&e);
+    let _w = watching(&store, &["a", "b"]).await;
     let got = store
         .append(vec![msg("a", "1", "x", None), msg("b", "2", "x", None), msg("a", "3", "x", None)])
         .await
@@ -164,6 +177,7 @@ async fn pages_are_bounded_in_bytes_and_always_progress(e: impl Engine) {
 
 async fn duplicates_repeat_the_original_and_are_not_fanned_out(e: impl Engine) {
     let (store, rec) = open(&e);
+    let _w = watching(&store, &["a", "b"]).await;
     store.append(vec![msg("a", "m1", "x", Some("k1"))]).await.unwrap();
     // The same key: for the same mailbox a duplicate, in another mailbox a new message,
     // and twice within one batch only once.
@@ -338,6 +352,7 @@ async fn retention_by_age_empties_a_mailbox_without_resetting_it(e: impl Engine)
 
 async fn concurrent_appends_get_distinct_contiguous_seqs(e: impl Engine) {
     let (store, rec) = open(&e);
+    let _w = watching(&store, &["hot"]).await;
     let mut tasks = Vec::new();
     for t in 0..8 {
         let store = store.clone();
@@ -401,6 +416,7 @@ async fn erasing_a_contact_removes_its_messages_everywhere_and_keeps_seqs(e: imp
     const IMG: &str = "/im_component/wx_official_account/media/abc123";
     {
         let (store, rec) = open(&e);
+        let _w = watching(&store, &["a", "b", "c", "F"]).await;
         store
             .append(vec![
                 msg("a", "1", "F", Some("k1")),
@@ -509,4 +525,39 @@ async fn a_lease_goes_to_one_node_on_one_redis_until_it_runs_out() {
     let (one, _) = open(&s);
     assert!(one.lease("retention", period).await.unwrap());
     assert!(one.lease("retention", period).await.unwrap());
+}
+
+/// A node hears only its users (#12): the Redis engine fans out a user's commits while the
+/// user is watched on it, and none of an unwatched user's, before or after.
+#[tokio::test]
+async fn the_redis_engine_fans_out_only_watched_users() {
+    let e = Redis::new();
+    let (store, rec) = open(&e);
+    let (other, _) = open(&e);
+    let w = watching(&store, &["mine"]).await;
+    let got = |user: &'static str| {
+        let rec = rec.clone();
+        move || rec.0.lock().iter().filter(|(u, _, _)| u == user).count()
+    };
+    // Through another node: the broker carries it; "theirs" is watched nowhere.
+    other.append(vec![msg("theirs", "t1", "x", None), msg("mine", "m1", "x", None)]).await.unwrap();
+    let after: Vec<String> = fanned(&store, &rec).await.into_iter().map(|(_, _, id)| id).collect();
+    assert_eq!(after, ["m1"], "heard only the watched user's");
+    // Unwatched: the channel goes (Redis says no one listens), and nothing more is heard.
+    drop(w);
+    let channel = format!("imgate:u:{}:mine", "mine".len());
+    let c = ::redis::Client::open(e.0.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    common::eventually("the node still listens to the user's channel", || {
+        let (mut c, ch) = (c.clone(), channel.clone());
+        async move {
+            let n: Vec<(String, i64)> =
+                ::redis::cmd("PUBSUB").arg("NUMSUB").arg(&ch).query_async(&mut c).await.unwrap();
+            (n[0].1 == 0).then_some(())
+        }
+    })
+    .await;
+    other.append(vec![msg("mine", "m2", "x", None)]).await.unwrap();
+    let mine = got("mine");
+    fanned(&store, &rec).await;
+    assert_eq!(mine(), 1, "nothing heard once unwatched: {:?}", rec.0.lock());
 }

@@ -80,6 +80,9 @@ async fn upgrade(
         ws = ws.protocols([p.to_owned()]);
     }
     let ctx = state.conn.clone();
+    // Live commits of the user reach this node from here on (with Redis, its channel is
+    // subscribed to): the replay that starts the connection reads what came before.
+    let watch = ctx.store.watch(&user).await;
     let mut start = conn::Start::decide(&ctx, &user, since).await?;
     // The socket lives no longer than its token: it is closed (4001) when the token
     // expires, and the client reconnects with a fresh one.
@@ -97,6 +100,7 @@ async fn upgrade(
                 i.connected(&user).await;
             }
             conn::serve(ctx, socket, user.clone(), start, place).await;
+            drop(watch);
             if let Some(i) = &inbox {
                 i.disconnected(&user).await;
             }

@@ -203,6 +203,15 @@ pub trait Store: Send + Sync + 'static {
         Ok(true)
     }
 
+    /// This node wants `user`'s commits live (a connection of `user` is starting here):
+    /// an engine with a broker listens for them, from before this returns until the last
+    /// [`Watch`] of `user` is dropped. Never fails: while the broker is out of reach the
+    /// interest is kept and taken up when it is back (connections then catch up from the
+    /// mailboxes, [`Fanout::resync`]). An engine without a broker needs nothing.
+    async fn watch(&self, _user: &str) -> Watch {
+        Watch::none()
+    }
+
     /// Erase `contact` (docs/operations.md, "Erasure"): remove every message whose other
     /// party is `contact`, in every mailbox, and every message of `contact`'s own mailbox,
     /// with their dedupe keys. Nothing is fanned out. Seqs are not reused: each mailbox's
@@ -219,6 +228,22 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type DynStore = Arc<dyn Store>;
+
+/// A node's interest in one user's live commits ([`Store::watch`]); given up when dropped.
+#[must_use = "the interest ends when this is dropped"]
+pub struct Watch(#[allow(dead_code)] Option<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Watch {
+    /// Nothing to give up.
+    pub fn none() -> Watch {
+        Watch(None)
+    }
+
+    /// Held by `guard`, whose drop gives it up.
+    pub fn held(guard: impl Send + Sync + 'static) -> Watch {
+        Watch(Some(Box::new(guard)))
+    }
+}
 
 impl From<crate::redis_conn::ConnError> for StoreError {
     fn from(e: crate::redis_conn::ConnError) -> Self {

@@ -9,11 +9,13 @@
 //! count retention to `store.retention_max_messages` per conversation, so that one busy
 //! sender never pushes out another's messages; the delivered mark (`…:delivered`). One Lua script
 //! commits a whole append — every mailbox of it, dedupe checks included — atomically,
-//! and publishes each stored message on `{p}:fanout` as it goes, so every node sees
-//! commits in commit order. Each node subscribes to that channel and hands what arrives
-//! to its [`Fanout`] (the hub); after any outage it resubscribes by itself and tells the
-//! fan-out to catch its connections up from the mailboxes, since what was published
-//! meanwhile is gone.
+//! and publishes each stored message on its user's channel (`{p}:u:<bytes>:<user>`) as it
+//! goes, in commit order. A node listens to a user's channel while it holds a connection
+//! of that user ([`Store::watch`], from before the connection's replay to after its end),
+//! so it hears only its own users; every node also listens to `{p}:fanout`, where the
+//! nodes' pings go. What arrives goes to its [`Fanout`] (the hub); after any outage the
+//! node resubscribes by itself and tells the fan-out to catch its connections up from the
+//! mailboxes, since what was published meanwhile is gone.
 //!
 //! One Redis (with replicas and Sentinel for failover: `redis_conn.rs`), not Redis
 //! Cluster: the script touches keys of several users at once.
@@ -103,7 +105,8 @@ for m = 1, n do
       end
     end
     redis.call('SADD', p .. ':users', user)
-    redis.call('PUBLISH', p .. ':fanout', user .. '\n' .. seq .. '\n' .. frame)
+    -- The user's own channel: only nodes with a connection of theirs hear it.
+    redis.call('PUBLISH', p .. ':u:' .. string.len(user) .. ':' .. user, user .. '\n' .. seq .. '\n' .. frame)
     out[#out + 1] = tostring(seq)
     out[#out + 1] = id
     out[#out + 1] = '0'
@@ -189,8 +192,112 @@ end
 return out
 "#;
 
+/// The channel of `user`'s commits (`{p}:u:<bytes>:<user>`): a node listens to it while it
+/// holds a connection of theirs.
+fn user_channel(prefix: &str, user: &str) -> String {
+    format!("{prefix}:u:{}:{user}", user.len())
+}
+
+/// The users this node listens for, and the subscription it listens through.
+struct Interest {
+    prefix: String,
+    /// Watches held, by user.
+    users: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
+    /// The live subscription's sink, while there is one.
+    sink: parking_lot::Mutex<Option<redis::aio::PubSubSink>>,
+    /// (Un)subscriptions go one at a time: a user's come and go keep their order, and a
+    /// resubscription after an outage misses no user watched meanwhile.
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Interest {
+    async fn watch(self: &Arc<Self>, user: &str) -> super::Watch {
+        let _turn = self.turn.lock().await;
+        let first = {
+            let mut users = self.users.lock();
+            let n = users.entry(user.to_owned()).or_default();
+            *n += 1;
+            *n == 1
+        };
+        let sink = self.sink.lock().clone();
+        if let (true, Some(mut sink)) = (first, sink) {
+            // Acknowledged by Redis before this returns: whatever is committed after is
+            // heard; whatever before, the connection's replay reads.
+            match tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(user_channel(&self.prefix, user)))
+                .await
+            {
+                Ok(Ok(())) => {}
+                // The subscription is broken: its loop resubscribes every watched user and
+                // catches connections up.
+                Ok(Err(e)) => tracing::warn!(error = %e, "redis: cannot subscribe to a user's channel"),
+                Err(_) => tracing::warn!("redis: subscribing to a user's channel timed out"),
+            }
+        }
+        super::Watch::held(Unwatch { interest: self.clone(), user: user.to_owned() })
+    }
+
+    fn unwatch(self: &Arc<Self>, user: String) {
+        let last = {
+            let mut users = self.users.lock();
+            match users.get_mut(&user) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => users.remove(&user).is_some(),
+                None => false,
+            }
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        if last {
+            let me = self.clone();
+            rt.spawn(async move {
+                let _turn = me.turn.lock().await;
+                // Watched again meanwhile: stay.
+                if me.users.lock().contains_key(&user) {
+                    return;
+                }
+                let sink = me.sink.lock().clone();
+                if let Some(mut sink) = sink {
+                    let ch = user_channel(&me.prefix, &user);
+                    let _ = tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(ch)).await;
+                }
+            });
+        }
+    }
+
+    /// A new subscription: every watched user's channel on it, then it is the one
+    /// (un)subscriptions go through.
+    async fn adopt(&self, mut sink: redis::aio::PubSubSink) -> redis::RedisResult<()> {
+        let _turn = self.turn.lock().await;
+        let channels: Vec<String> = self.users.lock().keys().map(|u| user_channel(&self.prefix, u)).collect();
+        for batch in channels.chunks(500) {
+            sink.subscribe(batch).await?;
+        }
+        *self.sink.lock() = Some(sink);
+        Ok(())
+    }
+
+    fn drop_sink(&self) {
+        *self.sink.lock() = None;
+    }
+}
+
+/// A connection's watch of its user ([`Interest::watch`]); the last one's drop unsubscribes.
+struct Unwatch {
+    interest: Arc<Interest>,
+    user: String,
+}
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        self.interest.unwatch(std::mem::take(&mut self.user));
+    }
+}
+
 pub struct RedisStore {
     conn: Conn,
+    interest: Arc<Interest>,
     prefix: String,
     config: StoreConfig,
     append: Script,
@@ -231,12 +338,19 @@ impl RedisStore {
         let prefix = "imgate".to_owned();
         let subscribed = Arc::new(AtomicBool::new(false));
         let node = uuid::Uuid::now_v7().simple().to_string();
+        let interest = Arc::new(Interest {
+            prefix: prefix.clone(),
+            users: Default::default(),
+            sink: Default::default(),
+            turn: Default::default(),
+        });
         tokio::spawn(subscribe(
             target.clone(),
             format!("{prefix}:fanout"),
             fanout,
             subscribed.clone(),
             node.clone(),
+            interest.clone(),
         ));
         let (mut pinger, channel) = (conn.clone(), format!("{prefix}:fanout"));
         tokio::spawn(async move {
@@ -249,6 +363,7 @@ impl RedisStore {
         });
         Ok(Arc::new(RedisStore {
             conn,
+            interest,
             prefix,
             config: config.clone(),
             append: Script::new(APPEND),
@@ -319,14 +434,16 @@ impl RedisStore {
     }
 }
 
-/// Follow the fan-out channel for as long as the node runs: reconnect and resubscribe
-/// after any failure, and after each (re)subscription ask the fan-out to catch up.
+/// Follow the nodes' channel (pings) and the channels of the users this node watches for
+/// as long as the node runs: reconnect and resubscribe after any failure, and after each
+/// (re)subscription ask the fan-out to catch up.
 async fn subscribe(
     target: Target,
     channel: String,
     fanout: Arc<dyn Fanout>,
     subscribed: Arc<AtomicBool>,
     node: String,
+    interest: Arc<Interest>,
 ) {
     let own_ping = format!("{PING} {node} ");
     let mut delay = Duration::from_millis(100);
@@ -335,12 +452,13 @@ async fn subscribe(
         let attempt = async {
             // Through the sentinels each time, if that is the mode: after a failover the
             // master is elsewhere.
-            let mut pubsub = target.pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            let (mut sink, stream) = target.pubsub().await?.split();
+            sink.subscribe(&channel).await?;
+            interest.adopt(sink).await?;
+            Ok::<_, redis::RedisError>(stream)
         };
         match tokio::time::timeout(COMMAND_TIMEOUT, attempt).await {
-            Ok(Ok(pubsub)) => {
+            Ok(Ok(mut messages)) => {
                 subscribed.store(true, Ordering::Release);
                 delay = Duration::from_millis(100);
                 if !first {
@@ -349,7 +467,6 @@ async fn subscribe(
                 first = false;
                 // Whatever was published while we were away is only in the mailboxes.
                 fanout.resync();
-                let mut messages = pubsub.into_on_message();
                 // What this node hears of the broker, whoever it is for (#12: a node that
                 // hears every node's users pays for it).
                 let received = metrics::counter!("imgate_broker_messages_received_total");
@@ -373,13 +490,16 @@ async fn subscribe(
                     fanout.committed(user, seq, &EncodedMessage::from_stored(frame.to_owned()));
                 }
                 subscribed.store(false, Ordering::Release);
+                interest.drop_sink();
                 tracing::error!("redis: the fan-out subscription went quiet or dropped; resubscribing");
             }
             Ok(Err(e)) => {
+                interest.drop_sink();
                 subscribed.store(false, Ordering::Release);
                 tracing::warn!(error = %e, "redis: cannot subscribe; retrying");
             }
             Err(_) => {
+                interest.drop_sink();
                 subscribed.store(false, Ordering::Release);
                 tracing::warn!("redis: subscribing timed out; retrying");
             }
@@ -602,6 +722,10 @@ impl Store for RedisStore {
             }
         }
         Ok(erased)
+    }
+
+    async fn watch(&self, user: &str) -> super::Watch {
+        self.interest.watch(user).await
     }
 
     async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
