@@ -8,32 +8,19 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::wechat::{APPID, ORIGINAL, TOKEN};
 use common::*;
 use imgate::config::{Config, Engine};
-use imgate_wechat::callback::{Keys, seal};
 use serde_json::Value;
 
 const P: &str = "/im_component/wx_official_account";
 const SECRET: &str = "a-test-secret-of-32-bytes-or-more";
 const KEY: &str = "backend-key-1-of-32-characters-or-more";
 
-/// A follower's message through WeChat's (plaintext) callback.
+/// A follower's message through WeChat's (plaintext) callback, now.
 async fn callback(s: &Server, from: &str, inner: &str, msg_id: u64) {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let xml = format!(
-        "<xml><ToUserName>{ORIGINAL}</ToUserName><FromUserName>{from}</FromUserName><CreateTime>{now}</CreateTime>{inner}<MsgId>{msg_id}</MsgId></xml>"
-    );
-    let keys = Keys { token: TOKEN, appid: APPID, cipher: None };
-    let (body, q) = seal(&xml, keys, &now.to_string(), &msg_id.to_string());
-    let r = reqwest::Client::new()
-        .post(s.http(&format!("{P}/callback/{APPID}")))
-        .query(&q)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let inner = format!("{inner}<MsgId>{msg_id}</MsgId>");
+    common::wechat::callback(&s.http(""), now, from, &inner, &msg_id.to_string()).await;
 }
 
 async fn text_from(s: &Server, from: &str, text: &str, msg_id: u64) {
