@@ -280,6 +280,22 @@ impl StandIn {
         ok(json!({"access_token": t, "expires_in": 7200}))
     }
 
+    /// A customer-service call's body and its `touser`, or WeChat's refusal: no valid
+    /// token, not JSON, no openid.
+    fn addressed(&self, q: &HashMap<String, String>, body: &[u8]) -> Result<(Value, String), Box<Response>> {
+        if let Some(r) = self.check(q) {
+            return Err(Box::new(r));
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return Err(Box::new(wechat_error(47001, "data format error")));
+        };
+        let touser = v["touser"].as_str().unwrap_or_default().to_owned();
+        if touser.is_empty() {
+            return Err(Box::new(wechat_error(40003, "invalid openid")));
+        }
+        Ok((v, touser))
+    }
+
     /// WeChat's answer to a call without a valid `access_token`, if it has none.
     fn check(&self, q: &HashMap<String, String>) -> Option<Response> {
         match q.get("access_token") {
@@ -314,16 +330,10 @@ async fn custom_send(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = s.check(&q) {
-        return r;
-    }
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return wechat_error(47001, "data format error");
+    let (v, touser) = match s.addressed(&q, &body) {
+        Ok(a) => a,
+        Err(r) => return *r,
     };
-    let touser = v["touser"].as_str().unwrap_or_default().to_owned();
-    if touser.is_empty() {
-        return wechat_error(40003, "invalid openid");
-    }
     let hold = {
         let mut st = s.0.lock();
         st.held_sends += u64::from(st.hold_sends.is_some());
@@ -336,17 +346,8 @@ async fn custom_send(
     if let Some((code, msg)) = st.send_errors.pop_front() {
         return wechat_error(code, &msg);
     }
-    if st.closed.contains(&touser) {
-        return wechat_error(45015, "response out of time limit or subscription is canceled");
-    }
-    if let Some(&code) = st.refusing.get(&touser) {
-        let errmsg = match code {
-            43004 => "require subscribe",
-            43019 => "require remove blacklist",
-            48002 => "api forbid for user",
-            _ => "refused",
-        };
-        return wechat_error(code, errmsg);
+    if let Some(r) = unreachable(&st, &touser) {
+        return r;
     }
     if st.replies_left.get(&touser) == Some(&0) {
         return wechat_error(45047, "out of response count limit");
@@ -408,30 +409,37 @@ async fn custom_send(
 
 /// `message/custom/typing`: `{"touser","command":"Typing"|"CancelTyping"}`. A follower
 /// whose window is closed, or who refuses messages, refuses it as custom/send does.
+/// WeChat's refusal of any customer-service message to `touser`, if it refuses them: the
+/// window closed (45015), or a refusal a test arranged (unfollowed, blocked, turned off).
+fn unreachable(st: &Inner, touser: &str) -> Option<Response> {
+    if st.closed.iter().any(|o| o == touser) {
+        return Some(wechat_error(45015, "response out of time limit or subscription is canceled"));
+    }
+    let code = *st.refusing.get(touser)?;
+    let errmsg = match code {
+        43004 => "require subscribe",
+        43019 => "require remove blacklist",
+        48002 => "api forbid for user",
+        _ => "refused",
+    };
+    Some(wechat_error(code, errmsg))
+}
+
 async fn custom_typing(
     State(s): State<StandIn>,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = s.check(&q) {
-        return r;
-    }
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return wechat_error(47001, "data format error");
+    let (v, touser) = match s.addressed(&q, &body) {
+        Ok(a) => a,
+        Err(r) => return *r,
     };
-    let touser = v["touser"].as_str().unwrap_or_default().to_owned();
-    if touser.is_empty() {
-        return wechat_error(40003, "invalid openid");
-    }
     if !matches!(v["command"].as_str(), Some("Typing" | "CancelTyping")) {
         return wechat_error(47001, "data format error");
     }
     let mut st = s.0.lock();
-    if st.closed.contains(&touser) {
-        return wechat_error(45015, "response out of time limit or subscription is canceled");
-    }
-    if let Some(&code) = st.refusing.get(&touser) {
-        return wechat_error(code, "refused");
+    if let Some(r) = unreachable(&st, &touser) {
+        return r;
     }
     st.typing.push(v);
     ok(json!({"errcode": 0, "errmsg": "ok"}))
