@@ -50,22 +50,12 @@ impl Rig {
 
     /// Post `xml` as WeChat would; the status and the body.
     async fn callback(&self, xml: &str) -> (u16, String) {
-        // WeChat picks a fresh random nonce for each callback it sends (a retry included).
-        let nonce = rand::random::<u64>() % 10_000_000_000;
-        let (body, query) = seal(xml, self.keys(), &now_ts(), &nonce.to_string());
-        self.post_callback(&body, &query).await
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        common::wechat::post_sealed(&self.s.http(""), xml, self.cipher.as_ref(), now).await
     }
 
     async fn post_callback(&self, body: &str, query: &[(String, String)]) -> (u16, String) {
-        let r = reqwest::Client::new()
-            .post(self.s.http(&format!("/im_component/wx_official_account/callback/{APPID}")))
-            .query(query)
-            .header("content-type", "text/xml")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        common::wechat::post_callback(&self.s.http(""), body, query).await
     }
 }
 

@@ -43,22 +43,11 @@ async fn rig() -> Rig {
 impl Rig {
     /// Post `xml` as WeChat would, stamped with the server's clock; the status and body.
     async fn callback(&self, xml: &str) -> (u16, String) {
-        let keys = Keys { token: TOKEN, appid: APPID, cipher: self.cipher.as_ref() };
-        let nonce = rand::random::<u64>() % 10_000_000_000;
-        let (body, query) = seal(xml, keys, &self.clock.now().to_string(), &nonce.to_string());
-        self.post_callback(&body, &query).await
+        common::wechat::post_sealed(&self.s.http(""), xml, self.cipher.as_ref(), self.clock.now()).await
     }
 
     async fn post_callback(&self, body: &str, query: &[(String, String)]) -> (u16, String) {
-        let r = reqwest::Client::new()
-            .post(self.s.http(&format!("{P}/callback/{APPID}")))
-            .query(query)
-            .header("content-type", "text/xml")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        common::wechat::post_callback(&self.s.http(""), body, query).await
     }
 
     fn text_from(&self, openid: &str, content: &str, msg_id: u64) -> String {

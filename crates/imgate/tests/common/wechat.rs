@@ -70,3 +70,32 @@ pub async fn callback(http: &str, now: i64, from: &str, inner: &str, nonce: &str
         .unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
 }
+
+/// Seal `xml` as WeChat would, with a fresh random nonce (as each callback WeChat sends,
+/// a retry included), stamped `timestamp`, encrypted when `cipher` is given; post it to the
+/// server at `http`: the status and the body.
+pub async fn post_sealed(
+    http: &str,
+    xml: &str,
+    cipher: Option<&imgate_wechat::Cipher>,
+    timestamp: i64,
+) -> (u16, String) {
+    let keys = imgate_wechat::callback::Keys { token: TOKEN, appid: APPID, cipher };
+    let nonce = rand::random::<u64>() % 10_000_000_000;
+    let (body, query) = imgate_wechat::callback::seal(xml, keys, &timestamp.to_string(), &nonce.to_string());
+    post_callback(http, &body, &query).await
+}
+
+/// Post a sealed callback (`body` and `query` as `seal` makes them) to the server at
+/// `http`: the status and the body.
+pub async fn post_callback(http: &str, body: &str, query: &[(String, String)]) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{http}/im_component/wx_official_account/callback/{APPID}"))
+        .query(query)
+        .header("content-type", "text/xml")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
