@@ -1057,20 +1057,7 @@ impl State {
     pub async fn lease(&self, job: &str, hold: std::time::Duration) -> bool {
         match self {
             State::Local(_) => true,
-            State::Redis(r) => {
-                let mut c = r.conn.clone();
-                let set: Option<Option<String>> = Shared::warn(
-                    redis::cmd("SET")
-                        .arg(format!("imgate:wx:lease:{job}"))
-                        .arg(1)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(hold.as_millis().max(1) as u64)
-                        .query_async(&mut c)
-                        .await,
-                );
-                set.is_some_and(|s| s.is_some())
-            }
+            State::Redis(r) => r.take(&format!("imgate:wx:lease:{job}"), hold).await,
         }
     }
 
@@ -1476,10 +1463,17 @@ impl Shared {
     }
 
     async fn claim_profile_fetch(&self, openid: &str, hold: std::time::Duration) -> bool {
+        // Redis out of reach: no fetch (its profile could not be kept either).
+        self.take(&format!("imgate:wx:pf:{openid}"), hold).await
+    }
+
+    /// Set `key` for `hold` unless it is set: true when this call set it (false when
+    /// another holds it, or Redis is out of reach).
+    async fn take(&self, key: &str, hold: std::time::Duration) -> bool {
         let mut c = self.conn.clone();
         let set: Option<Option<String>> = Self::warn(
             redis::cmd("SET")
-                .arg(format!("imgate:wx:pf:{openid}"))
+                .arg(key)
                 .arg(1)
                 .arg("NX")
                 .arg("PX")
@@ -1487,7 +1481,6 @@ impl Shared {
                 .query_async(&mut c)
                 .await,
         );
-        // Redis out of reach: no fetch (its profile could not be kept either).
         set.is_some_and(|s| s.is_some())
     }
 
