@@ -21,11 +21,7 @@ import { CHROMIUM, CHROMIUM_ARGS, WAIT, check, freePort, imgate, until } from '.
 const P = '/im_component/wx_official_account';
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'imgate-erase-'));
 const children = [];
-// Three different ports: each free port is closed before the next is asked for, so the
-// same one may come back.
-const ports = new Set();
-while (ports.size < 3) ports.add(await freePort());
-const [port, plainPort, standinPort] = [...ports];
+const [port, plainPort, standinPort] = [await freePort(), await freePort(), await freePort()];
 const BASE = `http://127.0.0.1:${port}`;
 const PLAIN = `http://127.0.0.1:${plainPort}`;
 const STANDIN = `http://127.0.0.1:${standinPort}`;

@@ -14,12 +14,25 @@ export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 export const WAIT = 30_000;
 export const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-export const freePort = () => new Promise((resolve) => {
-  const s = net.createServer().listen(0, '127.0.0.1', () => {
-    const { port } = s.address();
-    s.close(() => resolve(port));
-  });
-});
+/** Ports this process was given already: a port is closed before the next is asked for,
+ *  so the system may hand the same one out again, and two servers would want it. */
+const given = new Set();
+
+/** A free port on 127.0.0.1, never one given before in this process. */
+export async function freePort() {
+  for (;;) {
+    const port = await new Promise((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const { port: p } = s.address();
+        s.close(() => resolve(p));
+      });
+    });
+    if (!given.has(port)) {
+      given.add(port);
+      return port;
+    }
+  }
+}
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

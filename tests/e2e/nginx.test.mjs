@@ -14,22 +14,11 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { BIN, CHROMIUM, HERE, freePort, sleep, until } from './lib.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const BIN = path.resolve(process.env.IMGATE_BIN || path.join(HERE, '../../target/debug/imgate'));
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const WAIT = 30_000;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'imgate-nginx-'));
 const children = [];
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const freePort = () => new Promise((resolve) => {
-  const s = net.createServer().listen(0, '127.0.0.1', () => {
-    const { port } = s.address();
-    s.close(() => resolve(port));
-  });
-});
 
 function start(cmd, args, env = {}) {
   const c = spawn(cmd, args, { cwd: dir, env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
@@ -37,15 +26,6 @@ function start(cmd, args, env = {}) {
   c.stderr.on('data', (d) => (c.log += d));
   children.push(c);
   return c;
-}
-
-async function until(what, f) {
-  const end = Date.now() + WAIT;
-  for (;;) {
-    if (await f().catch(() => false)) return;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 const seedXml = (id, content) => `<xml>
