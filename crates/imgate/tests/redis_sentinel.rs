@@ -244,7 +244,15 @@ async fn after_a_planned_failover_sends_go_to_the_new_master_by_themselves() {
 
     // The old master lives on, as a replica of the new one (it would refuse writes:
     // READONLY).
-    assert_eq!(cli(s, &["sentinel", "failover", "mymaster"]).await.trim(), "OK");
+    // The sentinel takes a replica as promotable only once it has its recent INFO (asked
+    // every 10 s): until then it answers NOGOODSLAVE, and asking again is safe.
+    until("the sentinel never took the failover", FAILOVER_PATIENCE, async || {
+        let answer = cli(s, &["sentinel", "failover", "mymaster"]).await;
+        let answer = answer.trim();
+        assert!(answer == "OK" || answer.starts_with("NOGOODSLAVE"), "sentinel failover: {answer}");
+        answer == "OK"
+    })
+    .await;
     let promoted = r.to_string();
     until("the sentinel never promoted the replica", FAILOVER_PATIENCE, async || {
         cli(s, &["sentinel", "get-master-addr-by-name", "mymaster"]).await.contains(&promoted)
