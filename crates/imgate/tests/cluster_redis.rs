@@ -30,6 +30,17 @@ async fn node_at(dir: &Path, url: &str) -> Binary {
     .await
 }
 
+/// Two nodes on `redis`, each with its own data directory (kept while the tuple lives),
+/// both ready.
+async fn two_nodes(redis: &Redis) -> (Binary, Binary, [tempfile::TempDir; 2]) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = node(dirs[0].path(), redis).await;
+    let b = node(dirs[1].path(), redis).await;
+    ready(&a, true).await;
+    ready(&b, true).await;
+    (a, b, dirs)
+}
+
 /// Wait until a node's `/readyz` says `want`.
 async fn ready(bin: &Binary, want: bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -46,11 +57,7 @@ async fn ready(bin: &Binary, want: bool) {
 #[tokio::test]
 async fn posts_to_any_node_reach_connections_on_every_node_in_commit_order() {
     let redis = Redis::start();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &redis).await;
-    let b = node(db.path(), &redis).await;
-    ready(&a, true).await;
-    ready(&b, true).await;
+    let (a, b, _dirs) = two_nodes(&redis).await;
     let mut on_b = Client::connect(&b.ws("/?userid=u")).await;
     let mut on_a = Client::connect(&a.ws("/?userid=u")).await;
     // Two posters, one per node, at the same time.
@@ -88,11 +95,7 @@ async fn posts_to_any_node_reach_connections_on_every_node_in_commit_order() {
 #[tokio::test]
 async fn a_node_killed_with_kill_9_loses_nothing_acknowledged() {
     let redis = Redis::start();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &redis).await;
-    let b = node(db.path(), &redis).await;
-    ready(&a, true).await;
-    ready(&b, true).await;
+    let (a, b, _dirs) = two_nodes(&redis).await;
     let mut c = Client::connect(&a.ws("/?userid=victim")).await;
     // Posts keep going to B throughout; the client is on A.
     let stop = Arc::new(AtomicBool::new(false));
@@ -137,11 +140,7 @@ async fn a_node_killed_with_kill_9_loses_nothing_acknowledged() {
 #[tokio::test]
 async fn redis_down_means_errors_not_false_acks_and_delivery_resumes_by_itself() {
     let mut redis = Redis::start();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &redis).await;
-    let b = node(db.path(), &redis).await;
-    ready(&a, true).await;
-    ready(&b, true).await;
+    let (a, b, _dirs) = two_nodes(&redis).await;
     let mut c = Client::connect(&a.ws("/?userid=u")).await;
     let url = b.http("/send?userid=p");
     let mut acked = Vec::new();
@@ -194,11 +193,7 @@ async fn redis_down_means_errors_not_false_acks_and_delivery_resumes_by_itself()
 #[tokio::test]
 async fn a_node_that_lost_its_subscription_catches_its_connections_up() {
     let redis = Redis::start();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &redis).await;
-    let b = node(db.path(), &redis).await;
-    ready(&a, true).await;
-    ready(&b, true).await;
+    let (a, b, _dirs) = two_nodes(&redis).await;
     let mut c = Client::connect(&a.ws("/?userid=u")).await;
     let url = b.http("/send?userid=p");
     let (_, first) = post(&url, "application/json", text_to("u", "before")).await;
@@ -391,11 +386,7 @@ async fn listeners(redis: &Redis, user: &str) -> i64 {
 #[tokio::test]
 async fn a_node_hears_none_of_the_messages_of_users_it_does_not_hold() {
     let redis = Redis::start();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node(da.path(), &redis).await;
-    let b = node(db.path(), &redis).await;
-    ready(&a, true).await;
-    ready(&b, true).await;
+    let (a, b, _dirs) = two_nodes(&redis).await;
     let mut u1 = Client::connect(&a.ws("/?userid=u1")).await;
     let mut u2 = Client::connect(&b.ws("/?userid=u2")).await;
     let mut u3 = Client::connect(&a.ws("/?userid=u3")).await;

@@ -280,15 +280,18 @@ impl StandIn {
         ok(json!({"access_token": t, "expires_in": 7200}))
     }
 
-    /// A customer-service call's body and its `touser`, or WeChat's refusal: no valid
-    /// token, not JSON, no openid.
-    fn addressed(&self, q: &HashMap<String, String>, body: &[u8]) -> Result<(Value, String), Box<Response>> {
+    /// A JSON call's body, or WeChat's refusal: no valid token, not JSON.
+    fn json_call(&self, q: &HashMap<String, String>, body: &[u8]) -> Result<Value, Box<Response>> {
         if let Some(r) = self.check(q) {
             return Err(Box::new(r));
         }
-        let Ok(v) = serde_json::from_slice::<Value>(body) else {
-            return Err(Box::new(wechat_error(47001, "data format error")));
-        };
+        serde_json::from_slice::<Value>(body).map_err(|_| Box::new(wechat_error(47001, "data format error")))
+    }
+
+    /// A customer-service call's body and its `touser`, or WeChat's refusal: no valid
+    /// token, not JSON, no openid.
+    fn addressed(&self, q: &HashMap<String, String>, body: &[u8]) -> Result<(Value, String), Box<Response>> {
+        let v = self.json_call(q, body)?;
         let touser = v["touser"].as_str().unwrap_or_default().to_owned();
         if touser.is_empty() {
             return Err(Box::new(wechat_error(40003, "invalid openid")));
@@ -620,11 +623,9 @@ async fn update_remark(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = s.check(&q) {
-        return r;
-    }
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return wechat_error(47001, "data format error");
+    let v = match s.json_call(&q, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
     };
     let (Some(openid), Some(remark)) = (v["openid"].as_str(), v["remark"].as_str()) else {
         return wechat_error(47001, "data format error");
@@ -708,11 +709,9 @@ async fn template_send(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = s.check(&q) {
-        return r;
-    }
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return wechat_error(47001, "data format error");
+    let v = match s.json_call(&q, &body) {
+        Ok(v) => v,
+        Err(r) => return *r,
     };
     let mut st = s.0.lock();
     let touser = v["touser"].as_str().unwrap_or_default().to_owned();
