@@ -23,13 +23,14 @@ CONFIGURATION KEYS (imgate.toml; env IMGATE_<KEY>, sections joined by '__', e.g.
   [store]
   engine = \"sqlite\"                  the mailbox engine: sqlite (embedded, no other service) or
                                      redis (several nodes share mailboxes and live delivery)
-  redis_mode = \"single\"              how engine = \"redis\" reaches Redis: single (redis_url) or
+  redis_mode = \"single\"              how engine = \"redis\" reaches Redis: single (redis_url),
                                      sentinel (redis_urls, redis_sentinel_master: follows a
-                                     promoted replica by itself); cluster is not supported yet
+                                     promoted replica by itself) or cluster (redis_urls)
   redis_url = \"redis://127.0.0.1:6379\"  the Redis of redis_mode = \"single\"; rediss:// for TLS,
                                      redis://user:password@host for an ACL user
-  redis_urls = []                    the sentinels (redis_mode = \"sentinel\"), redis:// or rediss://
-                                     URLs sharing one user and password
+  redis_urls = []                    the sentinels (redis_mode = \"sentinel\") or some nodes of the
+                                     cluster (\"cluster\"): redis:// or rediss:// URLs sharing
+                                     one user and password
   redis_sentinel_master = \"\"         the master's name at the sentinels, or
                                      redis[s]://user:password@NAME[/db] when the master and
                                      replicas need credentials or TLS of their own
@@ -536,12 +537,10 @@ impl StoreConfig {
     fn check_redis(&self) -> Result<(), ConfigError> {
         let bad = |key, reason: String| Err(ConfigError::Invalid { key, reason });
         match self.redis_mode {
-            RedisMode::Cluster => {
+            RedisMode::Cluster if self.redis_urls.is_empty() => {
                 return bad(
-                    "store.redis_mode",
-                    "\"cluster\" is not supported yet (one script commits to several mailboxes at once): \
-                     use \"single\", or \"sentinel\" for failover"
-                        .into(),
+                    "store.redis_urls",
+                    "with redis_mode = \"cluster\", list nodes of the cluster".into(),
                 );
             }
             RedisMode::Sentinel if self.redis_urls.is_empty() => {

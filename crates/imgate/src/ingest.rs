@@ -331,7 +331,9 @@ impl Ingest {
             .collect();
         let stored = self.store.append(copies).await?;
         let first = &stored[0];
-        if first.duplicate {
+        // A duplicate only if every reader had it: a retry that completed an append cut
+        // short (a Redis Cluster commits mailbox by mailbox) goes on to send it.
+        if stored.iter().all(|a| a.duplicate) {
             return Ok(Accepted { id: first.id.clone(), seq: first.seq, to, duplicate: true });
         }
         let outcome = w.send(acct, &to, body).await;
@@ -518,17 +520,19 @@ impl Ingest {
         }
         let appended = self.store.append(msgs).await?;
         let first = &appended[0];
-        metrics::counter!("imgate_messages_accepted_total").increment(u64::from(!first.duplicate));
+        // As for replies: a duplicate only if both mailboxes had it.
+        let duplicate = appended.iter().all(|a| a.duplicate);
+        metrics::counter!("imgate_messages_accepted_total").increment(u64::from(!duplicate));
         // The pair's conversation in the index (system notices are not conversations).
         if let Some(inbox) = &self.inbox
-            && !first.duplicate
+            && !duplicate
             && !system
         {
             let m = crate::inbox::Message { id: &id, msg_type: &data.msg_type, msg: &data.msg };
             let from_seq = appended.get(1).map(|a| a.seq);
             inbox.direct(&data.company_id, sender, &l.to, first.seq, from_seq, m).await;
         }
-        Ok(Accepted { id: first.id.clone(), seq: first.seq, to: l.to, duplicate: first.duplicate })
+        Ok(Accepted { id: first.id.clone(), seq: first.seq, to: l.to, duplicate })
     }
 }
 

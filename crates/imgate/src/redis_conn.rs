@@ -11,6 +11,14 @@
 //!   goes to whichever master the sentinels name then. A subscription asks them each time
 //!   it (re)subscribes.
 //!
+//! - `cluster`: the seed nodes at `store.redis_urls` name the rest. A [`Conn`] is the
+//!   crate's cluster connection (made at the first command), which routes each command by
+//!   its key's slot and follows MOVED and failovers by itself. Keys that one command or
+//!   script takes together must share a slot: each user of Redis names its keys with a
+//!   hash tag in this mode ([`Target::tag`]). Subscriptions are a cluster connection of
+//!   their own ([`Target::cluster_pubsub`]), speaking RESP3 so that it can take sharded
+//!   channels (`SSUBSCRIBE`); the crate resubscribes after a node's connection drops.
+//!
 //! TLS (`rediss://`) verifies the server against `store.redis_ca_file` when it is set,
 //! else against the system's roots. rustls runs with the process's crypto provider: this
 //! module brings none of its own. Passwords live in the URLs; nothing here prints a URL
@@ -23,6 +31,8 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     Client, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
@@ -41,8 +51,6 @@ pub enum ConnError {
     Invalid { key: &'static str, reason: String },
     #[error("redis: cannot read store.redis_ca_file {path}: {source}")]
     CaFile { path: String, source: std::io::Error },
-    #[error("redis: store.redis_mode = \"cluster\" is not supported yet: use \"single\" or \"sentinel\"")]
-    ClusterUnsupported,
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
 }
@@ -54,6 +62,28 @@ pub struct Target(Arc<Mode>);
 enum Mode {
     Single(Client),
     Sentinel(Sentinels),
+    Cluster(Seeds),
+}
+
+/// What building a cluster client takes: one for commands, one per subscription.
+struct Seeds {
+    urls: Vec<String>,
+    ca: Option<TlsCertificates>,
+}
+
+impl Seeds {
+    fn builder(&self) -> ClusterClientBuilder {
+        let mut b = ClusterClientBuilder::new(self.urls.iter().map(String::as_str))
+            .connection_timeout(LOOKUP_TIMEOUT)
+            .response_timeout(LOOKUP_TIMEOUT)
+            .retries(2);
+        if let Some(ca) = &self.ca
+            && self.urls.iter().any(|u| u.starts_with("rediss://"))
+        {
+            b = b.certs(ca.clone());
+        }
+        b
+    }
 }
 
 /// What building a sentinel client takes. A lookup builds its own (they are rare: at
@@ -102,8 +132,46 @@ impl Target {
                     ca,
                 }))))
             }
-            RedisMode::Cluster => Err(ConnError::ClusterUnsupported),
+            RedisMode::Cluster => {
+                const KEY: &str = "store.redis_urls";
+                if c.redis_urls.is_empty() {
+                    return Err(ConnError::Invalid {
+                        key: KEY,
+                        reason: "name at least one node of the cluster".into(),
+                    });
+                }
+                let seeds = Seeds { urls: c.redis_urls.clone(), ca };
+                // Built once here so that a bad setting fails now, not at the first command.
+                seeds.builder().build().map_err(|e| invalid(KEY, &e))?;
+                Ok(Target(Arc::new(Mode::Cluster(seeds))))
+            }
         }
+    }
+
+    /// A Redis Cluster: keys taken together must share a slot ([`Target::tag`]).
+    pub fn is_cluster(&self) -> bool {
+        matches!(&*self.0, Mode::Cluster(_))
+    }
+
+    /// `name` as the part of a key that decides its slot: `{name}` in a cluster (a hash
+    /// tag: every key holding it lives on one slot, so one script may take them all), as
+    /// it is otherwise (keys keep the names they always had).
+    pub fn tag(&self, name: &str) -> String {
+        tag(self.is_cluster(), name)
+    }
+
+    /// A subscription to a Redis Cluster: a connection of its own, in RESP3, whose pushes
+    /// (messages, and `Disconnection` when a node's connection drops) go to `pushes`.
+    pub async fn cluster_pubsub(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> RedisResult<ClusterConnection> {
+        let Mode::Cluster(seeds) = &*self.0 else {
+            return Err(RedisError::from((ErrorKind::InvalidClientConfig, "not a cluster")));
+        };
+        let client =
+            seeds.builder().use_protocol(redis::ProtocolVersion::RESP3).push_sender(pushes).build()?;
+        client.get_async_connection().await
     }
 
     /// A connection for commands, shared by its clones. Lazy: nothing is dialled until the
@@ -119,10 +187,15 @@ impl Target {
                 config,
                 current: Mutex::new(Current::default()),
             })))),
+            Mode::Cluster(seeds) => Ok(Conn(Inner::Cluster(Arc::new(Lazy {
+                client: seeds.builder().build()?,
+                conn: tokio::sync::OnceCell::new(),
+            })))),
         }
     }
 
-    /// A fresh pub/sub connection, to the master as the sentinels name it now.
+    /// A fresh pub/sub connection, to the master as the sentinels name it now (not for a
+    /// cluster: [`Target::cluster_pubsub`]).
     pub async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
         self.client().await?.get_async_pubsub().await
     }
@@ -142,8 +215,16 @@ impl Target {
                     }
                 }
             }
+            Mode::Cluster(_) => {
+                Err(RedisError::from((ErrorKind::InvalidClientConfig, "a cluster has no one server")))
+            }
         }
     }
+}
+
+/// [`Target::tag`], for whoever knows only whether it is a cluster.
+pub fn tag(cluster: bool, name: &str) -> String {
+    if cluster { format!("{{{name}}}") } else { name.to_owned() }
 }
 
 fn invalid(key: &'static str, e: &RedisError) -> ConnError {
@@ -255,6 +336,27 @@ pub struct Conn(Inner);
 enum Inner {
     Direct(ConnectionManager),
     Follow(Arc<Follow>),
+    Cluster(Arc<Lazy>),
+}
+
+/// A cluster connection, made at the first command (so that a node starts, not ready,
+/// while the cluster is away); a failed attempt is tried again at the next command.
+struct Lazy {
+    client: ClusterClient,
+    conn: tokio::sync::OnceCell<ClusterConnection>,
+}
+
+impl Lazy {
+    async fn get(&self) -> RedisResult<ClusterConnection> {
+        self.conn.get_or_try_init(|| self.client.get_async_connection()).await.cloned()
+    }
+}
+
+impl Conn {
+    /// Whether this is a cluster's: keys taken together must share a slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.0, Inner::Cluster(_))
+    }
 }
 
 struct Follow {
@@ -354,6 +456,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
             Inner::Direct(m) => m.req_packed_command(cmd),
+            Inner::Cluster(l) => Box::pin(async move { l.get().await?.req_packed_command(cmd).await }),
             Inner::Follow(f) => Box::pin(async move {
                 let (generation, mut m) = f.manager().await?;
                 let (generation, r) = match m.req_packed_command(cmd).await {
@@ -383,6 +486,9 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.0 {
             Inner::Direct(m) => m.req_packed_commands(cmd, offset, count),
+            Inner::Cluster(l) => {
+                Box::pin(async move { l.get().await?.req_packed_commands(cmd, offset, count).await })
+            }
             Inner::Follow(f) => Box::pin(async move {
                 let (generation, mut m) = f.manager().await?;
                 let r = m.req_packed_commands(cmd, offset, count).await;
@@ -401,6 +507,7 @@ impl ConnectionLike for Conn {
         match &self.0 {
             Inner::Direct(m) => m.get_db(),
             Inner::Follow(f) => f.db,
+            Inner::Cluster(_) => 0,
         }
     }
 }

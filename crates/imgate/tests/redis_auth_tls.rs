@@ -295,7 +295,7 @@ fn config_check_masks_every_redis_password_and_refuses_what_cannot_work() {
 
     // Each: the settings, the key the refusal names, and a word of its reason.
     for (env, key, why) in [
-        (vec![("IMGATE_STORE__REDIS_MODE", "cluster")], "store.redis_mode", "not supported yet"),
+        (vec![("IMGATE_STORE__REDIS_MODE", "cluster")], "store.redis_urls", "nodes of the cluster"),
         (
             vec![("IMGATE_STORE__REDIS_MODE", "sentinel"), ("IMGATE_STORE__REDIS_SENTINEL_MASTER", "m")],
             "store.redis_urls",

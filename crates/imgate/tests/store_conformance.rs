@@ -28,24 +28,57 @@ impl Fanout for Recorder {
 /// A way to open a store of one engine, over one place that survives reopening.
 trait Engine {
     fn open(&self, config: &StoreConfig, fanout: Arc<dyn Fanout>) -> DynStore;
+
+    /// The mailboxes of the sentinel messages [`fanned`] appends: one is enough where
+    /// fan-out has one order for all users; a cluster needs one on each shard.
+    fn sentinels(&self) -> Vec<String> {
+        vec![SENTINEL.into()]
+    }
+
+    /// Fan-out comes in commit order across users, not only per user (one broker).
+    fn ordered(&self) -> bool {
+        true
+    }
 }
 
 /// The mailbox of the sentinel message [`fanned`] appends.
 const SENTINEL: &str = "~sentinel";
 
-/// Everything fanned out before now, in order. Appends a sentinel message and waits for
-/// it (fan-out is in commit order, on every engine), so a duplicate or stray fan-out of
-/// an earlier commit is in the list, not lost behind a count; fails if the sentinel never
-/// comes (the Redis engine fans out through pub/sub, a moment after the commit).
-async fn fanned(store: &DynStore, rec: &Recorder) -> Vec<(String, u64, String)> {
-    let _w = watching(store, &[SENTINEL]).await;
-    store.append(vec![msg(SENTINEL, "sentinel", "x", None)]).await.unwrap();
+/// `list` as far as `e` promises an order: whole, or (a cluster, whose users' channels
+/// live on several shards) per user.
+fn as_promised(e: &impl Engine, mut list: Vec<(String, u64, String)>) -> Vec<(String, u64, String)> {
+    if !e.ordered() {
+        // Stable: each user's own order stays.
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    list
+}
+
+/// Everything fanned out before now, in order. Appends a sentinel message (one per shard)
+/// and waits for it (fan-out is in commit order, across users or per shard), so a
+/// duplicate or stray fan-out of an earlier commit is in the list, not lost behind a
+/// count; fails if a sentinel never comes (the Redis engine fans out through pub/sub, a
+/// moment after the commit).
+async fn fanned(e: &impl Engine, store: &DynStore, rec: &Recorder) -> Vec<(String, u64, String)> {
+    let sentinels = e.sentinels();
+    let names: Vec<&str> = sentinels.iter().map(String::as_str).collect();
+    let _w = watching(store, &names).await;
+    for s in &sentinels {
+        store.append(vec![msg(s, "sentinel", "x", None)]).await.unwrap();
+    }
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     loop {
         {
             let got = rec.0.lock();
-            if let Some(end) = got.iter().position(|(user, _, _)| user == SENTINEL) {
-                return got[..end].to_vec();
+            let mut seen = 0;
+            for (i, (user, _, _)) in got.iter().enumerate() {
+                if sentinels.contains(user) {
+                    seen += 1;
+                    if seen == sentinels.len() {
+                        let before = got[..i].iter().filter(|(u, _, _)| !sentinels.contains(u)).cloned();
+                        return as_promised(e, before.collect());
+                    }
+                }
             }
         }
         assert!(
@@ -97,6 +130,53 @@ impl Engine for Redis {
     }
 }
 
+/// Each test its own three-master Redis Cluster (`store.redis_mode = "cluster"`).
+struct Cluster {
+    cluster: common::RedisCluster,
+    /// A sentinel mailbox on each master.
+    sentinels: Vec<String>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let cluster = common::RedisCluster::start(3, 0);
+        let mut sentinels: Vec<Option<String>> = vec![None; cluster.masters.len()];
+        for i in 0.. {
+            let name = format!("{SENTINEL}-{i}");
+            let slot_of = format!("imgate:m:{{{}:{name}}}:seq", name.len());
+            let at = cluster.master_of(&slot_of);
+            sentinels[at].get_or_insert(name);
+            if sentinels.iter().all(Option::is_some) {
+                break;
+            }
+        }
+        Cluster { cluster, sentinels: sentinels.into_iter().flatten().collect() }
+    }
+
+    fn config(&self, config: &StoreConfig) -> StoreConfig {
+        let mut c = config.clone();
+        c.redis_mode = imgate::config::RedisMode::Cluster;
+        c.redis_urls = self.cluster.urls();
+        c
+    }
+}
+
+impl Engine for Cluster {
+    fn open(&self, config: &StoreConfig, fanout: Arc<dyn Fanout>) -> DynStore {
+        let config = self.config(config);
+        let target = imgate::redis_conn::Target::from_config(&config).unwrap();
+        imgate::store::redis::RedisStore::open_at(&target, &config, fanout).unwrap()
+    }
+
+    fn sentinels(&self) -> Vec<String> {
+        self.sentinels.clone()
+    }
+
+    fn ordered(&self) -> bool {
+        false
+    }
+}
+
 fn stored(seq: u64, id: &str) -> Appended {
     Appended { seq, id: id.into(), duplicate: false }
 }
@@ -131,13 +211,16 @@ async fn seqs_start_at_one_per_mailbox_in_slice_order(e: impl Engine) {
     let got = store.append(vec![msg("a", "4", "x", None)]).await.unwrap();
     assert_eq!(got, [stored(3, "4")]);
     assert_eq!(
-        fanned(&store, &rec).await,
-        [
-            ("a".into(), 1, "1".into()),
-            ("b".into(), 1, "2".into()),
-            ("a".into(), 2, "3".into()),
-            ("a".into(), 3, "4".into())
-        ]
+        fanned(&e, &store, &rec).await,
+        as_promised(
+            &e,
+            vec![
+                ("a".into(), 1, "1".into()),
+                ("b".into(), 1, "2".into()),
+                ("a".into(), 2, "3".into()),
+                ("a".into(), 3, "4".into())
+            ]
+        )
     );
     assert_eq!(ids(&store, "a", 0).await, [(1, "1".into()), (2, "3".into()), (3, "4".into())]);
     assert_eq!(ids(&store, "a", 2).await, [(3, "4".into())]);
@@ -200,8 +283,11 @@ async fn duplicates_repeat_the_original_and_are_not_fanned_out(e: impl Engine) {
         ]
     );
     assert_eq!(
-        fanned(&store, &rec).await,
-        [("a".into(), 1, "m1".into()), ("b".into(), 1, "m1".into()), ("a".into(), 2, "m2".into())]
+        fanned(&e, &store, &rec).await,
+        as_promised(
+            &e,
+            vec![("a".into(), 1, "m1".into()), ("b".into(), 1, "m1".into()), ("a".into(), 2, "m2".into())]
+        )
     );
     assert_eq!(ids(&store, "a", 0).await, [(1, "m1".into()), (2, "m2".into())]);
 }
@@ -372,7 +458,7 @@ async fn concurrent_appends_get_distinct_contiguous_seqs(e: impl Engine) {
     all.sort_unstable();
     assert_eq!(all, (1..=400).collect::<Vec<_>>());
     // Fan-out saw them in seq order.
-    let order: Vec<u64> = fanned(&store, &rec).await.iter().map(|(_, s, _)| *s).collect();
+    let order: Vec<u64> = fanned(&e, &store, &rec).await.iter().map(|(_, s, _)| *s).collect();
     assert_eq!(order, (1..=400).collect::<Vec<_>>());
     assert!(store.ready().await.is_ok());
 }
@@ -447,8 +533,10 @@ async fn erasing_a_contact_removes_its_messages_everywhere_and_keeps_seqs(e: imp
         // Idempotent: nothing is left to remove.
         assert_eq!(store.erase("F").await.unwrap(), Erased::default());
         // Erasing wrote nothing to fan out: the sentinel comes first after the appends.
-        let after: Vec<String> = fanned(&store, &rec).await.into_iter().map(|(_, _, id)| id).collect();
-        assert_eq!(after, ["1", "2", "3", "4", "5", "6", "7"]);
+        let after: Vec<String> = fanned(&e, &store, &rec).await.into_iter().map(|(_, _, id)| id).collect();
+        let users = [("a", "1"), ("a", "2"), ("b", "3"), ("b", "4"), ("F", "5"), ("a", "6"), ("c", "7")];
+        let want = as_promised(&e, users.iter().map(|(u, id)| (u.to_string(), 0, id.to_string())).collect());
+        assert_eq!(after, want.into_iter().map(|(_, _, id)| id).collect::<Vec<_>>());
         // The seqs are where they were, though each mailbox's highest was F's.
         assert_eq!(store.last_seq("a").await.unwrap(), 3);
         assert_eq!(store.last_seq("b").await.unwrap(), 2);
@@ -498,6 +586,7 @@ macro_rules! engines {
 engines! {
     sqlite => Sqlite::new(),
     redis => Redis::new(),
+    redis_cluster => Cluster::new(),
 }
 
 /// Work over every user runs on one node a period (#12): two nodes on one Redis, and the
@@ -541,7 +630,7 @@ async fn the_redis_engine_fans_out_only_watched_users() {
     };
     // Through another node: the broker carries it; "theirs" is watched nowhere.
     other.append(vec![msg("theirs", "t1", "x", None), msg("mine", "m1", "x", None)]).await.unwrap();
-    let after: Vec<String> = fanned(&store, &rec).await.into_iter().map(|(_, _, id)| id).collect();
+    let after: Vec<String> = fanned(&e, &store, &rec).await.into_iter().map(|(_, _, id)| id).collect();
     assert_eq!(after, ["m1"], "heard only the watched user's");
     // Unwatched: the channel goes (Redis says no one listens), and nothing more is heard.
     drop(w);
@@ -558,6 +647,6 @@ async fn the_redis_engine_fans_out_only_watched_users() {
     .await;
     other.append(vec![msg("mine", "m2", "x", None)]).await.unwrap();
     let mine = got("mine");
-    fanned(&store, &rec).await;
+    fanned(&e, &store, &rec).await;
     assert_eq!(mine(), 1, "nothing heard once unwatched: {:?}", rec.0.lock());
 }

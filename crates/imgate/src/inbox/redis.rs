@@ -88,6 +88,8 @@ return 0
 
 pub struct RedisConversations {
     conn: Conn,
+    /// [`P`], as a hash tag in a cluster.
+    p: String,
     node: String,
     cas: Script,
     remove: Script,
@@ -103,22 +105,25 @@ fn damaged(e: serde_json::Error) -> StoreError {
     Unavailable::Damaged(format!("redis: a stored conversation is damaged: {e}")).into()
 }
 
+/// The prefix of every key: `imgate:inbox`, a hash tag in a cluster, where scripts and
+/// pipelines here take several keys at once (a conversation, its account's index and
+/// load; an agent's connections and the nodes' liveness): the inbox lives on one slot.
 const P: &str = "imgate:inbox";
 
-fn conv_key(appid: &str, contact: &str) -> String {
-    // The appid's length first: no appid and contact pair reads as another.
-    format!("{P}:c:{}:{appid}:{contact}", appid.len())
-}
-
-fn routing_key(appid: &str) -> String {
-    format!("{P}:route:{appid}")
-}
-
-fn index_key(appid: &str) -> String {
-    format!("{P}:idx:{appid}")
-}
-
 impl RedisConversations {
+    fn conv_key(&self, appid: &str, contact: &str) -> String {
+        // The appid's length first: no appid and contact pair reads as another.
+        format!("{}:c:{}:{appid}:{contact}", self.p, appid.len())
+    }
+
+    fn routing_key(&self, appid: &str) -> String {
+        format!("{}:route:{appid}", self.p)
+    }
+
+    fn index_key(&self, appid: &str) -> String {
+        format!("{}:idx:{appid}", self.p)
+    }
+
     /// [`RedisConversations::open_at`] one server at `url`.
     pub fn open(url: &str) -> Result<std::sync::Arc<RedisConversations>, StoreError> {
         RedisConversations::open_at(&Target::single(url)?)
@@ -132,6 +137,7 @@ impl RedisConversations {
             .set_max_delay(Duration::from_millis(500));
         let conn = target.conn(cm)?;
         Ok(std::sync::Arc::new(RedisConversations {
+            p: target.tag(P),
             conn,
             node: uuid::Uuid::now_v7().simple().to_string(),
             cas: Script::new(CAS),
@@ -144,7 +150,7 @@ impl RedisConversations {
     async fn read(&self, appid: &str, contact: &str) -> Result<(String, Option<Conversation>), StoreError> {
         let mut c = self.conn.clone();
         let (v, data): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(conv_key(appid, contact))
+            .arg(self.conv_key(appid, contact))
             .arg("v")
             .arg("data")
             .query_async(&mut c)
@@ -162,8 +168,8 @@ impl RedisConversations {
         }
         let n: i64 = self
             .count
-            .key(format!("{P}:conns:{agent}"))
-            .arg(format!("{P}:node:"))
+            .key(format!("{}:conns:{agent}", self.p))
+            .arg(format!("{}:node:", self.p))
             .arg(&self.node)
             .arg(change)
             .invoke_async(&mut c)
@@ -193,9 +199,9 @@ impl Conversations for RedisConversations {
             let mut c = self.conn.clone();
             let done: i64 = self
                 .cas
-                .key(conv_key(appid, contact))
-                .key(index_key(appid))
-                .key(format!("{P}:load:{appid}"))
+                .key(self.conv_key(appid, contact))
+                .key(self.index_key(appid))
+                .key(format!("{}:load:{appid}", self.p))
                 .arg(&v)
                 .arg(next)
                 .arg(data)
@@ -221,9 +227,9 @@ impl Conversations for RedisConversations {
             let mut c = self.conn.clone();
             let done: i64 = self
                 .remove
-                .key(conv_key(appid, contact))
-                .key(index_key(appid))
-                .key(format!("{P}:load:{appid}"))
+                .key(self.conv_key(appid, contact))
+                .key(self.index_key(appid))
+                .key(format!("{}:load:{appid}", self.p))
                 .arg(&v)
                 .arg(contact)
                 .arg(before.as_ref().and_then(Conversation::load_of).unwrap_or(""))
@@ -240,13 +246,13 @@ impl Conversations for RedisConversations {
 
     async fn list(&self, appid: &str) -> Result<Vec<Conversation>, StoreError> {
         let mut c = self.conn.clone();
-        let contacts: Vec<String> = c.smembers(index_key(appid)).await.map_err(unavailable)?;
+        let contacts: Vec<String> = c.smembers(self.index_key(appid)).await.map_err(unavailable)?;
         let mut out = Vec::with_capacity(contacts.len());
         // In pipelines of 500: one round trip per 500 conversations, bounded replies.
         for chunk in contacts.chunks(500) {
             let mut pipe = redis::pipe();
             for contact in chunk {
-                pipe.hget(conv_key(appid, contact), "data");
+                pipe.hget(self.conv_key(appid, contact), "data");
             }
             let rows: Vec<Option<String>> = pipe.query_async(&mut c).await.map_err(unavailable)?;
             for d in rows.into_iter().flatten() {
@@ -258,19 +264,20 @@ impl Conversations for RedisConversations {
 
     async fn open_load(&self, appid: &str) -> Result<HashMap<String, usize>, StoreError> {
         let mut c = self.conn.clone();
-        let all: HashMap<String, i64> = c.hgetall(format!("{P}:load:{appid}")).await.map_err(unavailable)?;
+        let all: HashMap<String, i64> =
+            c.hgetall(format!("{}:load:{appid}", self.p)).await.map_err(unavailable)?;
         Ok(all.into_iter().filter(|(_, n)| *n > 0).map(|(a, n)| (a, n as usize)).collect())
     }
 
     async fn canned(&self, appid: &str) -> Result<Value, StoreError> {
         let mut c = self.conn.clone();
-        let d: Option<String> = c.get(format!("{P}:canned:{appid}")).await.map_err(unavailable)?;
+        let d: Option<String> = c.get(format!("{}:canned:{appid}", self.p)).await.map_err(unavailable)?;
         Ok(d.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or(Value::Array(Vec::new())))
     }
 
     async fn set_canned(&self, appid: &str, canned: Value) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        c.set::<_, _, ()>(format!("{P}:canned:{appid}"), canned.to_string()).await.map_err(unavailable)
+        c.set::<_, _, ()>(format!("{}:canned:{appid}", self.p), canned.to_string()).await.map_err(unavailable)
     }
 
     async fn connected(&self, agent: &str) -> Result<bool, StoreError> {
@@ -281,14 +288,14 @@ impl Conversations for RedisConversations {
         let left = self.connections(agent, -1).await?;
         if left == 0 {
             let mut c = self.conn.clone();
-            c.set::<_, _, ()>(format!("{P}:offline:{agent}"), now_ms).await.map_err(unavailable)?;
+            c.set::<_, _, ()>(format!("{}:offline:{agent}", self.p), now_ms).await.map_err(unavailable)?;
         }
         Ok(left == 0)
     }
 
     async fn set_away(&self, agent: &str, away: bool) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        let key = format!("{P}:away:{agent}");
+        let key = format!("{}:away:{agent}", self.p);
         if away { c.set::<_, _, ()>(key, 1).await } else { c.del::<_, ()>(key).await }.map_err(unavailable)
     }
 
@@ -296,7 +303,7 @@ impl Conversations for RedisConversations {
         let connections = self.connections(agent, 0).await?;
         let mut c = self.conn.clone();
         let (away, offline): (Option<i64>, Option<i64>) = c
-            .mget(&[format!("{P}:away:{agent}"), format!("{P}:offline:{agent}")])
+            .mget(&[format!("{}:away:{agent}", self.p), format!("{}:offline:{agent}", self.p)])
             .await
             .map_err(unavailable)?;
         Ok(Presence { connections, away: away.is_some(), offline_since: offline })
@@ -304,7 +311,9 @@ impl Conversations for RedisConversations {
 
     async fn heartbeat(&self) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        c.set_ex::<_, _, ()>(format!("{P}:node:{}", self.node), 1, NODE_TTL_SECS).await.map_err(unavailable)
+        c.set_ex::<_, _, ()>(format!("{}:node:{}", self.p, self.node), 1, NODE_TTL_SECS)
+            .await
+            .map_err(unavailable)
     }
 
     async fn routing_lock(&self, appid: &str) -> Result<Option<String>, StoreError> {
@@ -313,7 +322,7 @@ impl Conversations for RedisConversations {
         let deadline = tokio::time::Instant::now() + ROUTING_WAIT;
         loop {
             let got: Option<String> = redis::cmd("SET")
-                .arg(routing_key(appid))
+                .arg(self.routing_key(appid))
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
@@ -338,7 +347,7 @@ impl Conversations for RedisConversations {
         let Some(token) = token else { return Ok(()) };
         let mut c = self.conn.clone();
         self.unlock
-            .key(routing_key(appid))
+            .key(self.routing_key(appid))
             .arg(token)
             .invoke_async::<i64>(&mut c)
             .await

@@ -148,12 +148,17 @@ pub trait Fanout: Send + Sync + 'static {
 /// - is durable on return: what `append` returned `Ok` for is read back after a crash.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Commit `msgs` atomically — all or none — and return after the commit is durable
-    /// (see `store.sync`). Messages for one mailbox get seqs in slice order. A message
+    /// Commit `msgs` and return after the commit is durable (see `store.sync`): `Ok` only
+    /// when every message is in its mailbox. All or none, except in a Redis Cluster, where
+    /// each mailbox commits its part whole and an `Err` may leave some mailboxes with
+    /// theirs; a retry with the same dedupe keys completes it (ARCHITECTURE.md, "Commits
+    /// in a Redis Cluster"). Messages for one mailbox get seqs in slice order. A message
     /// whose `dedupe_key` its mailbox already holds (within `store.dedupe_window`) is not
-    /// stored: its [`Appended`] repeats the original's seq and id with `duplicate: true`.
-    /// Stored messages go to the [`Fanout`] in commit order: before this returns with the
-    /// embedded engine, shortly after (through Redis pub/sub) with Redis.
+    /// stored: its [`Appended`] repeats the original's seq and id with `duplicate: true`;
+    /// a caller treats a send as a duplicate only when all its copies are.
+    /// Stored messages go to the [`Fanout`] in commit order per mailbox (across mailboxes
+    /// too, but for a cluster's): before this returns with the embedded engine, shortly
+    /// after (through Redis pub/sub) with Redis.
     async fn append(&self, msgs: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError>;
 
     /// Up to `limit` messages of `user` with seq > `after`, oldest first, and no more than

@@ -54,19 +54,25 @@ const SILENCE: Duration = Duration::from_secs(7);
 /// node hearing its own ping knows how far behind its subscription is (broker lag).
 const PING: &str = "ping";
 
+/// ARGV: now, dedupe ttl, count limit, conversation keep (ms), the publish command
+/// (`PUBLISH`, or `SPUBLISH` in a cluster), the set of users (or '' when the caller adds
+/// them), n, then per message its mailbox's key base, its user's channel, user, id,
+/// contact, dedupe key and frame. KEYS[1]: the first mailbox's counter, which routes the
+/// call in a cluster (where every mailbox of one call shares a slot).
 const APPEND: &str = r#"
-local p = ARGV[1]
-local now = ARGV[2]
-local ttl = tonumber(ARGV[3])
-local maxlen = tonumber(ARGV[4])
-local keep = tonumber(ARGV[5])
-local n = tonumber(ARGV[6])
+local now = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local maxlen = tonumber(ARGV[3])
+local keep = tonumber(ARGV[4])
+local publish = ARGV[5]
+local users = ARGV[6]
+local n = tonumber(ARGV[7])
 local out = {}
-local i = 7
+local i = 8
 for m = 1, n do
-  local user, id, contact, key, frame = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  i = i + 5
-  local u = p .. ':m:' .. string.len(user) .. ':' .. user
+  local u, channel, user, id, contact, key, frame =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
   local prev = false
   if key ~= '' then prev = redis.call('GET', u .. ':d:' .. key) end
   if prev then
@@ -104,9 +110,9 @@ for m = 1, n do
         end
       end
     end
-    redis.call('SADD', p .. ':users', user)
+    if users ~= '' then redis.call('SADD', users, user) end
     -- The user's own channel: only nodes with a connection of theirs hear it.
-    redis.call('PUBLISH', p .. ':u:' .. string.len(user) .. ':' .. user, user .. '\n' .. seq .. '\n' .. frame)
+    redis.call(publish, channel, user .. '\n' .. seq .. '\n' .. frame)
     out[#out + 1] = tostring(seq)
     out[#out + 1] = id
     out[#out + 1] = '0'
@@ -115,17 +121,17 @@ end
 return out
 "#;
 
-/// Erasure (ARGV: prefix, contact, mode, count, then mailboxes). Mode `contact`: in each
+/// Erasure (ARGV: contact, mode, count, then per mailbox its user and key base; KEYS[1]
+/// the first mailbox's log, which routes the call in a cluster). Mode `contact`: in each
 /// mailbox, the messages with `contact`, found through that conversation's list of seqs.
 /// Mode `all`: up to `count` of one mailbox's oldest messages (the contact's own, in
 /// batches). Each message's dedupe key goes with it (unless a later message holds it
 /// now); the seq counters stay. Returns the removed messages as mailbox, frame pairs.
 const ERASE: &str = r#"
-local p, contact, mode, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local contact, mode, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local out = {}
-for i = 5, #ARGV do
-  local user = ARGV[i]
-  local u = p .. ':m:' .. string.len(user) .. ':' .. user
+for i = 4, #ARGV, 2 do
+  local user, u = ARGV[i], ARGV[i + 1]
   local log = u .. ':log'
   local function remove(id, f)
     local frame, key, c = '', '', nil
@@ -192,19 +198,78 @@ end
 return out
 "#;
 
-/// The channel of `user`'s commits (`{p}:u:<bytes>:<user>`): a node listens to it while it
-/// holds a connection of theirs.
-fn user_channel(prefix: &str, user: &str) -> String {
-    format!("{prefix}:u:{}:{user}", user.len())
+/// Where one user's keys and channel are: `<bytes of the id>:<id>` (the length makes
+/// every user's names their own whatever the id contains), a hash tag in a cluster so
+/// that the mailbox's keys and channel share a slot.
+#[derive(Clone)]
+struct Names {
+    prefix: String,
+    cluster: bool,
+}
+
+impl Names {
+    fn user(&self, user: &str) -> String {
+        crate::redis_conn::tag(self.cluster, &format!("{}:{user}", user.len()))
+    }
+
+    /// The base of `user`'s mailbox keys (`{p}:m:<user>`).
+    fn mailbox(&self, user: &str) -> String {
+        format!("{}:m:{}", self.prefix, self.user(user))
+    }
+
+    /// The channel of `user`'s commits (`{p}:u:<user>`): a node listens to it while it
+    /// holds a connection of theirs. A sharded channel in a cluster.
+    fn channel(&self, user: &str) -> String {
+        format!("{}:u:{}", self.prefix, self.user(user))
+    }
+}
+
+/// A subscription's way in: a plain one's sink, or the cluster connection that holds
+/// the sharded subscriptions.
+#[derive(Clone)]
+enum Sink {
+    Plain(redis::aio::PubSubSink),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Sink {
+    async fn join(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Sink::Plain(s) => s.subscribe(channels).await,
+            // One at a time: channels of several slots cannot share an SSUBSCRIBE. A few
+            // at once, since an outage resubscribes every watched user.
+            Sink::Cluster(c) => {
+                let owned: Vec<String> = channels.to_vec();
+                let c = c.clone();
+                let mut joins = futures_util::stream::iter(owned)
+                    .map(move |ch| {
+                        let mut c = c.clone();
+                        async move { c.ssubscribe(ch).await }
+                    })
+                    .buffer_unordered(32);
+                while let Some(r) = joins.next().await {
+                    r?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn leave(&mut self, channel: String) -> redis::RedisResult<()> {
+        match self {
+            Sink::Plain(s) => s.unsubscribe(channel).await,
+            Sink::Cluster(c) => c.sunsubscribe(channel).await,
+        }
+    }
 }
 
 /// The users this node listens for, and the subscription it listens through.
 struct Interest {
-    prefix: String,
+    names: Names,
     /// Watches held, by user.
     users: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
     /// The live subscription's sink, while there is one.
-    sink: parking_lot::Mutex<Option<redis::aio::PubSubSink>>,
+    sink: parking_lot::Mutex<Option<Sink>>,
     /// (Un)subscriptions go one at a time: a user's come and go keep their order, and a
     /// resubscription after an outage misses no user watched meanwhile.
     turn: tokio::sync::Mutex<()>,
@@ -223,9 +288,7 @@ impl Interest {
         if let (true, Some(mut sink)) = (first, sink) {
             // Acknowledged by Redis before this returns: whatever is committed after is
             // heard; whatever before, the connection's replay reads.
-            match tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(user_channel(&self.prefix, user)))
-                .await
-            {
+            match tokio::time::timeout(COMMAND_TIMEOUT, sink.join(&[self.names.channel(user)])).await {
                 Ok(Ok(())) => {}
                 // The subscription is broken: its loop resubscribes every watched user and
                 // catches connections up.
@@ -259,8 +322,8 @@ impl Interest {
                 }
                 let sink = me.sink.lock().clone();
                 if let Some(mut sink) = sink {
-                    let ch = user_channel(&me.prefix, &user);
-                    let _ = tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(ch)).await;
+                    let ch = me.names.channel(&user);
+                    let _ = tokio::time::timeout(COMMAND_TIMEOUT, sink.leave(ch)).await;
                 }
             });
         }
@@ -268,11 +331,11 @@ impl Interest {
 
     /// A new subscription: every watched user's channel on it, then it is the one
     /// (un)subscriptions go through.
-    async fn adopt(&self, mut sink: redis::aio::PubSubSink) -> redis::RedisResult<()> {
+    async fn adopt(&self, mut sink: Sink) -> redis::RedisResult<()> {
         let _turn = self.turn.lock().await;
-        let channels: Vec<String> = self.users.lock().keys().map(|u| user_channel(&self.prefix, u)).collect();
+        let channels: Vec<String> = self.users.lock().keys().map(|u| self.names.channel(u)).collect();
         for batch in channels.chunks(500) {
-            sink.subscribe(batch).await?;
+            sink.join(batch).await?;
         }
         *self.sink.lock() = Some(sink);
         Ok(())
@@ -299,6 +362,7 @@ pub struct RedisStore {
     conn: Conn,
     interest: Arc<Interest>,
     prefix: String,
+    names: Names,
     config: StoreConfig,
     append: Script,
     raise: Script,
@@ -336,10 +400,11 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let conn = target.conn(cm)?;
         let prefix = "imgate".to_owned();
+        let names = Names { prefix: prefix.clone(), cluster: target.is_cluster() };
         let subscribed = Arc::new(AtomicBool::new(false));
         let node = uuid::Uuid::now_v7().simple().to_string();
         let interest = Arc::new(Interest {
-            prefix: prefix.clone(),
+            names: names.clone(),
             users: Default::default(),
             sink: Default::default(),
             turn: Default::default(),
@@ -365,6 +430,7 @@ impl RedisStore {
             conn,
             interest,
             prefix,
+            names,
             config: config.clone(),
             append: Script::new(APPEND),
             raise: Script::new(RAISE),
@@ -376,7 +442,7 @@ impl RedisStore {
     }
 
     fn key(&self, user: &str, what: &str) -> String {
-        format!("{}:m:{}:{user}:{what}", self.prefix, user.len())
+        format!("{}:{what}", self.names.mailbox(user))
     }
 
     /// One call of [`ERASE`] over `users`' mailboxes, counting what it removed into
@@ -388,11 +454,12 @@ impl RedisStore {
         mode: &str,
         erased: &mut Erased,
     ) -> Result<usize, StoreError> {
+        let Some(first) = users.first() else { return Ok(0) };
         let mut c = self.conn.clone();
         let mut inv = self.erase.prepare_invoke();
-        inv.arg(&self.prefix).arg(contact).arg(mode).arg(ERASE_BATCH);
+        inv.key(self.key(first, "log")).arg(contact).arg(mode).arg(ERASE_BATCH);
         for u in users {
-            inv.arg(u);
+            inv.arg(u).arg(self.names.mailbox(u));
         }
         let flat: Vec<String> = inv.invoke_async(&mut c).await.map_err(unavailable)?;
         let mut it = flat.into_iter();
@@ -404,140 +471,36 @@ impl RedisStore {
         Ok(n)
     }
 
-    async fn range(
+    /// One call of [`APPEND`]: `msgs` in one slot (any mailboxes outside a cluster); with
+    /// `keyed`, a message without a dedupe key of its own gets one made of its id. Counted
+    /// in the commit metrics.
+    async fn commit(
         &self,
-        user: &str,
-        start: String,
-        end: String,
-        rev: bool,
-        count: usize,
-    ) -> Result<Vec<(u64, String, String, i64)>, StoreError> {
-        let mut c = self.conn.clone();
-        let key = self.key(user, "log");
-        let reply: StreamRangeReply = if rev {
-            c.xrevrange_count(&key, end, start, count).await
-        } else {
-            c.xrange_count(&key, start, end, count).await
-        }
-        .map_err(unavailable)?;
-        Ok(reply
-            .ids
-            .into_iter()
-            .filter_map(|e| {
-                let seq = e.id.split('-').next()?.parse::<u64>().ok()?;
-                let frame: String = e.get("f")?;
-                let contact: String = e.get("c").unwrap_or_default();
-                let t: i64 = e.get("t").unwrap_or_default();
-                Some((seq, frame, contact, t))
-            })
-            .collect())
-    }
-}
-
-/// Follow the nodes' channel (pings) and the channels of the users this node watches for
-/// as long as the node runs: reconnect and resubscribe after any failure, and after each
-/// (re)subscription ask the fan-out to catch up.
-async fn subscribe(
-    target: Target,
-    channel: String,
-    fanout: Arc<dyn Fanout>,
-    subscribed: Arc<AtomicBool>,
-    node: String,
-    interest: Arc<Interest>,
-) {
-    let own_ping = format!("{PING} {node} ");
-    let mut delay = Duration::from_millis(100);
-    let mut first = true;
-    loop {
-        let attempt = async {
-            // Through the sentinels each time, if that is the mode: after a failover the
-            // master is elsewhere.
-            let (mut sink, stream) = target.pubsub().await?.split();
-            sink.subscribe(&channel).await?;
-            interest.adopt(sink).await?;
-            Ok::<_, redis::RedisError>(stream)
-        };
-        match tokio::time::timeout(COMMAND_TIMEOUT, attempt).await {
-            Ok(Ok(mut messages)) => {
-                subscribed.store(true, Ordering::Release);
-                delay = Duration::from_millis(100);
-                if !first {
-                    tracing::warn!("redis: resubscribed; catching connections up from their mailboxes");
-                }
-                first = false;
-                // Whatever was published while we were away is only in the mailboxes.
-                fanout.resync();
-                // What this node hears of the broker, whoever it is for (#12: a node that
-                // hears every node's users pays for it).
-                let received = metrics::counter!("imgate_broker_messages_received_total");
-                while let Ok(Some(msg)) = tokio::time::timeout(SILENCE, messages.next()).await {
-                    let payload = msg.get_payload_bytes();
-                    let Ok(text) = std::str::from_utf8(payload) else { continue };
-                    // Our own ping, back through Redis: how long the broker and this
-                    // subscription took (one clock, so no skew between nodes).
-                    if let Some(sent) = text.strip_prefix(&own_ping).and_then(|t| t.parse::<i64>().ok()) {
-                        let lag = (unix_ms() - sent).max(0) as f64 / 1000.0;
-                        metrics::gauge!("imgate_broker_lag_seconds").set(lag);
-                        continue;
-                    }
-                    let mut parts = text.splitn(3, '\n');
-                    let (Some(user), Some(seq), Some(frame)) = (parts.next(), parts.next(), parts.next())
-                    else {
-                        continue;
-                    };
-                    let Ok(seq) = seq.parse::<u64>() else { continue };
-                    received.increment(1);
-                    fanout.committed(user, seq, &EncodedMessage::from_stored(frame.to_owned()));
-                }
-                subscribed.store(false, Ordering::Release);
-                interest.drop_sink();
-                tracing::error!("redis: the fan-out subscription went quiet or dropped; resubscribing");
-            }
-            Ok(Err(e)) => {
-                interest.drop_sink();
-                subscribed.store(false, Ordering::Release);
-                tracing::warn!(error = %e, "redis: cannot subscribe; retrying");
-            }
-            Err(_) => {
-                interest.drop_sink();
-                subscribed.store(false, Ordering::Release);
-                tracing::warn!("redis: subscribing timed out; retrying");
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-#[async_trait]
-impl Store for RedisStore {
-    async fn append(&self, msgs: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StoreError::Closed);
-        }
-        if msgs.is_empty() {
-            return Ok(Vec::new());
-        }
+        msgs: &[&NewMessage],
+        users: &str,
+        keyed: bool,
+    ) -> Result<Vec<Appended>, StoreError> {
         let mut inv = self.append.prepare_invoke();
-        inv.arg(&self.prefix)
+        inv.key(self.key(&msgs[0].user, "seq"))
             .arg(unix_now())
             .arg(self.config.dedupe_window.as_millis().max(1) as u64)
             .arg(self.config.retention_max_messages)
             .arg(self.config.retention_max_age.as_millis().clamp(1, i64::MAX as u128) as u64)
+            .arg(if self.names.cluster { "SPUBLISH" } else { "PUBLISH" })
+            .arg(users)
             .arg(msgs.len());
-        for m in &msgs {
-            inv.arg(&m.user)
+        for m in msgs {
+            let dedupe = match &m.dedupe_key {
+                Some(k) => k.clone(),
+                None if keyed => format!("engine|{}:{}", m.id.len(), m.id),
+                None => String::new(),
+            };
+            inv.arg(self.names.mailbox(&m.user))
+                .arg(self.names.channel(&m.user))
+                .arg(&m.user)
                 .arg(&m.id)
                 .arg(&m.contact)
-                .arg(m.dedupe_key.as_deref().unwrap_or(""))
+                .arg(dedupe)
                 .arg(m.frame.as_stored());
         }
         let mut c = self.conn.clone();
@@ -572,6 +535,276 @@ impl Store for RedisStore {
                 _ => Err(Unavailable::Damaged("redis: a short answer".into()).into()),
             })
             .collect()
+    }
+
+    /// An append in a cluster, where each mailbox lives on a slot of its own and no script
+    /// takes two. The invariant (ARCHITECTURE.md, "Commits in a Redis Cluster"):
+    /// - each mailbox commits its messages in one script (its part is all or nothing, its
+    ///   seqs contiguous), the mailboxes side by side;
+    /// - the append is acknowledged (`Ok`) only when every mailbox has its message; a
+    ///   mailbox that failed is tried once more, and then the append fails (503);
+    /// - every message of an append spread over several mailboxes carries a dedupe key (its
+    ///   own, else one made from its id), so a mailbox that had committed before the
+    ///   failure answers a retry as a duplicate: a retry with the caller's key completes
+    ///   the append, with no message twice;
+    /// - each mailbox says whether it held the message already; callers treat an append as
+    ///   a duplicate only when every mailbox did, so a retry that completed a partial
+    ///   append reads as new and the caller finishes what follows (the WeChat send, the
+    ///   inbox).
+    async fn append_across_slots(&self, msgs: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+        // The users first, for retention and erasure to find: a user listed whose mailbox
+        // then failed costs them one empty look.
+        let mut users: Vec<&str> = msgs.iter().map(|m| m.user.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let mut c = self.conn.clone();
+        let _: i64 = c.sadd(format!("{}:users", self.prefix), &users).await.map_err(unavailable)?;
+        // Per mailbox, its messages in slice order.
+        let mut groups: Vec<Vec<usize>> = Vec::with_capacity(users.len());
+        for u in &users {
+            groups.push((0..msgs.len()).filter(|&i| msgs[i].user == *u).collect());
+        }
+        let keyed = groups.len() > 1;
+        let mut done: Vec<Option<Appended>> = vec![None; msgs.len()];
+        let mut failure = None;
+        for attempt in 0..2 {
+            let pending: Vec<&Vec<usize>> = groups.iter().filter(|g| done[g[0]].is_none()).collect();
+            if pending.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let results = futures_util::future::join_all(pending.iter().map(|g| {
+                let part: Vec<&NewMessage> = g.iter().map(|&i| &msgs[i]).collect();
+                async move { self.commit(&part, "", keyed).await }
+            }))
+            .await;
+            for (g, r) in pending.iter().zip(results) {
+                match r {
+                    Ok(appended) => {
+                        for (&i, a) in g.iter().zip(appended) {
+                            done[i] = Some(a);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(user = %msgs[g[0]].user, error = %e, "redis: a mailbox of an append failed");
+                        failure = Some(e);
+                    }
+                }
+            }
+        }
+        done.into_iter().collect::<Option<Vec<Appended>>>().ok_or_else(|| {
+            failure.unwrap_or_else(|| Unavailable::Failed("redis: an append failed".into()).into())
+        })
+    }
+
+    async fn range(
+        &self,
+        user: &str,
+        start: String,
+        end: String,
+        rev: bool,
+        count: usize,
+    ) -> Result<Vec<(u64, String, String, i64)>, StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.key(user, "log");
+        let reply: StreamRangeReply = if rev {
+            c.xrevrange_count(&key, end, start, count).await
+        } else {
+            c.xrange_count(&key, start, end, count).await
+        }
+        .map_err(unavailable)?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .filter_map(|e| {
+                let seq = e.id.split('-').next()?.parse::<u64>().ok()?;
+                let frame: String = e.get("f")?;
+                let contact: String = e.get("c").unwrap_or_default();
+                let t: i64 = e.get("t").unwrap_or_default();
+                Some((seq, frame, contact, t))
+            })
+            .collect())
+    }
+}
+
+/// What a node does with what it hears from the broker.
+struct Hearing {
+    /// `ping <this node> `: our own pings, back through Redis.
+    own_ping: String,
+    fanout: Arc<dyn Fanout>,
+    /// What this node hears of the broker, whoever it is for (#12: a node that hears
+    /// every node's users pays for it).
+    received: metrics::Counter,
+}
+
+impl Hearing {
+    fn heard(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else { return };
+        // Our own ping: how long the broker and this subscription took (one clock, so no
+        // skew between nodes).
+        if let Some(sent) = text.strip_prefix(&self.own_ping).and_then(|t| t.parse::<i64>().ok()) {
+            let lag = (unix_ms() - sent).max(0) as f64 / 1000.0;
+            metrics::gauge!("imgate_broker_lag_seconds").set(lag);
+            return;
+        }
+        let mut parts = text.splitn(3, '\n');
+        let (Some(user), Some(seq), Some(frame)) = (parts.next(), parts.next(), parts.next()) else {
+            return;
+        };
+        let Ok(seq) = seq.parse::<u64>() else { return };
+        self.received.increment(1);
+        self.fanout.committed(user, seq, &EncodedMessage::from_stored(frame.to_owned()));
+    }
+}
+
+/// Follow the nodes' channel (pings) and the channels of the users this node watches for
+/// as long as the node runs: reconnect and resubscribe after any failure, and after each
+/// (re)subscription ask the fan-out to catch up.
+async fn subscribe(
+    target: Target,
+    channel: String,
+    fanout: Arc<dyn Fanout>,
+    subscribed: Arc<AtomicBool>,
+    node: String,
+    interest: Arc<Interest>,
+) {
+    let hearing = Hearing {
+        own_ping: format!("{PING} {node} "),
+        fanout: fanout.clone(),
+        received: metrics::counter!("imgate_broker_messages_received_total"),
+    };
+    let mut delay = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let heard_until_lost = async {
+            if target.is_cluster() {
+                follow_cluster(&target, &channel, &interest, &subscribed, &hearing, &mut first).await
+            } else {
+                follow_one(&target, &channel, &interest, &subscribed, &hearing, &mut first).await
+            }
+        };
+        match heard_until_lost.await {
+            Ok(()) => {
+                delay = Duration::from_millis(100);
+                tracing::error!("redis: the fan-out subscription went quiet or dropped; resubscribing");
+            }
+            Err(e) => tracing::warn!(error = %e, "redis: cannot subscribe; retrying"),
+        }
+        interest.drop_sink();
+        subscribed.store(false, Ordering::Release);
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// The subscription is up: say so, and catch connections up with what was published while
+/// it was not (that is only in the mailboxes).
+fn caught_up(subscribed: &AtomicBool, fanout: &dyn Fanout, first: &mut bool) {
+    subscribed.store(true, Ordering::Release);
+    if !*first {
+        tracing::warn!("redis: resubscribed; catching connections up from their mailboxes");
+    }
+    *first = false;
+    fanout.resync();
+}
+
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "subscribing timed out"))
+}
+
+/// One server (or the master the sentinels name): one pub/sub connection. Returns when it
+/// drops or goes quiet.
+async fn follow_one(
+    target: &Target,
+    channel: &str,
+    interest: &Interest,
+    subscribed: &AtomicBool,
+    hearing: &Hearing,
+    first: &mut bool,
+) -> redis::RedisResult<()> {
+    let attempt = async {
+        // Through the sentinels each time, if that is the mode: after a failover the
+        // master is elsewhere.
+        let (mut sink, stream) = target.pubsub().await?.split();
+        sink.subscribe(channel).await?;
+        interest.adopt(Sink::Plain(sink)).await?;
+        Ok::<_, redis::RedisError>(stream)
+    };
+    let mut messages = tokio::time::timeout(COMMAND_TIMEOUT, attempt).await.map_err(|_| timed_out())??;
+    caught_up(subscribed, &*hearing.fanout, first);
+    while let Ok(Some(msg)) = tokio::time::timeout(SILENCE, messages.next()).await {
+        hearing.heard(msg.get_payload_bytes());
+    }
+    Ok(())
+}
+
+/// A cluster: one cluster connection in RESP3, the pings' channel plain (PUBLISH reaches
+/// every node), each watched user's channel sharded (SSUBSCRIBE, on that channel's
+/// shard only). When a node's connection drops the crate reconnects and resubscribes by
+/// itself; once it has, connections catch up. Returns when the pings stop.
+async fn follow_cluster(
+    target: &Target,
+    channel: &str,
+    interest: &Interest,
+    subscribed: &AtomicBool,
+    hearing: &Hearing,
+    first: &mut bool,
+) -> redis::RedisResult<()> {
+    let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let attempt = async {
+        let mut conn = target.cluster_pubsub(tx).await?;
+        conn.subscribe(channel).await?;
+        interest.adopt(Sink::Cluster(conn)).await
+    };
+    tokio::time::timeout(COMMAND_TIMEOUT, attempt).await.map_err(|_| timed_out())??;
+    caught_up(subscribed, &*hearing.fanout, first);
+    let mut dropped = false;
+    while let Ok(Some(push)) = tokio::time::timeout(SILENCE, pushes.recv()).await {
+        match push.kind {
+            redis::PushKind::Message | redis::PushKind::SMessage => {
+                if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
+                    hearing.heard(payload);
+                }
+            }
+            // Published meanwhile on that node: gone, but in the mailboxes.
+            redis::PushKind::Disconnection => dropped = true,
+            redis::PushKind::Subscribe | redis::PushKind::SSubscribe if dropped => {
+                dropped = false;
+                tracing::warn!("redis: a cluster node's subscription came back; catching connections up");
+                hearing.fanout.resync();
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn append(&self, msgs: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.names.cluster {
+            // One script, every mailbox: all or nothing.
+            let all: Vec<&NewMessage> = msgs.iter().collect();
+            let users = format!("{}:users", self.prefix);
+            return self.commit(&all, &users, false).await;
+        }
+        self.append_across_slots(&msgs).await
     }
 
     async fn read_after(
@@ -708,7 +941,9 @@ impl Store for RedisStore {
         let (own, others): (Vec<String>, Vec<String>) = users.into_iter().partition(|u| u == contact);
         // Many mailboxes a call (one round trip each, not one per user), few enough that
         // a script holds Redis only briefly.
-        for chunk in others.chunks(ERASE_USERS) {
+        // A cluster's mailboxes live on slots of their own: one a call there.
+        let per_call = if self.names.cluster { 1 } else { ERASE_USERS };
+        for chunk in others.chunks(per_call) {
             self.erase_in(chunk, contact, "contact", &mut erased).await?;
         }
         if !own.is_empty() {

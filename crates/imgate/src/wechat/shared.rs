@@ -8,6 +8,8 @@ use imgate_wechat::SharedTokens;
 
 pub struct RedisTokens {
     conn: Conn,
+    /// `imgate:wx`, a hash tag in a cluster (as the rest of the WeChat state: `state.rs`).
+    p: String,
 }
 
 /// How long a node may hold the refresh lock (longer than one token call can take).
@@ -19,13 +21,14 @@ return 0
 "#;
 
 impl RedisTokens {
-    pub fn new(conn: Conn) -> RedisTokens {
-        RedisTokens { conn }
+    fn key(&self, appid: &str) -> String {
+        format!("{}:token:{appid}", self.p)
     }
-}
 
-fn key(appid: &str) -> String {
-    format!("imgate:wx:token:{appid}")
+    pub fn new(conn: Conn) -> RedisTokens {
+        let p = crate::redis_conn::tag(conn.is_cluster(), "imgate:wx");
+        RedisTokens { conn, p }
+    }
 }
 
 fn warn<T>(r: redis::RedisResult<T>) -> Option<T> {
@@ -37,7 +40,7 @@ impl SharedTokens for RedisTokens {
     async fn get(&self, appid: &str) -> Option<(String, u64)> {
         let mut c = self.conn.clone();
         let (token, ttl): (Option<String>, i64) =
-            warn(redis::pipe().get(key(appid)).pttl(key(appid)).query_async(&mut c).await)?;
+            warn(redis::pipe().get(self.key(appid)).pttl(self.key(appid)).query_async(&mut c).await)?;
         Some((token?, (ttl.max(0) / 1000) as u64))
     }
 
@@ -45,7 +48,7 @@ impl SharedTokens for RedisTokens {
         let mut c = self.conn.clone();
         let r: Option<Option<String>> = warn(
             redis::cmd("SET")
-                .arg(format!("{}:lock", key(appid)))
+                .arg(format!("{}:lock", self.key(appid)))
                 .arg(1)
                 .arg("NX")
                 .arg("PX")
@@ -61,8 +64,8 @@ impl SharedTokens for RedisTokens {
         let mut c = self.conn.clone();
         let _: Option<()> = warn(
             redis::pipe()
-                .set_ex(key(appid), token, ttl_secs.max(1))
-                .del(format!("{}:lock", key(appid)))
+                .set_ex(self.key(appid), token, ttl_secs.max(1))
+                .del(format!("{}:lock", self.key(appid)))
                 .query_async(&mut c)
                 .await,
         );
@@ -71,12 +74,12 @@ impl SharedTokens for RedisTokens {
     async fn unlock(&self, appid: &str) {
         let mut c = self.conn.clone();
         let _: Option<i64> =
-            warn(redis::cmd("DEL").arg(format!("{}:lock", key(appid))).query_async(&mut c).await);
+            warn(redis::cmd("DEL").arg(format!("{}:lock", self.key(appid))).query_async(&mut c).await);
     }
 
     async fn forget(&self, appid: &str, token: &str) {
         let mut c = self.conn.clone();
         let _: Option<i64> =
-            warn(redis::Script::new(FORGET).key(key(appid)).arg(token).invoke_async(&mut c).await);
+            warn(redis::Script::new(FORGET).key(self.key(appid)).arg(token).invoke_async(&mut c).await);
     }
 }

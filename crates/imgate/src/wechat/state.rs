@@ -1035,9 +1035,8 @@ impl State {
     pub async fn release_profile_fetch(&self, openid: &str) {
         if let State::Redis(r) = self {
             let mut c = r.conn.clone();
-            let _: Option<i64> = Shared::warn(
-                redis::cmd("DEL").arg(format!("imgate:wx:pf:{openid}")).query_async(&mut c).await,
-            );
+            let _: Option<i64> =
+                Shared::warn(redis::cmd("DEL").arg(format!("{}:pf:{openid}", r.p)).query_async(&mut c).await);
         }
     }
 
@@ -1057,7 +1056,7 @@ impl State {
     pub async fn lease(&self, job: &str, hold: std::time::Duration) -> bool {
         match self {
             State::Local(_) => true,
-            State::Redis(r) => r.take(&format!("imgate:wx:lease:{job}"), hold).await,
+            State::Redis(r) => r.take(&format!("{}:lease:{job}", r.p), hold).await,
         }
     }
 
@@ -1120,11 +1119,11 @@ impl State {
                 let mut c = r.conn.clone();
                 let v = format!("{}\n{}\n{}", t.reference, t.openid, t.sent_at);
                 // With a list of them per follower, so that an erasure finds them.
-                let of = format!("imgate:wx:tpl:of:{}", t.openid);
+                let of = format!("{}:tpl:of:{}", r.p, t.openid);
                 redis::pipe()
                     .atomic()
                     .cmd("SET")
-                    .arg(format!("imgate:wx:tpl:{appid}:{msgid}"))
+                    .arg(format!("{}:tpl:{appid}:{msgid}", r.p))
                     .arg(v)
                     .arg("EX")
                     .arg(r.ttl_secs)
@@ -1147,7 +1146,7 @@ impl State {
             State::Redis(r) => {
                 let mut c = r.conn.clone();
                 let v: Option<String> = Shared::warn(
-                    redis::cmd("GET").arg(format!("imgate:wx:tpl:{appid}:{msgid}")).query_async(&mut c).await,
+                    redis::cmd("GET").arg(format!("{}:tpl:{appid}:{msgid}", r.p)).query_async(&mut c).await,
                 )
                 .flatten();
                 let v = v?;
@@ -1175,6 +1174,9 @@ impl State {
 /// Redis answers as if it knew nothing, and says so in its log.
 pub struct Shared {
     conn: crate::redis_conn::Conn,
+    /// Every key's prefix, `imgate:wx`: a hash tag in a cluster, where pipelines and
+    /// scripts here take several keys at once, so the WeChat state lives on one slot.
+    p: String,
     /// How long a media record lives after its last change (store.retention_max_age).
     ttl_secs: u64,
 }
@@ -1221,9 +1223,6 @@ if ARGV[2] ~= '' then
 end
 return {redis.call('HMGET', k, unpack(ARGV, 8)), redis.call('HGET', k, 'profile')}
 "#;
-
-/// The followers with a profile, scored by when it was fetched (the daily refresh).
-const PROFILES: &str = "imgate:wx:profiles";
 
 /// A profile fetched is kept only for a follower still known (not erased meanwhile).
 const PUT_PROFILE: &str = r#"
@@ -1285,8 +1284,14 @@ fn windows_of(v: &[Option<i64>]) -> (Windows, bool) {
 }
 
 impl Shared {
+    /// The followers with a profile, scored by when it was fetched (the daily refresh).
+    fn profiles(&self) -> String {
+        format!("{}:profiles", self.p)
+    }
+
     pub fn new(conn: crate::redis_conn::Conn, retention: std::time::Duration) -> Shared {
-        Shared { conn, ttl_secs: retention.as_secs().max(60) }
+        let p = crate::redis_conn::tag(conn.is_cluster(), "imgate:wx");
+        Shared { conn, p, ttl_secs: retention.as_secs().max(60) }
     }
 
     fn warn<T>(r: redis::RedisResult<T>) -> Option<T> {
@@ -1296,11 +1301,11 @@ impl Shared {
     async fn follower(&self, openid: &str) -> Result<Option<Follower>, String> {
         let mut c = self.conn.clone();
         let (appid, w, profile): (Option<String>, Vec<Option<i64>>, Option<String>) = redis::pipe()
-            .hget(format!("imgate:wx:f:{openid}"), "appid")
+            .hget(format!("{}:f:{openid}", self.p), "appid")
             .cmd("HMGET")
-            .arg(format!("imgate:wx:f:{openid}"))
+            .arg(format!("{}:f:{openid}", self.p))
             .arg(&FIELDS[..])
-            .hget(format!("imgate:wx:f:{openid}"), "profile")
+            .hget(format!("{}:f:{openid}", self.p), "profile")
             .query_async(&mut c)
             .await
             .map_err(|e| format!("redis: {e}"))?;
@@ -1324,7 +1329,7 @@ impl Shared {
         };
         let r: Option<(Vec<Option<i64>>, Option<String>)> = Self::warn(
             redis::Script::new(INBOUND)
-                .key(format!("imgate:wx:f:{openid}"))
+                .key(format!("{}:f:{openid}", self.p))
                 .arg(appid)
                 .arg(kind)
                 .arg(w.opened_at)
@@ -1350,7 +1355,7 @@ impl Shared {
         let mut c = self.conn.clone();
         let w: Option<Vec<Option<i64>>> = Self::warn(
             redis::Script::new(SENT)
-                .key(format!("imgate:wx:f:{openid}"))
+                .key(format!("{}:f:{openid}", self.p))
                 .arg(now)
                 .arg(&FIELDS[..])
                 .invoke_async(&mut c)
@@ -1363,7 +1368,7 @@ impl Shared {
         let mut c = self.conn.clone();
         let _: Option<i64> = Self::warn(
             redis::Script::new(REFUSED)
-                .key(format!("imgate:wx:f:{openid}"))
+                .key(format!("{}:f:{openid}", self.p))
                 .arg(errcode)
                 .arg(now)
                 .invoke_async(&mut c)
@@ -1374,7 +1379,7 @@ impl Shared {
     async fn nonce(&self, key: &str, hash: [u8; 32], ttl: std::time::Duration) -> Result<NonceSeen, String> {
         let mut c = self.conn.clone();
         let r: i64 = redis::Script::new(NONCE)
-            .key(format!("imgate:wx:n:{key}"))
+            .key(format!("{}:n:{key}", self.p))
             .arg(&hash[..])
             .arg(ttl.as_millis().max(1) as u64)
             .invoke_async(&mut c)
@@ -1390,7 +1395,7 @@ impl Shared {
     async fn put_profile(&self, openid: &str, profile: &Profile) -> Result<bool, StateUnavailable> {
         let mut c = self.conn.clone();
         let n: i64 = redis::Script::new(PUT_PROFILE)
-            .key(format!("imgate:wx:f:{openid}"))
+            .key(format!("{}:f:{openid}", self.p))
             .arg(Profile::encode(&Some(profile.clone())))
             .invoke_async(&mut c)
             .await
@@ -1400,7 +1405,7 @@ impl Shared {
             // Cluster keeps it apart from the follower's).
             let _: Option<i64> = Self::warn(
                 redis::cmd("ZADD")
-                    .arg(PROFILES)
+                    .arg(self.profiles())
                     .arg(profile.fetched_at)
                     .arg(openid)
                     .query_async(&mut c)
@@ -1419,7 +1424,7 @@ impl Shared {
         while due.len() < limit {
             let page: Vec<String> = match Self::warn(
                 redis::cmd("ZRANGE")
-                    .arg(PROFILES)
+                    .arg(self.profiles())
                     .arg("-inf")
                     .arg(format!("({before}"))
                     .arg("BYSCORE")
@@ -1452,11 +1457,11 @@ impl Shared {
         }
         let mut p = redis::pipe();
         for o in &gone {
-            p.zrem(PROFILES, o).ignore();
+            p.zrem(self.profiles(), o).ignore();
         }
         // Asked now: not again before the day is over, whatever the answer.
         for (o, _) in &due {
-            p.cmd("ZADD").arg(PROFILES).arg("XX").arg(now).arg(o).ignore();
+            p.cmd("ZADD").arg(self.profiles()).arg("XX").arg(now).arg(o).ignore();
         }
         let _: Option<()> = Self::warn(p.query_async(&mut c).await);
         due
@@ -1464,7 +1469,7 @@ impl Shared {
 
     async fn claim_profile_fetch(&self, openid: &str, hold: std::time::Duration) -> bool {
         // Redis out of reach: no fetch (its profile could not be kept either).
-        self.take(&format!("imgate:wx:pf:{openid}"), hold).await
+        self.take(&format!("{}:pf:{openid}", self.p), hold).await
     }
 
     /// Set `key` for `hold` unless it is set: true when this call set it (false when
@@ -1490,21 +1495,21 @@ impl Shared {
         // answer 200 for what it did not remove. The follower's hash, then the keys that
         // name them: the LOCATION throttle per account and a profile fetch's claim.
         let mut del = redis::pipe();
-        del.del(format!("imgate:wx:f:{openid}"));
+        del.del(format!("{}:f:{openid}", self.p));
         for appid in appids {
-            del.del(format!("imgate:wx:loc:{appid}:{openid}")).ignore();
+            del.del(format!("{}:loc:{appid}:{openid}", self.p)).ignore();
         }
-        del.del(format!("imgate:wx:pf:{openid}")).ignore();
-        del.zrem(PROFILES, openid).ignore();
+        del.del(format!("{}:pf:{openid}", self.p)).ignore();
+        del.zrem(self.profiles(), openid).ignore();
         // The template messages sent to them (each record names the follower).
-        let of = format!("imgate:wx:tpl:of:{openid}");
+        let of = format!("{}:tpl:of:{openid}", self.p);
         let sent: Vec<String> = redis::cmd("SMEMBERS")
             .arg(&of)
             .query_async(&mut c)
             .await
             .map_err(|e| StateUnavailable(format!("redis: {e}")))?;
         for t in sent {
-            del.del(format!("imgate:wx:tpl:{t}")).ignore();
+            del.del(format!("{}:tpl:{t}", self.p)).ignore();
         }
         del.del(&of).ignore();
         let (n,): (i64,) =
@@ -1516,9 +1521,9 @@ impl Shared {
         let mut c = self.conn.clone();
         let (n, _, _): (i64, i64, i64) = redis::pipe()
             .atomic()
-            .del(format!("imgate:wx:m:{id}"))
-            .del(format!("imgate:wx:m:{id}:r"))
-            .srem("imgate:wx:m:pending", id)
+            .del(format!("{}:m:{id}", self.p))
+            .del(format!("{}:m:{id}:r", self.p))
+            .srem(format!("{}:m:pending", self.p), id)
             .query_async(&mut c)
             .await
             .map_err(|e| StateUnavailable(format!("redis: {e}")))?;
@@ -1528,7 +1533,7 @@ impl Shared {
     async fn media(&self, id: &str) -> Option<MediaRecord> {
         let mut c = self.conn.clone();
         let m: HashMap<String, String> =
-            Self::warn(redis::cmd("HGETALL").arg(format!("imgate:wx:m:{id}")).query_async(&mut c).await)?;
+            Self::warn(redis::cmd("HGETALL").arg(format!("{}:m:{id}", self.p)).query_async(&mut c).await)?;
         if m.is_empty() {
             return None;
         }
@@ -1550,7 +1555,7 @@ impl Shared {
     async fn pending_media(&self) -> Vec<MediaRecord> {
         let mut c = self.conn.clone();
         let ids: Vec<String> =
-            Self::warn(redis::cmd("SMEMBERS").arg("imgate:wx:m:pending").query_async(&mut c).await)
+            Self::warn(redis::cmd("SMEMBERS").arg(format!("{}:m:pending", self.p)).query_async(&mut c).await)
                 .unwrap_or_default();
         let mut out = Vec::new();
         for id in ids {
@@ -1563,7 +1568,7 @@ impl Shared {
 
     async fn put_media(&self, m: MediaRecord) {
         let mut c = self.conn.clone();
-        let key = format!("imgate:wx:m:{}", m.id);
+        let key = format!("{}:m:{}", self.p, m.id);
         let mut p = redis::pipe();
         p.hset_multiple(
             &key,
@@ -1581,16 +1586,16 @@ impl Shared {
         );
         p.expire(&key, self.ttl_secs as i64);
         if m.status == "pending" {
-            p.sadd("imgate:wx:m:pending", &m.id);
+            p.sadd(format!("{}:m:pending", self.p), &m.id);
         } else {
-            p.srem("imgate:wx:m:pending", &m.id);
+            p.srem(format!("{}:m:pending", self.p), &m.id);
         }
         let _: Option<()> = Self::warn(p.query_async(&mut c).await);
     }
 
     async fn grant(&self, id: &str, user: &str) {
         let mut c = self.conn.clone();
-        let key = format!("imgate:wx:m:{id}:r");
+        let key = format!("{}:m:{id}:r", self.p);
         let _: Option<()> = Self::warn(
             redis::pipe()
                 .sadd(&key, user)
@@ -1606,7 +1611,7 @@ impl Shared {
         let mut c = self.conn.clone();
         // Redis out of reach: refuse, rather than serve to whoever asks.
         Self::warn(
-            redis::cmd("SISMEMBER").arg(format!("imgate:wx:m:{id}:r")).arg(user).query_async(&mut c).await,
+            redis::cmd("SISMEMBER").arg(format!("{}:m:{id}:r", self.p)).arg(user).query_async(&mut c).await,
         )
         .unwrap_or(false)
     }
@@ -1615,7 +1620,7 @@ impl Shared {
         let mut c = self.conn.clone();
         let set: Option<Option<String>> = Self::warn(
             redis::cmd("SET")
-                .arg(format!("imgate:wx:loc:{appid}:{openid}"))
+                .arg(format!("{}:loc:{appid}:{openid}", self.p))
                 .arg(1)
                 .arg("NX")
                 .arg("EX")
@@ -1629,7 +1634,7 @@ impl Shared {
     async fn reserve_upload(&self, user: &str, day: i64, bytes: u64, quota: u64) -> Result<Quota, String> {
         let mut c = self.conn.clone();
         let used: i64 = redis::Script::new(RESERVE)
-            .key(format!("imgate:wx:q:{day}:{user}"))
+            .key(format!("{}:q:{day}:{user}", self.p))
             .arg(bytes)
             .arg(quota)
             .invoke_async(&mut c)
@@ -1642,7 +1647,7 @@ impl Shared {
         let mut c = self.conn.clone();
         let _: Option<i64> = Self::warn(
             redis::cmd("DECRBY")
-                .arg(format!("imgate:wx:q:{day}:{user}"))
+                .arg(format!("{}:q:{day}:{user}", self.p))
                 .arg(bytes)
                 .query_async(&mut c)
                 .await,

@@ -407,3 +407,133 @@ impl Drop for Redis {
         }
     }
 }
+
+/// A Redis Cluster of this test's own on loopback: `masters` masters (each with
+/// `replicas` replicas), slots split evenly by `redis-cli --cluster create`, no
+/// persistence. Every server is killed when this is dropped.
+pub struct RedisCluster {
+    /// The masters' ports, in slot order: the first holds the lowest slots.
+    pub masters: Vec<u16>,
+    /// Every server's port, masters first.
+    pub ports: Vec<u16>,
+    pub dir: TempDir,
+    children: Vec<Option<std::process::Child>>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let n = masters * (1 + replicas);
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut children = Vec::new();
+        for p in &ports {
+            let d = dir.path().join(p.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            let p = p.to_string();
+            children.push(Some(redis_server(
+                p.parse().unwrap(),
+                Some(&d),
+                &[
+                    "--port",
+                    &p,
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+            )));
+        }
+        let mut create = std::process::Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for p in &ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli is installed");
+        assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = RedisCluster { masters: ports[..masters].to_vec(), ports, dir, children };
+        let deadline = std::time::Instant::now() + PATIENCE;
+        for p in &cluster.ports {
+            while !cluster.cli(*p, &["cluster", "info"]).contains("cluster_state:ok") {
+                assert!(std::time::Instant::now() < deadline, "the cluster never became ok on {p}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    /// The seed nodes, as `store.redis_urls` takes them.
+    pub fn urls(&self) -> Vec<String> {
+        self.masters.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+    }
+
+    /// `store.redis_urls` as the environment gives it (`IMGATE_STORE__REDIS_URLS`).
+    pub fn urls_env(&self) -> String {
+        serde_json::to_string(&self.urls()).unwrap()
+    }
+
+    /// `redis-cli -p PORT ARGS`, its output (empty if it failed).
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli is installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The index (in [`RedisCluster::masters`]) of the master whose slots hold `key`.
+    pub fn master_of(&self, key: &str) -> usize {
+        let slot: usize = self.cli(self.masters[0], &["cluster", "keyslot", key]).trim().parse().unwrap();
+        // CLUSTER NODES: `<id> <ip:port@bus> <flags> ... <first-last> ...` per node.
+        for line in self.cli(self.masters[0], &["cluster", "nodes"]).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") {
+                continue;
+            }
+            let held = f[8..].iter().any(|r| match r.split_once('-') {
+                Some((a, b)) => (a.parse().unwrap_or(usize::MAX)..=b.parse().unwrap_or(0)).contains(&slot),
+                None => r.parse() == Ok(slot),
+            });
+            let port: u16 = f[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+            if held && let Some(i) = self.masters.iter().position(|m| *m == port) {
+                return i;
+            }
+        }
+        panic!("no master holds slot {slot}")
+    }
+
+    /// kill -9 the server on `port`.
+    pub fn kill9(&mut self, port: u16) {
+        let i = self.ports.iter().position(|p| *p == port).expect("a port of this cluster");
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
