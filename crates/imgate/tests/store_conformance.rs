@@ -650,3 +650,40 @@ async fn the_redis_engine_fans_out_only_watched_users() {
     fanned(&e, &store, &rec).await;
     assert_eq!(mine(), 1, "nothing heard once unwatched: {:?}", rec.0.lock());
 }
+
+/// Commits in a Redis Cluster (#12, ARCHITECTURE.md): a send to two mailboxes on two
+/// shards, one of which refuses writes (out of memory), is not acknowledged, though the
+/// other shard committed its part; the retry with the same dedupe key, once the shard
+/// takes writes again, completes it: each mailbox holds the message once, the first
+/// answers that it had it, and seqs go on contiguous.
+#[tokio::test]
+async fn a_cluster_append_cut_short_between_mailboxes_is_refused_and_completed_by_its_retry() {
+    let e = Cluster::new();
+    let (store, rec) = open(&e);
+    // Two users on two different masters.
+    let names: Vec<String> = (0..).map(|i| format!("user-{i}")).take(64).collect();
+    let at = |u: &str| e.cluster.master_of(&format!("imgate:m:{{{}:{u}}}:seq", u.len()));
+    let a = names[0].clone();
+    let b = names.iter().find(|u| at(u) != at(&a)).expect("a user on another master").clone();
+    let _w = watching(&store, &[a.as_str(), b.as_str()]).await;
+    let send = || vec![msg(&a, "m1", "F", Some("k1")), msg(&b, "m1", "F", Some("k1"))];
+
+    let full = e.cluster.masters[at(&b)];
+    assert_eq!(e.cluster.cli(full, &["config", "set", "maxmemory", "1"]).trim(), "OK");
+    let refused = store.append(send()).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "acknowledged though a mailbox refused: {refused:?}");
+    assert_eq!(ids(&store, &a, 0).await, [(1, "m1".into())], "the other shard committed its part");
+    assert_eq!(ids(&store, &b, 0).await, []);
+
+    assert_eq!(e.cluster.cli(full, &["config", "set", "maxmemory", "0"]).trim(), "OK");
+    let got = store.append(send()).await.unwrap();
+    assert_eq!(got, [Appended { seq: 1, id: "m1".into(), duplicate: true }, stored(1, "m1")]);
+    assert_eq!(ids(&store, &a, 0).await, [(1, "m1".into())]);
+    assert_eq!(ids(&store, &b, 0).await, [(1, "m1".into())]);
+    let got = store.append(vec![msg(&a, "m2", "F", None), msg(&b, "m2", "F", None)]).await.unwrap();
+    assert_eq!(got, [stored(2, "m2"), stored(2, "m2")]);
+    // Each mailbox's message was fanned out once.
+    let heard = fanned(&e, &store, &rec).await;
+    let count = |u: &str, id: &str| heard.iter().filter(|(x, _, i)| x == u && i == id).count();
+    assert_eq!((count(&a, "m1"), count(&b, "m1"), count(&a, "m2"), count(&b, "m2")), (1, 1, 1, 1), "{heard:?}");
+}
