@@ -33,6 +33,21 @@ impl Engine for Redis {
     }
 }
 
+/// Each test its own three-master Redis Cluster: the inbox's keys share one hash tag.
+struct Cluster(common::RedisCluster);
+
+impl Engine for Cluster {
+    fn open(&self) -> DynConversations {
+        let config = imgate::config::StoreConfig {
+            redis_mode: imgate::config::RedisMode::Cluster,
+            redis_urls: self.0.urls(),
+            ..Default::default()
+        };
+        let target = imgate::redis_conn::Target::from_config(&config).unwrap();
+        imgate::inbox::redis::RedisConversations::open_at(&target).unwrap()
+    }
+}
+
 fn edit(
     f: impl Fn(Option<Conversation>) -> Result<Option<Conversation>, InboxError> + Send + Sync + 'static,
 ) -> Edit {
@@ -360,6 +375,7 @@ macro_rules! engines {
 engines! {
     sqlite => Sqlite(tempfile::tempdir().unwrap()),
     redis => Redis(common::Redis::start()),
+    redis_cluster => Cluster(common::RedisCluster::start(3, 0)),
 }
 
 /// With Redis, a socket on each of two nodes: one agent online on both; a node that stops
