@@ -1,5 +1,7 @@
 //! The WeChat channel across nodes on one Redis: a follower known to one node is known to
 //! all, the access token is fetched once for all, media fetched by one is served by any.
+//! Each test runs on one Redis and on a three-master Redis Cluster (`…_on_a_cluster`),
+//! where the WeChat state's keys share one hash tag.
 
 mod common;
 
@@ -9,24 +11,42 @@ use imgate::config::Engine;
 use imgate::wechat::standin::StandIn;
 use imgate_wechat::callback::{Keys, seal};
 
-/// Two nodes on one Redis (and one media directory), aimed at one stand-in, both ready.
+/// What the nodes share: one Redis, or a Redis Cluster.
+#[allow(dead_code)]
+enum Backing {
+    One(Redis),
+    Cluster(RedisCluster),
+}
+
+/// Two nodes on one Redis or a cluster (and one media directory), aimed at one stand-in,
+/// both ready.
 struct Cluster {
-    _redis: Redis,
+    _redis: Backing,
     _media: tempfile::TempDir,
     wechat: StandIn,
     a: Server,
     b: Server,
 }
 
-async fn cluster() -> Cluster {
-    let redis = Redis::start();
+async fn cluster(on_a_cluster: bool) -> Cluster {
+    let redis = if on_a_cluster { Backing::Cluster(RedisCluster::start(3, 0)) } else { Backing::One(Redis::start()) };
     let (wechat, api) = common::wechat::standin().await;
     let media = tempfile::tempdir().unwrap();
     let node = || {
-        let (api, url, media) = (api.clone(), redis.url(), media.path().to_owned());
+        let (api, media) = (api.clone(), media.path().to_owned());
+        let (url, urls) = match &redis {
+            Backing::One(r) => (Some(r.url()), Vec::new()),
+            Backing::Cluster(c) => (None, c.urls()),
+        };
         Server::start_with(move |c| {
             c.store.engine = Engine::Redis;
-            c.store.redis_url = url;
+            match url {
+                Some(url) => c.store.redis_url = url,
+                None => {
+                    c.store.redis_mode = imgate::config::RedisMode::Cluster;
+                    c.store.redis_urls = urls;
+                }
+            }
             c.wechat.media_dir = media;
             common::wechat::aim(c, &api, &["agent"]);
         })
@@ -39,8 +59,17 @@ async fn cluster() -> Cluster {
 
 #[tokio::test]
 async fn two_nodes_share_followers_tokens_and_media() {
+    two_nodes_share_followers_tokens_and_media_on(false).await
+}
+
+#[tokio::test]
+async fn two_nodes_share_followers_tokens_and_media_on_a_cluster() {
+    two_nodes_share_followers_tokens_and_media_on(true).await
+}
+
+async fn two_nodes_share_followers_tokens_and_media_on(on_a_cluster: bool) {
     // Bound, not `..`: Redis and the media directory live as long as the test.
-    let Cluster { wechat, a, b, _redis, _media } = cluster().await;
+    let Cluster { wechat, a, b, _redis, _media } = cluster(on_a_cluster).await;
     let keys = Keys { token: TOKEN, appid: APPID, cipher: None };
     let post_to = |server: &Server, body: String, q: Vec<(String, String)>| {
         let url = server.http(&format!("/im_component/wx_official_account/callback/{APPID}"));
@@ -130,8 +159,17 @@ async fn two_nodes_share_followers_tokens_and_media() {
 /// however many nodes find it refused at once.
 #[tokio::test]
 async fn a_refused_token_is_refreshed_once_for_all_nodes() {
+    a_refused_token_is_refreshed_once_for_all_nodes_on(false).await
+}
+
+#[tokio::test]
+async fn a_refused_token_is_refreshed_once_for_all_nodes_on_a_cluster() {
+    a_refused_token_is_refreshed_once_for_all_nodes_on(true).await
+}
+
+async fn a_refused_token_is_refreshed_once_for_all_nodes_on(on_a_cluster: bool) {
     // Bound, not `..`: Redis and the media directory live as long as the test.
-    let Cluster { wechat, a, b, _redis, _media } = cluster().await;
+    let Cluster { wechat, a, b, _redis, _media } = cluster(on_a_cluster).await;
     let nodes = [a, b];
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let xml = format!(
@@ -176,7 +214,16 @@ async fn a_refused_token_is_refreshed_once_for_all_nodes() {
 /// finds the msgid A kept in Redis and tells the agents it was delivered.
 #[tokio::test]
 async fn a_templates_outcome_is_found_by_any_node() {
-    let Cluster { wechat, a, b, _redis, _media } = cluster().await;
+    a_templates_outcome_is_found_by_any_node_on(false).await
+}
+
+#[tokio::test]
+async fn a_templates_outcome_is_found_by_any_node_on_a_cluster() {
+    a_templates_outcome_is_found_by_any_node_on(true).await
+}
+
+async fn a_templates_outcome_is_found_by_any_node_on(on_a_cluster: bool) {
+    let Cluster { wechat, a, b, _redis, _media } = cluster(on_a_cluster).await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     common::wechat::text_from(&a.http(""), now, "oX", "hi", 1).await;
     let msg = serde_json::json!({"data": {"msg_type": "template", "contact_id": "oX", "msg": {
