@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod idle;
+mod ledger;
 mod plot;
 mod poster;
 mod proc;
