@@ -4,8 +4,9 @@
 //! What it shows (#12): a node hears from the broker only the users it holds sockets of,
 //! so each node's `imgate_broker_messages_received_total`, scraped from its `/metrics`
 //! before and after the run, is its share of connections of all messages sent — not all
-//! of them. Besides that: acks/s, POST → frame latency, and that every message reached its
-//! user's socket exactly once (the run fails otherwise).
+//! of them. Besides that: acks/s, POST → frame latency. The run fails unless every message
+//! reached its user's socket exactly once and every node's share followed its connections
+//! (within ±5 %).
 
 use std::time::Instant;
 
@@ -252,7 +253,8 @@ pub async fn run(a: Args) -> Result<(), Error> {
     let mut tasks = Vec::new();
     for (p, mut poster) in posters.into_iter().enumerate() {
         let ledger = ledger.clone();
-        let (filler, path, tag, users, step) = (filler.clone(), path.clone(), tag.clone(), a.users, a.posters);
+        let (filler, path, tag, users, step) =
+            (filler.clone(), path.clone(), tag.clone(), a.users, a.posters);
         tasks.push(tokio::spawn(async move {
             let mut failures = 0u64;
             for i in (p..n).step_by(step) {
@@ -324,15 +326,33 @@ pub async fn run(a: Args) -> Result<(), Error> {
     );
     println!("{summary}");
     exactly_once(n as u64, acked, failures, delivery)?;
-    if rows.iter().any(|r| r.broker_received.is_none()) {
-        return Err(format!("a node gave no {BROKER_RECEIVED} (is its store.engine redis? did it restart?)").into());
-    }
-    Ok(())
+    following(&rows)
+}
+
+/// Every node heard about its share of connections of the messages, or which did not.
+fn following(rows: &[Share]) -> Result<(), Error> {
+    let off: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.follows)
+        .map(|r| match r.broker_received {
+            None => {
+                format!("{} gave no {BROKER_RECEIVED} (is its store.engine redis? did it restart?)", r.node)
+            }
+            Some(_) => format!(
+                "{} heard {} of the messages with {} of the connections",
+                r.node,
+                pct(r.received_share),
+                pct(r.connection_share)
+            ),
+        })
+        .collect();
+    if off.is_empty() { Ok(()) } else { Err(format!("broker share off: {}", off.join("; ")).into()) }
 }
 
 /// Every message acknowledged and on its user's socket exactly once, or why not.
 fn exactly_once(messages: u64, acked: u64, failed: u64, d: Delivery) -> Result<(), Error> {
-    if acked == messages && failed == 0 && d.delivered == messages && d.lost + d.duplicated + d.misrouted == 0 {
+    if acked == messages && failed == 0 && d.delivered == messages && d.lost + d.duplicated + d.misrouted == 0
+    {
         return Ok(());
     }
     Err(format!(
@@ -392,7 +412,13 @@ mod tests {
         let got: Vec<_> = rows
             .iter()
             .map(|r| {
-                (r.broker_received, r.connection_share, r.received_share, r.ratio.map(|x| (x * 100.0).round()), r.follows)
+                (
+                    r.broker_received,
+                    r.connection_share,
+                    r.received_share,
+                    r.ratio.map(|x| (x * 100.0).round()),
+                    r.follows,
+                )
             })
             .collect();
         assert_eq!(
@@ -428,6 +454,26 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_hears_everyone_fails_the_run() {
+        // a hears its own users' 90 messages; b hears all 100 with a tenth of the sockets.
+        let rows =
+            shares(&[node("a", 90, Some(0.0), Some(90.0)), node("b", 10, Some(0.0), Some(100.0))], 100);
+        assert_eq!(
+            following(&rows).unwrap_err().to_string(),
+            "broker share off: b heard 100.0 % of the messages with 10.0 % of the connections"
+        );
+        let rows = shares(&[node("a", 90, Some(0.0), Some(90.0)), node("b", 10, Some(0.0), Some(10.0))], 100);
+        assert!(following(&rows).is_ok());
+        let rows = shares(&[node("a", 1, None, None)], 100);
+        assert!(
+            following(&rows)
+                .unwrap_err()
+                .to_string()
+                .contains("a gave no imgate_broker_messages_received_total")
+        );
+    }
+
+    #[test]
     fn exactly_once_names_what_went_wrong() {
         let ok = Delivery { delivered: 10, lost: 0, duplicated: 0, misrouted: 0 };
         assert!(exactly_once(10, 10, 0, ok).is_ok());
@@ -444,7 +490,10 @@ mod tests {
     #[test]
     fn nodes_parse_from_name_and_two_urls() {
         let n = parse_node("n1=http://127.0.0.1:1,ws://127.0.0.1:1").unwrap();
-        assert_eq!((n.name.as_str(), n.http.as_str(), n.ws.as_str()), ("n1", "http://127.0.0.1:1", "ws://127.0.0.1:1"));
+        assert_eq!(
+            (n.name.as_str(), n.http.as_str(), n.ws.as_str()),
+            ("n1", "http://127.0.0.1:1", "ws://127.0.0.1:1")
+        );
         for bad in ["n1", "n1=http://a", "=http://a,ws://a", "n1=ws://a,http://a"] {
             assert!(parse_node(bad).is_err(), "{bad}");
         }

@@ -57,7 +57,8 @@ impl Ledger {
 
     /// Message `i` was due at `due` (the latency's start).
     pub fn sent(&self, i: usize, due: Instant) {
-        self.due[i].store(due.saturating_duration_since(self.base).as_nanos().max(1) as u64, Ordering::Release);
+        self.due[i]
+            .store(due.saturating_duration_since(self.base).as_nanos().max(1) as u64, Ordering::Release);
     }
 
     /// The server answered 200 to message `i`.
@@ -93,7 +94,8 @@ impl Ledger {
         let n = self.seen.len();
         Delivery {
             delivered: (0..n).filter(|&i| seen(i) > 0).count() as u64,
-            lost: (0..n).filter(|&i| self.acked[i].load(Ordering::Acquire) == 1 && seen(i) == 0).count() as u64,
+            lost: (0..n).filter(|&i| self.acked[i].load(Ordering::Acquire) == 1 && seen(i) == 0).count()
+                as u64,
             duplicated: (0..n).map(|i| u64::from(seen(i).saturating_sub(1))).sum(),
             misrouted: self.misrouted.load(Ordering::Acquire),
         }

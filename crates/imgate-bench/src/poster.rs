@@ -53,7 +53,8 @@ impl Poster {
 
     /// GET `path`; the whole answer.
     pub async fn get(&mut self, path: &str) -> Result<Answer, Error> {
-        let req = hyper::Request::get(path).header(hyper::header::HOST, &self.authority).body(Full::default())?;
+        let req =
+            hyper::Request::get(path).header(hyper::header::HOST, &self.authority).body(Full::default())?;
         self.request(req).await
     }
 
