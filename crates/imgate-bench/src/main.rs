@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod idle;
+mod ledger;
 mod plot;
 mod poster;
 mod proc;
@@ -28,6 +30,9 @@ struct Cli {
 enum Command {
     /// Users on WebSockets, posters over keep-alive HTTP: throughput, latency, loss.
     Push(push::Args),
+    /// Several nodes on one broker, users spread by shares: what each node hears from the
+    /// broker (its /metrics) against its share of connections, acks/s, POST → frame.
+    Cluster(cluster::Args),
     /// Many idle connections: the server's memory per connection.
     Idle(idle::Args),
     /// Clients drop, messages arrive, clients reconnect with `since`: time to catch up.
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Push(a) => push::run(a).await,
+            Command::Cluster(a) => cluster::run(a).await,
             Command::Idle(a) => idle::run(a).await,
             Command::Reconnect(a) => reconnect::run(a).await,
             Command::Report(a) => report::run(a),

@@ -44,11 +44,22 @@ impl Poster {
         content_type: &'static str,
         body: Bytes,
     ) -> Result<Answer, Error> {
-        self.sender.ready().await?;
         let req = hyper::Request::post(path)
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(body))?;
+        self.request(req).await
+    }
+
+    /// GET `path`; the whole answer.
+    pub async fn get(&mut self, path: &str) -> Result<Answer, Error> {
+        let req =
+            hyper::Request::get(path).header(hyper::header::HOST, &self.authority).body(Full::default())?;
+        self.request(req).await
+    }
+
+    async fn request(&mut self, req: hyper::Request<Full<Bytes>>) -> Result<Answer, Error> {
+        self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();
         let retry_after = resp

@@ -6,18 +6,14 @@
 //! index up when the frame arrives, so latency is POST-start (or due time) → frame
 //! received, and loss and duplicates are counted per message.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
+use crate::ledger::{self, Delivery, Ledger, latency};
 use crate::poster::Poster;
-use crate::{Error, nonce, proc, ws_config};
+use crate::{Error, nonce, proc};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -62,37 +58,18 @@ pub struct Args {
     pub drain_secs: u64,
 }
 
-struct Shared {
-    base: Instant,
-    /// When each message was due (ns after `base`); 0 = not sent.
-    due: Vec<AtomicU64>,
-    /// How many times each message arrived.
-    seen: Vec<AtomicU8>,
-    acked: Vec<AtomicU8>,
-    received: AtomicU64,
-}
-
 pub async fn run(a: Args) -> Result<(), Error> {
     let tag = nonce();
     let n = a.messages;
-    let shared = Arc::new(Shared {
-        base: Instant::now(),
-        due: (0..n).map(|_| AtomicU64::new(0)).collect(),
-        seen: (0..n).map(|_| AtomicU8::new(0)).collect(),
-        acked: (0..n).map(|_| AtomicU8::new(0)).collect(),
-        received: AtomicU64::new(0),
-    });
+    let ledger = Ledger::new(n, a.users);
     let users: Vec<String> = (0..a.users).map(|i| format!("b{tag}u{i}")).collect();
 
     // Connect every user before posting.
     let mut readers = Vec::new();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     if !a.no_delivery {
-        for u in &users {
-            let url = format!("{}/?userid={u}", a.ws.trim_end_matches('/'));
-            let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true).await?;
-            let shared = shared.clone();
-            readers.push(tokio::spawn(read_frames(ws, shared, stopped.clone())));
+        for (k, u) in users.iter().enumerate() {
+            readers.push(ledger::connect_reader(&a.ws, u, k, ledger.clone(), stopped.clone()).await?);
         }
     }
     let filler = "x".repeat(a.size);
@@ -131,7 +108,7 @@ pub async fn run(a: Args) -> Result<(), Error> {
     let mut tasks = Vec::new();
     for ((p, mut poster), queue) in posters.into_iter().enumerate().zip(queues) {
         let a = a.clone();
-        let shared = shared.clone();
+        let ledger = ledger.clone();
         let users = users.clone();
         let filler = filler.clone();
         let tag = tag.clone();
@@ -158,20 +135,17 @@ pub async fn run(a: Args) -> Result<(), Error> {
                     }
                 };
                 let user = &users[i % users.len()];
-                shared.due[i].store((due - shared.base).as_nanos() as u64, Ordering::Release);
+                ledger.sent(i, due);
                 let body = match a.body.as_str() {
                     "xml" => format!(
                         "<xml><ToUserName><![CDATA[{user}]]></ToUserName><FromUserName><![CDATA[f{tag}]]></FromUserName>\
                          <CreateTime>1700000000</CreateTime><MsgType><![CDATA[text]]></MsgType>\
                          <Content><![CDATA[{i}:{filler}]]></Content><MsgId>{i}</MsgId></xml>"
                     ),
-                    _ => format!(
-                        "{{\"data\":{{\"msg_type\":\"text\",\"contact_id\":\"{user}\",\"msg\":{{\"content\":\"{i}:{filler}\"}}}},\
-                         \"result\":{{\"code\":1001,\"message\":\"common\"}}}}"
-                    ),
+                    _ => ledger::json_body(user, i, &filler),
                 };
                 match poster.post(&path, ct, Bytes::from(body)).await {
-                    Ok(200) => shared.acked[i].store(1, Ordering::Release),
+                    Ok(200) => ledger.ack(i),
                     _ => failures += 1,
                 }
             }
@@ -184,38 +158,15 @@ pub async fn run(a: Args) -> Result<(), Error> {
     }
     let post_secs = started.elapsed().as_secs_f64();
     let cpu1 = a.pid.and_then(proc::cpu_us);
-    let acked = shared.acked.iter().filter(|x| x.load(Ordering::Acquire) == 1).count() as u64;
+    let acked = ledger.acked();
 
     // Let frames still in flight arrive.
     if !a.no_delivery {
-        let deadline = Instant::now() + Duration::from_secs(a.drain_secs);
-        let mut last = shared.received.load(Ordering::Acquire);
-        let mut still = Instant::now();
-        while shared.received.load(Ordering::Acquire) < acked && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let now = shared.received.load(Ordering::Acquire);
-            if now != last {
-                last = now;
-                still = Instant::now();
-            } else if still.elapsed() > Duration::from_secs(2) {
-                break;
-            }
-        }
+        ledger.drain(a.drain_secs).await;
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
     let _ = stop.send(true);
-    for r in readers {
-        hist.add(r.await?).ok();
-    }
-    let lat = latency(&hist);
-    let delivered = shared.seen.iter().filter(|x| x.load(Ordering::Acquire) > 0).count() as u64;
-    let lost = (0..n)
-        .filter(|&i| {
-            shared.acked[i].load(Ordering::Acquire) == 1 && shared.seen[i].load(Ordering::Acquire) == 0
-        })
-        .count() as u64;
-    let duplicated: u64 =
-        shared.seen.iter().map(|x| u64::from(x.load(Ordering::Acquire).saturating_sub(1))).sum();
+    let lat = latency(&ledger::merge(readers).await?);
+    let Delivery { delivered, lost, duplicated, misrouted } = ledger.delivery();
     let cpu_per_msg = match (cpu0, cpu1) {
         (Some(c0), Some(c1)) if acked > 0 => Some((c1 - c0) as f64 / acked as f64),
         _ => None,
@@ -236,6 +187,7 @@ pub async fn run(a: Args) -> Result<(), Error> {
         "delivered": if a.no_delivery { None } else { Some(delivered) },
         "lost": if a.no_delivery { None } else { Some(lost) },
         "duplicated": if a.no_delivery { None } else { Some(duplicated) },
+        "misrouted": if a.no_delivery { None } else { Some(misrouted) },
         "latency_us": lat,
         "server_cpu_us_per_msg": cpu_per_msg,
         "server_rss_kib": a.pid.and_then(proc::rss_kib),
@@ -243,7 +195,7 @@ pub async fn run(a: Args) -> Result<(), Error> {
     let delivery = if a.no_delivery {
         "no delivery".to_owned()
     } else {
-        format!("delivered {delivered}, lost {lost}, dup {duplicated}")
+        format!("delivered {delivered}, lost {lost}, dup {duplicated}, misrouted {misrouted}")
     };
     eprintln!(
         "{}: {} acked in {:.2}s = {:.0}/s, {delivery}, p50 {} p99 {} max {} µs, cpu {:?} µs/msg",
@@ -258,58 +210,4 @@ pub async fn run(a: Args) -> Result<(), Error> {
     );
     println!("{summary}");
     Ok(())
-}
-
-pub fn latency(h: &Histogram<u64>) -> serde_json::Value {
-    if h.is_empty() {
-        return serde_json::Value::Null;
-    }
-    json!({
-        "p50": h.value_at_quantile(0.50),
-        "p90": h.value_at_quantile(0.90),
-        "p99": h.value_at_quantile(0.99),
-        "p999": h.value_at_quantile(0.999),
-        "max": h.max(),
-        "count": h.len(),
-    })
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Read frames until told to stop; the latency of each message's first arrival.
-async fn read_frames(
-    mut ws: Ws,
-    shared: Arc<Shared>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Histogram<u64> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram");
-    loop {
-        let m = tokio::select! {
-            m = ws.next() => m,
-            _ = stop.changed() => break,
-        };
-        let Some(Ok(m)) = m else { break };
-        let Message::Text(t) = m else { continue };
-        let Some(i) = message_index(t.as_str()) else { continue };
-        if i >= shared.seen.len() {
-            continue;
-        }
-        let now = shared.base.elapsed().as_nanos() as u64;
-        let due = shared.due[i].load(Ordering::Acquire);
-        if shared.seen[i].fetch_add(1, Ordering::AcqRel) == 0 {
-            shared.received.fetch_add(1, Ordering::AcqRel);
-            if due > 0 {
-                hist.saturating_record((now.saturating_sub(due) / 1000).max(1));
-            }
-        }
-    }
-    hist
-}
-
-/// The index in `"content":"<i>:…"`.
-fn message_index(frame: &str) -> Option<usize> {
-    let at = frame.find("\"content\":\"")? + "\"content\":\"".len();
-    let digits = &frame[at..];
-    let end = digits.find(':')?;
-    digits[..end].parse().ok()
 }

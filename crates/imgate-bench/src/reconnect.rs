@@ -156,7 +156,7 @@ pub async fn run(a: Args) -> Result<(), Error> {
         "caught_up": hist.len(),
         "failed": failed,
         "all_caught_up_secs": all_secs,
-        "catch_up_us": crate::push::latency(&hist),
+        "catch_up_us": crate::ledger::latency(&hist),
         "server_cpu_ms": match (cpu0, cpu1) { (Some(x), Some(y)) => Some((y - x) / 1000), _ => None },
     });
     eprintln!("{}: {} of {} caught up in {all_secs:.2}s ({failed} failed)", a.label, hist.len(), a.clients);

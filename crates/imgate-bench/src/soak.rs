@@ -1178,8 +1178,8 @@ pub async fn run(a: Args) -> Result<(), Error> {
             "connect_failures": st.user_connect_failures.json(),
             "closes": st.user_closes.json(),
         },
-        "latency_us": crate::push::latency(&steady),
-        "latency_restart_us": crate::push::latency(&across),
+        "latency_us": crate::ledger::latency(&steady),
+        "latency_restart_us": crate::ledger::latency(&across),
         "stallers_detail": {
             "ends": st.staller_ends.json(),
             "connect_failures": st.staller_connect_failures.json(),
