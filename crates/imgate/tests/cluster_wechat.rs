@@ -29,7 +29,8 @@ struct Cluster {
 }
 
 async fn cluster(on_a_cluster: bool) -> Cluster {
-    let redis = if on_a_cluster { Backing::Cluster(RedisCluster::start(3, 0)) } else { Backing::One(Redis::start()) };
+    let redis =
+        if on_a_cluster { Backing::Cluster(RedisCluster::start(3, 0)) } else { Backing::One(Redis::start()) };
     let (wechat, api) = common::wechat::standin().await;
     let media = tempfile::tempdir().unwrap();
     let node = || {

@@ -671,7 +671,10 @@ async fn a_cluster_append_cut_short_between_mailboxes_is_refused_and_completed_b
     let full = e.cluster.masters[at(&b)];
     assert_eq!(e.cluster.cli(full, &["config", "set", "maxmemory", "1"]).trim(), "OK");
     let refused = store.append(send()).await;
-    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "acknowledged though a mailbox refused: {refused:?}");
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "acknowledged though a mailbox refused: {refused:?}"
+    );
     assert_eq!(ids(&store, &a, 0).await, [(1, "m1".into())], "the other shard committed its part");
     assert_eq!(ids(&store, &b, 0).await, []);
 
@@ -685,5 +688,9 @@ async fn a_cluster_append_cut_short_between_mailboxes_is_refused_and_completed_b
     // Each mailbox's message was fanned out once.
     let heard = fanned(&e, &store, &rec).await;
     let count = |u: &str, id: &str| heard.iter().filter(|(x, _, i)| x == u && i == id).count();
-    assert_eq!((count(&a, "m1"), count(&b, "m1"), count(&a, "m2"), count(&b, "m2")), (1, 1, 1, 1), "{heard:?}");
+    assert_eq!(
+        (count(&a, "m1"), count(&b, "m1"), count(&a, "m2"), count(&b, "m2")),
+        (1, 1, 1, 1),
+        "{heard:?}"
+    );
 }

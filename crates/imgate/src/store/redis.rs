@@ -742,8 +742,7 @@ async fn follow_one(
 
 /// A cluster: one cluster connection in RESP3, the pings' channel plain (PUBLISH reaches
 /// every node), each watched user's channel sharded (SSUBSCRIBE, on that channel's
-/// shard only). When a node's connection drops the crate reconnects and resubscribes by
-/// itself; once it has, connections catch up. Returns when the pings stop.
+/// shard only). Returns when the pings stop or a node's connection drops.
 async fn follow_cluster(
     target: &Target,
     channel: &str,
@@ -760,7 +759,6 @@ async fn follow_cluster(
     };
     tokio::time::timeout(COMMAND_TIMEOUT, attempt).await.map_err(|_| timed_out())??;
     caught_up(subscribed, &*hearing.fanout, first);
-    let mut dropped = false;
     while let Ok(Some(push)) = tokio::time::timeout(SILENCE, pushes.recv()).await {
         match push.kind {
             redis::PushKind::Message | redis::PushKind::SMessage => {
@@ -768,13 +766,11 @@ async fn follow_cluster(
                     hearing.heard(payload);
                 }
             }
-            // Published meanwhile on that node: gone, but in the mailboxes.
-            redis::PushKind::Disconnection => dropped = true,
-            redis::PushKind::Subscribe | redis::PushKind::SSubscribe if dropped => {
-                dropped = false;
-                tracing::warn!("redis: a cluster node's subscription came back; catching connections up");
-                hearing.fanout.resync();
-            }
+            // A node's connection dropped: what was published on it meanwhile is gone, and
+            // its slots may have moved to a promoted replica. Start over: a new
+            // connection, every watched user subscribed where their slot is now, and a
+            // catch-up from the mailboxes once that is done.
+            redis::PushKind::Disconnection => return Ok(()),
             _ => {}
         }
     }
