@@ -348,7 +348,15 @@ struct Lazy {
 
 impl Lazy {
     async fn get(&self) -> RedisResult<ClusterConnection> {
-        self.conn.get_or_try_init(|| self.client.get_async_connection()).await.cloned()
+        // Bounded: the crate's first connection waits for the cluster as long as it takes,
+        // and every command (readiness included) would wait behind it.
+        let connect = || async {
+            match tokio::time::timeout(LOOKUP_TIMEOUT, self.client.get_async_connection()).await {
+                Ok(r) => r,
+                Err(_) => Err(RedisError::from((ErrorKind::Io, "the cluster did not answer in time"))),
+            }
+        };
+        self.conn.get_or_try_init(connect).await.cloned()
     }
 }
 

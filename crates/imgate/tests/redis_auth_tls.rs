@@ -414,3 +414,79 @@ async fn sentinels_and_master_over_tls_verified_against_the_ca_file() {
     node.round_trip().await;
     node.stop().await;
 }
+
+/// `store.redis_mode = "cluster"` with an ACL user (the default user off): every node of
+/// the cluster reached with the seeds' credentials, and the password in no log line.
+#[tokio::test]
+async fn a_cluster_with_an_acl_user() {
+    common::tls();
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut servers = Vec::new();
+    for p in ports {
+        let own = dir.path().join(p.to_string());
+        std::fs::create_dir_all(&own).unwrap();
+        // The bus port given: the default (port + 10000) may be past 65535 or taken.
+        let (ps, bus) = (p.to_string(), free_port().to_string());
+        let args = [
+            "--port",
+            &ps,
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            &bus,
+            "--user",
+            "imgate",
+            "on",
+            ">clu5ter-pw",
+            "~*",
+            "&*",
+            "+@all",
+            "--user",
+            "default",
+            "off",
+        ];
+        servers.push(Server::start(p, &own, &args));
+    }
+    let auth = ["--user", "imgate", "--pass", "clu5ter-pw", "--no-auth-warning"];
+    // Bounded: it waits for the nodes to join for as long as that takes.
+    let mut create = Command::new("timeout");
+    create.args(["60", "redis-cli"]).args(auth).args(["--cluster", "create"]);
+    for p in ports {
+        create.arg(format!("127.0.0.1:{p}"));
+    }
+    let out = create.args(["--cluster-yes"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    for p in ports {
+        wait_for("the cluster never became ok", || {
+            let out = Command::new("redis-cli")
+                .args(["-p", &p.to_string()])
+                .args(auth)
+                .args(["cluster", "info"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok")
+        });
+    }
+
+    let data = tempfile::tempdir().unwrap();
+    let urls: Vec<String> =
+        ports.iter().map(|p| format!("redis://imgate:clu5ter-pw@127.0.0.1:{p}")).collect();
+    let urls = serde_json::to_string(&urls).unwrap();
+    let node = Node::start(
+        data.path(),
+        &[
+            ("IMGATE_STORE__ENGINE", "redis"),
+            ("IMGATE_STORE__REDIS_MODE", "cluster"),
+            ("IMGATE_STORE__REDIS_URLS", &urls),
+        ],
+    )
+    .await;
+    node.ready().await;
+    node.round_trip().await;
+    let log = node.stop().await;
+    assert!(!log.contains("clu5ter-pw"), "the password is not logged: {log}");
+    drop(servers);
+}

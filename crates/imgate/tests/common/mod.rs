@@ -429,6 +429,8 @@ impl RedisCluster {
         for p in &ports {
             let d = dir.path().join(p.to_string());
             std::fs::create_dir_all(&d).unwrap();
+            // The bus port given: the default (port + 10000) may be past 65535 or taken.
+            let bus = free_port().to_string();
             let p = p.to_string();
             children.push(Some(redis_server(
                 p.parse().unwrap(),
@@ -442,6 +444,8 @@ impl RedisCluster {
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
+                    "--cluster-port",
+                    &bus,
                     "--cluster-node-timeout",
                     "1000",
                     "--save",
@@ -451,8 +455,9 @@ impl RedisCluster {
                 ],
             )));
         }
-        let mut create = std::process::Command::new("redis-cli");
-        create.args(["--cluster", "create"]);
+        // Bounded: it waits for the nodes to join for as long as that takes.
+        let mut create = std::process::Command::new("timeout");
+        create.args(["60", "redis-cli", "--cluster", "create"]);
         for p in &ports {
             create.arg(format!("127.0.0.1:{p}"));
         }
