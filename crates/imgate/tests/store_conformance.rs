@@ -694,3 +694,29 @@ async fn a_cluster_append_cut_short_between_mailboxes_is_refused_and_completed_b
         "{heard:?}"
     );
 }
+
+/// Seq safety (#12): a mailbox last written under another lineage of the data (a promoted
+/// replica, a restarted server: a new `master_replid`) may have lost its last writes and
+/// their seqs, which clients may hold. Its next seq jumps past any that lineage can have
+/// handed out, and then goes on by one; a mailbox of this lineage is untouched.
+#[tokio::test]
+async fn a_mailbox_written_under_another_lineage_jumps_past_its_seqs() {
+    let e = Redis::new();
+    let (store, _) = open(&e);
+    store
+        .append(vec![msg("u", "1", "x", None), msg("u", "2", "x", None), msg("v", "3", "x", None)])
+        .await
+        .unwrap();
+    // As if u's last writes were under a master that is gone.
+    let mut c = ::redis::Client::open(e.0.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = format!("imgate:m:{}:u:lineage", "u".len());
+    let _: () = ::redis::cmd("SET").arg(&key).arg("an-old-master").query_async(&mut c).await.unwrap();
+    let got = store.append(vec![msg("u", "4", "x", None), msg("v", "5", "x", None)]).await.unwrap();
+    let jumped = got[0].seq;
+    assert!(jumped > 1_000_000_000_000_000, "u jumped to the clock in microseconds: {jumped}");
+    assert_eq!(got[1], stored(2, "5"), "v, of this lineage, goes on by one");
+    assert_eq!(store.append(vec![msg("u", "6", "x", None)]).await.unwrap(), [stored(jumped + 1, "6")]);
+    assert_eq!(store.last_seq("u").await.unwrap(), jumped + 1);
+    // A client holding seq 2 gets everything after it, nothing twice.
+    assert_eq!(ids(&store, "u", 2).await, [(jumped, "4".into()), (jumped + 1, "6".into())]);
+}

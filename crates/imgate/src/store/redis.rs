@@ -67,6 +67,9 @@ local keep = tonumber(ARGV[4])
 local publish = ARGV[5]
 local users = ARGV[6]
 local n = tonumber(ARGV[7])
+-- The lineage of this server's data: a promoted replica or a restarted server has a new
+-- one (INFO is allowed in scripts).
+local lineage = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
 local out = {}
 local i = 8
 for m = 1, n do
@@ -81,7 +84,27 @@ for m = 1, n do
     out[#out + 1] = string.sub(prev, sp + 1)
     out[#out + 1] = '1'
   else
-    local seq = redis.call('INCR', u .. ':seq')
+    -- Seq safety: a mailbox last written under another lineage may have lost its last
+    -- writes (asynchronous replication; a restart), and their seqs with them, which a
+    -- client may hold. Jump past any seq that lineage can have handed out: to the
+    -- server's clock in microseconds, above every seq so far (a counter, or an earlier
+    -- jump plus fewer messages than microseconds since). A mailbox first written by an
+    -- earlier version has no lineage yet: it is taken as it is.
+    local seqk, linek = u .. ':seq', u .. ':lineage'
+    local was = redis.call('GET', linek)
+    if was ~= lineage then
+      if was then
+        local t = redis.call('TIME')
+        local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        if floor > tonumber(redis.call('GET', seqk) or '0') then
+          redis.call('SET', seqk, string.format('%d', floor))
+        end
+      end
+      redis.call('SET', linek, lineage)
+    end
+    -- As a string from here on: Lua's own formatting of a number past 10^14 is
+    -- exponential ('1.7e+15'), which is no stream id.
+    local seq = string.format('%d', redis.call('INCR', seqk))
     local log = u .. ':log'
     redis.call('XADD', log, seq .. '-1', 'f', frame, 'c', contact, 't', now, 'k', key)
     if key ~= '' then redis.call('SET', u .. ':d:' .. key, seq .. ' ' .. id, 'PX', ttl) end
@@ -113,7 +136,7 @@ for m = 1, n do
     if users ~= '' then redis.call('SADD', users, user) end
     -- The user's own channel: only nodes with a connection of theirs hear it.
     redis.call(publish, channel, user .. '\n' .. seq .. '\n' .. frame)
-    out[#out + 1] = tostring(seq)
+    out[#out + 1] = seq
     out[#out + 1] = id
     out[#out + 1] = '0'
   end
