@@ -1,24 +1,26 @@
 //! The Redis engine: mailboxes shared by several imgate nodes.
 //!
 //! Per user, under `{p}:m:<bytes of the user id>:<user id>:` (the length makes every
-//! user's keys their own whatever the id contains): a counter (`…:seq`) that allocates
-//! seqs atomically and survives retention; a stream (`…:log`) whose entry ids are
-//! `<seq>-1`, so that reading "after seq N" is a range query; dedupe keys (`…:d:<key>`)
-//! that expire after `store.dedupe_window` or when retention removes their message; per
-//! contact, the list of that conversation's seqs (`…:c:<bytes>:<contact>`), which holds
-//! count retention to `store.retention_max_messages` per conversation, so that one busy
-//! sender never pushes out another's messages; the delivered mark (`…:delivered`). One Lua script
-//! commits a whole append — every mailbox of it, dedupe checks included — atomically,
-//! and publishes each stored message on its user's channel (`{p}:u:<bytes>:<user>`) as it
-//! goes, in commit order. A node listens to a user's channel while it holds a connection
-//! of that user ([`Store::watch`], from before the connection's replay to after its end),
-//! so it hears only its own users; every node also listens to `{p}:fanout`, where the
-//! nodes' pings go. What arrives goes to its [`Fanout`] (the hub); after any outage the
-//! node resubscribes by itself and tells the fan-out to catch its connections up from the
-//! mailboxes, since what was published meanwhile is gone.
+//! user's keys their own whatever the id contains; in a cluster `{p}:m:{<bytes>:<id>}:`,
+//! one hash tag, one slot): a counter (`…:seq`) that allocates seqs atomically and
+//! survives retention; the lineage it was last written under (`…:lineage`, seq safety); a
+//! stream (`…:log`) whose entry ids are `<seq>-1`, so that reading "after seq N" is a
+//! range query; dedupe keys (`…:d:<key>`) that expire after `store.dedupe_window` or when
+//! retention removes their message; per contact, the list of that conversation's seqs
+//! (`…:c:<bytes>:<contact>`), which holds count retention to
+//! `store.retention_max_messages` per conversation, so that one busy sender never pushes
+//! out another's messages; the delivered mark (`…:delivered`). One Lua script commits a
+//! whole append — every mailbox of it, dedupe checks included — atomically on one server
+//! (in a cluster, one script per mailbox: [`RedisStore::append_across_slots`]), and
+//! publishes each stored message on its user's channel (`{p}:u:<bytes>:<user>`; sharded in
+//! a cluster) as it goes, in commit order. A node listens to a user's channel while it
+//! holds a connection of that user ([`Store::watch`], from before the connection's replay
+//! to after its end), so it hears only its own users; every node also listens to
+//! `{p}:fanout`, where the nodes' pings go. What arrives goes to its [`Fanout`] (the hub);
+//! after any outage the node resubscribes by itself and tells the fan-out to catch its
+//! connections up from the mailboxes, since what was published meanwhile is gone.
 //!
-//! One Redis (with replicas and Sentinel for failover: `redis_conn.rs`), not Redis
-//! Cluster: the script touches keys of several users at once.
+//! One server, a master with replicas under Sentinel, or a Redis Cluster: `redis_conn.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
