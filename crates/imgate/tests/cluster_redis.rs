@@ -96,45 +96,7 @@ async fn posts_to_any_node_reach_connections_on_every_node_in_commit_order() {
 async fn a_node_killed_with_kill_9_loses_nothing_acknowledged() {
     let redis = Redis::start();
     let (a, b, _dirs) = two_nodes(&redis).await;
-    let mut c = Client::connect(&a.ws("/?userid=victim")).await;
-    // Posts keep going to B throughout; the client is on A.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = {
-        let url = b.http("/send?userid=p");
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let (status, v) = post(&url, "application/json", text_to("victim", &format!("m{i}"))).await;
-                assert_eq!(status, 200, "{v}");
-                acked.push(v["data"]["seq"].as_u64().unwrap());
-                i += 1;
-            }
-            acked
-        })
-    };
-    let mut seen = BTreeSet::new();
-    for f in c.frames(50).await {
-        assert!(seen.insert(seq(&f)), "no duplicates");
-    }
-    a.kill9().await;
-    // The client's connection drops; it reconnects to B with since = the last it saw.
-    let last = *seen.last().unwrap();
-    let mut c = Client::connect(&b.ws(&format!("/?userid=victim&since={last}"))).await;
-    for f in c.frames(50).await {
-        assert!(seen.insert(seq(&f)), "nothing twice after reconnecting");
-    }
-    stop.store(true, Ordering::Relaxed);
-    let acked = acked.await.unwrap();
-    let top = *acked.last().unwrap();
-    while *seen.last().unwrap() < top {
-        let f = c.frame().await;
-        assert!(seen.insert(seq(&f)), "nothing twice");
-    }
-    for s in &acked {
-        assert!(seen.contains(s), "acknowledged seq {s} was lost");
-    }
+    a_killed_node_loses_nothing_acknowledged(a, b).await;
 }
 
 #[tokio::test]
@@ -359,14 +321,6 @@ async fn a_subscription_that_goes_quiet_is_replaced_and_nothing_acknowledged_is_
         }
     }
     assert_eq!(got, acked[1..], "each acknowledged message once, in commit order");
-}
-
-/// The messages a node heard from the broker (`imgate_broker_messages_received_total`).
-async fn heard(bin: &Binary) -> f64 {
-    let text = reqwest::get(bin.http("/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("imgate_broker_messages_received_total "))
-        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 /// How many subscribers Redis counts on `user`'s channel.

@@ -7,10 +7,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -34,26 +31,6 @@ async fn node(dir: &Path, cluster: &RedisCluster) -> Binary {
     .await;
     until("the node never became ready", PATIENCE, async || is_ready(&bin).await).await;
     bin
-}
-
-async fn until(what: &str, patience: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + patience;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn is_ready(bin: &Binary) -> bool {
-    reqwest::get(bin.http("/readyz")).await.map(|r| r.status() == 200).unwrap_or(false)
-}
-
-/// The messages a node heard from the broker (`imgate_broker_messages_received_total`).
-async fn heard(bin: &Binary) -> f64 {
-    let text = reqwest::get(bin.http("/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("imgate_broker_messages_received_total "))
-        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 /// `user`'s sharded channel, and the master whose slot holds it.
@@ -166,43 +143,7 @@ async fn a_node_killed_with_kill_9_loses_nothing_acknowledged() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let a = node(dirs[0].path(), &cluster).await;
     let b = node(dirs[1].path(), &cluster).await;
-    let mut c = Client::connect(&a.ws("/?userid=victim")).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = {
-        let url = b.http("/send?userid=p");
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let (status, v) = post(&url, "application/json", text_to("victim", &format!("m{i}"))).await;
-                assert_eq!(status, 200, "{v}");
-                acked.push(v["data"]["seq"].as_u64().unwrap());
-                i += 1;
-            }
-            acked
-        })
-    };
-    let mut seen = BTreeSet::new();
-    for f in c.frames(50).await {
-        assert!(seen.insert(seq(&f)), "no duplicates");
-    }
-    a.kill9().await;
-    let last = *seen.last().unwrap();
-    let mut c = Client::connect(&b.ws(&format!("/?userid=victim&since={last}"))).await;
-    for f in c.frames(50).await {
-        assert!(seen.insert(seq(&f)), "nothing twice after reconnecting");
-    }
-    stop.store(true, Ordering::Relaxed);
-    let acked = acked.await.unwrap();
-    let top = *acked.last().unwrap();
-    while *seen.last().unwrap() < top {
-        let f = c.frame().await;
-        assert!(seen.insert(seq(&f)), "nothing twice");
-    }
-    for s in &acked {
-        assert!(seen.contains(s), "acknowledged seq {s} was lost");
-    }
+    a_killed_node_loses_nothing_acknowledged(a, b).await;
 }
 
 /// The master holding a user's mailbox dies (kill -9); the cluster promotes its replica.

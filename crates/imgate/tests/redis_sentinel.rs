@@ -65,18 +65,6 @@ async fn cli(port: u16, args: &[&str]) -> String {
     cli_as(None, port, args).await
 }
 
-async fn until(what: &str, patience: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + patience;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn is_ready(bin: &Binary) -> bool {
-    reqwest::get(bin.http("/readyz")).await.map(|r| r.status() == 200).unwrap_or(false)
-}
-
 /// A master, its replica and one sentinel watching them as `mymaster`, on loopback.
 /// With `passwords`, the data nodes take the first (`requirepass`) and the sentinel the
 /// second.

@@ -542,3 +542,71 @@ impl Drop for RedisCluster {
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Wait until `check` holds, failing with `what` after `patience`.
+pub async fn until(what: &str, patience: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + patience;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a node's `/readyz` answers 200.
+pub async fn is_ready(bin: &Binary) -> bool {
+    reqwest::get(bin.http("/readyz")).await.map(|r| r.status() == 200).unwrap_or(false)
+}
+
+/// The messages a node heard from the broker (`imgate_broker_messages_received_total`).
+pub async fn heard(bin: &Binary) -> f64 {
+    let text = reqwest::get(bin.http("/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("imgate_broker_messages_received_total "))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Two nodes on one Redis (any mode): posts keep going to `b` while a client on `a`
+/// reads; `a` dies (kill -9) and the client reconnects to `b` with `since`. Every
+/// acknowledged seq arrives, none twice.
+pub async fn a_killed_node_loses_nothing_acknowledged(a: Binary, b: Binary) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut c = Client::connect(&a.ws("/?userid=victim")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = {
+        let url = b.http("/send?userid=p");
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (status, v) = post(&url, "application/json", text_to("victim", &format!("m{i}"))).await;
+                assert_eq!(status, 200, "{v}");
+                acked.push(v["data"]["seq"].as_u64().unwrap());
+                i += 1;
+            }
+            acked
+        })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for f in c.frames(50).await {
+        assert!(seen.insert(seq(&f)), "no duplicates");
+    }
+    a.kill9().await;
+    // The client's connection drops; it reconnects to B with since = the last it saw.
+    let last = *seen.last().unwrap();
+    let mut c = Client::connect(&b.ws(&format!("/?userid=victim&since={last}"))).await;
+    for f in c.frames(50).await {
+        assert!(seen.insert(seq(&f)), "nothing twice after reconnecting");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acked = acked.await.unwrap();
+    let top = *acked.last().unwrap();
+    while *seen.last().unwrap() < top {
+        let f = c.frame().await;
+        assert!(seen.insert(seq(&f)), "nothing twice");
+    }
+    for s in &acked {
+        assert!(seen.contains(s), "acknowledged seq {s} was lost");
+    }
+}
