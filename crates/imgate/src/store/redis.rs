@@ -695,111 +695,117 @@ async fn subscribe(
     node: String,
     interest: Arc<Interest>,
 ) {
-    let hearing = Hearing {
-        own_ping: format!("{PING} {node} "),
-        fanout: fanout.clone(),
-        received: metrics::counter!("imgate_broker_messages_received_total"),
+    let mut listener = Listener {
+        hearing: Hearing {
+            own_ping: format!("{PING} {node} "),
+            fanout,
+            received: metrics::counter!("imgate_broker_messages_received_total"),
+        },
+        target,
+        channel,
+        interest,
+        subscribed,
+        first: true,
     };
     let mut delay = Duration::from_millis(100);
-    let mut first = true;
     loop {
-        let heard_until_lost = async {
-            if target.is_cluster() {
-                follow_cluster(&target, &channel, &interest, &subscribed, &hearing, &mut first).await
-            } else {
-                follow_one(&target, &channel, &interest, &subscribed, &hearing, &mut first).await
-            }
+        let heard_until_lost = if listener.target.is_cluster() {
+            listener.follow_cluster().await
+        } else {
+            listener.follow_one().await
         };
-        match heard_until_lost.await {
+        match heard_until_lost {
             Ok(()) => {
                 delay = Duration::from_millis(100);
                 tracing::error!("redis: the fan-out subscription went quiet or dropped; resubscribing");
             }
             Err(e) => tracing::warn!(error = %e, "redis: cannot subscribe; retrying"),
         }
-        interest.drop_sink();
-        subscribed.store(false, Ordering::Release);
+        listener.interest.drop_sink();
+        listener.subscribed.store(false, Ordering::Release);
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 
-/// The subscription is up: say so, and catch connections up with what was published while
-/// it was not (that is only in the mailboxes).
-fn caught_up(subscribed: &AtomicBool, fanout: &dyn Fanout, first: &mut bool) {
-    subscribed.store(true, Ordering::Release);
-    if !*first {
-        tracing::warn!("redis: resubscribed; catching connections up from their mailboxes");
-    }
-    *first = false;
-    fanout.resync();
+/// The subscription loop's state: where it listens, for whom, and what it does with it.
+struct Listener {
+    target: Target,
+    /// The nodes' channel (pings).
+    channel: String,
+    interest: Arc<Interest>,
+    /// Up (for `/readyz`).
+    subscribed: Arc<AtomicBool>,
+    hearing: Hearing,
+    /// No subscription yet: the first is not a *re*subscription.
+    first: bool,
 }
 
 fn timed_out() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "subscribing timed out"))
 }
 
-/// One server (or the master the sentinels name): one pub/sub connection. Returns when it
-/// drops or goes quiet.
-async fn follow_one(
-    target: &Target,
-    channel: &str,
-    interest: &Interest,
-    subscribed: &AtomicBool,
-    hearing: &Hearing,
-    first: &mut bool,
-) -> redis::RedisResult<()> {
-    let attempt = async {
-        // Through the sentinels each time, if that is the mode: after a failover the
-        // master is elsewhere.
-        let (mut sink, stream) = target.pubsub().await?.split();
-        sink.subscribe(channel).await?;
-        interest.adopt(Sink::Plain(sink)).await?;
-        Ok::<_, redis::RedisError>(stream)
-    };
-    let mut messages = tokio::time::timeout(COMMAND_TIMEOUT, attempt).await.map_err(|_| timed_out())??;
-    caught_up(subscribed, &*hearing.fanout, first);
-    while let Ok(Some(msg)) = tokio::time::timeout(SILENCE, messages.next()).await {
-        hearing.heard(msg.get_payload_bytes());
-    }
-    Ok(())
-}
-
-/// A cluster: one cluster connection in RESP3, the pings' channel plain (PUBLISH reaches
-/// every node), each watched user's channel sharded (SSUBSCRIBE, on that channel's
-/// shard only). Returns when the pings stop or a node's connection drops.
-async fn follow_cluster(
-    target: &Target,
-    channel: &str,
-    interest: &Interest,
-    subscribed: &AtomicBool,
-    hearing: &Hearing,
-    first: &mut bool,
-) -> redis::RedisResult<()> {
-    let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
-    let attempt = async {
-        let mut conn = target.cluster_pubsub(tx).await?;
-        conn.subscribe(channel).await?;
-        interest.adopt(Sink::Cluster(conn)).await
-    };
-    tokio::time::timeout(COMMAND_TIMEOUT, attempt).await.map_err(|_| timed_out())??;
-    caught_up(subscribed, &*hearing.fanout, first);
-    while let Ok(Some(push)) = tokio::time::timeout(SILENCE, pushes.recv()).await {
-        match push.kind {
-            redis::PushKind::Message | redis::PushKind::SMessage => {
-                if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
-                    hearing.heard(payload);
-                }
-            }
-            // A node's connection dropped: what was published on it meanwhile is gone, and
-            // its slots may have moved to a promoted replica. Start over: a new
-            // connection, every watched user subscribed where their slot is now, and a
-            // catch-up from the mailboxes once that is done.
-            redis::PushKind::Disconnection => return Ok(()),
-            _ => {}
+impl Listener {
+    /// The subscription is up: say so, and catch connections up with what was published
+    /// while it was not (that is only in the mailboxes).
+    fn caught_up(&mut self) {
+        self.subscribed.store(true, Ordering::Release);
+        if !self.first {
+            tracing::warn!("redis: resubscribed; catching connections up from their mailboxes");
         }
+        self.first = false;
+        self.hearing.fanout.resync();
     }
-    Ok(())
+
+    /// One server (or the master the sentinels name): one pub/sub connection. Returns when
+    /// it drops or goes quiet.
+    async fn follow_one(&mut self) -> redis::RedisResult<()> {
+        let attempt = async {
+            // Through the sentinels each time, if that is the mode: after a failover the
+            // master is elsewhere.
+            let (mut sink, stream) = self.target.pubsub().await?.split();
+            sink.subscribe(&self.channel).await?;
+            self.interest.adopt(Sink::Plain(sink)).await?;
+            Ok::<_, redis::RedisError>(stream)
+        };
+        let mut messages =
+            tokio::time::timeout(COMMAND_TIMEOUT, attempt).await.map_err(|_| timed_out())??;
+        self.caught_up();
+        while let Ok(Some(msg)) = tokio::time::timeout(SILENCE, messages.next()).await {
+            self.hearing.heard(msg.get_payload_bytes());
+        }
+        Ok(())
+    }
+
+    /// A cluster: one cluster connection in RESP3, the pings' channel plain (PUBLISH
+    /// reaches every node), each watched user's channel sharded (SSUBSCRIBE, on that
+    /// channel's shard only). Returns when the pings stop or a node's connection drops.
+    async fn follow_cluster(&mut self) -> redis::RedisResult<()> {
+        let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+        let attempt = async {
+            let mut conn = self.target.cluster_pubsub(tx).await?;
+            conn.subscribe(&self.channel).await?;
+            self.interest.adopt(Sink::Cluster(conn)).await
+        };
+        tokio::time::timeout(COMMAND_TIMEOUT, attempt).await.map_err(|_| timed_out())??;
+        self.caught_up();
+        while let Ok(Some(push)) = tokio::time::timeout(SILENCE, pushes.recv()).await {
+            match push.kind {
+                redis::PushKind::Message | redis::PushKind::SMessage => {
+                    if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
+                        self.hearing.heard(payload);
+                    }
+                }
+                // A node's connection dropped: what was published on it meanwhile is
+                // gone, and its slots may have moved to a promoted replica. Start over: a
+                // new connection, every watched user subscribed where their slot is now,
+                // and a catch-up from the mailboxes once that is done.
+                redis::PushKind::Disconnection => return Ok(()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 fn unix_ms() -> i64 {
